@@ -1,0 +1,17 @@
+//! The kaskade control API (`kaskade.v1`): generated gRPC types, clients and
+//! servers, plus the id newtypes shared by the router, the load tester and
+//! the tests.
+
+pub mod ids;
+
+/// Generated code of the `kaskade.v1` protobuf package.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("kaskade.v1");
+}
+
+/// The encoded `FileDescriptorSet` of `kaskade.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kaskade_descriptor.bin"));
+
+pub use ids::{IdError, ParticipantId, RoomId, SessionId, TrackId};

@@ -1,0 +1,523 @@
+//! Daemon configuration: embedded defaults, then a TOML file, then
+//! environment variables, then command-line flags. Validated as a whole
+//! before any port is bound; every error names the offending key.
+
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+/// The whole configuration of one router.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The gRPC control API.
+    pub control: ControlConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// The media plane.
+    pub media: MediaConfig,
+    /// Limits on what the API lets integrators create.
+    pub limits: LimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[control]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// `control.listen`: gRPC listen address.
+    pub listen: String,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `metrics.listen`: Prometheus HTTP listen address; empty disables it.
+    pub listen: String,
+}
+
+/// `[media]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// `media.bind`: IP address the UDP media sockets bind to.
+    pub bind: String,
+    /// `media.port_start`: first UDP port (worker i uses `port_start + i`); 0 = ephemeral.
+    pub port_start: u16,
+    /// `media.workers`: number of media workers; 0 = one per core.
+    pub workers: usize,
+    /// `media.advertise`: IP put in ICE candidates; empty = the bind address.
+    pub advertise: String,
+    /// `media.bus_queue`: capacity (in batches) of each worker's fan-out inbox.
+    pub bus_queue: usize,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// `limits.max_rooms`
+    pub max_rooms: usize,
+    /// `limits.max_sessions_per_room`
+    pub max_sessions_per_room: usize,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `log.level`: a tracing filter such as `info` or `kaskade=debug`.
+    pub level: String,
+    /// `log.ips`: include IP addresses in logs (off by default).
+    pub ips: bool,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1".into(),
+            port_start: 40000,
+            workers: 0,
+            advertise: String::new(),
+            bus_queue: 1024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_rooms: 10_000,
+            max_sessions_per_room: 100,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            ips: false,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            control: ControlConfig::default(),
+            metrics: MetricsConfig::default(),
+            media: MediaConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The file is not valid TOML or has unknown keys / wrong types.
+    #[error("invalid config file {path}: {reason}")]
+    Parse {
+        /// The path given.
+        path: String,
+        /// toml's message, which names the key and line.
+        reason: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid value for {key}: {reason}")]
+    Value {
+        /// The key, e.g. `media.bind`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Overrides from the command line; `None` leaves the value as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--control-listen`
+    pub control_listen: Option<String>,
+    /// `--metrics-listen`
+    pub metrics_listen: Option<String>,
+    /// `--media-bind`
+    pub media_bind: Option<String>,
+    /// `--media-port-start`
+    pub media_port_start: Option<String>,
+    /// `--workers`
+    pub media_workers: Option<String>,
+    /// `--advertise`
+    pub media_advertise: Option<String>,
+    /// `--bus-queue`
+    pub media_bus_queue: Option<String>,
+    /// `--log-level`
+    pub log_level: Option<String>,
+    /// `--log-ips`
+    pub log_ips: Option<String>,
+}
+
+/// The resolved, validated configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// gRPC listen address.
+    pub control_listen: SocketAddr,
+    /// Metrics listen address, if enabled.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Media bind IP.
+    pub media_bind: IpAddr,
+    /// First media port (0 = ephemeral).
+    pub media_port_start: u16,
+    /// Number of media workers.
+    pub workers: usize,
+    /// IP advertised in ICE candidates.
+    pub advertise: IpAddr,
+    /// Bus inbox capacity, in batches.
+    pub bus_queue: usize,
+    /// Room limit.
+    pub max_rooms: usize,
+    /// Sessions per room limit.
+    pub max_sessions_per_room: usize,
+    /// Tracing filter.
+    pub log_level: String,
+    /// Whether logs may carry IP addresses.
+    pub log_ips: bool,
+}
+
+impl Config {
+    /// Reads a TOML file on top of the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml(&text).map_err(|reason| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Parses TOML text on top of the defaults.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_string())
+    }
+
+    /// Applies `KASKADE_*` environment variables read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let o = Overrides {
+            control_listen: get("KASKADE_CONTROL_LISTEN"),
+            metrics_listen: get("KASKADE_METRICS_LISTEN"),
+            media_bind: get("KASKADE_MEDIA_BIND"),
+            media_port_start: get("KASKADE_MEDIA_PORT_START"),
+            media_workers: get("KASKADE_MEDIA_WORKERS"),
+            media_advertise: get("KASKADE_MEDIA_ADVERTISE"),
+            media_bus_queue: get("KASKADE_MEDIA_BUS_QUEUE"),
+            log_level: get("KASKADE_LOG_LEVEL"),
+            log_ips: get("KASKADE_LOG_IPS"),
+        };
+        self.apply(&o)?;
+        if let Some(v) = get("KASKADE_LIMITS_MAX_ROOMS") {
+            self.limits.max_rooms = parse_num("limits.max_rooms", &v)?;
+        }
+        if let Some(v) = get("KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM") {
+            self.limits.max_sessions_per_room = parse_num("limits.max_sessions_per_room", &v)?;
+        }
+        Ok(())
+    }
+
+    /// Applies overrides (from flags or the environment).
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(v) = &o.control_listen {
+            self.control.listen = v.clone();
+        }
+        if let Some(v) = &o.metrics_listen {
+            self.metrics.listen = v.clone();
+        }
+        if let Some(v) = &o.media_bind {
+            self.media.bind = v.clone();
+        }
+        if let Some(v) = &o.media_port_start {
+            self.media.port_start = parse_num("media.port_start", v)?;
+        }
+        if let Some(v) = &o.media_workers {
+            self.media.workers = parse_num("media.workers", v)?;
+        }
+        if let Some(v) = &o.media_advertise {
+            self.media.advertise = v.clone();
+        }
+        if let Some(v) = &o.media_bus_queue {
+            self.media.bus_queue = parse_num("media.bus_queue", v)?;
+        }
+        if let Some(v) = &o.log_level {
+            self.log.level = v.clone();
+        }
+        if let Some(v) = &o.log_ips {
+            self.log.ips = match v.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::Value {
+                        key: "log.ips",
+                        reason: format!("{v:?} is not a boolean"),
+                    })
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Checks every value and resolves defaults that depend on the machine.
+    pub fn resolve(&self, cores: usize) -> Result<Resolved, ConfigError> {
+        let control_listen = parse_sock("control.listen", &self.control.listen)?;
+        let metrics_listen = if self.metrics.listen.is_empty() {
+            None
+        } else {
+            Some(parse_sock("metrics.listen", &self.metrics.listen)?)
+        };
+        let media_bind: IpAddr = self.media.bind.parse().map_err(|_| ConfigError::Value {
+            key: "media.bind",
+            reason: format!("{:?} is not an IP address", self.media.bind),
+        })?;
+        let advertise = if self.media.advertise.is_empty() {
+            if media_bind.is_unspecified() {
+                return Err(ConfigError::Value {
+                    key: "media.advertise",
+                    reason: format!(
+                        "must be set when media.bind is {media_bind}: browsers need a concrete address"
+                    ),
+                });
+            }
+            media_bind
+        } else {
+            let ip: IpAddr = self
+                .media
+                .advertise
+                .parse()
+                .map_err(|_| ConfigError::Value {
+                    key: "media.advertise",
+                    reason: format!("{:?} is not an IP address", self.media.advertise),
+                })?;
+            if ip.is_unspecified() {
+                return Err(ConfigError::Value {
+                    key: "media.advertise",
+                    reason: "must be a concrete address, not 0.0.0.0 or ::".into(),
+                });
+            }
+            ip
+        };
+        let workers = if self.media.workers == 0 {
+            cores.max(1)
+        } else {
+            self.media.workers
+        };
+        if workers > 1024 {
+            return Err(ConfigError::Value {
+                key: "media.workers",
+                reason: format!("{workers} is more than 1024"),
+            });
+        }
+        if self.media.port_start != 0 && usize::from(self.media.port_start) + workers > 65536 {
+            return Err(ConfigError::Value {
+                key: "media.port_start",
+                reason: format!(
+                    "{} + {workers} workers runs past port 65535",
+                    self.media.port_start
+                ),
+            });
+        }
+        if self.media.bus_queue == 0 {
+            return Err(ConfigError::Value {
+                key: "media.bus_queue",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.limits.max_rooms == 0 {
+            return Err(ConfigError::Value {
+                key: "limits.max_rooms",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.limits.max_sessions_per_room == 0 {
+            return Err(ConfigError::Value {
+                key: "limits.max_sessions_per_room",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::Value {
+                key: "log.level",
+                reason: format!("{:?} is not a valid log filter", self.log.level),
+            });
+        }
+        Ok(Resolved {
+            control_listen,
+            metrics_listen,
+            media_bind,
+            media_port_start: self.media.port_start,
+            workers,
+            advertise,
+            bus_queue: self.media.bus_queue,
+            max_rooms: self.limits.max_rooms,
+            max_sessions_per_room: self.limits.max_sessions_per_room,
+            log_level: self.log.level.clone(),
+            log_ips: self.log.ips,
+        })
+    }
+}
+
+fn parse_sock(key: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| ConfigError::Value {
+        key,
+        reason: format!("{v:?} is not an address like 127.0.0.1:50051"),
+    })
+}
+
+fn parse_num<T: std::str::FromStr>(key: &'static str, v: &str) -> Result<T, ConfigError> {
+    v.trim().parse().map_err(|_| ConfigError::Value {
+        key,
+        reason: format!("{v:?} is not a valid number"),
+    })
+}
+
+impl Resolved {
+    /// The resolved defaults, for tests and embedding.
+    pub fn defaults_for_test() -> Self {
+        let mut c = Config::default();
+        c.media.workers = 2;
+        c.resolve(2)
+            .unwrap_or_else(|_| unreachable!("defaults are valid"))
+    }
+
+    /// Loopback, ephemeral ports everywhere: what tests use.
+    pub fn ephemeral(workers: usize) -> Self {
+        Resolved {
+            control_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            metrics_listen: None,
+            media_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            media_port_start: 0,
+            workers,
+            advertise: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            bus_queue: 1024,
+            max_rooms: 10_000,
+            max_sessions_per_room: 100,
+            log_level: "info".into(),
+            log_ips: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let r = Config::default().resolve(4).unwrap();
+        assert_eq!(r.control_listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(r.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(r.workers, 4);
+        assert_eq!(r.media_port_start, 40000);
+        assert_eq!(r.advertise, r.media_bind);
+        assert!(!r.log_ips);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let mut c = Config::from_toml("[media]\nworkers = 3\nport_start = 41000\n").unwrap();
+        c.apply_env(|k| (k == "KASKADE_MEDIA_WORKERS").then(|| "5".to_string()))
+            .unwrap();
+        assert_eq!(c.media.workers, 5);
+        assert_eq!(c.media.port_start, 41000);
+        c.apply(&Overrides {
+            media_workers: Some("7".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.resolve(2).unwrap().workers, 7);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[media]\nworkerz = 3\n").unwrap_err();
+        assert!(err.contains("workerz"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::from_toml("[media]\nworkers = \"many\"\n").unwrap_err();
+        assert!(err.contains("workers"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut c = Config::default();
+        c.media.bind = "0.0.0.0".into();
+        let e = c.resolve(2).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Value {
+                    key: "media.advertise",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        c.media.advertise = "203.0.113.7".into();
+        let r = c.resolve(2).unwrap();
+        assert_eq!(r.advertise, "203.0.113.7".parse::<IpAddr>().unwrap());
+
+        let mut c = Config::default();
+        c.control.listen = "localhost".into();
+        let e = c.resolve(2).unwrap_err();
+        assert!(e.to_string().contains("control.listen"), "{e}");
+
+        let mut c = Config::default();
+        let e = c
+            .apply_env(|k| (k == "KASKADE_MEDIA_PORT_START").then(|| "70000".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("media.port_start"), "{e}");
+
+        c.media.port_start = 65530;
+        c.media.workers = 8;
+        assert!(c
+            .resolve(2)
+            .unwrap_err()
+            .to_string()
+            .contains("media.port_start"));
+    }
+
+    #[test]
+    fn metrics_can_be_disabled() {
+        let mut c = Config::default();
+        c.metrics.listen = String::new();
+        assert_eq!(c.resolve(1).unwrap().metrics_listen, None);
+    }
+}

@@ -1,0 +1,181 @@
+//! The tonic services: thin adapters from gRPC to [`Control`].
+
+use super::error::ApiError;
+use super::plane::Control;
+use kaskade_protocol::v1 as pb;
+use pb::room_service_server::RoomService;
+use pb::session_service_server::SessionService;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+/// Implements both services over one control plane.
+#[derive(Debug, Clone)]
+pub struct Api {
+    control: Arc<Control>,
+}
+
+impl Api {
+    /// The API over `control`.
+    pub fn new(control: Arc<Control>) -> Self {
+        Self { control }
+    }
+
+    fn done<T>(&self, method: &str, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+        match r {
+            Ok(v) => Ok(Response::new(v)),
+            Err(e) => {
+                let code = format!("{:?}", e.code());
+                self.control
+                    .metrics()
+                    .api_errors
+                    .with_label_values(&[method, code.as_str()])
+                    .inc();
+                tracing::debug!(method, code = %code, "api error");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RoomService for Api {
+    async fn create_room(
+        &self,
+        req: Request<pb::CreateRoomRequest>,
+    ) -> Result<Response<pb::CreateRoomResponse>, Status> {
+        let r = req.into_inner();
+        let res = self
+            .control
+            .create_room(&r.room_id, r.max_sessions)
+            .map(|room| pb::CreateRoomResponse { room: Some(room) });
+        self.done("CreateRoom", res)
+    }
+
+    async fn get_room(
+        &self,
+        req: Request<pb::GetRoomRequest>,
+    ) -> Result<Response<pb::GetRoomResponse>, Status> {
+        let res = self
+            .control
+            .get_room(&req.into_inner().room_id)
+            .map(|room| pb::GetRoomResponse { room: Some(room) });
+        self.done("GetRoom", res)
+    }
+
+    async fn list_rooms(
+        &self,
+        _req: Request<pb::ListRoomsRequest>,
+    ) -> Result<Response<pb::ListRoomsResponse>, Status> {
+        Ok(Response::new(pb::ListRoomsResponse {
+            rooms: self.control.list_rooms(),
+        }))
+    }
+
+    async fn delete_room(
+        &self,
+        req: Request<pb::DeleteRoomRequest>,
+    ) -> Result<Response<pb::DeleteRoomResponse>, Status> {
+        let res = self
+            .control
+            .delete_room(&req.into_inner().room_id)
+            .await
+            .map(|()| pb::DeleteRoomResponse {});
+        self.done("DeleteRoom", res)
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl SessionService for Api {
+    async fn create_session(
+        &self,
+        req: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let res = self.control.create_session(req.into_inner()).await;
+        self.done("CreateSession", res)
+    }
+
+    async fn renegotiate(
+        &self,
+        req: Request<pb::RenegotiateRequest>,
+    ) -> Result<Response<pb::RenegotiateResponse>, Status> {
+        let res = self.control.renegotiate(req.into_inner()).await;
+        self.done("Renegotiate", res)
+    }
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<pb::SubscribeResponse>, Status> {
+        let res = self.control.subscribe(req.into_inner()).await;
+        self.done("Subscribe", res)
+    }
+
+    async fn unsubscribe(
+        &self,
+        req: Request<pb::UnsubscribeRequest>,
+    ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
+        let res = self.control.unsubscribe(req.into_inner()).await;
+        self.done("Unsubscribe", res)
+    }
+
+    async fn set_answer(
+        &self,
+        req: Request<pb::SetAnswerRequest>,
+    ) -> Result<Response<pb::SetAnswerResponse>, Status> {
+        let res = self
+            .control
+            .set_answer(req.into_inner())
+            .await
+            .map(|()| pb::SetAnswerResponse {});
+        self.done("SetAnswer", res)
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let res = self
+            .control
+            .close_session(&req.into_inner().session_id)
+            .await
+            .map(|()| pb::CloseSessionResponse {});
+        self.done("CloseSession", res)
+    }
+
+    async fn get_session(
+        &self,
+        req: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let res = self.control.get_session(&req.into_inner().session_id);
+        self.done("GetSession", res)
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let room_id = req.into_inner().room_id;
+        let rx = match self.control.watch(&room_id) {
+            Ok(rx) => rx,
+            Err(e) => return self.done("WatchEvents", Err(e)),
+        };
+        let first = pb::Event {
+            room_id: room_id.clone(),
+            at_unix_ms: super::registry::unix_ms(),
+            kind: Some(pb::event::Kind::Watching(pb::Watching {})),
+        };
+        // A watcher that falls more than the room's buffer behind misses
+        // events (it can resync with GetRoom); it is never allowed to slow
+        // the router down.
+        let rest = BroadcastStream::new(rx).filter_map(|r| r.ok().map(Ok));
+        let stream = tokio_stream::once(Ok(first)).chain(rest);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,11 @@
+//! The control plane: the gRPC API, the registry of rooms and sessions,
+//! and the commands it sends to the media workers.
+
+pub mod error;
+pub mod grpc;
+pub mod plane;
+pub mod registry;
+
+pub use error::ApiError;
+pub use grpc::Api;
+pub use plane::{Control, Limits};

@@ -1,0 +1,666 @@
+//! The control plane's operations: validates API requests against the
+//! registry, sends commands to the media workers and keeps the registry and
+//! the room event streams up to date.
+
+use super::error::{parse_id, ApiError};
+use super::registry::{Registry, SessionState, SubState};
+use crate::media::command::{AnswerOk, Reply};
+use crate::media::worker::WorkerHandle;
+use crate::media::{CloseReason, Command, TrackInfo, WorkerEvent, WorkerId};
+use crate::metrics::Metrics;
+use kaskade_protocol::v1 as pb;
+use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
+use pb::event::Kind;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{broadcast, oneshot};
+
+/// Largest SDP the API accepts.
+pub const MAX_SDP_BYTES: usize = 256 * 1024;
+/// Largest metadata blob the API accepts.
+pub const MAX_METADATA_BYTES: usize = 4096;
+/// Most tracks in one Subscribe/Unsubscribe call.
+pub const MAX_TRACKS_PER_CALL: usize = 256;
+
+/// Limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `limits.max_rooms`
+    pub max_rooms: usize,
+    /// `limits.max_sessions_per_room`
+    pub max_sessions_per_room: usize,
+}
+
+/// The control plane.
+pub struct Control {
+    registry: Mutex<Registry>,
+    workers: Vec<WorkerHandle>,
+    metrics: Metrics,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+fn check_sdp(field: &str, sdp: &str) -> Result<(), ApiError> {
+    if sdp.is_empty() {
+        return Err(ApiError::InvalidArgument(format!("{field} is empty")));
+    }
+    if sdp.len() > MAX_SDP_BYTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{field} is larger than {MAX_SDP_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_tracks(ids: &[String]) -> Result<Vec<TrackId>, ApiError> {
+    if ids.is_empty() {
+        return Err(ApiError::InvalidArgument("track_ids is empty".into()));
+    }
+    if ids.len() > MAX_TRACKS_PER_CALL {
+        return Err(ApiError::InvalidArgument(format!(
+            "more than {MAX_TRACKS_PER_CALL} track_ids"
+        )));
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for s in ids {
+        let t = parse_id("track_id", s, TrackId::parse)?;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+impl Control {
+    /// A control plane over the given workers.
+    pub fn new(workers: Vec<WorkerHandle>, metrics: Metrics, limits: Limits) -> Self {
+        Self {
+            registry: Mutex::new(Registry::new(workers.len())),
+            workers,
+            metrics,
+            limits,
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn reg(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock would be a bug in this module; the
+        // registry stays structurally valid, so keep serving.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, w: WorkerId, cmd: Command) {
+        if let Some(h) = self.workers.get(w.index()) {
+            let _ = h.send(cmd);
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        w: WorkerId,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        let h = self
+            .workers
+            .get(w.index())
+            .ok_or_else(|| ApiError::Unavailable("media worker missing".into()))?;
+        h.send(make(tx))
+            .map_err(|_| ApiError::Unavailable("media worker stopped".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Unavailable("media worker stopped".into()))?
+            .map_err(ApiError::from)
+    }
+
+    // ----- rooms ------------------------------------------------------------
+
+    /// `CreateRoom`
+    pub fn create_room(&self, room_id: &str, max_sessions: u32) -> Result<pb::Room, ApiError> {
+        let room = parse_id("room_id", room_id, RoomId::parse)?;
+        let limit = self.limits.max_sessions_per_room;
+        let max = if max_sessions == 0 {
+            limit as u32
+        } else if max_sessions as usize > limit {
+            return Err(ApiError::InvalidArgument(format!(
+                "max_sessions {max_sessions} is above this router's limit of {limit}"
+            )));
+        } else {
+            max_sessions
+        };
+        let mut reg = self.reg();
+        if reg.rooms.contains_key(&room) {
+            return Err(ApiError::AlreadyExists(format!("room {room} exists")));
+        }
+        if reg.rooms.len() >= self.limits.max_rooms {
+            return Err(ApiError::ResourceExhausted(format!(
+                "this router holds its limit of {} rooms",
+                self.limits.max_rooms
+            )));
+        }
+        reg.rooms.insert(room.clone(), Registry::new_room(max));
+        self.metrics.rooms.set(reg.rooms.len() as i64);
+        reg.room_pb(&room)
+            .ok_or_else(|| ApiError::Internal("room vanished".into()))
+    }
+
+    /// `GetRoom`
+    pub fn get_room(&self, room_id: &str) -> Result<pb::Room, ApiError> {
+        let room = parse_id("room_id", room_id, RoomId::parse)?;
+        self.reg()
+            .room_pb(&room)
+            .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))
+    }
+
+    /// `ListRooms`
+    pub fn list_rooms(&self) -> Vec<pb::Room> {
+        let reg = self.reg();
+        reg.rooms.keys().filter_map(|r| reg.room_pb(r)).collect()
+    }
+
+    /// `DeleteRoom`: closes every session, then removes the room.
+    pub async fn delete_room(&self, room_id: &str) -> Result<(), ApiError> {
+        let room = parse_id("room_id", room_id, RoomId::parse)?;
+        let sessions: Vec<SessionId> = {
+            let reg = self.reg();
+            let r = reg
+                .rooms
+                .get(&room)
+                .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?;
+            r.participants.values().copied().collect()
+        };
+        for sid in sessions {
+            let _ = self.close_session_id(sid).await;
+        }
+        let mut reg = self.reg();
+        reg.rooms.remove(&room);
+        self.metrics.rooms.set(reg.rooms.len() as i64);
+        Ok(())
+    }
+
+    /// `WatchEvents`: a receiver of the room's events.
+    pub fn watch(&self, room_id: &str) -> Result<broadcast::Receiver<pb::Event>, ApiError> {
+        let room = parse_id("room_id", room_id, RoomId::parse)?;
+        let reg = self.reg();
+        let r = reg
+            .rooms
+            .get(&room)
+            .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?;
+        Ok(r.events.subscribe())
+    }
+
+    // ----- sessions ---------------------------------------------------------
+
+    /// `CreateSession`
+    pub async fn create_session(
+        &self,
+        req: pb::CreateSessionRequest,
+    ) -> Result<pb::CreateSessionResponse, ApiError> {
+        let room = parse_id("room_id", &req.room_id, RoomId::parse)?;
+        let participant = parse_id("participant_id", &req.participant_id, ParticipantId::parse)?;
+        check_sdp("sdp_offer", &req.sdp_offer)?;
+        if req.metadata.len() > MAX_METADATA_BYTES {
+            return Err(ApiError::InvalidArgument(format!(
+                "metadata is larger than {MAX_METADATA_BYTES} bytes"
+            )));
+        }
+        let (sid, worker) = {
+            let mut reg = self.reg();
+            let r = reg
+                .rooms
+                .get(&room)
+                .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?;
+            if r.participants.contains_key(&participant) {
+                return Err(ApiError::AlreadyExists(format!(
+                    "participant {participant} already has a session in room {room}"
+                )));
+            }
+            if r.participants.len() >= r.max_sessions as usize {
+                return Err(ApiError::ResourceExhausted(format!(
+                    "room {room} holds its limit of {} sessions",
+                    r.max_sessions
+                )));
+            }
+            let mut sid = SessionId(rand::random());
+            while reg.sessions.contains_key(&sid) {
+                sid = SessionId(rand::random());
+            }
+            let worker = reg.pick_worker();
+            reg.load[worker.index()] += 1;
+            if let Some(r) = reg.rooms.get_mut(&room) {
+                r.participants.insert(participant.clone(), sid);
+            }
+            reg.sessions.insert(
+                sid,
+                SessionState {
+                    room: room.clone(),
+                    participant: participant.clone(),
+                    worker,
+                    metadata: req.metadata.clone(),
+                    connected: false,
+                    creating: true,
+                    published: Vec::new(),
+                    subs: Default::default(),
+                },
+            );
+            self.metrics.sessions.inc();
+            (sid, worker)
+        };
+        let res = self
+            .call(worker, |reply| Command::CreateSession {
+                session: sid,
+                room: room.clone(),
+                participant: participant.clone(),
+                offer: req.sdp_offer,
+                reply,
+            })
+            .await;
+        let ok = match res {
+            Ok(ok) => ok,
+            Err(e) => {
+                let mut reg = self.reg();
+                self.forget_session(&mut reg, sid);
+                return Err(e);
+            }
+        };
+        let mut reg = self.reg();
+        if !reg.sessions.contains_key(&sid) {
+            // Closed (room deleted) while the worker was answering.
+            drop(reg);
+            self.send(
+                worker,
+                Command::CloseSession {
+                    session: sid,
+                    reply: oneshot::channel().0,
+                },
+            );
+            return Err(ApiError::NotFound(format!("room {room} was deleted")));
+        }
+        if let Some(s) = reg.sessions.get_mut(&sid) {
+            s.creating = false;
+        }
+        let tracks = self.publish_tracks(&mut reg, sid, &ok);
+        Ok(pb::CreateSessionResponse {
+            session_id: sid.to_string(),
+            sdp_answer: ok.answer,
+            tracks,
+        })
+    }
+
+    /// Registers tracks an offer added, unpublishes those it removed.
+    fn publish_tracks(&self, reg: &mut Registry, sid: SessionId, ok: &AnswerOk) -> Vec<pb::Track> {
+        let Some(s) = reg.sessions.get(&sid) else {
+            return Vec::new();
+        };
+        let (room, participant, worker) = (s.room.clone(), s.participant.clone(), s.worker);
+        let mut out = Vec::new();
+        for t in &ok.added {
+            let info = Arc::new(TrackInfo {
+                id: t.id,
+                kind: t.kind,
+                room: room.clone(),
+                session: sid,
+                participant: participant.clone(),
+                worker,
+                mid: t.mid,
+                rids: t.rids.clone(),
+            });
+            let tpb = reg.track_pb(&info);
+            reg.tracks.insert(t.id, info);
+            if let Some(s) = reg.sessions.get_mut(&sid) {
+                s.published.push(t.id);
+            }
+            reg.emit(
+                &room,
+                Kind::TrackPublished(pb::TrackPublished {
+                    track: Some(tpb.clone()),
+                }),
+            );
+            out.push(tpb);
+        }
+        if !ok.removed.is_empty() {
+            self.unpublish(reg, &ok.removed);
+        }
+        out
+    }
+
+    /// Tracks stop being published: every worker drops their streams,
+    /// subscribers are told to renegotiate.
+    fn unpublish(&self, reg: &mut Registry, tracks: &[TrackId]) {
+        for &t in tracks {
+            let Some(info) = reg.tracks.remove(&t) else {
+                continue;
+            };
+            if let Some(s) = reg.sessions.get_mut(&info.session) {
+                s.published.retain(|x| *x != t);
+            }
+            for w in &self.workers {
+                let _ = w.send(Command::TrackGone { track: t });
+            }
+            reg.emit(
+                &info.room,
+                Kind::TrackUnpublished(pb::TrackUnpublished {
+                    track_id: t.to_string(),
+                    session_id: info.session.to_string(),
+                }),
+            );
+            for sub in reg.subscribers_of(&info.room, t) {
+                if let Some(s) = reg.sessions.get_mut(&sub) {
+                    if let Some(st) = s.subs.get_mut(&t) {
+                        st.gone = true;
+                    }
+                }
+                let gone: BTreeSet<TrackId> = [t].into();
+                reg.emit(
+                    &info.room,
+                    Kind::RenegotiationNeeded(pb::RenegotiationNeeded {
+                        session_id: sub.to_string(),
+                        reason: "subscribed tracks were unpublished".into(),
+                        track_ids: Registry::ids(&gone),
+                    }),
+                );
+            }
+        }
+    }
+
+    fn session_of(reg: &Registry, session_id: &str) -> Result<(SessionId, WorkerId), ApiError> {
+        let sid = parse_id("session_id", session_id, SessionId::parse)?;
+        let s = reg
+            .sessions
+            .get(&sid)
+            .ok_or_else(|| ApiError::NotFound(format!("session {sid} not found")))?;
+        if s.creating {
+            return Err(ApiError::FailedPrecondition(format!(
+                "session {sid} is still being created"
+            )));
+        }
+        Ok((sid, s.worker))
+    }
+
+    /// `Renegotiate`
+    pub async fn renegotiate(
+        &self,
+        req: pb::RenegotiateRequest,
+    ) -> Result<pb::RenegotiateResponse, ApiError> {
+        check_sdp("sdp_offer", &req.sdp_offer)?;
+        let (sid, worker) = Self::session_of(&self.reg(), &req.session_id)?;
+        let ok = self
+            .call(worker, |reply| Command::Renegotiate {
+                session: sid,
+                offer: req.sdp_offer,
+                reply,
+            })
+            .await?;
+        let mut reg = self.reg();
+        let added = self.publish_tracks(&mut reg, sid, &ok);
+        Ok(pb::RenegotiateResponse {
+            sdp_answer: ok.answer,
+            added_tracks: added,
+            removed_track_ids: ok.removed.iter().map(|t| t.to_string()).collect(),
+        })
+    }
+
+    /// `Subscribe`
+    pub async fn subscribe(
+        &self,
+        req: pb::SubscribeRequest,
+    ) -> Result<pb::SubscribeResponse, ApiError> {
+        let ids = parse_tracks(&req.track_ids)?;
+        let (sid, worker, infos) = {
+            let reg = self.reg();
+            let (sid, worker) = Self::session_of(&reg, &req.session_id)?;
+            let s = &reg.sessions[&sid];
+            let mut infos = Vec::with_capacity(ids.len());
+            for t in &ids {
+                let info = reg
+                    .tracks
+                    .get(t)
+                    .filter(|i| i.room == s.room)
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!("track {t} not found in room {}", s.room))
+                    })?;
+                if info.session == sid {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "track {t} is published by this session itself"
+                    )));
+                }
+                if s.subs.contains_key(t) {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "session {sid} is already subscribed to track {t}"
+                    )));
+                }
+                infos.push(info.clone());
+            }
+            (sid, worker, infos)
+        };
+        let ok = self
+            .call(worker, |reply| Command::Subscribe {
+                session: sid,
+                tracks: infos.clone(),
+                reply,
+            })
+            .await?;
+        let mut reg = self.reg();
+        let mut subs = Vec::new();
+        for (t, mid) in &ok.mids {
+            let Some(info) = infos.iter().find(|i| i.id == *t) else {
+                continue;
+            };
+            let gone = !reg.tracks.contains_key(t);
+            if let Some(s) = reg.sessions.get_mut(&sid) {
+                s.subs.insert(
+                    *t,
+                    SubState {
+                        mid: *mid,
+                        publisher_worker: info.worker,
+                        gone,
+                    },
+                );
+            }
+            if !gone {
+                self.send(info.worker, Command::AddDestination { track: *t, worker });
+            }
+            subs.push(pb::Subscription {
+                track_id: t.to_string(),
+                mid: mid.to_string(),
+            });
+        }
+        Ok(pb::SubscribeResponse {
+            sdp_offer: ok.offer,
+            subscriptions: subs,
+        })
+    }
+
+    /// `Unsubscribe`
+    pub async fn unsubscribe(
+        &self,
+        req: pb::UnsubscribeRequest,
+    ) -> Result<pb::UnsubscribeResponse, ApiError> {
+        let ids = parse_tracks(&req.track_ids)?;
+        let (sid, worker) = {
+            let reg = self.reg();
+            let (sid, worker) = Self::session_of(&reg, &req.session_id)?;
+            let s = &reg.sessions[&sid];
+            if let Some(t) = ids.iter().find(|t| !s.subs.contains_key(t)) {
+                return Err(ApiError::NotFound(format!(
+                    "session {sid} is not subscribed to track {t}"
+                )));
+            }
+            (sid, worker)
+        };
+        let ok = self
+            .call(worker, |reply| Command::Unsubscribe {
+                session: sid,
+                tracks: ids.clone(),
+                reply,
+            })
+            .await?;
+        let mut reg = self.reg();
+        if let Some(s) = reg.sessions.get_mut(&sid) {
+            for t in &ids {
+                if let Some(st) = s.subs.remove(t) {
+                    if !st.gone {
+                        self.send(
+                            st.publisher_worker,
+                            Command::RemoveDestination { track: *t, worker },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(pb::UnsubscribeResponse {
+            sdp_offer: ok.offer,
+        })
+    }
+
+    /// `SetAnswer`
+    pub async fn set_answer(&self, req: pb::SetAnswerRequest) -> Result<(), ApiError> {
+        check_sdp("sdp_answer", &req.sdp_answer)?;
+        let (sid, worker) = Self::session_of(&self.reg(), &req.session_id)?;
+        self.call(worker, |reply| Command::SetAnswer {
+            session: sid,
+            answer: req.sdp_answer,
+            reply,
+        })
+        .await
+    }
+
+    /// `CloseSession`
+    pub async fn close_session(&self, session_id: &str) -> Result<(), ApiError> {
+        let sid = parse_id("session_id", session_id, SessionId::parse)?;
+        self.close_session_id(sid).await
+    }
+
+    async fn close_session_id(&self, sid: SessionId) -> Result<(), ApiError> {
+        let worker = self
+            .reg()
+            .sessions
+            .get(&sid)
+            .map(|s| s.worker)
+            .ok_or_else(|| ApiError::NotFound(format!("session {sid} not found")))?;
+        let r = self
+            .call(worker, |reply| Command::CloseSession {
+                session: sid,
+                reply,
+            })
+            .await;
+        // Whatever the worker said (it may have closed it on its own just
+        // now), the session is gone from the registry.
+        let mut reg = self.reg();
+        self.cleanup_session(&mut reg, sid, CloseReason::Api);
+        match r {
+            Ok(()) | Err(ApiError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GetSession`
+    pub fn get_session(&self, session_id: &str) -> Result<pb::GetSessionResponse, ApiError> {
+        let sid = parse_id("session_id", session_id, SessionId::parse)?;
+        let reg = self.reg();
+        let s = reg
+            .sessions
+            .get(&sid)
+            .ok_or_else(|| ApiError::NotFound(format!("session {sid} not found")))?;
+        Ok(pb::GetSessionResponse {
+            session: Some(reg.session_pb(sid, s)),
+            room_id: s.room.to_string(),
+            published: s
+                .published
+                .iter()
+                .filter_map(|t| reg.tracks.get(t))
+                .map(|t| reg.track_pb(t))
+                .collect(),
+            subscriptions: s
+                .subs
+                .iter()
+                .map(|(t, st)| pb::Subscription {
+                    track_id: t.to_string(),
+                    mid: st.mid.to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    // ----- bookkeeping --------------------------------------------------
+
+    /// Removes a session that never got going.
+    fn forget_session(&self, reg: &mut Registry, sid: SessionId) {
+        if let Some(s) = reg.sessions.remove(&sid) {
+            reg.load[s.worker.index()] = reg.load[s.worker.index()].saturating_sub(1);
+            if let Some(r) = reg.rooms.get_mut(&s.room) {
+                r.participants.remove(&s.participant);
+            }
+            self.metrics.sessions.dec();
+        }
+    }
+
+    /// Removes a closed session: its tracks are unpublished, its
+    /// subscriptions released, watchers told.
+    fn cleanup_session(&self, reg: &mut Registry, sid: SessionId, reason: CloseReason) {
+        let Some(s) = reg.sessions.get(&sid) else {
+            return;
+        };
+        let room = s.room.clone();
+        let published = s.published.clone();
+        let worker = s.worker;
+        let subs: Vec<(TrackId, SubState)> =
+            s.subs.iter().map(|(t, st)| (*t, st.clone())).collect();
+        self.unpublish(reg, &published);
+        for (t, st) in subs {
+            if !st.gone {
+                self.send(
+                    st.publisher_worker,
+                    Command::RemoveDestination { track: t, worker },
+                );
+            }
+        }
+        self.forget_session(reg, sid);
+        reg.emit(
+            &room,
+            Kind::SessionClosed(pb::SessionClosed {
+                session_id: sid.to_string(),
+                reason: reason.as_str().into(),
+            }),
+        );
+    }
+
+    /// Applies something a worker reported on its own.
+    pub fn on_worker_event(&self, ev: WorkerEvent) {
+        let mut reg = self.reg();
+        match ev {
+            WorkerEvent::Connected { session } => {
+                let Some(s) = reg.sessions.get_mut(&session) else {
+                    return;
+                };
+                s.connected = true;
+                let room = s.room.clone();
+                reg.emit(
+                    &room,
+                    Kind::SessionConnected(pb::SessionConnected {
+                        session_id: session.to_string(),
+                    }),
+                );
+            }
+            WorkerEvent::Closed { session, reason } => {
+                tracing::info!(session = %session, reason = reason.as_str(), "session closed by the media plane");
+                self.cleanup_session(&mut reg, session, reason);
+            }
+        }
+    }
+
+    /// Stops every worker (their sessions close).
+    pub fn shutdown_workers(&self) {
+        for w in &self.workers {
+            let _ = w.send(Command::Shutdown);
+        }
+    }
+}

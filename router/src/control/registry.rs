@@ -1,0 +1,193 @@
+//! What the control plane knows: rooms, sessions, tracks and who
+//! subscribes to what. Plain data behind one mutex of the control plane
+//! (never on the packet path, never held across an await).
+
+use crate::media::{TrackInfo, WorkerId};
+use kaskade_protocol::v1 as pb;
+use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use str0m::media::{MediaKind, Mid};
+use tokio::sync::broadcast;
+
+/// Events buffered per room for slow watchers.
+const ROOM_EVENT_BUFFER: usize = 1024;
+
+/// One room.
+#[derive(Debug)]
+pub struct RoomState {
+    /// Session limit of the room.
+    pub max_sessions: u32,
+    /// Participants and their sessions.
+    pub participants: BTreeMap<ParticipantId, SessionId>,
+    /// The room's event stream.
+    pub events: broadcast::Sender<pb::Event>,
+}
+
+/// A subscription of a session to a track.
+#[derive(Debug, Clone)]
+pub struct SubState {
+    /// The subscriber's media line.
+    pub mid: Mid,
+    /// The publisher's worker.
+    pub publisher_worker: WorkerId,
+    /// The publisher stopped publishing it.
+    pub gone: bool,
+}
+
+/// One session.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Its room.
+    pub room: RoomId,
+    /// Its participant.
+    pub participant: ParticipantId,
+    /// Its worker.
+    pub worker: WorkerId,
+    /// Opaque integrator metadata (never logged).
+    pub metadata: String,
+    /// ICE + DTLS up.
+    pub connected: bool,
+    /// Still being created on its worker.
+    pub creating: bool,
+    /// Published tracks.
+    pub published: Vec<TrackId>,
+    /// Subscriptions.
+    pub subs: BTreeMap<TrackId, SubState>,
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Rooms by id.
+    pub rooms: BTreeMap<RoomId, RoomState>,
+    /// Sessions by id.
+    pub sessions: HashMap<SessionId, SessionState>,
+    /// Published tracks by id.
+    pub tracks: HashMap<TrackId, Arc<TrackInfo>>,
+    /// Sessions per worker.
+    pub load: Vec<usize>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// An empty registry for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            load: vec![0; workers],
+            ..Default::default()
+        }
+    }
+
+    /// A new room.
+    pub fn new_room(max_sessions: u32) -> RoomState {
+        RoomState {
+            max_sessions,
+            participants: BTreeMap::new(),
+            events: broadcast::channel(ROOM_EVENT_BUFFER).0,
+        }
+    }
+
+    /// The least loaded worker (lowest index on ties).
+    pub fn pick_worker(&self) -> WorkerId {
+        let i = self
+            .load
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, n)| (**n, *i))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        WorkerId(i as u16)
+    }
+
+    /// Sends an event to the room's watchers.
+    pub fn emit(&self, room: &RoomId, kind: pb::event::Kind) {
+        if let Some(r) = self.rooms.get(room) {
+            // No watchers is fine.
+            let _ = r.events.send(pb::Event {
+                room_id: room.to_string(),
+                at_unix_ms: unix_ms(),
+                kind: Some(kind),
+            });
+        }
+    }
+
+    /// The API view of a track.
+    pub fn track_pb(&self, t: &TrackInfo) -> pb::Track {
+        pb::Track {
+            track_id: t.id.to_string(),
+            kind: match t.kind {
+                MediaKind::Audio => pb::TrackKind::Audio as i32,
+                MediaKind::Video => pb::TrackKind::Video as i32,
+            },
+            session_id: t.session.to_string(),
+            participant_id: t.participant.to_string(),
+            mid: t.mid.to_string(),
+            rids: t.rids.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// The API view of a session.
+    pub fn session_pb(&self, id: SessionId, s: &SessionState) -> pb::SessionInfo {
+        pb::SessionInfo {
+            session_id: id.to_string(),
+            participant_id: s.participant.to_string(),
+            worker: u32::from(s.worker.0),
+            connected: s.connected,
+            metadata: s.metadata.clone(),
+        }
+    }
+
+    /// The API view of a room.
+    pub fn room_pb(&self, id: &RoomId) -> Option<pb::Room> {
+        let r = self.rooms.get(id)?;
+        let mut sessions = Vec::new();
+        let mut tracks = Vec::new();
+        for sid in r.participants.values() {
+            let Some(s) = self.sessions.get(sid) else {
+                continue;
+            };
+            sessions.push(self.session_pb(*sid, s));
+            for t in &s.published {
+                if let Some(info) = self.tracks.get(t) {
+                    tracks.push(self.track_pb(info));
+                }
+            }
+        }
+        Some(pb::Room {
+            room_id: id.to_string(),
+            max_sessions: r.max_sessions,
+            sessions,
+            tracks,
+        })
+    }
+
+    /// Sessions in `room` subscribed to `track`.
+    pub fn subscribers_of(&self, room: &RoomId, track: TrackId) -> Vec<SessionId> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        r.participants
+            .values()
+            .filter(|sid| {
+                self.sessions
+                    .get(sid)
+                    .is_some_and(|s| s.subs.contains_key(&track))
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Ids of the published tracks of a set, for events.
+    pub fn ids(tracks: &BTreeSet<TrackId>) -> Vec<String> {
+        tracks.iter().map(|t| t.to_string()).collect()
+    }
+}

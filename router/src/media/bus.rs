@@ -1,0 +1,35 @@
+//! Messages between media workers. A batch of them is one channel message
+//! and one wake-up of the destination worker.
+
+use super::types::MediaPacket;
+use kaskade_protocol::TrackId;
+use std::sync::Arc;
+
+/// One message on the fan-out bus.
+#[derive(Debug, Clone)]
+pub enum BusMsg {
+    /// A packet of a track some subscriber on the destination worker receives.
+    Media(Arc<MediaPacket>),
+    /// A subscriber on another worker needs a keyframe of this track and layer.
+    KeyframeRequest {
+        /// The track (published on the destination worker).
+        track: TrackId,
+        /// The simulcast layer index.
+        layer: u8,
+    },
+}
+
+/// What crosses a bus channel: all messages one worker produced for another
+/// in one loop iteration.
+pub type BusBatch = Vec<BusMsg>;
+
+impl BusMsg {
+    /// Whether dropping this message under overload is acceptable first
+    /// (video), as opposed to audio and control.
+    pub fn is_droppable(&self) -> bool {
+        match self {
+            BusMsg::Media(p) => p.kind == str0m::media::MediaKind::Video,
+            BusMsg::KeyframeRequest { .. } => false,
+        }
+    }
+}

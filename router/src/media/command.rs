@@ -1,0 +1,185 @@
+//! Commands from the control plane to a media worker, their replies, and
+//! the events a worker reports back.
+
+use super::types::{TrackInfo, WorkerId};
+use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
+use std::sync::Arc;
+use str0m::media::Mid;
+use tokio::sync::oneshot;
+
+/// Why a worker refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// The SDP could not be parsed or negotiated (str0m's reason).
+    #[error("invalid SDP: {0}")]
+    BadSdp(String),
+    /// The session is not on this worker (closed meanwhile).
+    #[error("unknown session")]
+    UnknownSession,
+    /// Offer/answer out of order: what was expected instead.
+    #[error("{0}")]
+    OutOfOrder(&'static str),
+    /// The session hit an internal str0m failure and was closed.
+    #[error("internal media error; the session was closed")]
+    Internal,
+}
+
+/// Reply channel of a command. Sending never blocks.
+pub type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
+
+/// A track the browser's offer publishes.
+#[derive(Debug, Clone)]
+pub struct NewTrack {
+    /// Router-assigned id.
+    pub id: TrackId,
+    /// Audio or video.
+    pub kind: str0m::media::MediaKind,
+    /// Its media line.
+    pub mid: Mid,
+    /// Simulcast rids, as offered.
+    pub rids: Vec<str0m::media::Rid>,
+}
+
+/// Result of accepting a browser offer.
+#[derive(Debug, Clone)]
+pub struct AnswerOk {
+    /// The SDP answer.
+    pub answer: String,
+    /// Tracks added by this offer.
+    pub added: Vec<NewTrack>,
+    /// Tracks this offer stopped publishing.
+    pub removed: Vec<TrackId>,
+}
+
+/// Result of a router-made offer.
+#[derive(Debug, Clone)]
+pub struct OfferOk {
+    /// The SDP offer.
+    pub offer: String,
+    /// Where each newly subscribed track sits in the subscriber's SDP.
+    pub mids: Vec<(TrackId, Mid)>,
+}
+
+/// A command to one worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Create a session from a browser offer.
+    CreateSession {
+        /// Id the control plane assigned.
+        session: SessionId,
+        /// Room of the session.
+        room: RoomId,
+        /// Participant of the session.
+        participant: ParticipantId,
+        /// The browser's offer.
+        offer: String,
+        /// Answer and published tracks.
+        reply: Reply<AnswerOk>,
+    },
+    /// A new browser offer on an existing session.
+    Renegotiate {
+        /// The session.
+        session: SessionId,
+        /// The browser's offer.
+        offer: String,
+        /// Answer and track changes.
+        reply: Reply<AnswerOk>,
+    },
+    /// Add outgoing streams for tracks; replies with the router's offer.
+    Subscribe {
+        /// The subscriber.
+        session: SessionId,
+        /// The tracks to add.
+        tracks: Vec<Arc<TrackInfo>>,
+        /// The router's offer.
+        reply: Reply<OfferOk>,
+    },
+    /// Stop outgoing streams; replies with the router's offer.
+    Unsubscribe {
+        /// The subscriber.
+        session: SessionId,
+        /// The tracks to stop.
+        tracks: Vec<TrackId>,
+        /// The router's offer.
+        reply: Reply<OfferOk>,
+    },
+    /// The browser's answer to the router's pending offer.
+    SetAnswer {
+        /// The session.
+        session: SessionId,
+        /// The browser's answer.
+        answer: String,
+        /// Done.
+        reply: Reply<()>,
+    },
+    /// Close a session.
+    CloseSession {
+        /// The session.
+        session: SessionId,
+        /// Done.
+        reply: Reply<()>,
+    },
+    /// A subscriber of `track` now lives on `worker`: send it the track's packets.
+    AddDestination {
+        /// The published track (on this worker).
+        track: TrackId,
+        /// Where a subscriber is.
+        worker: WorkerId,
+    },
+    /// One subscriber of `track` on `worker` went away.
+    RemoveDestination {
+        /// The published track (on this worker).
+        track: TrackId,
+        /// Where the subscriber was.
+        worker: WorkerId,
+    },
+    /// The track is no longer published: drop its outgoing streams here.
+    TrackGone {
+        /// The track.
+        track: TrackId,
+    },
+    /// Stop the worker.
+    Shutdown,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// `CloseSession` or room deletion.
+    Api,
+    /// ICE never connected, or stopped answering.
+    IceTimeout,
+    /// str0m failed internally (a panic or fatal error) for this session only.
+    Internal,
+    /// The router shuts down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The reason as reported to integrators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Api => "closed by api",
+            CloseReason::IceTimeout => "ice timeout",
+            CloseReason::Internal => "internal error",
+            CloseReason::Shutdown => "router shutdown",
+        }
+    }
+}
+
+/// Something a worker tells the control plane on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// ICE and DTLS are up.
+    Connected {
+        /// The session.
+        session: SessionId,
+    },
+    /// The worker closed a session by itself (not through `CloseSession`).
+    Closed {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: CloseReason,
+    },
+}

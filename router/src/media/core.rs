@@ -1,0 +1,823 @@
+//! The sans-IO core of one media worker.
+//!
+//! Inputs: datagrams, control commands, bus batches and timeouts, each with
+//! `now`. Outputs: datagrams to send, bus messages per destination worker and
+//! events for the control plane, collected in [`Outputs`] and drained by the
+//! driver (the mio loop in production, the simulation harness in tests).
+//! Nothing here reads the clock or touches a socket.
+
+use super::bus::{BusBatch, BusMsg};
+use super::command::{AnswerOk, CloseReason, Command, MediaError, NewTrack, OfferOk, WorkerEvent};
+use super::outstream::Forwarded;
+use super::rtc::RtcFactory;
+use super::session::{Datagram, PubTrack, Session};
+use super::types::{MediaPacket, WorkerId};
+use crate::metrics::WorkerMetrics;
+use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
+use rand::Rng;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use str0m::format::Codec;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpPacket;
+use str0m::{Event, IceConnectionState, Input};
+
+/// Minimum time between two keyframe requests to one publisher layer.
+pub const PUBLISHER_KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Everything the core wants done, drained by the driver.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Datagrams to send from this worker's socket.
+    pub transmits: Vec<Datagram>,
+    /// Bus messages per destination worker (indexed by worker id).
+    pub bus: Vec<BusBatch>,
+    /// Events for the control plane.
+    pub events: Vec<WorkerEvent>,
+}
+
+/// A track published by a session on this worker.
+#[derive(Debug)]
+struct Published {
+    session: SessionId,
+    mid: Mid,
+    kind: MediaKind,
+    rids: Vec<str0m::media::Rid>,
+    /// Workers with subscribers, with a subscriber count each.
+    dests: Vec<(WorkerId, u32)>,
+    /// Last keyframe request per layer.
+    last_keyframe: Vec<Option<Instant>>,
+}
+
+/// The state machine of one media worker.
+pub struct WorkerCore {
+    id: WorkerId,
+    /// The address in this worker's ICE candidates (and the destination of
+    /// every datagram it receives).
+    local_addr: SocketAddr,
+    factory: RtcFactory,
+    sessions: HashMap<SessionId, Session>,
+    by_addr: HashMap<SocketAddr, SessionId>,
+    by_ufrag: HashMap<String, SessionId>,
+    published: HashMap<TrackId, Published>,
+    /// Local subscribers of each track.
+    local_subs: HashMap<TrackId, Vec<SessionId>>,
+    /// Events waiting to be handled, per session.
+    queue: VecDeque<(SessionId, Event)>,
+    scratch_events: Vec<Event>,
+    out: Outputs,
+    metrics: WorkerMetrics,
+    rng: rand::rngs::SmallRng,
+    next_track: u64,
+    /// The `now` of the input being handled.
+    now: Instant,
+}
+
+fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+impl WorkerCore {
+    /// A worker core with no sessions.
+    pub fn new(
+        id: WorkerId,
+        workers: usize,
+        local_addr: SocketAddr,
+        factory: RtcFactory,
+        metrics: WorkerMetrics,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
+        use rand::SeedableRng;
+        Self {
+            id,
+            local_addr,
+            factory,
+            sessions: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            published: HashMap::new(),
+            local_subs: HashMap::new(),
+            queue: VecDeque::new(),
+            scratch_events: Vec::new(),
+            out: Outputs {
+                bus: vec![Vec::new(); workers],
+                ..Default::default()
+            },
+            metrics,
+            rng: rand::rngs::SmallRng::seed_from_u64(seed),
+            next_track: 1,
+            now,
+        }
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// The address this worker advertises.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The outputs produced so far; the driver empties them.
+    pub fn outputs(&mut self) -> &mut Outputs {
+        &mut self.out
+    }
+
+    /// When [`WorkerCore::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions.values().map(Session::deadline).min()
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// A datagram arrived on this worker's socket from `src`.
+    pub fn handle_datagram(&mut self, now: Instant, src: SocketAddr, buf: &[u8]) {
+        self.now = now;
+        let sid = match self.by_addr.get(&src) {
+            Some(sid) => *sid,
+            None => match self.session_by_stun(buf) {
+                Some(sid) => sid,
+                None => return,
+            },
+        };
+        let Ok(recv) = Receive::new(Protocol::Udp, src, self.local_addr, buf) else {
+            self.metrics.drop_malformed.inc();
+            return;
+        };
+        let input = Input::Receive(now, recv);
+        let Some(sess) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if !sess.rtc.accepts(&input) {
+            self.metrics.drop_rejected.inc();
+            return;
+        }
+        if !sess.addrs.contains(&src) {
+            sess.addrs.push(src);
+            self.by_addr.insert(src, sid);
+        }
+        let ok = guarded(|| sess.rtc.handle_input(input)).is_some_and(|r| r.is_ok());
+        if !ok {
+            // A str0m error on input is the peer's fault or a bug: either
+            // way only this session is affected.
+            self.metrics.drop_rejected.inc();
+        }
+        self.drain_session(now, sid);
+        self.process_queue(now);
+    }
+
+    fn session_by_stun(&self, buf: &[u8]) -> Option<SessionId> {
+        let Ok(msg) = str0m::ice::StunMessage::parse(buf) else {
+            self.metrics.drop_unknown_source.inc();
+            return None;
+        };
+        let sid = msg
+            .split_username()
+            .and_then(|(local, _remote)| self.by_ufrag.get(local).copied());
+        if sid.is_none() {
+            self.metrics.drop_unknown_source.inc();
+        }
+        sid
+    }
+
+    /// A batch of bus messages from another worker.
+    pub fn handle_bus(&mut self, now: Instant, batch: BusBatch) {
+        self.now = now;
+        for msg in batch {
+            match msg {
+                BusMsg::Media(pkt) => self.deliver_local(now, &pkt),
+                BusMsg::KeyframeRequest { track, layer } => {
+                    self.request_publisher_keyframe(now, track, layer)
+                }
+            }
+        }
+        self.process_queue(now);
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let due: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.deadline() <= now)
+            .map(|s| s.id)
+            .collect();
+        for sid in due {
+            let Some(sess) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            if sess.timed_out(now) {
+                self.close_session(sid, CloseReason::IceTimeout, true);
+                continue;
+            }
+            let ok = guarded(|| sess.rtc.handle_input(Input::Timeout(now)));
+            if ok.is_none() {
+                self.fail_session(sid);
+                continue;
+            }
+            self.drain_session(now, sid);
+        }
+        self.process_queue(now);
+    }
+
+    /// A command from the control plane.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.now = now;
+        match cmd {
+            Command::CreateSession {
+                session,
+                room,
+                participant,
+                offer,
+                reply,
+            } => {
+                let r = self.create_session(now, session, room, participant, &offer);
+                let _ = reply.send(r);
+            }
+            Command::Renegotiate {
+                session,
+                offer,
+                reply,
+            } => {
+                let r = self.renegotiate(session, &offer);
+                let _ = reply.send(r);
+            }
+            Command::Subscribe {
+                session,
+                tracks,
+                reply,
+            } => {
+                let r = self.subscribe(session, &tracks);
+                let _ = reply.send(r);
+            }
+            Command::Unsubscribe {
+                session,
+                tracks,
+                reply,
+            } => {
+                let r = self.unsubscribe(session, &tracks);
+                let _ = reply.send(r);
+            }
+            Command::SetAnswer {
+                session,
+                answer,
+                reply,
+            } => {
+                let r = self.set_answer(now, session, &answer);
+                let _ = reply.send(r);
+            }
+            Command::CloseSession { session, reply } => {
+                let r = if self.sessions.contains_key(&session) {
+                    self.close_session(session, CloseReason::Api, false);
+                    Ok(())
+                } else {
+                    Err(MediaError::UnknownSession)
+                };
+                let _ = reply.send(r);
+            }
+            Command::AddDestination { track, worker } => {
+                if let Some(p) = self.published.get_mut(&track) {
+                    match p.dests.iter_mut().find(|(w, _)| *w == worker) {
+                        Some((_, n)) => *n += 1,
+                        None => p.dests.push((worker, 1)),
+                    }
+                }
+            }
+            Command::RemoveDestination { track, worker } => {
+                if let Some(p) = self.published.get_mut(&track) {
+                    if let Some(i) = p.dests.iter().position(|(w, _)| *w == worker) {
+                        p.dests[i].1 -= 1;
+                        if p.dests[i].1 == 0 {
+                            p.dests.swap_remove(i);
+                        }
+                    }
+                }
+            }
+            Command::TrackGone { track } => {
+                if let Some(subs) = self.local_subs.remove(&track) {
+                    for sid in subs {
+                        if let Some(o) = self
+                            .sessions
+                            .get_mut(&sid)
+                            .and_then(|s| s.outs.get_mut(&track))
+                        {
+                            o.gone = true;
+                        }
+                    }
+                }
+            }
+            Command::Shutdown => {
+                let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+                for sid in ids {
+                    self.close_session(sid, CloseReason::Shutdown, false);
+                }
+            }
+        }
+        self.process_queue(now);
+    }
+
+    // ----- commands -----------------------------------------------------
+
+    fn create_session(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        room: RoomId,
+        participant: ParticipantId,
+        offer: &str,
+    ) -> Result<AnswerOk, MediaError> {
+        if self.sessions.contains_key(&id) {
+            return Err(MediaError::OutOfOrder("session exists"));
+        }
+        let ufrag = format!("k{:016x}{:08x}", id.0, self.rng.random::<u32>());
+        let rtc = self
+            .factory
+            .build(now, &ufrag, &mut self.rng, self.local_addr)
+            .map_err(|_| MediaError::Internal)?;
+        let mut sess = Session::new(id, room, participant, rtc, ufrag.clone(), now);
+        let (answer, mids) = match guarded(|| sess.accept_offer(offer)) {
+            Some(r) => r?,
+            None => {
+                self.metrics.session_failures.inc();
+                return Err(MediaError::Internal);
+            }
+        };
+        self.by_ufrag.insert(ufrag, id);
+        self.sessions.insert(id, sess);
+        let (added, removed) = self.drain_negotiation(now, id, &mids)?;
+        Ok(AnswerOk {
+            answer,
+            added,
+            removed,
+        })
+    }
+
+    fn renegotiate(&mut self, id: SessionId, offer: &str) -> Result<AnswerOk, MediaError> {
+        let sess = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(MediaError::UnknownSession)?;
+        let (answer, mids) = match guarded(|| sess.accept_offer(offer)) {
+            Some(r) => r?,
+            None => {
+                self.fail_session(id);
+                return Err(MediaError::Internal);
+            }
+        };
+        let (added, removed) = self.drain_negotiation(self.now, id, &mids)?;
+        Ok(AnswerOk {
+            answer,
+            added,
+            removed,
+        })
+    }
+
+    /// Drains a session after an offer was accepted and turns the media
+    /// lines into published / unpublished tracks.
+    fn drain_negotiation(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        mids: &[Mid],
+    ) -> Result<(Vec<NewTrack>, Vec<TrackId>), MediaError> {
+        self.drain_session(now, id);
+        let Some(sess) = self.sessions.get(&id) else {
+            return Err(MediaError::Internal);
+        };
+        let (new_lines, stopped) = sess.publication_changes(mids);
+        let mut added = Vec::new();
+        for (mid, kind, rids) in new_lines {
+            let track = self.new_track_id();
+            self.published.insert(
+                track,
+                Published {
+                    session: id,
+                    mid,
+                    kind,
+                    last_keyframe: vec![None; rids.len().max(1)],
+                    rids: rids.clone(),
+                    dests: Vec::new(),
+                },
+            );
+            if let Some(sess) = self.sessions.get_mut(&id) {
+                sess.published.insert(
+                    mid,
+                    PubTrack {
+                        id: track,
+                        kind,
+                        rids: rids.clone(),
+                    },
+                );
+            }
+            added.push(NewTrack {
+                id: track,
+                kind,
+                mid,
+                rids,
+            });
+        }
+        let mut removed = Vec::new();
+        if let Some(sess) = self.sessions.get_mut(&id) {
+            for mid in stopped {
+                if let Some(t) = sess.published.remove(&mid) {
+                    sess.ssrc_map.retain(|_, (tr, _)| *tr != t.id);
+                    self.published.remove(&t.id);
+                    removed.push(t.id);
+                }
+            }
+        }
+        Ok((added, removed))
+    }
+
+    fn new_track_id(&mut self) -> TrackId {
+        // Unique per router: the worker id in the top bits, a counter below,
+        // a random middle so ids are not guessable across restarts.
+        let n = self.next_track;
+        self.next_track += 1;
+        let mid: u64 = u64::from(self.rng.random::<u16>());
+        TrackId((u64::from(self.id.0) << 48) | (mid << 32) | (n & 0xffff_ffff))
+    }
+
+    fn subscribe(
+        &mut self,
+        id: SessionId,
+        tracks: &[Arc<super::types::TrackInfo>],
+    ) -> Result<OfferOk, MediaError> {
+        let rng = &mut self.rng;
+        let sess = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(MediaError::UnknownSession)?;
+        let r = guarded(|| {
+            sess.offer_subscriptions(tracks, || {
+                (rng.random_range(0..16384u16), rng.random::<u32>())
+            })
+        });
+        let (offer, mids) = match r {
+            Some(r) => r?,
+            None => {
+                self.fail_session(id);
+                return Err(MediaError::Internal);
+            }
+        };
+        for (t, _) in &mids {
+            self.local_subs.entry(*t).or_default().push(id);
+        }
+        self.drain_session(self.now, id);
+        Ok(OfferOk { offer, mids })
+    }
+
+    fn unsubscribe(&mut self, id: SessionId, tracks: &[TrackId]) -> Result<OfferOk, MediaError> {
+        let sess = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(MediaError::UnknownSession)?;
+        let offer = match guarded(|| sess.offer_unsubscribe(tracks)) {
+            Some(r) => r?,
+            None => {
+                self.fail_session(id);
+                return Err(MediaError::Internal);
+            }
+        };
+        for t in tracks {
+            if let Some(v) = self.local_subs.get_mut(t) {
+                v.retain(|s| *s != id);
+            }
+        }
+        self.drain_session(self.now, id);
+        Ok(OfferOk {
+            offer,
+            mids: Vec::new(),
+        })
+    }
+
+    fn set_answer(&mut self, now: Instant, id: SessionId, answer: &str) -> Result<(), MediaError> {
+        let sess = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(MediaError::UnknownSession)?;
+        let activated = match guarded(|| sess.accept_answer(answer)) {
+            Some(r) => r?,
+            None => {
+                self.fail_session(id);
+                return Err(MediaError::Internal);
+            }
+        };
+        self.drain_session(now, id);
+        // New video subscribers get a keyframe as soon as possible.
+        for track in activated {
+            let Some(o) = self
+                .sessions
+                .get_mut(&id)
+                .and_then(|s| s.outs.get_mut(&track))
+            else {
+                continue;
+            };
+            if o.kind == MediaKind::Video && o.keyframe_request_due(now) {
+                let (w, layer) = (o.publisher_worker, o.layer);
+                self.metrics.kf_join.inc();
+                self.route_keyframe_request(now, w, track, layer);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- media ------------------------------------------------------------
+
+    fn on_rtp(&mut self, now: Instant, sid: SessionId, p: RtpPacket) {
+        self.metrics.rtp_received.inc();
+        let Some(sess) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let ssrc = p.header.ssrc;
+        let (track, layer) = match sess.ssrc_map.get(&ssrc) {
+            Some(v) => *v,
+            None => {
+                // Resolve the SSRC's media line and rid once; the rid header
+                // extension stops after the first packets.
+                let Some((mid, rid)) = sess
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| (s.mid(), s.rid()))
+                else {
+                    return;
+                };
+                let Some(t) = sess.published.get(&mid) else {
+                    return;
+                };
+                let layer = rid
+                    .and_then(|r| t.rids.iter().position(|x| *x == r))
+                    .unwrap_or(0) as u8;
+                sess.ssrc_map.insert(ssrc, (t.id, layer));
+                (t.id, layer)
+            }
+        };
+        let Some(params) = sess
+            .rtc
+            .codec_config()
+            .find(|c| c.pt() == p.header.payload_type)
+            .copied()
+        else {
+            return;
+        };
+        let Some(publ) = self.published.get(&track) else {
+            return;
+        };
+        let keyframe = match params.spec().codec {
+            Codec::Vp8 => str0m::format::detect_vp8_keyframe(&p.payload),
+            Codec::H264 => str0m::format::detect_h264_keyframe(&p.payload),
+            Codec::Vp9 => str0m::format::detect_vp9_keyframe(&p.payload),
+            Codec::Av1 => str0m::format::detect_av1_keyframe(&p.payload),
+            _ => false,
+        };
+        let pkt = Arc::new(MediaPacket {
+            track,
+            kind: publ.kind,
+            layer,
+            params,
+            seq: *p.seq_no,
+            rtp_time: p.header.timestamp,
+            marker: p.header.marker,
+            keyframe,
+            audio_level: p.header.ext_vals.audio_level,
+            voice_activity: p.header.ext_vals.voice_activity,
+            arrival: p.timestamp,
+            payload: p.payload,
+        });
+        let mut local = false;
+        for (w, _) in &publ.dests {
+            if *w == self.id {
+                local = true;
+            } else {
+                self.out.bus[w.index()].push(BusMsg::Media(pkt.clone()));
+            }
+        }
+        if local {
+            self.deliver_local(now, &pkt);
+        }
+    }
+
+    /// Writes a packet to every subscriber of its track on this worker.
+    fn deliver_local(&mut self, now: Instant, pkt: &MediaPacket) {
+        let Some(subs) = self.local_subs.get(&pkt.track) else {
+            return;
+        };
+        let mut failed = Vec::new();
+        let mut need_kf = false;
+        for sid in subs {
+            let Some(sess) = self.sessions.get_mut(sid) else {
+                continue;
+            };
+            let Some(o) = sess.outs.get_mut(&pkt.track) else {
+                continue;
+            };
+            let rtc = &mut sess.rtc;
+            let Some(res) = guarded(|| o.forward(rtc, pkt, now)) else {
+                failed.push(*sid);
+                continue;
+            };
+            match res {
+                Forwarded::Sent => {
+                    if pkt.kind == MediaKind::Video {
+                        self.metrics.fwd_video.inc();
+                    } else {
+                        self.metrics.fwd_audio.inc();
+                    }
+                    let mut events = std::mem::take(&mut self.scratch_events);
+                    let ok = guarded(|| sess.drain(now, &mut self.out.transmits, &mut events))
+                        .is_some_and(|r| r.is_ok());
+                    self.queue.extend(events.drain(..).map(|e| (*sid, e)));
+                    self.scratch_events = events;
+                    if !ok {
+                        failed.push(*sid);
+                    }
+                }
+                Forwarded::NeedKeyframe => need_kf = true,
+                Forwarded::Skipped | Forwarded::Waiting => {}
+            }
+        }
+        for sid in failed {
+            self.fail_session(sid);
+        }
+        if need_kf {
+            self.metrics.kf_join.inc();
+            let w = self.published_worker_of(pkt);
+            self.route_keyframe_request(now, w, pkt.track, pkt.layer);
+        }
+    }
+
+    fn published_worker_of(&self, pkt: &MediaPacket) -> WorkerId {
+        if self.published.contains_key(&pkt.track) {
+            return self.id;
+        }
+        // The track's worker is in its id's top bits (see `new_track_id`).
+        WorkerId((pkt.track.0 >> 48) as u16)
+    }
+
+    fn route_keyframe_request(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        track: TrackId,
+        layer: u8,
+    ) {
+        if worker == self.id {
+            self.request_publisher_keyframe(now, track, layer);
+        } else if let Some(b) = self.out.bus.get_mut(worker.index()) {
+            b.push(BusMsg::KeyframeRequest { track, layer });
+        }
+    }
+
+    /// Asks the publisher of `track` for a keyframe of `layer`, throttled.
+    fn request_publisher_keyframe(&mut self, now: Instant, track: TrackId, layer: u8) {
+        let Some(p) = self.published.get_mut(&track) else {
+            return;
+        };
+        let Some(last) = p.last_keyframe.get_mut(usize::from(layer)) else {
+            return;
+        };
+        if last.is_some_and(|t| now.saturating_duration_since(t) < PUBLISHER_KEYFRAME_INTERVAL) {
+            self.metrics.kf_throttled.inc();
+            return;
+        }
+        *last = Some(now);
+        let (sid, mid, rid) = (p.session, p.mid, p.rids.get(usize::from(layer)).copied());
+        let Some(sess) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let ok = guarded(|| {
+            if let Some(s) = sess.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+                s.request_keyframe(KeyframeRequestKind::Pli);
+            }
+        });
+        if ok.is_none() {
+            self.fail_session(sid);
+            return;
+        }
+        self.drain_session(now, sid);
+    }
+
+    // ----- events -------------------------------------------------------
+
+    fn drain_session(&mut self, now: Instant, sid: SessionId) {
+        let Some(sess) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut events = std::mem::take(&mut self.scratch_events);
+        let ok = guarded(|| sess.drain(now, &mut self.out.transmits, &mut events))
+            .is_some_and(|r| r.is_ok());
+        self.queue.extend(events.drain(..).map(|e| (sid, e)));
+        self.scratch_events = events;
+        if !ok {
+            self.fail_session(sid);
+        }
+    }
+
+    fn process_queue(&mut self, now: Instant) {
+        while let Some((sid, ev)) = self.queue.pop_front() {
+            if !self.sessions.contains_key(&sid) {
+                continue;
+            }
+            self.handle_event(now, sid, ev);
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, sid: SessionId, ev: Event) {
+        match ev {
+            Event::RtpPacket(p) => self.on_rtp(now, sid, p),
+            Event::Connected => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if !s.connected {
+                        s.connected = true;
+                        self.out
+                            .events
+                            .push(WorkerEvent::Connected { session: sid });
+                    }
+                }
+            }
+            Event::IceConnectionStateChange(state) => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    match state {
+                        IceConnectionState::Disconnected => {
+                            s.disconnected_since.get_or_insert(now);
+                        }
+                        IceConnectionState::Connected | IceConnectionState::Completed => {
+                            s.disconnected_since = None;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Event::KeyframeRequest(r) => {
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
+                let Some(track) = s.out_mids.get(&r.mid).copied() else {
+                    return;
+                };
+                let Some(o) = s.outs.get(&track) else {
+                    return;
+                };
+                let (w, layer) = (o.publisher_worker, o.layer);
+                self.metrics.kf_subscriber.inc();
+                self.route_keyframe_request(now, w, track, layer);
+            }
+            _ => {}
+        }
+    }
+
+    // ----- closing ------------------------------------------------------
+
+    fn fail_session(&mut self, sid: SessionId) {
+        self.metrics.session_failures.inc();
+        self.close_session(sid, CloseReason::Internal, true);
+    }
+
+    /// Removes a session and everything that points at it. `report` tells
+    /// the control plane (for closes it did not ask for).
+    fn close_session(&mut self, sid: SessionId, reason: CloseReason, report: bool) {
+        let Some(mut sess) = self.sessions.remove(&sid) else {
+            return;
+        };
+        for a in &sess.addrs {
+            self.by_addr.remove(a);
+        }
+        self.by_ufrag.remove(&sess.ufrag);
+        for t in sess.published.values() {
+            self.published.remove(&t.id);
+        }
+        for t in sess.outs.keys() {
+            if let Some(v) = self.local_subs.get_mut(t) {
+                v.retain(|s| *s != sid);
+            }
+        }
+        if reason != CloseReason::Internal {
+            // Say goodbye (DTLS close) where the stack is still sound.
+            let mut events = Vec::new();
+            let _ = guarded(|| {
+                sess.rtc.disconnect();
+                let _ = sess.drain(self.now, &mut self.out.transmits, &mut events);
+            });
+        }
+        if report {
+            self.out.events.push(WorkerEvent::Closed {
+                session: sid,
+                reason,
+            });
+        }
+    }
+}

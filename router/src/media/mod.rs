@@ -1,0 +1,19 @@
+//! The media plane: worker cores (sans-IO), their mio drivers and the
+//! fan-out bus between them.
+
+pub mod bus;
+pub mod command;
+pub mod core;
+pub mod outstream;
+pub mod rewrite;
+pub mod rtc;
+pub mod session;
+pub mod types;
+pub mod worker;
+
+pub use self::core::{Outputs, WorkerCore};
+pub use bus::{BusBatch, BusMsg};
+pub use command::{CloseReason, Command, MediaError, WorkerEvent};
+pub use rtc::RtcFactory;
+pub use session::Datagram;
+pub use types::{MediaPacket, TrackInfo, WorkerId};

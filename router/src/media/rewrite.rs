@@ -1,0 +1,186 @@
+//! Sequence-number and timestamp rewriting for one outgoing stream.
+//!
+//! A subscriber's stream is one continuous RTP stream even when its source
+//! changes (a join mid-stream, later a simulcast layer switch): sequence
+//! numbers continue without gaps except for real loss, and RTP timestamps
+//! advance by the real elapsed time, never backwards.
+
+use std::time::{Duration, Instant};
+
+/// Rewrites extended sequence numbers of the current source into the
+/// outgoing stream's space.
+#[derive(Debug, Clone)]
+pub struct SeqRewriter {
+    /// `out = in + offset` for the current source; `None` before the first packet.
+    offset: Option<i64>,
+    /// First source sequence number of the current source (older packets are dropped).
+    source_start: u64,
+    /// Highest outgoing sequence number written.
+    highest: Option<u64>,
+    /// Outgoing number of the very first packet.
+    start: u64,
+}
+
+impl SeqRewriter {
+    /// A rewriter whose first outgoing number is `start` (must be < 65536 so
+    /// that str0m starts the SRTP rollover counter at 0).
+    pub fn new(start: u16) -> Self {
+        Self {
+            offset: None,
+            source_start: 0,
+            highest: None,
+            start: u64::from(start),
+        }
+    }
+
+    /// Whether a source has been set.
+    pub fn started(&self) -> bool {
+        self.offset.is_some()
+    }
+
+    /// Makes `first` (a packet of a new source, e.g. a keyframe) follow the
+    /// highest number written so far.
+    pub fn switch_to(&mut self, first: u64) {
+        let next = self.highest.map_or(self.start, |h| h + 1);
+        self.offset = Some(next as i64 - first as i64);
+        self.source_start = first;
+    }
+
+    /// The outgoing number for a packet of the current source, or `None`
+    /// when it predates the switch (it belongs to the previous source).
+    pub fn rewrite(&mut self, seq: u64) -> Option<u64> {
+        let offset = self.offset?;
+        if seq < self.source_start {
+            return None;
+        }
+        let out = (seq as i64 + offset) as u64;
+        self.highest = Some(self.highest.map_or(out, |h| h.max(out)));
+        Some(out)
+    }
+}
+
+/// Rewrites RTP timestamps of the current source into the outgoing
+/// stream's timeline.
+#[derive(Debug, Clone)]
+pub struct TsRewriter {
+    clock_rate: u32,
+    offset: Option<u32>,
+    /// Last outgoing timestamp and when its packet arrived.
+    last: Option<(u32, Instant)>,
+    start: u32,
+}
+
+impl TsRewriter {
+    /// A rewriter for a media clock of `clock_rate` Hz starting at `start`.
+    pub fn new(clock_rate: u32, start: u32) -> Self {
+        Self {
+            clock_rate: clock_rate.max(1),
+            offset: None,
+            last: None,
+            start,
+        }
+    }
+
+    /// Makes the new source's timestamp `first`, arriving at `arrival`,
+    /// continue the outgoing timeline by the real time elapsed since the
+    /// last packet written (at least one tick, never backwards).
+    pub fn switch_to(&mut self, first: u32, arrival: Instant) {
+        let target = match self.last {
+            None => self.start,
+            Some((ts, at)) => {
+                let elapsed = arrival.saturating_duration_since(at);
+                ts.wrapping_add(ticks(elapsed, self.clock_rate).max(1))
+            }
+        };
+        self.offset = Some(target.wrapping_sub(first));
+    }
+
+    /// The outgoing timestamp of a packet of the current source.
+    pub fn rewrite(&mut self, ts: u32, arrival: Instant) -> Option<u32> {
+        let out = ts.wrapping_add(self.offset?);
+        match self.last {
+            // Only move the reference forward (in wrapping order).
+            Some((last, _)) if (out.wrapping_sub(last) as i32) < 0 => {}
+            _ => self.last = Some((out, arrival)),
+        }
+        Some(out)
+    }
+}
+
+fn ticks(d: Duration, clock_rate: u32) -> u32 {
+    let t = d.as_micros() * u128::from(clock_rate) / 1_000_000;
+    t.min(u128::from(u32::MAX / 2)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_packet_maps_to_start_and_gaps_stay_gaps() {
+        let mut s = SeqRewriter::new(1000);
+        assert_eq!(s.rewrite(5), None, "nothing before a source is set");
+        s.switch_to(70_000);
+        assert_eq!(s.rewrite(70_000), Some(1000));
+        assert_eq!(s.rewrite(70_001), Some(1001));
+        assert_eq!(s.rewrite(70_003), Some(1003), "real loss stays a gap");
+        assert_eq!(
+            s.rewrite(70_002),
+            Some(1002),
+            "reordered packet keeps its slot"
+        );
+        assert_eq!(s.rewrite(69_999), None, "older than the switch point");
+    }
+
+    #[test]
+    fn switching_source_continues_without_gap() {
+        let mut s = SeqRewriter::new(65_530);
+        s.switch_to(10);
+        for i in 10..20 {
+            s.rewrite(i);
+        }
+        // New source with an unrelated sequence space, across 16-bit wrap.
+        s.switch_to(40_000);
+        assert_eq!(s.rewrite(40_000), Some(65_540));
+        assert_eq!(s.rewrite(40_001), Some(65_541));
+        assert_eq!((65_541u64 as u16), 5, "wraps in the 16-bit header");
+        s.switch_to(3);
+        assert_eq!(s.rewrite(3), Some(65_542));
+    }
+
+    #[test]
+    fn timestamps_advance_by_real_time_across_switch() {
+        let t0 = Instant::now();
+        let mut t = TsRewriter::new(90_000, 4_294_960_000);
+        t.switch_to(123, t0);
+        assert_eq!(t.rewrite(123, t0), Some(4_294_960_000));
+        assert_eq!(
+            t.rewrite(3123, t0 + Duration::from_millis(33)),
+            Some(4_294_963_000)
+        );
+        // Switch 100 ms later to a source with a far-away timeline.
+        let at = t0 + Duration::from_millis(133);
+        t.switch_to(9_000_000, at);
+        let out = t.rewrite(9_000_000, at).unwrap();
+        assert_eq!(
+            out,
+            4_294_963_000u32.wrapping_add(9_000),
+            "100 ms = 9000 ticks, wrapped"
+        );
+        let next = t
+            .rewrite(9_003_000, at + Duration::from_millis(33))
+            .unwrap();
+        assert_eq!(next.wrapping_sub(out), 3000);
+    }
+
+    #[test]
+    fn timestamps_never_go_backwards_on_immediate_switch() {
+        let t0 = Instant::now();
+        let mut t = TsRewriter::new(48_000, 0);
+        t.switch_to(500, t0);
+        let a = t.rewrite(500, t0).unwrap();
+        t.switch_to(1, t0);
+        let b = t.rewrite(1, t0).unwrap();
+        assert!(b.wrapping_sub(a) as i32 > 0);
+    }
+}

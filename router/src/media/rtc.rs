@@ -1,0 +1,85 @@
+//! Builds the `Rtc` of each session: one crypto provider and one DTLS
+//! certificate per process (generating a certificate per connection is
+//! slow), ICE-lite, RTP mode, the codecs the router forwards.
+
+use rand::distr::Alphanumeric;
+use rand::Rng;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use str0m::config::{CryptoProvider, DtlsCert};
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+
+/// Why an `Rtc` could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RtcBuildError {
+    /// The DTLS certificate could not be generated.
+    #[error("cannot generate the DTLS certificate: {0}")]
+    Certificate(String),
+    /// The advertised address is not usable as an ICE candidate.
+    #[error("cannot use {0} as an ICE candidate")]
+    Candidate(SocketAddr),
+}
+
+/// Shared by every worker; cheap to clone.
+#[derive(Clone)]
+pub struct RtcFactory {
+    crypto: Arc<CryptoProvider>,
+    cert: DtlsCert,
+}
+
+impl std::fmt::Debug for RtcFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RtcFactory")
+    }
+}
+
+impl RtcFactory {
+    /// Creates the process-wide provider and certificate.
+    pub fn new() -> Result<Self, RtcBuildError> {
+        let crypto = str0m::crypto::from_feature_flags();
+        let cert = crypto.dtls_provider.generate_certificate().ok_or_else(|| {
+            RtcBuildError::Certificate("the crypto provider returned none".into())
+        })?;
+        Ok(Self {
+            crypto: Arc::new(crypto),
+            cert,
+        })
+    }
+
+    /// The configuration every session starts from.
+    pub fn config(&self) -> RtcConfig {
+        RtcConfig::new()
+            .set_crypto_provider(self.crypto.clone())
+            .set_dtls_cert(self.cert.clone())
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+    }
+
+    /// A new ICE-lite `Rtc` with the given local ufrag and a host candidate
+    /// at `local_addr`.
+    pub fn build(
+        &self,
+        now: Instant,
+        ufrag: &str,
+        rng: &mut impl Rng,
+        local_addr: SocketAddr,
+    ) -> Result<Rtc, RtcBuildError> {
+        let pass: String = (0..24).map(|_| rng.sample(Alphanumeric) as char).collect();
+        let mut rtc = self
+            .config()
+            .set_local_ice_credentials(IceCreds {
+                ufrag: ufrag.to_string(),
+                pass,
+            })
+            .build(now);
+        let cand =
+            Candidate::host(local_addr, "udp").map_err(|_| RtcBuildError::Candidate(local_addr))?;
+        rtc.add_local_candidate(cand);
+        Ok(rtc)
+    }
+}

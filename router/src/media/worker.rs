@@ -1,0 +1,251 @@
+//! The mio driver of one media worker: the only code that touches the UDP
+//! socket and the clock. Everything it reads goes into the [`WorkerCore`];
+//! everything the core outputs goes out here.
+
+use super::bus::BusBatch;
+use super::command::{Command, WorkerEvent};
+use super::core::WorkerCore;
+use super::types::WorkerId;
+use crate::metrics::WorkerMetrics;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Datagrams read in one go before the worker looks at its other inputs.
+const READ_BURST: usize = 256;
+/// Longest sleep when no session has a deadline.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// What the control plane and the other workers hold of a worker.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    /// Its id.
+    pub id: WorkerId,
+    /// Control commands.
+    pub commands: Sender<Command>,
+    /// Fan-out bus inbox (bounded).
+    pub bus: Sender<BusBatch>,
+    /// Wakes its poll loop.
+    pub waker: Arc<Waker>,
+    /// The address its socket is bound to.
+    pub bound: SocketAddr,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkerHandle({})", self.id)
+    }
+}
+
+impl WorkerHandle {
+    /// Sends a command and wakes the worker. Fails only when the worker is gone.
+    pub fn send(&self, cmd: Command) -> Result<(), Command> {
+        self.commands.send(cmd).map_err(|e| e.0)?;
+        // A failed wake means the worker is shutting down; the command is
+        // then dropped with its reply channel, which the caller observes.
+        let _ = self.waker.wake();
+        Ok(())
+    }
+}
+
+/// A worker that is set up but not yet running.
+pub struct PreparedWorker {
+    poll: Poll,
+    socket: UdpSocket,
+    commands: Receiver<Command>,
+    bus: Receiver<BusBatch>,
+    handle: WorkerHandle,
+}
+
+impl PreparedWorker {
+    /// Binds the socket and creates the poll, waker and channels.
+    pub fn new(id: WorkerId, bind: SocketAddr, bus_capacity: usize) -> std::io::Result<Self> {
+        let poll = Poll::new()?;
+        let std_sock = std::net::UdpSocket::bind(bind)?;
+        std_sock.set_nonblocking(true)?;
+        let bound = std_sock.local_addr()?;
+        let mut socket = UdpSocket::from_std(std_sock);
+        poll.registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (bus_tx, bus_rx) = crossbeam_channel::bounded(bus_capacity);
+        Ok(Self {
+            poll,
+            socket,
+            commands: cmd_rx,
+            bus: bus_rx,
+            handle: WorkerHandle {
+                id,
+                commands: cmd_tx,
+                bus: bus_tx,
+                waker,
+                bound,
+            },
+        })
+    }
+
+    /// The handle others use to reach this worker.
+    pub fn handle(&self) -> WorkerHandle {
+        self.handle.clone()
+    }
+
+    /// Starts the worker thread.
+    pub fn spawn(
+        self,
+        core: WorkerCore,
+        peers: Vec<WorkerHandle>,
+        events: UnboundedSender<(WorkerId, WorkerEvent)>,
+        metrics: WorkerMetrics,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let name = format!("kaskade-media-{}", self.handle.id.0);
+        std::thread::Builder::new().name(name).spawn(move || {
+            let mut driver = Driver {
+                poll: self.poll,
+                socket: self.socket,
+                commands: self.commands,
+                bus: self.bus,
+                core,
+                peers,
+                events,
+                metrics,
+            };
+            driver.run();
+        })
+    }
+}
+
+struct Driver {
+    poll: Poll,
+    socket: UdpSocket,
+    commands: Receiver<Command>,
+    bus: Receiver<BusBatch>,
+    core: WorkerCore,
+    peers: Vec<WorkerHandle>,
+    events: UnboundedSender<(WorkerId, WorkerEvent)>,
+    metrics: WorkerMetrics,
+}
+
+impl Driver {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(64);
+        let mut buf = vec![0u8; 2048];
+        let mut more_to_read = true;
+        loop {
+            let timeout = if more_to_read {
+                Duration::ZERO
+            } else {
+                self.core
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .unwrap_or(IDLE_POLL)
+                    .min(IDLE_POLL)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::error!(worker = %self.core.id(), error = %e, "poll failed; worker stops");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                if ev.token() == SOCKET {
+                    more_to_read = true;
+                }
+            }
+            if more_to_read {
+                more_to_read = self.read_socket(&mut buf);
+            }
+            let now = Instant::now();
+            while let Ok(cmd) = self.commands.try_recv() {
+                let shutdown = matches!(cmd, Command::Shutdown);
+                self.core.handle_command(now, cmd);
+                if shutdown {
+                    self.flush();
+                    return;
+                }
+            }
+            while let Ok(batch) = self.bus.try_recv() {
+                self.core.handle_bus(now, batch);
+            }
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                self.core.handle_timeout(now);
+            }
+            self.flush();
+        }
+    }
+
+    /// Reads up to a burst of datagrams; true if more may be waiting.
+    fn read_socket(&mut self, buf: &mut [u8]) -> bool {
+        for _ in 0..READ_BURST {
+            match self.socket.recv_from(buf) {
+                Ok((n, src)) => {
+                    let now = Instant::now();
+                    self.core.handle_datagram(now, src, &buf[..n]);
+                    if self.core.outputs().transmits.len() >= 64 {
+                        self.flush_transmits();
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // ICMP errors (e.g. connection refused from a departed peer)
+                // surface here on Linux; they concern one peer only.
+                Err(_) => {}
+            }
+        }
+        true
+    }
+
+    fn flush_transmits(&mut self) {
+        let out = self.core.outputs();
+        for d in out.transmits.drain(..) {
+            if let Err(e) = self.socket.send_to(&d.data, d.dst) {
+                if e.kind() != ErrorKind::WouldBlock {
+                    tracing::debug!(error = %e, "send failed");
+                }
+                self.metrics.drop_rejected.inc();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.flush_transmits();
+        let id = self.core.id();
+        let out = self.core.outputs();
+        for (i, batch) in out.bus.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let Some(peer) = self.peers.get(i) else {
+                batch.clear();
+                continue;
+            };
+            let b = std::mem::take(batch);
+            match peer.bus.try_send(b) {
+                Ok(()) => {
+                    let _ = peer.waker.wake();
+                }
+                Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
+                    // Never block the sender: count what is lost.
+                    for m in &b {
+                        if m.is_droppable() {
+                            self.metrics.bus_drop_video.inc();
+                        } else {
+                            self.metrics.bus_drop_other.inc();
+                        }
+                    }
+                }
+            }
+        }
+        for ev in out.events.drain(..) {
+            let _ = self.events.send((id, ev));
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The control API's errors: the right gRPC code and a reason a developer
+//! can act on, through the real control plane and worker cores.
+
+mod common;
+
+use common::Sim;
+use kaskade_protocol::v1 as pb;
+use kaskade_router::control::ApiError;
+use tonic::Code;
+
+fn code<T: std::fmt::Debug>(r: Result<T, ApiError>) -> (Code, String) {
+    let e = r.expect_err("an error");
+    (e.code(), e.to_string())
+}
+
+fn create(
+    sim: &mut Sim,
+    room: &str,
+    participant: &str,
+    offer: &str,
+) -> Result<pb::CreateSessionResponse, ApiError> {
+    let control = sim.control.clone();
+    sim.api(control.create_session(pb::CreateSessionRequest {
+        room_id: room.into(),
+        participant_id: participant.into(),
+        sdp_offer: offer.into(),
+        metadata: String::new(),
+    }))
+}
+
+#[test]
+fn rooms() {
+    let sim = Sim::new(1, 1);
+    sim.control.create_room("a", 0).unwrap();
+    assert_eq!(code(sim.control.create_room("a", 0)).0, Code::AlreadyExists);
+    assert_eq!(
+        code(sim.control.create_room("", 0)).0,
+        Code::InvalidArgument
+    );
+    let (c, msg) = code(sim.control.create_room("a b", 0));
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(msg.contains("room_id"), "{msg}");
+    assert_eq!(
+        code(sim.control.create_room("big", 1000)).0,
+        Code::InvalidArgument
+    );
+    assert_eq!(code(sim.control.get_room("nope")).0, Code::NotFound);
+    assert_eq!(sim.control.list_rooms().len(), 1);
+}
+
+#[test]
+fn malformed_sdp_is_invalid_argument_with_str0ms_reason() {
+    let mut sim = Sim::new(1, 2);
+    sim.create_room("r");
+    let (c, msg) = code(create(&mut sim, "r", "p", "v=0\r\nthis is not sdp"));
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(msg.starts_with("invalid SDP:"), "{msg}");
+    // The failed attempt left nothing behind: the participant can retry.
+    let room = sim.control.get_room("r").unwrap();
+    assert!(room.sessions.is_empty());
+    assert_eq!(
+        code(create(&mut sim, "r", "p", "")).0,
+        Code::InvalidArgument
+    );
+    assert!(sim.metric("kaskade_sessions") == 0.0);
+}
+
+#[test]
+fn unknown_things_are_not_found_and_duplicates_already_exist() {
+    let mut sim = Sim::new(2, 3);
+    let c = sim.add_client(|c| c);
+    sim.clients[c].client.add_audio();
+    let offer = sim.clients[c].client.create_offer().unwrap();
+    assert_eq!(
+        code(create(&mut sim, "missing", "p", &offer)).0,
+        Code::NotFound
+    );
+    sim.create_room("r");
+    let ok = create(&mut sim, "r", "p", &offer).unwrap();
+    assert_eq!(ok.tracks.len(), 1);
+    let (c2, msg) = code(create(&mut sim, "r", "p", &offer));
+    assert_eq!(c2, Code::AlreadyExists);
+    assert!(msg.contains("participant p"), "{msg}");
+
+    let control = sim.control.clone();
+    let unknown = "SE0000000000000001";
+    let r = sim.api(control.subscribe(pb::SubscribeRequest {
+        session_id: unknown.into(),
+        track_ids: vec![ok.tracks[0].track_id.clone()],
+    }));
+    assert_eq!(code(r).0, Code::NotFound);
+    let r = sim.api(control.subscribe(pb::SubscribeRequest {
+        session_id: "garbage".into(),
+        track_ids: vec![ok.tracks[0].track_id.clone()],
+    }));
+    assert_eq!(code(r).0, Code::InvalidArgument);
+    let r = sim.api(control.subscribe(pb::SubscribeRequest {
+        session_id: ok.session_id.clone(),
+        track_ids: vec!["TR00000000000000ff".into()],
+    }));
+    assert_eq!(code(r).0, Code::NotFound);
+    let r = sim.api(control.subscribe(pb::SubscribeRequest {
+        session_id: ok.session_id.clone(),
+        track_ids: vec![ok.tracks[0].track_id.clone()],
+    }));
+    assert_eq!(code(r).0, Code::InvalidArgument, "own track");
+    assert_eq!(
+        code(sim.api(control.close_session(unknown))).0,
+        Code::NotFound
+    );
+}
+
+#[test]
+fn offer_answer_out_of_order_is_failed_precondition() {
+    let mut sim = Sim::new(1, 4);
+    sim.create_room("r");
+    let p = sim.add_client(|c| c);
+    sim.clients[p].client.add_audio();
+    let tracks = sim.join("r", p, "pub");
+    let s = sim.add_client(|c| c);
+    sim.clients[s].client.add_data_channel("k");
+    sim.join("r", s, "sub");
+    let sid = sim.clients[s].session.clone().unwrap();
+    let control = sim.control.clone();
+
+    // SetAnswer with no router offer pending.
+    let r = sim.api(control.set_answer(pb::SetAnswerRequest {
+        session_id: sid.clone(),
+        sdp_answer: "v=0".into(),
+    }));
+    assert_eq!(code(r).0, Code::FailedPrecondition);
+
+    // Subscribe twice without answering the first offer.
+    let first = sim
+        .api(control.subscribe(pb::SubscribeRequest {
+            session_id: sid.clone(),
+            track_ids: vec![tracks[0].track_id.clone()],
+        }))
+        .unwrap();
+    let r = sim.api(control.unsubscribe(pb::UnsubscribeRequest {
+        session_id: sid.clone(),
+        track_ids: vec![tracks[0].track_id.clone()],
+    }));
+    assert_eq!(code(r).0, Code::FailedPrecondition);
+
+    // A browser offer while the router's offer is pending (glare).
+    let r = sim.api(control.renegotiate(pb::RenegotiateRequest {
+        session_id: sid.clone(),
+        sdp_offer: "v=0".into(),
+    }));
+    let (c, msg) = code(r);
+    assert_eq!(c, Code::FailedPrecondition);
+    assert!(msg.contains("SetAnswer"), "{msg}");
+
+    // A garbage answer is INVALID_ARGUMENT and keeps the offer pending, so
+    // the right answer still completes it.
+    let r = sim.api(control.set_answer(pb::SetAnswerRequest {
+        session_id: sid.clone(),
+        sdp_answer: "garbage".into(),
+    }));
+    assert_eq!(code(r).0, Code::InvalidArgument);
+    let answer = sim.clients[s]
+        .client
+        .accept_offer(&first.sdp_offer)
+        .unwrap();
+    sim.api(control.set_answer(pb::SetAnswerRequest {
+        session_id: sid.clone(),
+        sdp_answer: answer,
+    }))
+    .unwrap();
+    // Subscribing to the same track twice is ALREADY_EXISTS.
+    let r = sim.api(control.subscribe(pb::SubscribeRequest {
+        session_id: sid.clone(),
+        track_ids: vec![tracks[0].track_id.clone()],
+    }));
+    assert_eq!(code(r).0, Code::AlreadyExists);
+}
+
+#[test]
+fn room_limits_are_resource_exhausted() {
+    let mut sim = Sim::new(1, 5);
+    sim.control.create_room("small", 1).unwrap();
+    let a = sim.add_client(|c| c);
+    sim.clients[a].client.add_data_channel("k");
+    sim.join("small", a, "a");
+    let b = sim.add_client(|c| c);
+    sim.clients[b].client.add_data_channel("k");
+    let offer = sim.clients[b].client.create_offer().unwrap();
+    assert_eq!(
+        code(create(&mut sim, "small", "b", &offer)).0,
+        Code::ResourceExhausted
+    );
+}
+
+#[test]
+fn delete_room_closes_its_sessions() {
+    let mut sim = Sim::new(2, 6);
+    sim.create_room("r");
+    let a = sim.add_client(|c| c);
+    sim.clients[a].client.add_audio();
+    sim.join("r", a, "a");
+    assert_eq!(sim.metric("kaskade_sessions"), 1.0);
+    let control = sim.control.clone();
+    sim.api(control.delete_room("r")).unwrap();
+    assert_eq!(sim.metric("kaskade_sessions"), 0.0);
+    assert_eq!(sim.metric("kaskade_rooms"), 0.0);
+    assert_eq!(code(sim.control.get_room("r")).0, Code::NotFound);
+    let sid = sim.clients[a].session.clone().unwrap();
+    assert_eq!(code(sim.control.get_session(&sid)).0, Code::NotFound);
+}

@@ -1,0 +1,148 @@
+//! Real-browser end-to-end test: headless Chromium publishes its fake camera
+//! and microphone through the `kaskade` daemon to a second page, which must
+//! decode the video, receive the audio and open a data channel.
+//!
+//! The scenario itself lives in `tests/browser/run.mjs` (Node.js, Playwright,
+//! gRPC); this test only prepares its environment and runs it. It needs
+//! Node.js, npm (the first time, to install `tests/browser/node_modules`) and
+//! Chromium at `/usr/bin/chromium` (or `$KASKADE_CHROMIUM`): `bash .ci/run`
+//! installs all of that. It never skips itself silently.
+//!
+//! Run it alone with `cargo test -p kaskade-router --test browser`; set
+//! `KASKADE_E2E_VERBOSE=1` to see the page consoles and the daemon's log.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Outer safety net; run.mjs has its own watchdog (120 s by default) that
+/// cleans up the daemon and the browser before this fires.
+const OVERALL_TIMEOUT: Duration = Duration::from_secs(240);
+const NPM_CI_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("browser")
+}
+
+fn chromium_path() -> PathBuf {
+    std::env::var_os("KASKADE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// A scratch directory removed on drop (also when the test panics).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits for `child`, asking it to stop (SIGTERM, so run.mjs cleans up its
+/// daemon and browser) and then killing it when it runs past `timeout`.
+fn wait_with_timeout(child: &mut Child, what: &str, timeout: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status,
+            Ok(None) => {}
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+        if start.elapsed() > timeout {
+            eprintln!("{what} still running after {timeout:?}: sending SIGTERM");
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let grace = Instant::now();
+            while grace.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn require_tool(name: &str, hint: &str) {
+    let ok = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "`{name}` is not available: {hint}");
+}
+
+#[test]
+fn browser_publishes_and_subscribes() {
+    let dir = browser_dir();
+    let chromium = chromium_path();
+    assert!(
+        chromium.exists(),
+        "Chromium not found at {}: the browser end-to-end test needs it. \
+         Run `bash .ci/run` (installs everything) or `apt-get install chromium`, \
+         or point KASKADE_CHROMIUM at a Chromium binary.",
+        chromium.display()
+    );
+    let node_hint = "install Node.js and npm (`apt-get install nodejs npm`) or run `bash .ci/run`";
+    require_tool("node", node_hint);
+
+    if !dir.join("node_modules").is_dir() {
+        require_tool("npm", node_hint);
+        eprintln!("browser test: installing npm packages in {}", dir.display());
+        let mut npm = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("cannot run `npm ci`");
+        let status = wait_with_timeout(&mut npm, "npm ci", NPM_CI_TIMEOUT);
+        assert!(
+            status.success(),
+            "`npm ci` in {} failed ({status})",
+            dir.display()
+        );
+    }
+
+    let home = TempDir::new("kaskade-browser-home");
+    let start = Instant::now();
+    // Output is inherited: the scenario's progress and, on failure, the
+    // daemon's stderr tail, the page consoles and the last stats show live.
+    let mut node = Command::new("node")
+        .arg("run.mjs")
+        .current_dir(&dir)
+        .env("KASKADE_BIN", env!("CARGO_BIN_EXE_kaskade"))
+        .env("KASKADE_CHROMIUM", &chromium)
+        .env("HOME", &home.0)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cannot run `node run.mjs`");
+    let status = wait_with_timeout(&mut node, "node run.mjs", OVERALL_TIMEOUT);
+    assert!(
+        status.success(),
+        "browser end-to-end test failed ({status}) after {:.1} s; see its output above",
+        start.elapsed().as_secs_f64()
+    );
+}

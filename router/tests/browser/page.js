@@ -1,0 +1,235 @@
+// The in-browser half of the kaskade end-to-end test. run.mjs drives it
+// through `page.evaluate(() => window.kaskade.<fn>(...))`; the page itself
+// never talks to the router's API: SDP goes through run.mjs (the integrator),
+// media goes straight from the browser to the router over UDP.
+'use strict';
+
+(() => {
+  const state = {
+    role: null,
+    pc: null,
+    dc: null,
+    dcOpened: false,
+    dcMessages: 0,
+    localStream: null,
+    remoteTracks: [],
+  };
+
+  function log(...args) {
+    console.log(`[${state.role || 'page'}]`, ...args);
+  }
+
+  function newPeerConnection(role) {
+    state.role = role;
+    // No ICE servers: host candidates only; the router is ICE-lite.
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+    pc.addEventListener('icecandidate', (e) => {
+      if (e.candidate && e.candidate.candidate) log('local candidate', e.candidate.candidate);
+    });
+    pc.addEventListener('icegatheringstatechange', () => log('iceGatheringState', pc.iceGatheringState));
+    pc.addEventListener('iceconnectionstatechange', () => log('iceConnectionState', pc.iceConnectionState));
+    pc.addEventListener('connectionstatechange', () => log('connectionState', pc.connectionState));
+    pc.addEventListener('signalingstatechange', () => log('signalingState', pc.signalingState));
+    state.pc = pc;
+    return pc;
+  }
+
+  // The router is ICE-lite and puts its own candidate in its answer; our host
+  // candidates go into the offer, so let gathering finish first (bounded).
+  function waitForGathering(pc, timeoutMs) {
+    if (pc.iceGatheringState === 'complete') return Promise.resolve('complete');
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        pc.removeEventListener('icegatheringstatechange', onChange);
+        resolve('timeout');
+      }, timeoutMs);
+      function onChange() {
+        if (pc.iceGatheringState === 'complete') {
+          clearTimeout(timer);
+          pc.removeEventListener('icegatheringstatechange', onChange);
+          resolve('complete');
+        }
+      }
+      pc.addEventListener('icegatheringstatechange', onChange);
+    });
+  }
+
+  function requirePc() {
+    if (!state.pc) throw new Error('no RTCPeerConnection yet');
+    return state.pc;
+  }
+
+  async function publish(opts = {}) {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: { width: 320, height: 240, frameRate: 15 },
+    });
+    state.localStream = stream;
+    document.getElementById('role').textContent = 'publisher';
+    document.getElementById('local').srcObject = stream;
+    const pc = newPeerConnection('pub');
+    for (const track of stream.getTracks()) {
+      log('publishing', track.kind, track.label);
+      pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    const gathering = await waitForGathering(pc, opts.gatherTimeoutMs || 3000);
+    log('offer ready, gathering', gathering);
+    return {
+      sdp: pc.localDescription.sdp,
+      gathering,
+      tracks: stream.getTracks().map((t) => ({ kind: t.kind, label: t.label })),
+    };
+  }
+
+  async function prepareSubscriber(opts = {}) {
+    document.getElementById('role').textContent = 'subscriber';
+    const pc = newPeerConnection('sub');
+    const dc = pc.createDataChannel('kaskade');
+    state.dc = dc;
+    dc.addEventListener('open', () => {
+      state.dcOpened = true;
+      log('datachannel open');
+      try {
+        dc.send('hello from the subscriber');
+      } catch (e) {
+        log('datachannel send failed', String(e));
+      }
+    });
+    dc.addEventListener('message', () => {
+      state.dcMessages += 1;
+    });
+    dc.addEventListener('close', () => log('datachannel close'));
+    dc.addEventListener('error', (e) => log('datachannel error', String(e.error || e)));
+    pc.addEventListener('track', (e) => {
+      const track = e.track;
+      log('remote track', track.kind, 'mid', e.transceiver && e.transceiver.mid);
+      state.remoteTracks.push({ kind: track.kind, mid: e.transceiver ? e.transceiver.mid : null });
+      // Give every remote track a sink so Chromium decodes and plays it out.
+      const el = document.createElement(track.kind === 'video' ? 'video' : 'audio');
+      el.autoplay = true;
+      el.muted = track.kind === 'video';
+      el.playsInline = true;
+      el.srcObject = new MediaStream([track]);
+      document.body.appendChild(el);
+      el.play().catch((err) => log('play() rejected for', track.kind, String(err)));
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    const gathering = await waitForGathering(pc, opts.gatherTimeoutMs || 3000);
+    log('offer ready, gathering', gathering);
+    return { sdp: pc.localDescription.sdp, gathering };
+  }
+
+  async function acceptAnswer(sdp) {
+    await requirePc().setRemoteDescription({ type: 'answer', sdp });
+  }
+
+  async function answerOffer(sdp) {
+    const pc = requirePc();
+    await pc.setRemoteDescription({ type: 'offer', sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    return pc.localDescription.sdp;
+  }
+
+  async function stats() {
+    const pc = state.pc;
+    if (!pc) return null;
+    const report = await pc.getStats();
+    const byId = new Map();
+    report.forEach((s) => byId.set(s.id, s));
+    const codecOf = (s) => {
+      const c = s.codecId && byId.get(s.codecId);
+      return c ? c.mimeType : undefined;
+    };
+    const add = (a, b) => (a || 0) + (b || 0);
+    const out = {
+      connectionState: pc.connectionState,
+      iceConnectionState: pc.iceConnectionState,
+      signalingState: pc.signalingState,
+      dataChannel: state.dc ? state.dc.readyState : null,
+      dataChannelOpened: state.dcOpened,
+      remoteTracks: state.remoteTracks.length,
+      inVideo: null,
+      inAudio: null,
+      outVideo: null,
+      outAudio: null,
+      transport: null,
+      pair: null,
+    };
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') {
+        const v = out.inVideo || (out.inVideo = { streams: 0 });
+        v.streams += 1;
+        v.codec = codecOf(s) || v.codec;
+        v.packetsReceived = add(v.packetsReceived, s.packetsReceived);
+        v.packetsLost = add(v.packetsLost, s.packetsLost);
+        v.bytesReceived = add(v.bytesReceived, s.bytesReceived);
+        v.framesReceived = add(v.framesReceived, s.framesReceived);
+        v.framesDecoded = add(v.framesDecoded, s.framesDecoded);
+        v.keyFramesDecoded = add(v.keyFramesDecoded, s.keyFramesDecoded);
+        v.framesDropped = add(v.framesDropped, s.framesDropped);
+        v.nackCount = add(v.nackCount, s.nackCount);
+        v.pliCount = add(v.pliCount, s.pliCount);
+        v.firCount = add(v.firCount, s.firCount);
+        if (s.frameWidth) v.size = `${s.frameWidth}x${s.frameHeight}`;
+      } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        const a = out.inAudio || (out.inAudio = { streams: 0 });
+        a.streams += 1;
+        a.codec = codecOf(s) || a.codec;
+        a.packetsReceived = add(a.packetsReceived, s.packetsReceived);
+        a.packetsLost = add(a.packetsLost, s.packetsLost);
+        a.bytesReceived = add(a.bytesReceived, s.bytesReceived);
+        a.totalSamplesReceived = add(a.totalSamplesReceived, s.totalSamplesReceived);
+        a.concealedSamples = add(a.concealedSamples, s.concealedSamples);
+      } else if (s.type === 'outbound-rtp' && s.kind === 'video') {
+        const v = out.outVideo || (out.outVideo = { streams: 0 });
+        v.streams += 1;
+        v.codec = codecOf(s) || v.codec;
+        v.packetsSent = add(v.packetsSent, s.packetsSent);
+        v.bytesSent = add(v.bytesSent, s.bytesSent);
+        v.framesEncoded = add(v.framesEncoded, s.framesEncoded);
+        v.keyFramesEncoded = add(v.keyFramesEncoded, s.keyFramesEncoded);
+        v.nackCount = add(v.nackCount, s.nackCount);
+        v.pliCount = add(v.pliCount, s.pliCount);
+        v.firCount = add(v.firCount, s.firCount);
+        if (s.qualityLimitationReason) v.qualityLimitationReason = s.qualityLimitationReason;
+        if (s.frameWidth) v.size = `${s.frameWidth}x${s.frameHeight}`;
+      } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
+        const a = out.outAudio || (out.outAudio = { streams: 0 });
+        a.streams += 1;
+        a.codec = codecOf(s) || a.codec;
+        a.packetsSent = add(a.packetsSent, s.packetsSent);
+        a.bytesSent = add(a.bytesSent, s.bytesSent);
+      } else if (s.type === 'transport') {
+        out.transport = {
+          dtlsState: s.dtlsState,
+          iceState: s.iceState,
+          iceRole: s.iceRole,
+          bytesSent: s.bytesSent,
+          bytesReceived: s.bytesReceived,
+        };
+        const pair = s.selectedCandidatePairId && byId.get(s.selectedCandidatePairId);
+        if (pair) {
+          const l = byId.get(pair.localCandidateId);
+          const r = byId.get(pair.remoteCandidateId);
+          out.pair = {
+            state: pair.state,
+            nominated: pair.nominated,
+            local: l ? `${l.address}:${l.port}/${l.protocol} ${l.candidateType}` : undefined,
+            remote: r ? `${r.address}:${r.port}/${r.protocol} ${r.candidateType}` : undefined,
+            rtt: pair.currentRoundTripTime,
+          };
+        }
+      }
+    });
+    return out;
+  }
+
+  function close() {
+    if (state.pc) state.pc.close();
+    if (state.localStream) state.localStream.getTracks().forEach((t) => t.stop());
+  }
+
+  window.kaskade = { publish, prepareSubscriber, acceptAnswer, answerOffer, stats, close };
+  console.log('[page] kaskade test page loaded');
+})();

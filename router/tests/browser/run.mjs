@@ -1,0 +1,560 @@
+#!/usr/bin/env node
+// Real-browser end-to-end test of kaskade: one headless Chromium, two pages.
+// The publisher page sends its fake camera and microphone to the router, the
+// subscriber page receives both through the router plus a data channel.
+//
+//   KASKADE_BIN=/path/to/kaskade node run.mjs     full scenario (starts the daemon itself)
+//   node run.mjs --self-check                     browser + protos only, no daemon
+//
+// Environment:
+//   KASKADE_BIN            the daemon binary (required for the full scenario)
+//   KASKADE_CHROMIUM       the browser (default /usr/bin/chromium)
+//   KASKADE_E2E_TIMEOUT_S  hard limit for the whole run (default 120)
+//   KASKADE_E2E_MEDIA_S    how long media may take to flow once signalled (default 45)
+//   KASKADE_E2E_VERBOSE=1  print page console logs and daemon stderr even on success
+//   KASKADE_LOG_LEVEL      the daemon's log filter (its default is "info"); all
+//                          KASKADE_* variables reach the daemon (KASKADE_LOG_IPS
+//                          defaults to true here: addresses are loopback only)
+//
+// Exit status: 0 on success, 1 on a test failure, 2 on the hard timeout.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+import grpc from '@grpc/grpc-js';
+import protoLoader from '@grpc/proto-loader';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const PROTO_DIR = path.resolve(HERE, '../../../protocol/proto');
+const PROTO_FILES = ['kaskade/v1/room.proto', 'kaskade/v1/session.proto'];
+const CHROMIUM = process.env.KASKADE_CHROMIUM || '/usr/bin/chromium';
+const SELF_CHECK = process.argv.includes('--self-check');
+const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
+const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
+const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
+const READY_TIMEOUT_MS = 20_000;
+const RPC_TIMEOUT_MS = 10_000;
+const POLL_MS = 500;
+const ROOM_ID = `e2e-${process.pid}-${Date.now()}`;
+
+const CHROMIUM_ARGS = [
+  '--headless=new',
+  '--no-sandbox',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  // Real IP addresses in ICE candidates, not mDNS ".local" names: the router
+  // cannot resolve those. Chromium keeps only the LAST --disable-features
+  // switch and Playwright puts its own list before ours, so ours repeats
+  // Playwright's (1.65) list.
+  '--disable-features=' + [
+    'WebRtcHideLocalIpsWithMdns',
+    'AvoidUnnecessaryBeforeUnloadCheckSync', 'DestroyProfileOnBrowserClose', 'HttpsUpgrades',
+    'HttpsFirstBalancedModeAutoEnable', 'LensOverlay', 'MediaRouter', 'PaintHolding',
+    'ThirdPartyStoragePartitioning', 'AvoidCorsURLLoaderRestartOnRedirect', 'OptimizationHints',
+    'NetworkTimeServiceQuerying', 'AimEnabled', 'PreconnectToSearch',
+  ].join(','),
+  '--autoplay-policy=no-user-gesture-required',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+const t0 = Date.now();
+const since = () => ((Date.now() - t0) / 1000).toFixed(2);
+const log = (...args) => console.log(`[e2e +${since()}s]`, ...args);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------- diagnostics
+const diag = {
+  daemonStderr: [], // tail of the daemon's stderr (and stray stdout) lines
+  consoles: { pub: [], sub: [] },
+  lastStats: null,
+  daemonExit: null,
+  sdp: {}, // label -> SDP, every description exchanged
+};
+const TAIL_LINES = 300;
+function pushTail(arr, line, max = TAIL_LINES) {
+  arr.push(line);
+  if (arr.length > max) arr.splice(0, arr.length - max);
+}
+
+function dumpDiagnostics(reason) {
+  const out = [];
+  out.push('');
+  out.push('==================== browser e2e FAILED ====================');
+  out.push(`reason: ${reason}`);
+  if (diag.daemonExit) out.push(`daemon exited: ${diag.daemonExit}`);
+  out.push('');
+  out.push('---- last getStats summary ----');
+  out.push(diag.lastStats ? JSON.stringify(diag.lastStats, null, 2) : '(none taken)');
+  for (const role of ['pub', 'sub']) {
+    out.push('');
+    out.push(`---- ${role === 'pub' ? 'publisher' : 'subscriber'} page console (${diag.consoles[role].length} lines) ----`);
+    out.push(...(diag.consoles[role].length ? diag.consoles[role] : ['(empty)']));
+  }
+  for (const [label, sdp] of Object.entries(diag.sdp)) {
+    out.push('');
+    out.push(`---- SDP: ${label} ----`);
+    out.push(sdp.trimEnd());
+  }
+  out.push('');
+  out.push(`---- daemon stderr, last ${diag.daemonStderr.length} lines ----`);
+  out.push(...(diag.daemonStderr.length ? diag.daemonStderr : ['(empty)']));
+  out.push('============================================================');
+  console.error(out.join('\n'));
+}
+
+// ---------------------------------------------------------------- SDP helpers
+function candidatesOf(sdp) {
+  return sdp
+    .split(/\r?\n/)
+    .filter((l) => l.startsWith('a=candidate:'))
+    .map((l) => l.slice(2));
+}
+function mediaLinesOf(sdp) {
+  return sdp
+    .split(/\r?\n/)
+    .filter((l) => l.startsWith('m='))
+    .map((l) => l.split(' ')[0].slice(2));
+}
+function describeOffer(label, sdp, { all = true } = {}) {
+  diag.sdp[label] = sdp;
+  const cands = candidatesOf(sdp);
+  const loop = cands.filter((c) => c.includes(' 127.0.0.1 ')).length;
+  log(`${label}: m-lines [${mediaLinesOf(sdp).join(', ')}], ${cands.length} candidate(s), ${loop} on 127.0.0.1`);
+  for (const c of all ? cands : cands.filter((c) => c.includes(' 127.0.0.1 '))) log(`  ${c}`);
+  if (cands.some((c) => / [0-9a-f-]+\.local /i.test(c))) {
+    log(`  WARNING: ${label} has mDNS (.local) candidates; the router cannot resolve them`);
+  }
+  return cands;
+}
+
+// ---------------------------------------------------------------- protos/gRPC
+function loadApi() {
+  if (!existsSync(PROTO_DIR)) throw new Error(`proto directory not found: ${PROTO_DIR}`);
+  const def = protoLoader.loadSync(PROTO_FILES, {
+    includeDirs: [PROTO_DIR],
+    keepCase: true,
+    longs: String,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  const pkg = grpc.loadPackageDefinition(def);
+  const v1 = pkg.kaskade && pkg.kaskade.v1;
+  if (!v1 || !v1.RoomService || !v1.SessionService) {
+    throw new Error('kaskade.v1.RoomService / SessionService not found in the protos');
+  }
+  const services = Object.keys(def)
+    .filter((k) => def[k] && typeof def[k] === 'object' && Object.values(def[k]).some((m) => m && m.path))
+    .map((k) => `${k}(${Object.keys(def[k]).join(', ')})`);
+  return { v1, services };
+}
+
+function rpc(client, service, method, request) {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    client[method](request, { deadline: Date.now() + RPC_TIMEOUT_MS }, (err, resp) => {
+      if (err) {
+        const code = grpc.status[err.code] || err.code;
+        reject(new Error(`${service}.${method} failed: ${code}: ${err.details || err.message}`));
+      } else {
+        log(`${service}.${method} ok in ${Date.now() - started} ms`);
+        resolve(resp);
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------- daemon
+function startDaemon(bin) {
+  const args = [
+    'serve',
+    '--control-listen', '127.0.0.1:0',
+    '--metrics-listen', '127.0.0.1:0',
+    '--media-bind', '127.0.0.1',
+    '--media-port-start', '0',
+    '--workers', '2',
+  ];
+  const env = { ...process.env };
+  // Only loopback addresses in this test: let the daemon log them, it helps
+  // when ICE fails. KASKADE_LOG_LEVEL (e.g. "info,kaskade_router=debug") passes through.
+  if (!env.KASKADE_LOG_IPS) env.KASKADE_LOG_IPS = 'true';
+  if (!env.NO_COLOR) env.NO_COLOR = '1'; // plain log lines for the diagnostics
+  log(`starting daemon: ${bin} ${args.join(' ')}`);
+  // Its own process group, so a wrapper script and its children stop too.
+  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env, detached: true });
+  const exited = new Promise((resolve) => {
+    child.once('exit', (code, signal) => {
+      diag.daemonExit = `code=${code} signal=${signal} at +${since()}s`;
+      resolve({ code, signal });
+    });
+    child.once('error', (err) => {
+      diag.daemonExit = `spawn error: ${err.message}`;
+      resolve({ code: null, signal: null, error: err });
+    });
+  });
+  readline.createInterface({ input: child.stderr }).on('line', (l) => pushTail(diag.daemonStderr, l));
+
+  const ready = new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`daemon did not print KASKADE_READY within ${READY_TIMEOUT_MS / 1000} s`)),
+      READY_TIMEOUT_MS,
+    );
+    let seen = false;
+    readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      if (!seen && line.startsWith('KASKADE_READY ')) {
+        seen = true;
+        clearTimeout(timer);
+        try {
+          const info = JSON.parse(line.slice('KASKADE_READY '.length));
+          if (typeof info.control !== 'string' || !Array.isArray(info.media)) {
+            throw new Error('missing "control" or "media"');
+          }
+          resolve(info);
+        } catch (e) {
+          reject(new Error(`cannot parse the ready line ${JSON.stringify(line)}: ${e.message}`));
+        }
+      } else {
+        pushTail(diag.daemonStderr, `(stdout) ${line}`);
+      }
+    });
+    exited.then(({ code, signal, error }) => {
+      clearTimeout(timer);
+      reject(new Error(error
+        ? `cannot start the daemon ${bin}: ${error.message}`
+        : `daemon exited before it was ready (code=${code} signal=${signal})`));
+    });
+  });
+  // A rejection after success must not become an unhandled rejection.
+  ready.catch(() => {});
+  return { child, ready, exited };
+}
+
+function signalDaemon(child, sig) {
+  try {
+    process.kill(-child.pid, sig); // the whole process group
+  } catch {
+    try {
+      child.kill(sig);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+async function stopDaemon(d) {
+  if (!d || !d.child.pid || d.stopping) return;
+  d.stopping = true;
+  const { child, exited } = d;
+  if (child.exitCode !== null || child.signalCode !== null) {
+    signalDaemon(child, 'SIGKILL'); // leftovers of a wrapper, if any
+    return;
+  }
+  const started = Date.now();
+  signalDaemon(child, 'SIGTERM');
+  const res = await Promise.race([exited, sleep(5000).then(() => null)]);
+  if (res) {
+    log(`daemon exited ${Date.now() - started} ms after SIGTERM (code=${res.code} signal=${res.signal})`);
+  } else {
+    log('WARNING: daemon still running 5 s after SIGTERM; sending SIGKILL');
+    signalDaemon(child, 'SIGKILL');
+    await Promise.race([exited, sleep(2000)]);
+  }
+  signalDaemon(child, 'SIGKILL');
+}
+
+// ---------------------------------------------------------------- page server
+function startPageServer() {
+  const files = {
+    '/': ['index.html', 'text/html; charset=utf-8'],
+    '/index.html': ['index.html', 'text/html; charset=utf-8'],
+    '/page.js': ['page.js', 'text/javascript; charset=utf-8'],
+  };
+  const server = http.createServer((req, res) => {
+    const pathname = new URL(req.url, 'http://x').pathname;
+    if (pathname === '/favicon.ico') {
+      res.writeHead(204);
+      res.end();
+      return;
+    }
+    const entry = files[pathname];
+    if (!entry) {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found');
+      return;
+    }
+    res.writeHead(200, { 'content-type': entry[1], 'cache-control': 'no-store' });
+    res.end(readFileSync(path.join(HERE, entry[0])));
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      resolve({ server, url: `http://127.0.0.1:${port}/` });
+    });
+  });
+}
+
+// ---------------------------------------------------------------- browser
+async function launchBrowser(userDataDir) {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`Chromium not found at ${CHROMIUM}: run \`bash .ci/run\` or \`apt-get install chromium\` (or set KASKADE_CHROMIUM)`);
+  }
+  log(`launching ${CHROMIUM}`);
+  return chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    timeout: 30_000,
+    env: { ...process.env, HOME: process.env.HOME || userDataDir },
+  });
+}
+
+async function openPage(context, role, url, existing) {
+  const page = existing || (await context.newPage());
+  page.on('console', (m) => {
+    const line = `[${since()}s] ${m.type()}: ${m.text()}`;
+    pushTail(diag.consoles[role], line, 500);
+    if (VERBOSE) console.log(`  (${role}) ${line}`);
+  });
+  page.on('pageerror', (e) => pushTail(diag.consoles[role], `[${since()}s] pageerror: ${e.message}`, 500));
+  page.on('crash', () => pushTail(diag.consoles[role], `[${since()}s] PAGE CRASHED`, 500));
+  await page.goto(url, { waitUntil: 'load', timeout: 15_000 });
+  await page.waitForFunction(() => !!window.kaskade, null, { timeout: 10_000 });
+  return page;
+}
+
+async function collectStats(pub, sub) {
+  const [p, s] = await Promise.all([
+    pub.evaluate(() => window.kaskade.stats()).catch((e) => ({ error: String(e) })),
+    sub.evaluate(() => window.kaskade.stats()).catch((e) => ({ error: String(e) })),
+  ]);
+  diag.lastStats = { at: `+${since()}s`, publisher: p, subscriber: s };
+  return { p, s };
+}
+
+function progressLine(p, s) {
+  const v = (s && s.inVideo) || {};
+  const a = (s && s.inAudio) || {};
+  const pv = (p && p.outVideo) || {};
+  const pa = (p && p.outAudio) || {};
+  return (
+    `pub[${p && p.connectionState} sent v=${pv.packetsSent || 0}pkts/${pv.framesEncoded || 0}fr a=${pa.packetsSent || 0}pkts] ` +
+    `sub[${s && s.connectionState} dc=${s && s.dataChannel} v=${v.packetsReceived || 0}pkts/${v.framesDecoded || 0}fr ` +
+    `a=${a.packetsReceived || 0}pkts/${a.totalSamplesReceived || 0}smp]`
+  );
+}
+
+// ---------------------------------------------------------------- scenarios
+async function selfCheck(ctx) {
+  const { services } = loadApi();
+  log(`protos loaded from ${PROTO_DIR}: ${services.join('; ')}`);
+  const pageSrv = await startPageServer();
+  ctx.pageServer = pageSrv.server;
+  ctx.context = await launchBrowser(ctx.userDataDir);
+  const pub = await openPage(ctx.context, 'pub', pageSrv.url, ctx.context.pages()[0]);
+  const sub = await openPage(ctx.context, 'sub', pageSrv.url);
+  const offer = await pub.evaluate(() => window.kaskade.publish());
+  log(`publisher captured: ${offer.tracks.map((t) => `${t.kind} "${t.label}"`).join(', ')}; gathering ${offer.gathering}`);
+  const pubCands = describeOffer('publisher offer', offer.sdp);
+  const subOffer = await sub.evaluate(() => window.kaskade.prepareSubscriber());
+  const subCands = describeOffer('subscriber offer', subOffer.sdp);
+  for (const [label, cands] of [['publisher', pubCands], ['subscriber', subCands]]) {
+    if (!cands.some((c) => c.includes(' 127.0.0.1 '))) {
+      throw new Error(`the ${label} offer has no 127.0.0.1 host candidate`);
+    }
+  }
+  console.log(`browser self-check: ok (${pubCands.length}+${subCands.length} candidates, 127.0.0.1 present, ${services.length} services) in ${since()}s`);
+}
+
+async function fullScenario(ctx) {
+  const bin = process.env.KASKADE_BIN;
+  if (!bin) throw new Error('KASKADE_BIN is not set (path to the kaskade binary)');
+  if (!existsSync(bin)) throw new Error(`KASKADE_BIN=${bin} does not exist (build it with cargo build -p kaskade-router)`);
+  const { v1 } = loadApi();
+
+  ctx.daemon = startDaemon(bin);
+  const ready = await ctx.daemon.ready;
+  log(`daemon ready: control=${ready.control} metrics=${ready.metrics} media=${ready.media.join(',')}`);
+
+  ctx.rooms = new v1.RoomService(ready.control, grpc.credentials.createInsecure());
+  ctx.sessions = new v1.SessionService(ready.control, grpc.credentials.createInsecure());
+  const call = (svc, method, req) =>
+    rpc(svc === 'RoomService' ? ctx.rooms : ctx.sessions, svc, method, req);
+
+  // Start the browser while nothing else is needed from it.
+  const pageSrv = await startPageServer();
+  ctx.pageServer = pageSrv.server;
+  ctx.context = await launchBrowser(ctx.userDataDir);
+  const pub = await openPage(ctx.context, 'pub', pageSrv.url, ctx.context.pages()[0]);
+  const sub = await openPage(ctx.context, 'sub', pageSrv.url);
+  ctx.pages = { pub, sub };
+  log(`pages open at ${pageSrv.url}`);
+
+  await call('RoomService', 'CreateRoom', { room_id: ROOM_ID, max_sessions: 0 });
+
+  // Publisher.
+  const pubOffer = await pub.evaluate(() => window.kaskade.publish());
+  log(`publisher captured: ${pubOffer.tracks.map((t) => `${t.kind} "${t.label}"`).join(', ')}`);
+  describeOffer('publisher offer', pubOffer.sdp, { all: false });
+  const pubSession = await call('SessionService', 'CreateSession', {
+    room_id: ROOM_ID, participant_id: 'pub', sdp_offer: pubOffer.sdp, metadata: '',
+  });
+  describeOffer('router answer to publisher', pubSession.sdp_answer);
+  await pub.evaluate((sdp) => window.kaskade.acceptAnswer(sdp), pubSession.sdp_answer);
+  const tracks = pubSession.tracks || [];
+  log(`publisher session ${pubSession.session_id}: tracks ${tracks.map((t) => `${t.track_id}(${t.kind}, mid ${t.mid})`).join(', ') || '(none)'}`);
+  const kinds = tracks.map((t) => t.kind);
+  if (!kinds.includes('TRACK_KIND_VIDEO') || !kinds.includes('TRACK_KIND_AUDIO')) {
+    let inRoom = '';
+    try {
+      await sleep(1000);
+      const room = await call('RoomService', 'GetRoom', { room_id: ROOM_ID });
+      inRoom = `; GetRoom 1 s later lists tracks ${JSON.stringify((room.room && room.room.tracks) || [])}`;
+    } catch (e) {
+      inRoom = `; GetRoom failed too: ${e.message}`;
+    }
+    throw new Error(`CreateSession for the publisher should list one audio and one video track, got ${JSON.stringify(tracks)}${inRoom}`);
+  }
+
+  // Subscriber: a data channel only, then the router's offer with the tracks.
+  const subOffer = await sub.evaluate(() => window.kaskade.prepareSubscriber());
+  describeOffer('subscriber offer', subOffer.sdp, { all: false });
+  const subSession = await call('SessionService', 'CreateSession', {
+    room_id: ROOM_ID, participant_id: 'sub', sdp_offer: subOffer.sdp, metadata: '',
+  });
+  describeOffer('router answer to subscriber', subSession.sdp_answer);
+  await sub.evaluate((sdp) => window.kaskade.acceptAnswer(sdp), subSession.sdp_answer);
+  log(`subscriber session ${subSession.session_id}`);
+
+  const subscribed = await call('SessionService', 'Subscribe', {
+    session_id: subSession.session_id, track_ids: tracks.map((t) => t.track_id),
+  });
+  log(`subscriptions: ${(subscribed.subscriptions || []).map((s) => `${s.track_id}→mid ${s.mid}`).join(', ') || '(none)'}`);
+  describeOffer('router offer to subscriber', subscribed.sdp_offer);
+  const subAnswer = await sub.evaluate((sdp) => window.kaskade.answerOffer(sdp), subscribed.sdp_offer);
+  diag.sdp['subscriber answer'] = subAnswer;
+  await call('SessionService', 'SetAnswer', { session_id: subSession.session_id, sdp_answer: subAnswer });
+
+  // Media must flow: video frames decoded and audio packets received, both
+  // above a floor and still growing; and the data channel must have opened.
+  const mediaStart = Date.now();
+  const deadline = mediaStart + MEDIA_TIMEOUT_MS;
+  let prev = null;
+  let lastProgress = 0;
+  for (;;) {
+    if (ctx.daemon.child.exitCode !== null || ctx.daemon.child.signalCode !== null) {
+      throw new Error(`the daemon died during the test (${diag.daemonExit})`);
+    }
+    const { p, s } = await collectStats(pub, sub);
+    const frames = (s && s.inVideo && s.inVideo.framesDecoded) || 0;
+    const audio = (s && s.inAudio && s.inAudio.packetsReceived) || 0;
+    const dcOpen = !!(s && s.dataChannelOpened);
+    if (Date.now() - lastProgress >= 3000) {
+      log(progressLine(p, s));
+      lastProgress = Date.now();
+    }
+    if (prev && dcOpen && frames > 10 && audio > 10 && frames > prev.frames && audio > prev.audio) {
+      log(progressLine(p, s));
+      return {
+        frames,
+        audio,
+        mediaSecs: ((Date.now() - mediaStart) / 1000).toFixed(1),
+        pair: s.pair,
+        videoCodec: s.inVideo.codec,
+        audioCodec: s.inAudio.codec,
+      };
+    }
+    if (Date.now() > deadline) {
+      const missing = [];
+      if (!dcOpen) missing.push(`the subscriber's data channel never opened (state ${s && s.dataChannel})`);
+      if (frames <= 10) missing.push(`video framesDecoded=${frames} (need > 10)`);
+      else if (prev && frames <= prev.frames) missing.push(`video framesDecoded stopped growing at ${frames}`);
+      if (audio <= 10) missing.push(`audio packetsReceived=${audio} (need > 10)`);
+      else if (prev && audio <= prev.audio) missing.push(`audio packetsReceived stopped growing at ${audio}`);
+      throw new Error(`media did not flow within ${MEDIA_TIMEOUT_MS / 1000} s: ${missing.join('; ')}`);
+    }
+    prev = { frames, audio };
+    await sleep(POLL_MS);
+  }
+}
+
+// ---------------------------------------------------------------- main
+async function cleanup(ctx) {
+  const steps = [
+    async () => ctx.pages && Promise.all(Object.values(ctx.pages).map((p) => p.evaluate(() => window.kaskade.close()).catch(() => {}))),
+    async () => ctx.context && (await Promise.race([ctx.context.close(), sleep(10_000)])),
+    async () => ctx.rooms && ctx.rooms.close(),
+    async () => ctx.sessions && ctx.sessions.close(),
+    async () => stopDaemon(ctx.daemon),
+    async () => ctx.pageServer && ctx.pageServer.close(),
+    async () => rmSync(ctx.userDataDir, { recursive: true, force: true }),
+  ];
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (e) {
+      log(`cleanup step failed: ${e.message}`);
+    }
+  }
+}
+
+async function main() {
+  const ctx = { userDataDir: mkdtempSync(path.join(os.tmpdir(), 'kaskade-e2e-chromium-')) };
+  let finished = false;
+  const abort = async (reason, code) => {
+    if (finished) return;
+    finished = true;
+    dumpDiagnostics(reason);
+    await Promise.race([stopDaemon(ctx.daemon), sleep(8_000)]);
+    await Promise.race([cleanup(ctx), sleep(10_000)]);
+    process.exit(code);
+  };
+  const watchdog = setTimeout(
+    () => abort(`hard timeout: the whole run took more than ${TOTAL_TIMEOUT_MS / 1000} s`, 2),
+    TOTAL_TIMEOUT_MS,
+  );
+  for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => abort(`interrupted by ${sig}`, 130));
+
+  let code = 0;
+  try {
+    if (SELF_CHECK) {
+      await selfCheck(ctx);
+    } else {
+      const r = await fullScenario(ctx);
+      log(`selected pair: ${r.pair ? `${r.pair.local} -> ${r.pair.remote}` : 'unknown'}; codecs ${r.videoCodec}, ${r.audioCodec}`);
+      try {
+        await rpc(ctx.rooms, 'RoomService', 'DeleteRoom', { room_id: ROOM_ID });
+      } catch (e) {
+        log(`note: ${e.message}`);
+      }
+      if (VERBOSE) {
+        console.log(`---- daemon stderr tail ----\n${diag.daemonStderr.join('\n')}`);
+      }
+      console.log(`browser e2e: framesDecoded=${r.frames} audioPackets=${r.audio} in ${since()}s (media flowing after ${r.mediaSecs}s)`);
+    }
+  } catch (e) {
+    code = 1;
+    if (!finished) dumpDiagnostics(e && e.stack ? e.stack : String(e));
+  }
+  // When the watchdog or a signal got there first, abort() cleans up and exits.
+  if (finished) return;
+  finished = true;
+  clearTimeout(watchdog);
+  await Promise.race([cleanup(ctx), sleep(15_000)]);
+  if (code !== 0) console.error(`browser e2e: FAILED after ${since()}s`);
+  process.exit(code);
+}
+
+main();

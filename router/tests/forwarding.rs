@@ -1,0 +1,298 @@
+//! Forwarding through the real control plane and worker cores, with str0m
+//! clients as browsers, on a virtual clock.
+
+mod common;
+
+use common::Sim;
+use kaskade_loadtest::{MediaRecv, VideoCodec};
+use kaskade_protocol::v1 as pb;
+use std::time::Duration;
+use str0m::media::MediaKind;
+
+fn mid_of(subs: &[pb::Subscription], track: &pb::Track) -> str0m::media::Mid {
+    let s = subs
+        .iter()
+        .find(|s| s.track_id == track.track_id)
+        .expect("subscription for track");
+    s.mid.as_str().into()
+}
+
+fn track(tracks: &[pb::Track], kind: pb::TrackKind) -> pb::Track {
+    tracks
+        .iter()
+        .find(|t| t.kind == kind as i32)
+        .cloned()
+        .expect("track of kind")
+}
+
+/// Every payload from the first received one on arrives, in order, and the
+/// subscriber's sequence numbers are continuous.
+fn assert_complete_in_order(r: &MediaRecv, what: &str) {
+    assert!(r.log.len() > 20, "{what}: only {} packets", r.log.len());
+    let mut prev: Option<(u64, u64)> = None;
+    for p in &r.log {
+        let probe = p
+            .probe
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: packet without probe"));
+        if let Some((seq, idx)) = prev {
+            assert_eq!(p.seq, seq + 1, "{what}: sequence numbers not continuous");
+            assert_eq!(
+                probe.packet_index,
+                idx + 1,
+                "{what}: payload missing or out of order"
+            );
+        }
+        prev = Some((p.seq, probe.packet_index));
+    }
+}
+
+#[test]
+fn publisher_reaches_two_subscribers_on_other_workers() {
+    let mut sim = Sim::new(3, 1);
+    sim.create_room("r");
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_audio();
+    sim.clients[publ].client.add_video(&[]);
+    let tracks = sim.join("r", publ, "pub");
+    assert_eq!(tracks.len(), 2, "audio and video published");
+
+    let subs: Vec<usize> = (0..2).map(|_| sim.add_client(|c| c)).collect();
+    for (i, s) in subs.iter().enumerate() {
+        sim.clients[*s].client.add_data_channel("kaskade");
+        sim.join("r", *s, &format!("sub{i}"));
+    }
+    // Placement: least loaded first, so each session is on its own worker.
+    for (i, c) in [publ, subs[0], subs[1]].iter().enumerate() {
+        let sid = sim.clients[*c].session.clone().unwrap();
+        let info = sim.control.get_session(&sid).unwrap();
+        assert_eq!(info.session.unwrap().worker, i as u32);
+    }
+    sim.connect(&[publ, subs[0], subs[1]]);
+    let audio = track(&tracks, pb::TrackKind::Audio);
+    let video = track(&tracks, pb::TrackKind::Video);
+    let mut mids = Vec::new();
+    for s in &subs {
+        let subscriptions = sim.subscribe(*s, &tracks);
+        mids.push((
+            mid_of(&subscriptions, &audio),
+            mid_of(&subscriptions, &video),
+        ));
+    }
+    sim.run_for(Duration::from_secs(4));
+
+    for (s, (amid, vmid)) in subs.iter().zip(mids) {
+        let c = &sim.clients[*s].client;
+        assert!(c.channel_open(), "subscriber's data channel opened");
+        let a = c.received_on(amid).expect("audio received");
+        assert_eq!(a.kind, Some(MediaKind::Audio));
+        assert_complete_in_order(a, "audio");
+        let v = c.received_on(vmid).expect("video received");
+        assert_eq!(
+            v.first_packet_keyframe,
+            Some(true),
+            "video starts on a keyframe"
+        );
+        assert_complete_in_order(v, "video");
+        assert!(v.log.iter().filter(|p| p.is_keyframe_start).count() >= 1);
+    }
+    assert!(sim.metric("kaskade_rtp_packets_forwarded_total") > 0.0);
+}
+
+#[test]
+fn late_subscriber_gets_a_keyframe_first_and_quickly() {
+    let mut sim = Sim::new(2, 2);
+    sim.create_room("r");
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_video(&[]);
+    let tracks = sim.join("r", publ, "pub");
+    let sub = sim.add_client(|c| c);
+    sim.clients[sub].client.add_data_channel("k");
+    sim.join("r", sub, "sub");
+    sim.connect(&[publ, sub]);
+    // Join mid-stream, well away from the publisher's periodic keyframes.
+    sim.run_for(Duration::from_millis(1500));
+    let video = track(&tracks, pb::TrackKind::Video);
+    let publisher_track = sim.clients[publ].client.receiving_mids();
+    assert!(publisher_track.is_empty(), "publisher receives nothing");
+    let kf_before: u64 = keyframe_requests(&sim, publ);
+    let t_sub = sim.now;
+    let subs = sim.subscribe(sub, &tracks);
+    sim.run_for(Duration::from_secs(1));
+    let r = sim.clients[sub]
+        .client
+        .received_on(mid_of(&subs, &video))
+        .expect("video received");
+    assert_eq!(
+        r.first_packet_keyframe,
+        Some(true),
+        "first packet is a keyframe"
+    );
+    let first = r.first_frame_at.expect("a first frame");
+    assert!(
+        first - t_sub < Duration::from_millis(300),
+        "first frame {:?} after subscribing: the join keyframe request works",
+        first - t_sub
+    );
+    assert!(
+        keyframe_requests(&sim, publ) > kf_before,
+        "publisher was asked"
+    );
+    assert_complete_in_order(r, "video");
+}
+
+fn keyframe_requests(sim: &Sim, client: usize) -> u64 {
+    let c = &sim.clients[client].client;
+    (0..4)
+        .map(|t| c.keyframe_requests(kaskade_loadtest::TrackId(t), None))
+        .sum()
+}
+
+#[test]
+fn nack_and_rtx_repair_loss_on_the_subscriber_path() {
+    let mut sim = Sim::new(2, 3);
+    sim.create_room("r");
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_video(&[]);
+    let tracks = sim.join("r", publ, "pub");
+    let sub = sim.add_client(|c| c);
+    sim.clients[sub].client.add_data_channel("k");
+    sim.join("r", sub, "sub");
+    sim.connect(&[publ, sub]);
+    let subs = sim.subscribe(sub, &tracks);
+    sim.run_for(Duration::from_millis(500));
+    // 5% random loss from the router to the subscriber, 20 ms each way.
+    let link = kaskade_loadtest::Link::with_delay(Duration::from_millis(20)).loss(0.05);
+    sim.net.set_to(common::client_addr(sub), link);
+    sim.run_for(Duration::from_secs(12));
+    let stats = sim.net.stats_to(common::client_addr(sub));
+    assert!(stats.lost > 20, "loss was injected: {stats:?}");
+    let video = track(&tracks, pb::TrackKind::Video);
+    let r = sim.clients[sub]
+        .client
+        .received_on(mid_of(&subs, &video))
+        .expect("video");
+    let expected: u64 = r.sources.iter().map(|s| s.expected()).sum();
+    let lost: u64 = r.sources.iter().map(|s| s.lost()).sum();
+    let residual = lost as f64 / expected as f64;
+    assert!(expected > 500, "enough packets: {expected}");
+    assert!(
+        residual < 0.01,
+        "residual loss {residual:.4} after NACK/RTX with 5% injected ({lost}/{expected})"
+    );
+}
+
+#[test]
+fn subscriber_keyframe_request_reaches_publisher_throttled() {
+    let mut sim = Sim::new(2, 4);
+    sim.create_room("r");
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_video(&[]);
+    let tracks = sim.join("r", publ, "pub");
+    let sub = sim.add_client(|c| c);
+    sim.clients[sub].client.add_data_channel("k");
+    sim.join("r", sub, "sub");
+    sim.connect(&[publ, sub]);
+    let subs = sim.subscribe(sub, &tracks);
+    sim.run_for(Duration::from_millis(1000));
+    let video = track(&tracks, pb::TrackKind::Video);
+    let mid = mid_of(&subs, &video);
+    let before = keyframe_requests(&sim, publ);
+    // A burst of ten PLIs within 100 ms ...
+    for _ in 0..10 {
+        assert!(sim.clients[sub].client.request_keyframe(mid, None));
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.run_for(Duration::from_millis(200));
+    let after = keyframe_requests(&sim, publ);
+    // ... reaches the publisher, but at most once per throttle interval.
+    assert!(after > before, "PLI forwarded");
+    assert!(
+        after - before <= 2,
+        "throttled: {} requests",
+        after - before
+    );
+}
+
+#[test]
+fn h264_is_forwarded_keyframe_first() {
+    let mut sim = Sim::new(2, 5);
+    sim.create_room("r");
+    let publ = sim.add_client(|c| c.video_codec(VideoCodec::H264));
+    sim.clients[publ].client.add_video(&[]);
+    let tracks = sim.join("r", publ, "pub");
+    let sub = sim.add_client(|c| c.video_codec(VideoCodec::H264));
+    sim.clients[sub].client.add_data_channel("k");
+    sim.join("r", sub, "sub");
+    sim.connect(&[publ, sub]);
+    sim.run_for(Duration::from_millis(700));
+    let subs = sim.subscribe(sub, &tracks);
+    sim.run_for(Duration::from_secs(2));
+    let video = track(&tracks, pb::TrackKind::Video);
+    let r = sim.clients[sub]
+        .client
+        .received_on(mid_of(&subs, &video))
+        .expect("video");
+    assert_eq!(r.first_packet_keyframe, Some(true));
+    assert_complete_in_order(r, "h264");
+}
+
+#[test]
+fn closing_the_publisher_stops_forwarding_and_tells_subscribers() {
+    let mut sim = Sim::new(2, 6);
+    sim.create_room("r");
+    let mut events = sim.control.watch("r").unwrap();
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_audio();
+    let tracks = sim.join("r", publ, "pub");
+    let sub = sim.add_client(|c| c);
+    sim.clients[sub].client.add_data_channel("k");
+    sim.join("r", sub, "sub");
+    sim.connect(&[publ, sub]);
+    let subs = sim.subscribe(sub, &tracks);
+    sim.run_for(Duration::from_millis(500));
+    let sid = sim.clients[publ].session.clone().unwrap();
+    let control = sim.control.clone();
+    sim.api(control.close_session(&sid)).unwrap();
+    let n = sim.clients[sub]
+        .client
+        .received_on(mid_of(&subs, &tracks[0]))
+        .unwrap()
+        .packets;
+    sim.run_for(Duration::from_millis(500));
+    let m = sim.clients[sub]
+        .client
+        .received_on(mid_of(&subs, &tracks[0]))
+        .unwrap()
+        .packets;
+    assert!(m <= n + 1, "nothing forwarded after close ({n} -> {m})");
+    let mut kinds = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        kinds.push(e.kind.unwrap());
+    }
+    use pb::event::Kind;
+    assert!(kinds.iter().any(|k| matches!(k, Kind::TrackPublished(_))));
+    assert!(kinds.iter().any(|k| matches!(k, Kind::SessionConnected(_))));
+    assert!(kinds.iter().any(|k| matches!(k, Kind::TrackUnpublished(_))));
+    assert!(kinds.iter().any(|k| matches!(k, Kind::RenegotiationNeeded(r) if r.track_ids == vec![tracks[0].track_id.clone()])));
+    assert!(kinds
+        .iter()
+        .any(|k| matches!(k, Kind::SessionClosed(c) if c.session_id == sid)));
+    // The subscriber can unsubscribe from the gone track to tidy its SDP.
+    let sub_sid = sim.clients[sub].session.clone().unwrap();
+    let resp = sim
+        .api(control.unsubscribe(pb::UnsubscribeRequest {
+            session_id: sub_sid.clone(),
+            track_ids: vec![tracks[0].track_id.clone()],
+        }))
+        .unwrap();
+    let answer = sim.clients[sub]
+        .client
+        .accept_offer(&resp.sdp_offer)
+        .unwrap();
+    sim.api(control.set_answer(pb::SetAnswerRequest {
+        session_id: sub_sid,
+        sdp_answer: answer,
+    }))
+    .unwrap();
+}
