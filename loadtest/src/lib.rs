@@ -57,12 +57,14 @@ pub mod media;
 pub mod netsim;
 pub mod publish;
 pub mod recv;
+pub mod udp;
 
 pub use client::{Client, ClientConfig, ClientError, ClientEvent};
 pub use media::{MediaPacket, MediaSource, Probe, VideoLayer};
 pub use netsim::{Link, LinkKey, LinkStats, SimNet};
 pub use publish::{LayerStats, TrackId, TrackState, TrackStats, VideoCodec};
 pub use recv::{LatencyStats, MediaRecv, RecvPacket, RecvStream, SourceLoss};
+pub use udp::{drive_until, UdpClient, UdpError};
 
 /// A UDP datagram between two addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 /// The whole configuration of one router.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The gRPC control API.
@@ -116,18 +116,6 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             ips: false,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            control: ControlConfig::default(),
-            metrics: MetricsConfig::default(),
-            media: MediaConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
         }
     }
 }

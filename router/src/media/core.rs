@@ -26,6 +26,9 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, Input};
 
+/// H.264 NAL unit type of a sequence parameter set.
+const H264_NALU_SPS: u8 = 7;
+
 /// Minimum time between two keyframe requests to one publisher layer.
 pub const PUBLISHER_KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -366,17 +369,7 @@ impl WorkerCore {
     }
 
     fn renegotiate(&mut self, id: SessionId, offer: &str) -> Result<AnswerOk, MediaError> {
-        let sess = self
-            .sessions
-            .get_mut(&id)
-            .ok_or(MediaError::UnknownSession)?;
-        let (answer, mids) = match guarded(|| sess.accept_offer(offer)) {
-            Some(r) => r?,
-            None => {
-                self.fail_session(id);
-                return Err(MediaError::Internal);
-            }
-        };
+        let (answer, mids) = self.with_session(id, |s| s.accept_offer(offer))??;
         let (added, removed) = self.drain_negotiation(self.now, id, &mids)?;
         Ok(AnswerOk {
             answer,
@@ -456,23 +449,15 @@ impl WorkerCore {
         id: SessionId,
         tracks: &[Arc<super::types::TrackInfo>],
     ) -> Result<OfferOk, MediaError> {
-        let rng = &mut self.rng;
-        let sess = self
-            .sessions
-            .get_mut(&id)
-            .ok_or(MediaError::UnknownSession)?;
-        let r = guarded(|| {
-            sess.offer_subscriptions(tracks, || {
-                (rng.random_range(0..16384u16), rng.random::<u32>())
-            })
-        });
-        let (offer, mids) = match r {
-            Some(r) => r?,
-            None => {
-                self.fail_session(id);
-                return Err(MediaError::Internal);
-            }
-        };
+        // Random starting points per outgoing stream, drawn up front so the
+        // session closure does not borrow the core.
+        let starts: Vec<(u16, u32)> = (0..tracks.len())
+            .map(|_| (self.rng.random_range(0..16384u16), self.rng.random::<u32>()))
+            .collect();
+        let mut starts = starts.into_iter();
+        let (offer, mids) = self.with_session(id, |s| {
+            s.offer_subscriptions(tracks, || starts.next().unwrap_or((0, 0)))
+        })??;
         for (t, _) in &mids {
             self.local_subs.entry(*t).or_default().push(id);
         }
@@ -481,17 +466,7 @@ impl WorkerCore {
     }
 
     fn unsubscribe(&mut self, id: SessionId, tracks: &[TrackId]) -> Result<OfferOk, MediaError> {
-        let sess = self
-            .sessions
-            .get_mut(&id)
-            .ok_or(MediaError::UnknownSession)?;
-        let offer = match guarded(|| sess.offer_unsubscribe(tracks)) {
-            Some(r) => r?,
-            None => {
-                self.fail_session(id);
-                return Err(MediaError::Internal);
-            }
-        };
+        let offer = self.with_session(id, |s| s.offer_unsubscribe(tracks))??;
         for t in tracks {
             if let Some(v) = self.local_subs.get_mut(t) {
                 v.retain(|s| *s != id);
@@ -505,17 +480,7 @@ impl WorkerCore {
     }
 
     fn set_answer(&mut self, now: Instant, id: SessionId, answer: &str) -> Result<(), MediaError> {
-        let sess = self
-            .sessions
-            .get_mut(&id)
-            .ok_or(MediaError::UnknownSession)?;
-        let activated = match guarded(|| sess.accept_answer(answer)) {
-            Some(r) => r?,
-            None => {
-                self.fail_session(id);
-                return Err(MediaError::Internal);
-            }
-        };
+        let activated = self.with_session(id, |s| s.accept_answer(answer))??;
         self.drain_session(now, id);
         // New video subscribers get a keyframe as soon as possible.
         for track in activated {
@@ -579,7 +544,12 @@ impl WorkerCore {
         };
         let keyframe = match params.spec().codec {
             Codec::Vp8 => str0m::format::detect_vp8_keyframe(&p.payload),
-            Codec::H264 => str0m::format::detect_h264_keyframe(&p.payload),
+            // Chrome sends SPS/PPS (STAP-A) just before the IDR: a keyframe
+            // starts there, or the decoder lacks its parameter sets.
+            Codec::H264 => {
+                str0m::format::detect_h264_nalu(&p.payload, H264_NALU_SPS)
+                    || str0m::format::detect_h264_keyframe(&p.payload)
+            }
             Codec::Vp9 => str0m::format::detect_vp9_keyframe(&p.payload),
             Codec::Av1 => str0m::format::detect_av1_keyframe(&p.payload),
             _ => false,
@@ -777,6 +747,27 @@ impl WorkerCore {
                 self.route_keyframe_request(now, w, track, layer);
             }
             _ => {}
+        }
+    }
+
+    /// Runs `f` on a session with str0m's panics contained: a panic (a bug
+    /// in the stack, never bad input) closes that session only, counts it,
+    /// and tells the control plane; the worker and every other session go on.
+    pub fn with_session<R>(
+        &mut self,
+        id: SessionId,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Result<R, MediaError> {
+        let sess = self
+            .sessions
+            .get_mut(&id)
+            .ok_or(MediaError::UnknownSession)?;
+        match guarded(|| f(sess)) {
+            Some(r) => Ok(r),
+            None => {
+                self.fail_session(id);
+                Err(MediaError::Internal)
+            }
         }
     }
 

@@ -42,6 +42,9 @@ pub struct PubTrack {
     pub rids: Vec<Rid>,
 }
 
+/// A media line that started carrying media from the browser.
+pub type NewLine = (Mid, MediaKind, Vec<Rid>);
+
 /// A router offer waiting for the browser's answer.
 pub struct Pending {
     /// str0m's half of the negotiation.
@@ -186,7 +189,7 @@ impl Session {
     /// Compares the negotiated media lines with what is published: returns
     /// the lines that now carry media from the browser but were not
     /// published yet, and the published tracks whose line stopped.
-    pub fn publication_changes(&self, mids: &[Mid]) -> (Vec<(Mid, MediaKind, Vec<Rid>)>, Vec<Mid>) {
+    pub fn publication_changes(&self, mids: &[Mid]) -> (Vec<NewLine>, Vec<Mid>) {
         let mut added = Vec::new();
         for mid in mids {
             let Some(m) = self.rtc.media(*mid) else {

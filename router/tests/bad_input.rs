@@ -1,0 +1,128 @@
+//! Nothing a peer sends breaks the router: garbage datagrams are dropped and
+//! counted, and the sessions around them carry on.
+
+mod common;
+
+use common::{worker_addr, Sim};
+use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[test]
+fn garbage_datagrams_are_dropped_counted_and_harmless() {
+    let mut sim = Sim::new(2, 11);
+    sim.create_room("r");
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_audio();
+    let tracks = sim.join("r", publ, "pub");
+    let sub = sim.add_client(|c| c);
+    sim.clients[sub].client.add_data_channel("k");
+    sim.join("r", sub, "sub");
+    sim.connect(&[publ, sub]);
+    let subs = sim.subscribe(sub, &tracks);
+    sim.run_for(Duration::from_millis(500));
+    let mid: str0m::media::Mid = subs[0].mid.as_str().into();
+    let before = sim.clients[sub].client.received_on(mid).unwrap().packets;
+
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(99);
+    let stranger: SocketAddr = "127.0.9.9:9999".parse().unwrap();
+    let publisher_addr = common::client_addr(publ);
+    for i in 0..5000 {
+        let len = rng.random_range(0..1500);
+        let mut buf: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+        // Shape some as STUN, DTLS, RTP and RTCP so deeper parsers see them too.
+        match i % 5 {
+            0 if len > 20 => {
+                buf[0] = 0;
+                buf[1] = 1;
+                buf[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+            }
+            1 if len > 13 => buf[0] = 22,
+            2 if len > 12 => buf[0] = 0x80,
+            3 if len > 8 => {
+                buf[0] = 0x80;
+                buf[1] = 200;
+            }
+            _ => {}
+        }
+        // From an unknown address and from the publisher's own address.
+        let src = if i % 2 == 0 { stranger } else { publisher_addr };
+        let now = sim.now;
+        for w in 0..2 {
+            sim.workers[w].core.handle_datagram(now, src, &buf);
+        }
+    }
+    sim.pump();
+    sim.run_for(Duration::from_millis(1000));
+    let after = sim.clients[sub].client.received_on(mid).unwrap().packets;
+    assert!(
+        after > before + 40,
+        "media still flows ({before} -> {after})"
+    );
+    assert!(sim.connected(publ) && sim.connected(sub));
+    let dropped = sim.metric("kaskade_datagrams_dropped_total");
+    assert!(dropped >= 2500.0, "garbage counted: {dropped}");
+    assert_eq!(sim.metric("kaskade_session_failures_total"), 0.0);
+    let _ = worker_addr(0);
+}
+
+#[test]
+fn a_str0m_panic_closes_only_that_session() {
+    let mut sim = Sim::new(1, 12);
+    sim.create_room("r");
+    let mut events = sim.control.watch("r").unwrap();
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_audio();
+    let tracks = sim.join("r", publ, "pub");
+    let subs: Vec<usize> = (0..2).map(|_| sim.add_client(|c| c)).collect();
+    for (i, s) in subs.iter().enumerate() {
+        sim.clients[*s].client.add_data_channel("k");
+        sim.join("r", *s, &format!("s{i}"));
+    }
+    sim.connect(&[publ, subs[0], subs[1]]);
+    let mut mids = Vec::new();
+    for s in &subs {
+        let m = sim.subscribe(*s, &tracks);
+        mids.push(str0m::media::Mid::from(m[0].mid.as_str()));
+    }
+    sim.run_for(Duration::from_millis(300));
+
+    // str0m panics on misuse of its own API (here: the frame writer in RTP
+    // mode), which stands in for a bug inside the stack.
+    let victim = sim.clients[subs[0]].session.clone().unwrap();
+    let sid = kaskade_protocol::SessionId::parse(&victim).unwrap();
+    let mid = mids[0];
+    let r = sim.workers[0].core.with_session(sid, |s| {
+        let _ = s.rtc.writer(mid);
+    });
+    assert!(r.is_err(), "the panic was contained and reported");
+    sim.pump();
+    assert_eq!(sim.metric("kaskade_session_failures_total"), 1.0);
+    let before = sim.clients[subs[1]]
+        .client
+        .received_on(mids[1])
+        .unwrap()
+        .packets;
+    sim.run_for(Duration::from_millis(500));
+    let after = sim.clients[subs[1]]
+        .client
+        .received_on(mids[1])
+        .unwrap()
+        .packets;
+    assert!(
+        after >= before + 20,
+        "the other subscriber still receives ({before} -> {after})"
+    );
+    assert_eq!(sim.workers[0].core.session_count(), 2);
+    assert!(
+        sim.control.get_session(&victim).is_err(),
+        "registry forgot it"
+    );
+    let mut closed = false;
+    while let Ok(e) = events.try_recv() {
+        if let Some(kaskade_protocol::v1::event::Kind::SessionClosed(c)) = e.kind {
+            closed |= c.session_id == victim && c.reason == "internal error";
+        }
+    }
+    assert!(closed, "watchers were told");
+}

@@ -1,0 +1,301 @@
+//! The `kaskade` binary, really started: configured from flags, driven
+//! through the generated gRPC client, media over real UDP on loopback with
+//! str0m clients, garbage on the media port, metrics scraped, SIGTERM.
+
+use kaskade_loadtest::{drive_until, UdpClient};
+use kaskade_protocol::v1 as pb;
+use pb::room_service_client::RoomServiceClient;
+use pb::session_service_client::SessionServiceClient;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Router {
+    child: Child,
+    control: SocketAddr,
+    metrics: SocketAddr,
+    media: Vec<SocketAddr>,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(json: &'a str, key: &str) -> &'a str {
+    let start = json.find(&format!("\"{key}\":")).expect(key) + key.len() + 3;
+    let rest = &json[start..];
+    let end = rest.find([',', '}']).unwrap();
+    rest[..end].trim_matches('"')
+}
+
+fn start_router(workers: usize) -> Router {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+        .args([
+            "serve",
+            "--control-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--media-port-start",
+            "0",
+            "--workers",
+            &workers.to_string(),
+        ])
+        .env_remove("KASKADE_CONTROL_LISTEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start kaskade");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let json = line.strip_prefix("KASKADE_READY ").expect("ready line");
+    let media_list = &json[json.find("\"media\":[").unwrap() + 9..json.rfind(']').unwrap()];
+    Router {
+        control: field(json, "control").parse().unwrap(),
+        metrics: field(json, "metrics").parse().unwrap(),
+        media: media_list
+            .split(',')
+            .map(|s| s.trim_matches('"').parse().unwrap())
+            .collect(),
+        child,
+    }
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn binary_forwards_media_between_str0m_clients() {
+    let router = start_router(2);
+    assert_eq!(router.media.len(), 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("http://{}", router.control);
+    let (mut rooms, mut sessions) = rt.block_on(async {
+        (
+            RoomServiceClient::connect(url.clone()).await.unwrap(),
+            SessionServiceClient::connect(url).await.unwrap(),
+        )
+    });
+    rt.block_on(rooms.create_room(pb::CreateRoomRequest {
+        room_id: "proc".into(),
+        max_sessions: 0,
+    }))
+    .unwrap();
+
+    let t0 = Instant::now();
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut publ = UdpClient::bind(lo, t0, |c| c.seed(1)).unwrap();
+    publ.client.add_audio();
+    publ.client.add_video(&[]);
+    let offer = publ.client.create_offer().unwrap();
+    let created = rt
+        .block_on(sessions.create_session(pb::CreateSessionRequest {
+            room_id: "proc".into(),
+            participant_id: "alice".into(),
+            sdp_offer: offer,
+            metadata: "{\"display\":\"opaque\"}".into(),
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.tracks.len(), 2);
+    publ.client.accept_answer(&created.sdp_answer).unwrap();
+
+    let mut sub = UdpClient::bind(lo, t0, |c| c.seed(2).packet_log(10_000)).unwrap();
+    sub.client.add_data_channel("kaskade");
+    let offer = sub.client.create_offer().unwrap();
+    let sub_created = rt
+        .block_on(sessions.create_session(pb::CreateSessionRequest {
+            room_id: "proc".into(),
+            participant_id: "bob".into(),
+            sdp_offer: offer,
+            metadata: String::new(),
+        }))
+        .unwrap()
+        .into_inner();
+    sub.client.accept_answer(&sub_created.sdp_answer).unwrap();
+    assert!(
+        drive_until(&mut [&mut publ, &mut sub], Duration::from_secs(10), |c| {
+            c.iter().all(|c| c.client.is_connected())
+        }),
+        "both clients connect over real UDP"
+    );
+
+    let subscribed = rt
+        .block_on(sessions.subscribe(pb::SubscribeRequest {
+            session_id: sub_created.session_id.clone(),
+            track_ids: created.tracks.iter().map(|t| t.track_id.clone()).collect(),
+        }))
+        .unwrap()
+        .into_inner();
+    let answer = sub.client.accept_offer(&subscribed.sdp_offer).unwrap();
+    rt.block_on(sessions.set_answer(pb::SetAnswerRequest {
+        session_id: sub_created.session_id.clone(),
+        sdp_answer: answer,
+    }))
+    .unwrap();
+
+    let mids: Vec<str0m::media::Mid> = subscribed
+        .subscriptions
+        .iter()
+        .map(|s| s.mid.as_str().into())
+        .collect();
+    let got = drive_until(&mut [&mut publ, &mut sub], Duration::from_secs(15), |c| {
+        mids.iter()
+            .all(|m| c[1].client.received_on(*m).is_some_and(|r| r.packets > 60))
+    });
+    assert!(got, "subscriber receives audio and video");
+    let video = subscribed
+        .subscriptions
+        .iter()
+        .find(|s| {
+            created
+                .tracks
+                .iter()
+                .any(|t| t.track_id == s.track_id && t.kind == pb::TrackKind::Video as i32)
+        })
+        .unwrap();
+    let v = sub.client.received_on(video.mid.as_str().into()).unwrap();
+    assert_eq!(v.first_packet_keyframe, Some(true));
+
+    // GetRoom shows both sessions connected and the metadata echoed.
+    let room = rt
+        .block_on(rooms.get_room(pb::GetRoomRequest {
+            room_id: "proc".into(),
+        }))
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    assert_eq!(room.sessions.len(), 2);
+    assert!(room.sessions.iter().all(|s| s.connected));
+    assert!(room.sessions.iter().any(|s| s.metadata.contains("opaque")));
+    assert_ne!(
+        room.sessions[0].worker, room.sessions[1].worker,
+        "spread across workers"
+    );
+
+    // Garbage on every media port: dropped, counted, harmless.
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..500u32 {
+        let len = (i as usize * 37) % 1200;
+        let buf: Vec<u8> = (0..len).map(|j| (j as u32 * 31 + i) as u8).collect();
+        for m in &router.media {
+            let _ = junk.send_to(&buf, m);
+        }
+    }
+    let before = v.packets;
+    drive_until(&mut [&mut publ, &mut sub], Duration::from_secs(1), |_| {
+        false
+    });
+    let after = sub
+        .client
+        .received_on(video.mid.as_str().into())
+        .unwrap()
+        .packets;
+    assert!(after > before + 10, "media still flows after garbage");
+    let text = scrape(router.metrics);
+    assert!(
+        metric(&text, "kaskade_datagrams_dropped_total") >= 500.0,
+        "{text}"
+    );
+    assert!(metric(&text, "kaskade_rtp_packets_forwarded_total") > 100.0);
+    assert_eq!(metric(&text, "kaskade_sessions"), 2.0);
+    assert!(!text.contains("127.0.0.1"), "no addresses in metrics");
+
+    // Errors carry codes.
+    let e = rt
+        .block_on(sessions.create_session(pb::CreateSessionRequest {
+            room_id: "proc".into(),
+            participant_id: "carol".into(),
+            sdp_offer: "v=0\r\nnonsense".into(),
+            metadata: String::new(),
+        }))
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // SIGTERM stops it cleanly.
+    let mut router = router;
+    unsafe_sigterm(router.child.id());
+    let status =
+        wait_timeout(&mut router.child, Duration::from_secs(10)).expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn bad_config_is_rejected_before_binding_with_exit_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+        .args([
+            "serve",
+            "--media-bind",
+            "0.0.0.0",
+            "--control-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("media.advertise"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("kaskade-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.toml");
+    std::fs::write(&f, "[media]\nworkerz = 2\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+        .args(["serve", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workerz"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+        .args(["serve", "--control-listen", "127.0.0.1:0"])
+        .env("KASKADE_MEDIA_WORKERS", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("media.workers"));
+}
