@@ -6,3 +6,5 @@ pub mod control;
 pub mod media;
 pub mod metrics;
 pub mod server;
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -155,6 +155,14 @@ impl SessionService for Api {
         self.done("GetSession", res)
     }
 
+    async fn update_subscription(
+        &self,
+        req: Request<pb::UpdateSubscriptionRequest>,
+    ) -> Result<Response<pb::UpdateSubscriptionResponse>, Status> {
+        let res = self.control.update_subscription(req.into_inner()).await;
+        self.done("UpdateSubscription", res)
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(

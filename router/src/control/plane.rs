@@ -533,6 +533,16 @@ impl Control {
         .await
     }
 
+    /// `UpdateSubscription`
+    pub async fn update_subscription(
+        &self,
+        _req: pb::UpdateSubscriptionRequest,
+    ) -> Result<pb::UpdateSubscriptionResponse, ApiError> {
+        Err(ApiError::FailedPrecondition(
+            "UpdateSubscription is being implemented".into(),
+        ))
+    }
+
     /// `CloseSession`
     pub async fn close_session(&self, session_id: &str) -> Result<(), ApiError> {
         let sid = parse_id("session_id", session_id, SessionId::parse)?;

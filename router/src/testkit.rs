@@ -1,0 +1,344 @@
+//! Deterministic test kit (feature `testkit`): the real control plane and
+//! real worker cores, str0m clients as browsers, a seeded simulated network,
+//! all in one thread on a virtual clock. No sockets, no sleeps. Used by the
+//! router's tests and by the benchmarks.
+#![allow(missing_docs, clippy::missing_panics_doc)]
+
+use kaskade_loadtest::{Client, ClientConfig, Datagram as NetDatagram, SimNet};
+use kaskade_protocol::v1 as pb;
+use crate::control::{Control, Limits};
+use crate::media::worker::WorkerHandle;
+use crate::media::{BusBatch, Command, RtcFactory, WorkerCore, WorkerEvent, WorkerId};
+use crate::metrics::{Metrics, WorkerMetrics};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// One simulated worker: its core and the receiving end of its command channel.
+pub struct SimWorker {
+    pub core: WorkerCore,
+    pub addr: SocketAddr,
+    commands: crossbeam_channel::Receiver<Command>,
+    _bus: crossbeam_channel::Receiver<BusBatch>,
+    _poll: mio::Poll,
+}
+
+/// A simulated client and its session.
+pub struct SimClient {
+    pub client: Client,
+    pub session: Option<String>,
+    pub tracks: Vec<pb::Track>,
+}
+
+pub struct Sim {
+    pub t0: Instant,
+    pub now: Instant,
+    pub net: SimNet,
+    pub workers: Vec<SimWorker>,
+    pub clients: Vec<SimClient>,
+    pub control: Arc<Control>,
+    pub metrics: Metrics,
+    pub events: Vec<WorkerEvent>,
+    seed: u64,
+}
+
+pub fn worker_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 40000 + i as u16))
+}
+
+pub fn client_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 1, 1], 50000 + i as u16))
+}
+
+impl Sim {
+    /// A router with `workers` worker cores and no clients.
+    pub fn new(workers: usize, seed: u64) -> Self {
+        let t0 = Instant::now();
+        let metrics = Metrics::new();
+        let factory = RtcFactory::new().expect("crypto provider");
+        let mut sim_workers = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..workers {
+            let poll = mio::Poll::new().expect("mio poll");
+            let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).expect("waker"));
+            let (ctx, crx) = crossbeam_channel::unbounded();
+            let (btx, brx) = crossbeam_channel::bounded(1024);
+            handles.push(WorkerHandle {
+                id: WorkerId(i as u16),
+                commands: ctx,
+                bus: btx,
+                waker,
+                bound: worker_addr(i),
+            });
+            let core = WorkerCore::new(
+                WorkerId(i as u16),
+                workers,
+                worker_addr(i),
+                factory.clone(),
+                WorkerMetrics::new(&metrics),
+                seed.wrapping_add(i as u64),
+                t0,
+            );
+            sim_workers.push(SimWorker {
+                core,
+                addr: worker_addr(i),
+                commands: crx,
+                _bus: brx,
+                _poll: poll,
+            });
+        }
+        let control = Arc::new(Control::new(
+            handles,
+            metrics.clone(),
+            Limits {
+                max_rooms: 100,
+                max_sessions_per_room: 100,
+            },
+        ));
+        Sim {
+            t0,
+            now: t0,
+            net: SimNet::new(seed),
+            workers: sim_workers,
+            clients: Vec::new(),
+            control,
+            metrics,
+            events: Vec::new(),
+            seed,
+        }
+    }
+
+    /// Adds a client (not yet connected); returns its index.
+    pub fn add_client(&mut self, configure: impl FnOnce(ClientConfig) -> ClientConfig) -> usize {
+        let i = self.clients.len();
+        let cfg = configure(
+            ClientConfig::new(client_addr(i), self.t0)
+                .seed(self.seed * 1000 + i as u64 + 1)
+                .packet_log(100_000),
+        );
+        let client = Client::new(cfg, self.now).expect("client");
+        self.clients.push(SimClient {
+            client,
+            session: None,
+            tracks: Vec::new(),
+        });
+        i
+    }
+
+    /// Runs an API future of the real control plane to completion, letting
+    /// the worker cores answer its commands on the virtual clock.
+    pub fn api<F: Future>(&mut self, fut: F) -> F::Output {
+        let mut fut = pin!(fut);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..1000 {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                self.pump();
+                return v;
+            }
+            self.pump();
+        }
+        panic!("API call did not complete");
+    }
+
+    /// Delivers pending commands, bus batches, transmits and events.
+    pub fn pump(&mut self) {
+        loop {
+            let mut progressed = false;
+            for w in 0..self.workers.len() {
+                while let Ok(cmd) = self.workers[w].commands.try_recv() {
+                    let now = self.now;
+                    self.workers[w].core.handle_command(now, cmd);
+                    progressed = true;
+                }
+            }
+            for w in 0..self.workers.len() {
+                let src = self.workers[w].addr;
+                let out = self.workers[w].core.outputs();
+                for d in out.transmits.drain(..) {
+                    self.net.send(
+                        self.now,
+                        NetDatagram {
+                            src,
+                            dst: d.dst,
+                            data: d.data,
+                        },
+                    );
+                }
+                let batches: Vec<(usize, BusBatch)> = out
+                    .bus
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, b)| !b.is_empty())
+                    .map(|(i, b)| (i, std::mem::take(b)))
+                    .collect();
+                let events: Vec<WorkerEvent> = out.events.drain(..).collect();
+                for (dst, batch) in batches {
+                    let now = self.now;
+                    self.workers[dst].core.handle_bus(now, batch);
+                    progressed = true;
+                }
+                for ev in events {
+                    self.events.push(ev.clone());
+                    self.control.on_worker_event(ev);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn client_by_addr(&mut self, a: SocketAddr) -> Option<&mut Client> {
+        self.clients
+            .iter_mut()
+            .map(|c| &mut c.client)
+            .find(|c| c.local_addr() == a)
+    }
+
+    /// Advances the virtual clock by `d`, running everything due on the way.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+            let mut next = end;
+            for w in &self.workers {
+                if let Some(t) = w.core.poll_timeout() {
+                    next = next.min(t);
+                }
+            }
+            for c in &self.clients {
+                next = next.min(c.client.next_timeout());
+            }
+            if let Some(t) = self.net.next_delivery() {
+                next = next.min(t);
+            }
+            // Keep the clock moving even if something asks to be woken "now".
+            self.now = next
+                .max(self.now + Duration::from_micros(200))
+                .min(end.max(self.now));
+            if self.now >= end {
+                self.step();
+                break;
+            }
+        }
+    }
+
+    /// Runs until `cond` holds or `limit` passes; returns whether it held.
+    pub fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if cond(self) {
+                return true;
+            }
+            self.run_for(Duration::from_millis(10));
+        }
+        cond(self)
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        for w in &mut self.workers {
+            if w.core.poll_timeout().is_some_and(|t| t <= now) {
+                w.core.handle_timeout(now);
+            }
+        }
+        self.pump();
+        for i in 0..self.clients.len() {
+            let c = &mut self.clients[i].client;
+            c.handle_timeout(now);
+            c.tick(now);
+            while let Some(d) = c.poll_transmit() {
+                self.net.send(now, d);
+            }
+        }
+        while let Some(d) = self.net.poll_deliver(now) {
+            if let Some(w) = self.workers.iter_mut().find(|w| w.addr == d.dst) {
+                w.core.handle_datagram(now, d.src, &d.data);
+                self.pump();
+            } else if let Some(c) = self.client_by_addr(d.dst) {
+                c.handle_receive(now, d.src, &d.data);
+                let mut out = Vec::new();
+                c.drain_transmits(&mut out);
+                for d in out {
+                    self.net.send(now, d);
+                }
+            }
+        }
+    }
+
+    // ----- API helpers, through the real control plane ---------------
+
+    pub fn create_room(&mut self, room: &str) {
+        self.control.create_room(room, 0).expect("create room");
+    }
+
+    /// Offers what the client has queued and creates its session.
+    pub fn join(&mut self, room: &str, client: usize, participant: &str) -> Vec<pb::Track> {
+        let offer = self.clients[client]
+            .client
+            .create_offer()
+            .expect("client has something to offer");
+        let control = self.control.clone();
+        let resp = self
+            .api(control.create_session(pb::CreateSessionRequest {
+                room_id: room.into(),
+                participant_id: participant.into(),
+                sdp_offer: offer,
+                metadata: String::new(),
+            }))
+            .expect("create session");
+        self.clients[client]
+            .client
+            .accept_answer(&resp.sdp_answer)
+            .expect("client accepts answer");
+        self.clients[client].session = Some(resp.session_id.clone());
+        self.clients[client].tracks = resp.tracks.clone();
+        resp.tracks
+    }
+
+    /// Subscribes `client` to `tracks` and completes the offer/answer.
+    pub fn subscribe(&mut self, client: usize, tracks: &[pb::Track]) -> Vec<pb::Subscription> {
+        let session = self.clients[client].session.clone().expect("joined");
+        let control = self.control.clone();
+        let resp = self
+            .api(control.subscribe(pb::SubscribeRequest {
+                session_id: session.clone(),
+                track_ids: tracks.iter().map(|t| t.track_id.clone()).collect(),
+            }))
+            .expect("subscribe");
+        let answer = self.clients[client]
+            .client
+            .accept_offer(&resp.sdp_offer)
+            .expect("client accepts router offer");
+        self.api(control.set_answer(pb::SetAnswerRequest {
+            session_id: session,
+            sdp_answer: answer,
+        }))
+        .expect("set answer");
+        resp.subscriptions
+    }
+
+    pub fn connected(&self, client: usize) -> bool {
+        self.clients[client].client.is_connected()
+    }
+
+    /// Runs until the clients are connected (panics after 10 s of virtual time).
+    pub fn connect(&mut self, clients: &[usize]) {
+        let ok = self.run_until(Duration::from_secs(10), |s| {
+            clients.iter().all(|c| s.connected(*c))
+        });
+        assert!(ok, "clients {clients:?} did not connect");
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics.render();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
