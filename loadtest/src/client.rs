@@ -77,6 +77,9 @@ pub struct ClientConfig {
     /// interval until one is complete. Off (`None`) by default so tests count only the
     /// PLIs they ask for.
     pub auto_keyframe_request: Option<Duration>,
+    /// Keep every received packet for [`Client::drain_tap`] (the load tester's
+    /// per-packet measurements). Off by default.
+    pub packet_tap: bool,
 }
 
 impl ClientConfig {
@@ -94,7 +97,14 @@ impl ClientConfig {
             packet_log_limit: 0,
             max_buffered_events: 1024,
             auto_keyframe_request: None,
+            packet_tap: false,
         }
+    }
+
+    /// Keeps every received packet for [`Client::drain_tap`].
+    pub fn packet_tap(mut self, on: bool) -> Self {
+        self.packet_tap = on;
+        self
     }
 
     /// Enables browser-like automatic keyframe requests (see
@@ -550,6 +560,7 @@ impl Client {
                     packets_sent: 0,
                     bytes_sent: 0,
                     no_stream: 0,
+                    paused: false,
                 });
             }
         }
@@ -609,6 +620,9 @@ impl Client {
                     let Some(pkt) = sender.source.poll(now) else {
                         break;
                     };
+                    if sender.paused {
+                        continue;
+                    }
                     let mut api = self.rtc.direct_api();
                     let stream = match sender.ssrc {
                         Some(ssrc) => api.stream_tx(&ssrc),
@@ -812,7 +826,11 @@ impl Client {
         let i = match self.recv.iter().position(|r| r.mid == mid) {
             Some(i) => i,
             None => {
-                self.recv.push(MediaRecv::new(mid));
+                let mut r = MediaRecv::new(mid);
+                if self.config.packet_tap {
+                    r.tap = Some(vec![]);
+                }
+                self.recv.push(r);
                 self.recv.len() - 1
             }
         };
@@ -865,6 +883,10 @@ impl Client {
             ssrc: *ssrc,
             rid,
             payload_len: p.payload.len(),
+            vp8: match codec {
+                Some(Codec::Vp8) => crate::media::parse_vp8_descriptor(&p.payload),
+                _ => None,
+            },
             is_keyframe_start: false,
             probe: None,
         };
@@ -916,6 +938,19 @@ impl Client {
         sent > 0
     }
 
+    /// With [`ClientConfig::packet_tap`]: hands over every packet received since the
+    /// last call, with its mid and the mid's kind (if known).
+    pub fn drain_tap(&mut self, mut f: impl FnMut(Mid, Option<MediaKind>, &RecvPacket)) {
+        for r in &mut self.recv {
+            let (mid, kind) = (r.mid, r.kind);
+            if let Some(tap) = r.tap.as_mut() {
+                for p in tap.drain(..) {
+                    f(mid, kind, &p);
+                }
+            }
+        }
+    }
+
     /// What was received per mid.
     pub fn received(&self) -> &[MediaRecv] {
         &self.recv
@@ -964,6 +999,25 @@ impl Client {
             state: t.state,
             layers,
         })
+    }
+
+    /// Stops or resumes sending one layer of a video track (`rid` as offered;
+    /// any rid for a track without simulcast), as a browser does when its
+    /// uplink is short. A resumed layer starts with a keyframe. Returns
+    /// whether the layer exists (and the client is sending).
+    pub fn set_layer_paused(&mut self, track: TrackId, rid: Option<&str>, paused: bool) -> bool {
+        let Some(t) = self.tracks.get_mut(track.0) else {
+            return false;
+        };
+        let layer = t.layer_of(rid.map(Rid::from));
+        let Some(sender) = t.senders.get_mut(layer) else {
+            return false;
+        };
+        if sender.paused && !paused {
+            sender.source.request_keyframe();
+        }
+        sender.paused = paused;
+        true
     }
 
     /// Keyframe requests received for a local track's layer (`rid` `None`: layer 0).

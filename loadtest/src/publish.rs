@@ -93,6 +93,9 @@ pub(crate) struct LayerSender {
     pub(crate) bytes_sent: u64,
     /// Packets dropped because str0m had no stream for the mid/rid.
     pub(crate) no_stream: u64,
+    /// The layer is switched off (as Chrome drops a layer when its uplink is
+    /// short): the source keeps time, its packets are not sent.
+    pub(crate) paused: bool,
 }
 
 /// A local track and its layers.

@@ -30,6 +30,8 @@ pub struct RecvPacket {
     pub rid: Option<Rid>,
     /// Payload length in bytes.
     pub payload_len: usize,
+    /// The VP8 payload descriptor (picture id, TL0PICIDX, temporal layer), for VP8.
+    pub vp8: Option<crate::media::Vp8DescriptorInfo>,
     /// First packet of a keyframe (VP8: `detect_vp8_keyframe`; H.264: SPS or IDR start).
     pub is_keyframe_start: bool,
     /// The probe in the payload, if found.
@@ -301,6 +303,9 @@ pub struct MediaRecv {
     pub log: Vec<RecvPacket>,
     /// Keyframe requests (PLI) this client sent for the mid.
     pub keyframe_requests_sent: u64,
+    /// Packets not yet handed to [`Client::drain_tap`](crate::Client::drain_tap)
+    /// (`None`: tap off).
+    pub(crate) tap: Option<Vec<RecvPacket>>,
 }
 
 impl MediaRecv {
@@ -321,6 +326,7 @@ impl MediaRecv {
             sources: vec![],
             log: vec![],
             keyframe_requests_sent: 0,
+            tap: None,
         }
     }
 
@@ -424,6 +430,9 @@ impl MediaRecv {
             _ => false,
         };
 
+        if let Some(tap) = self.tap.as_mut() {
+            tap.push(p.clone());
+        }
         if self.log.len() < log_limit {
             self.log.push(p);
         }
@@ -468,6 +477,7 @@ mod tests {
             ssrc: 1,
             rid: None,
             payload_len: 100,
+            vp8: None,
             is_keyframe_start: false,
             probe: None,
         };

@@ -4,12 +4,12 @@
 //! router's tests and by the benchmarks.
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
-use kaskade_loadtest::{Client, ClientConfig, Datagram as NetDatagram, SimNet};
-use kaskade_protocol::v1 as pb;
 use crate::control::{Control, Limits};
 use crate::media::worker::WorkerHandle;
 use crate::media::{BusBatch, Command, RtcFactory, WorkerCore, WorkerEvent, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
+use kaskade_loadtest::{Client, ClientConfig, Datagram as NetDatagram, SimNet};
+use kaskade_protocol::v1 as pb;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;

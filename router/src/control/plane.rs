@@ -4,7 +4,7 @@
 
 use super::error::{parse_id, ApiError};
 use super::registry::{Registry, SessionState, SubState};
-use crate::media::command::{AnswerOk, Reply};
+use crate::media::command::{AnswerOk, Reply, SubscriptionUpdate};
 use crate::media::worker::WorkerHandle;
 use crate::media::{CloseReason, Command, TrackInfo, WorkerEvent, WorkerId};
 use crate::metrics::Metrics;
@@ -536,11 +536,87 @@ impl Control {
     /// `UpdateSubscription`
     pub async fn update_subscription(
         &self,
-        _req: pb::UpdateSubscriptionRequest,
+        req: pb::UpdateSubscriptionRequest,
     ) -> Result<pb::UpdateSubscriptionResponse, ApiError> {
-        Err(ApiError::FailedPrecondition(
-            "UpdateSubscription is being implemented".into(),
-        ))
+        let track = parse_id("track_id", &req.track_id, TrackId::parse)?;
+        let small = |field: &str, v: Option<u32>, max: u32| -> Result<Option<u8>, ApiError> {
+            match v {
+                Some(v) if v > max => Err(ApiError::InvalidArgument(format!(
+                    "{field} {v} is above {max}"
+                ))),
+                Some(v) => Ok(Some(v as u8)),
+                None => Ok(None),
+            }
+        };
+        let max_size = match (req.max_width, req.max_height) {
+            (None, None) => None,
+            (w, h) => {
+                let (w, h) = (w.unwrap_or(u32::MAX), h.unwrap_or(u32::MAX));
+                if w == 0 || h == 0 {
+                    return Err(ApiError::InvalidArgument(
+                        "max_width and max_height must be positive; use paused to stop".into(),
+                    ));
+                }
+                Some((w, h))
+            }
+        };
+        if req.max_spatial_layer.is_some() && max_size.is_some() {
+            return Err(ApiError::InvalidArgument(
+                "set max_spatial_layer or max_width/max_height, not both".into(),
+            ));
+        }
+        if let Some(p) = req.priority {
+            if !(1..=100).contains(&p) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "priority {p} is outside 1..=100"
+                )));
+            }
+        }
+        let update = SubscriptionUpdate {
+            max_spatial_layer: small("max_spatial_layer", req.max_spatial_layer, 31)?,
+            max_size,
+            max_temporal_layer: small("max_temporal_layer", req.max_temporal_layer, 7)?,
+            paused: req.paused,
+            priority: req.priority,
+        };
+        let (sid, worker) = {
+            let reg = self.reg();
+            let (sid, worker) = Self::session_of(&reg, &req.session_id)?;
+            let s = &reg.sessions[&sid];
+            match s.subs.get(&track) {
+                None => {
+                    return Err(ApiError::NotFound(format!(
+                        "session {sid} is not subscribed to track {track}"
+                    )))
+                }
+                Some(st) if st.gone => {
+                    return Err(ApiError::NotFound(format!("track {track} was unpublished")))
+                }
+                Some(_) => {}
+            }
+            (sid, worker)
+        };
+        let view = self
+            .call(worker, |reply| Command::UpdateSubscription {
+                session: sid,
+                track,
+                update,
+                reply,
+            })
+            .await?;
+        let layer = |l: Option<u8>| l.map_or(-1, i32::from);
+        Ok(pb::UpdateSubscriptionResponse {
+            subscription: Some(pb::SubscriptionState {
+                track_id: track.to_string(),
+                mid: view.mid.to_string(),
+                current_spatial_layer: layer(view.current),
+                target_spatial_layer: layer(view.target),
+                max_spatial_layer: u32::from(view.pref.max_layer),
+                max_temporal_layer: u32::from(view.pref.max_temporal),
+                paused: view.pref.paused,
+                priority: view.pref.priority,
+            }),
+        })
     }
 
     /// `CloseSession`
@@ -657,6 +733,47 @@ impl Control {
                     &room,
                     Kind::SessionConnected(pb::SessionConnected {
                         session_id: session.to_string(),
+                    }),
+                );
+            }
+            WorkerEvent::LayerChanged {
+                session,
+                track,
+                old,
+                new,
+                reason,
+            } => {
+                let Some(room) = reg.sessions.get(&session).map(|s| s.room.clone()) else {
+                    return;
+                };
+                let layer = |l: Option<u8>| l.map_or(-1, i32::from);
+                reg.emit(
+                    &room,
+                    Kind::LayerChanged(pb::LayerChanged {
+                        session_id: session.to_string(),
+                        track_id: track.to_string(),
+                        old_layer: layer(old),
+                        new_layer: layer(new),
+                        reason: reason.as_str().into(),
+                    }),
+                );
+            }
+            WorkerEvent::LayerDemand {
+                track,
+                layer,
+                rid,
+                wanted,
+            } => {
+                let Some(room) = reg.tracks.get(&track).map(|t| t.room.clone()) else {
+                    return;
+                };
+                reg.emit(
+                    &room,
+                    Kind::LayerDemand(pb::LayerDemand {
+                        track_id: track.to_string(),
+                        rid: rid.map(|r| r.to_string()).unwrap_or_default(),
+                        layer: u32::from(layer),
+                        wanted,
                     }),
                 );
             }

@@ -1,7 +1,8 @@
 //! Messages between media workers. A batch of them is one channel message
 //! and one wake-up of the destination worker.
 
-use super::types::MediaPacket;
+use super::select::LayerState;
+use super::types::{MediaPacket, WorkerId};
 use kaskade_protocol::TrackId;
 use std::sync::Arc;
 
@@ -10,6 +11,22 @@ use std::sync::Arc;
 pub enum BusMsg {
     /// A packet of a track some subscriber on the destination worker receives.
     Media(Arc<MediaPacket>),
+    /// What the publisher of a track sends on each layer (to workers with subscribers).
+    LayerInfo {
+        /// The track.
+        track: TrackId,
+        /// Per layer, as offered.
+        layers: Arc<[LayerState]>,
+    },
+    /// The layers of a track the sending worker's subscribers need (to the publisher's worker).
+    Demand {
+        /// The track.
+        track: TrackId,
+        /// The worker whose subscribers these are.
+        worker: WorkerId,
+        /// Bit per layer.
+        mask: u32,
+    },
     /// A subscriber on another worker needs a keyframe of this track and layer.
     KeyframeRequest {
         /// The track (published on the destination worker).
@@ -29,7 +46,9 @@ impl BusMsg {
     pub fn is_droppable(&self) -> bool {
         match self {
             BusMsg::Media(p) => p.kind == str0m::media::MediaKind::Video,
-            BusMsg::KeyframeRequest { .. } => false,
+            BusMsg::KeyframeRequest { .. } | BusMsg::LayerInfo { .. } | BusMsg::Demand { .. } => {
+                false
+            }
         }
     }
 }

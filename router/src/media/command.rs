@@ -112,6 +112,17 @@ pub enum Command {
         /// Done.
         reply: Reply<()>,
     },
+    /// Change a subscriber's preferences for one track.
+    UpdateSubscription {
+        /// The subscriber.
+        session: SessionId,
+        /// The track.
+        track: TrackId,
+        /// What changes.
+        update: SubscriptionUpdate,
+        /// The subscription's state afterwards.
+        reply: Reply<SubscriptionView>,
+    },
     /// Close a session.
     CloseSession {
         /// The session.
@@ -140,6 +151,34 @@ pub enum Command {
     },
     /// Stop the worker.
     Shutdown,
+}
+
+/// Changes to a subscription's preferences; `None` keeps a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionUpdate {
+    /// Highest spatial layer by rank.
+    pub max_spatial_layer: Option<u8>,
+    /// Highest resolution (clears `max_spatial_layer`).
+    pub max_size: Option<(u32, u32)>,
+    /// Highest temporal layer.
+    pub max_temporal_layer: Option<u8>,
+    /// Paused.
+    pub paused: Option<bool>,
+    /// Priority, 1..=100.
+    pub priority: Option<u32>,
+}
+
+/// A subscription as the API reports it (layers by rank, lowest 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionView {
+    /// The subscriber's media line.
+    pub mid: Mid,
+    /// Layer forwarded now.
+    pub current: Option<u8>,
+    /// Layer wanted.
+    pub target: Option<u8>,
+    /// The preferences.
+    pub pref: super::select::Preference,
 }
 
 /// Why a session ended.
@@ -174,6 +213,30 @@ pub enum WorkerEvent {
     Connected {
         /// The session.
         session: SessionId,
+    },
+    /// The layer forwarded to a subscriber changed (layers by rank).
+    LayerChanged {
+        /// The subscriber.
+        session: SessionId,
+        /// The track.
+        track: TrackId,
+        /// Before.
+        old: Option<u8>,
+        /// After.
+        new: Option<u8>,
+        /// Why.
+        reason: super::select::Reason,
+    },
+    /// Whether any subscriber wants a layer of a published track.
+    LayerDemand {
+        /// The track.
+        track: TrackId,
+        /// The layer (as offered).
+        layer: u8,
+        /// Its rid.
+        rid: Option<str0m::media::Rid>,
+        /// Wanted by at least one subscriber.
+        wanted: bool,
     },
     /// The worker closed a session by itself (not through `CloseSession`).
     Closed {

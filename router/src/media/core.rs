@@ -8,8 +8,10 @@
 
 use super::bus::{BusBatch, BusMsg};
 use super::command::{AnswerOk, CloseReason, Command, MediaError, NewTrack, OfferOk, WorkerEvent};
+use super::layers::LayerMeters;
 use super::outstream::Forwarded;
 use super::rtc::RtcFactory;
+use super::select::LayerState;
 use super::session::{Datagram, PubTrack, Session};
 use super::types::{MediaPacket, WorkerId};
 use crate::metrics::WorkerMetrics;
@@ -43,6 +45,21 @@ pub struct Outputs {
     pub events: Vec<WorkerEvent>,
 }
 
+mod simulcast;
+
+/// How often layer state is measured and selections are revisited.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// A worker with subscribers of a published track.
+#[derive(Debug, Clone, Copy)]
+struct Dest {
+    worker: WorkerId,
+    /// Subscribers there.
+    count: u32,
+    /// Layers they need (bit per layer).
+    mask: u32,
+}
+
 /// A track published by a session on this worker.
 #[derive(Debug)]
 struct Published {
@@ -50,10 +67,17 @@ struct Published {
     mid: Mid,
     kind: MediaKind,
     rids: Vec<str0m::media::Rid>,
-    /// Workers with subscribers, with a subscriber count each.
-    dests: Vec<(WorkerId, u32)>,
+    dests: Vec<Dest>,
     /// Last keyframe request per layer.
     last_keyframe: Vec<Option<Instant>>,
+    /// What the publisher sends per layer.
+    meters: LayerMeters,
+    /// Layers some subscriber wants, as last reported.
+    wanted: u32,
+    /// When layer info last went to the other workers.
+    info_sent: Option<Instant>,
+    /// The last layer info sent.
+    info: Arc<[LayerState]>,
 }
 
 /// The state machine of one media worker.
@@ -78,6 +102,12 @@ pub struct WorkerCore {
     next_track: u64,
     /// The `now` of the input being handled.
     now: Instant,
+    /// Layer state of every track with subscribers here.
+    layer_info: HashMap<TrackId, Arc<[LayerState]>>,
+    /// Demand last sent to each track's publisher worker.
+    demand_sent: HashMap<TrackId, u32>,
+    /// Next periodic tick.
+    next_tick: Instant,
 }
 
 fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
@@ -115,6 +145,9 @@ impl WorkerCore {
             rng: rand::rngs::SmallRng::seed_from_u64(seed),
             next_track: 1,
             now,
+            layer_info: HashMap::new(),
+            demand_sent: HashMap::new(),
+            next_tick: now,
         }
     }
 
@@ -140,7 +173,8 @@ impl WorkerCore {
 
     /// When [`WorkerCore::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.values().map(Session::deadline).min()
+        let sessions = self.sessions.values().map(Session::deadline).min()?;
+        Some(sessions.min(self.next_tick))
     }
 
     // ----- inputs -------------------------------------------------------
@@ -204,6 +238,16 @@ impl WorkerCore {
                 BusMsg::KeyframeRequest { track, layer } => {
                     self.request_publisher_keyframe(now, track, layer)
                 }
+                BusMsg::LayerInfo { track, layers } => {
+                    if self.local_subs.contains_key(&track) {
+                        self.layer_info.insert(track, layers);
+                    }
+                }
+                BusMsg::Demand {
+                    track,
+                    worker,
+                    mask,
+                } => self.set_demand(track, worker, mask),
             }
         }
         self.process_queue(now);
@@ -212,6 +256,10 @@ impl WorkerCore {
     /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            self.tick(now);
+        }
         let due: Vec<SessionId> = self
             .sessions
             .values()
@@ -293,21 +341,49 @@ impl WorkerCore {
             }
             Command::AddDestination { track, worker } => {
                 if let Some(p) = self.published.get_mut(&track) {
-                    match p.dests.iter_mut().find(|(w, _)| *w == worker) {
-                        Some((_, n)) => *n += 1,
-                        None => p.dests.push((worker, 1)),
+                    match p.dests.iter_mut().find(|d| d.worker == worker) {
+                        Some(d) => d.count += 1,
+                        // Every layer until the worker says what it needs,
+                        // so a new subscriber sees keyframes at once.
+                        None => p.dests.push(Dest {
+                            worker,
+                            count: 1,
+                            mask: u32::MAX,
+                        }),
+                    }
+                    // Tell the new destination what the layers look like, now.
+                    if p.kind == MediaKind::Video {
+                        let info: Arc<[LayerState]> = Arc::from(p.meters.snapshot(now));
+                        p.info = info.clone();
+                        if worker == self.id {
+                            self.layer_info.insert(track, info);
+                        } else if let Some(b) = self.out.bus.get_mut(worker.index()) {
+                            b.push(BusMsg::LayerInfo {
+                                track,
+                                layers: info,
+                            });
+                        }
                     }
                 }
             }
             Command::RemoveDestination { track, worker } => {
                 if let Some(p) = self.published.get_mut(&track) {
-                    if let Some(i) = p.dests.iter().position(|(w, _)| *w == worker) {
-                        p.dests[i].1 -= 1;
-                        if p.dests[i].1 == 0 {
+                    if let Some(i) = p.dests.iter().position(|d| d.worker == worker) {
+                        p.dests[i].count -= 1;
+                        if p.dests[i].count == 0 {
                             p.dests.swap_remove(i);
                         }
                     }
                 }
+            }
+            Command::UpdateSubscription {
+                session,
+                track,
+                update,
+                reply,
+            } => {
+                let r = self.update_subscription(now, session, track, &update);
+                let _ = reply.send(r);
             }
             Command::TrackGone { track } => {
                 if let Some(subs) = self.local_subs.remove(&track) {
@@ -401,6 +477,15 @@ impl WorkerCore {
                     mid,
                     kind,
                     last_keyframe: vec![None; rids.len().max(1)],
+                    meters: LayerMeters::new(rids.len()),
+                    // A browser sends every layer at first.
+                    wanted: if rids.is_empty() {
+                        0
+                    } else {
+                        (1u32 << rids.len()) - 1
+                    },
+                    info_sent: None,
+                    info: Arc::from(Vec::new()),
                     rids: rids.clone(),
                     dests: Vec::new(),
                 },
@@ -482,20 +567,10 @@ impl WorkerCore {
     fn set_answer(&mut self, now: Instant, id: SessionId, answer: &str) -> Result<(), MediaError> {
         let activated = self.with_session(id, |s| s.accept_answer(answer))??;
         self.drain_session(now, id);
-        // New video subscribers get a keyframe as soon as possible.
-        for track in activated {
-            let Some(o) = self
-                .sessions
-                .get_mut(&id)
-                .and_then(|s| s.outs.get_mut(&track))
-            else {
-                continue;
-            };
-            if o.kind == MediaKind::Video && o.keyframe_request_due(now) {
-                let (w, layer) = (o.publisher_worker, o.layer);
-                self.metrics.kf_join.inc();
-                self.route_keyframe_request(now, w, track, layer);
-            }
+        // New subscribers get a layer chosen and its keyframe asked for at once.
+        if !activated.is_empty() {
+            self.select_layers(now, id);
+            self.send_demand(now);
         }
         Ok(())
     }
@@ -539,10 +614,16 @@ impl WorkerCore {
         else {
             return;
         };
-        let Some(publ) = self.published.get(&track) else {
+        let Some(publ) = self.published.get_mut(&track) else {
             return;
         };
-        let keyframe = match params.spec().codec {
+        let codec = params.spec().codec;
+        let vp8 = if codec == Codec::Vp8 {
+            super::vp8::parse(&p.payload).zip(str0m::rtp::Vp8Descriptor::parse(&p.payload).ok())
+        } else {
+            None
+        };
+        let keyframe = match codec {
             Codec::Vp8 => str0m::format::detect_vp8_keyframe(&p.payload),
             // Chrome sends SPS/PPS (STAP-A) just before the IDR: a keyframe
             // starts there, or the decoder lacks its parameter sets.
@@ -554,6 +635,12 @@ impl WorkerCore {
             Codec::Av1 => str0m::format::detect_av1_keyframe(&p.payload),
             _ => false,
         };
+        publ.meters.on_packet(
+            now,
+            layer,
+            p.payload.len(),
+            vp8.as_ref().and_then(|(i, _)| i.resolution),
+        );
         let pkt = Arc::new(MediaPacket {
             track,
             kind: publ.kind,
@@ -566,14 +653,19 @@ impl WorkerCore {
             audio_level: p.header.ext_vals.audio_level,
             voice_activity: p.header.ext_vals.voice_activity,
             arrival: p.timestamp,
+            vp8,
             payload: p.payload,
         });
+        let bit = 1u32 << layer.min(31);
         let mut local = false;
-        for (w, _) in &publ.dests {
-            if *w == self.id {
+        for d in &publ.dests {
+            if d.mask & bit == 0 {
+                continue;
+            }
+            if d.worker == self.id {
                 local = true;
             } else {
-                self.out.bus[w.index()].push(BusMsg::Media(pkt.clone()));
+                self.out.bus[d.worker.index()].push(BusMsg::Media(pkt.clone()));
             }
         }
         if local {
@@ -588,6 +680,7 @@ impl WorkerCore {
         };
         let mut failed = Vec::new();
         let mut need_kf = false;
+        let mut switched = Vec::new();
         for sid in subs {
             let Some(sess) = self.sessions.get_mut(sid) else {
                 continue;
@@ -600,6 +693,9 @@ impl WorkerCore {
                 failed.push(*sid);
                 continue;
             };
+            if !o.switches.is_empty() {
+                switched.push((*sid, std::mem::take(&mut o.switches)));
+            }
             match res {
                 Forwarded::Sent => {
                     if pkt.kind == MediaKind::Video {
@@ -619,6 +715,9 @@ impl WorkerCore {
                 Forwarded::NeedKeyframe => need_kf = true,
                 Forwarded::Skipped | Forwarded::Waiting => {}
             }
+        }
+        for (sid, list) in switched {
+            self.report_switches(sid, pkt.track, list);
         }
         for sid in failed {
             self.fail_session(sid);
@@ -732,6 +831,11 @@ impl WorkerCore {
                     }
                 }
             }
+            Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }) => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.estimate = Some(estimate.as_u64());
+                }
+            }
             Event::KeyframeRequest(r) => {
                 let Some(s) = self.sessions.get_mut(&sid) else {
                     return;
@@ -742,7 +846,10 @@ impl WorkerCore {
                 let Some(o) = s.outs.get(&track) else {
                     return;
                 };
-                let (w, layer) = (o.publisher_worker, o.layer);
+                let Some(layer) = o.current.or(o.target()) else {
+                    return;
+                };
+                let w = o.publisher_worker;
                 self.metrics.kf_subscriber.inc();
                 self.route_keyframe_request(now, w, track, layer);
             }

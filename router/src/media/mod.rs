@@ -4,11 +4,14 @@
 pub mod bus;
 pub mod command;
 pub mod core;
+pub mod layers;
 pub mod outstream;
 pub mod rewrite;
 pub mod rtc;
+pub mod select;
 pub mod session;
 pub mod types;
+pub mod vp8;
 pub mod worker;
 
 pub use self::core::{Outputs, WorkerCore};

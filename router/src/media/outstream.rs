@@ -1,8 +1,11 @@
-//! One subscriber's outgoing stream of one track: keyframe gating, layer
-//! choice, header rewriting and the write into str0m.
+//! One subscriber's outgoing stream of one track: layer switching on
+//! keyframes, temporal-layer filtering, header rewriting (sequence numbers,
+//! timestamps, VP8 picture ids) and the write into str0m.
 
 use super::rewrite::{SeqRewriter, TsRewriter};
+use super::select::{Preference, Reason, Selector};
 use super::types::{MediaPacket, TrackInfo, WorkerId};
+use super::vp8::Vp8Rewriter;
 use kaskade_protocol::TrackId;
 use std::time::{Duration, Instant};
 use str0m::format::PayloadParams;
@@ -10,7 +13,7 @@ use str0m::media::{MediaKind, Mid, Pt};
 use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::Rtc;
 
-/// How often a subscriber still waiting for its first keyframe asks again.
+/// How often a subscriber still waiting for a keyframe asks again.
 pub const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 
 /// What became of a packet offered to an outgoing stream.
@@ -18,12 +21,23 @@ pub const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 pub enum Forwarded {
     /// Written to the subscriber.
     Sent,
-    /// Not for this stream (other layer, not negotiated yet, stale).
+    /// Not for this stream (other layer, not negotiated yet, stale, filtered).
     Skipped,
-    /// Dropped while waiting for a keyframe; ask the publisher for one.
+    /// Dropped while waiting for a keyframe of the target layer; ask for one.
     NeedKeyframe,
     /// Dropped while waiting for a keyframe (already asked recently).
     Waiting,
+}
+
+/// A switch of the forwarded layer, to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch {
+    /// Layer forwarded before (index into the publisher's layers).
+    pub old: Option<u8>,
+    /// Layer forwarded now.
+    pub new: Option<u8>,
+    /// Why.
+    pub reason: Reason,
 }
 
 /// A subscriber's stream of one track.
@@ -37,19 +51,30 @@ pub struct OutStream {
     pub mid: Mid,
     /// The worker of the publisher (where keyframe requests go).
     pub publisher_worker: WorkerId,
+    /// Number of layers the publisher offered.
+    pub layers: usize,
     /// The browser answered the offer that added it.
     pub active: bool,
     /// The publisher stopped publishing it.
     pub gone: bool,
-    /// The simulcast layer forwarded.
-    pub layer: u8,
-    /// Waiting for a keyframe before forwarding (video).
-    pub waiting_keyframe: bool,
+    /// The subscriber's wishes.
+    pub pref: Preference,
+    /// Layer selection state.
+    pub selector: Selector,
+    /// The layer forwarded now.
+    pub current: Option<u8>,
+    /// Why the target last changed (reported when the switch happens).
+    pub target_reason: Reason,
     /// Last time a keyframe was asked for on this stream's behalf.
     pub last_keyframe_request: Option<Instant>,
+    /// Switches not yet reported.
+    pub switches: Vec<Switch>,
+    /// Highest temporal layer forwarded now (changes at base-layer frames).
+    temporal_cap: u8,
     seq: SeqRewriter,
     ts: TsRewriter,
     ts_start: u32,
+    vp8: Vp8Rewriter,
     /// Publisher PT → subscriber PT, cached.
     pt_map: Option<(Pt, Pt)>,
 }
@@ -57,21 +82,45 @@ pub struct OutStream {
 impl OutStream {
     /// A new (not yet negotiated) outgoing stream.
     pub fn new(track: &TrackInfo, mid: Mid, seq_start: u16, ts_start: u32) -> Self {
+        let mut selector = Selector::default();
+        if track.kind == MediaKind::Audio {
+            selector.target = Some(0);
+        }
         Self {
             track: track.id,
             kind: track.kind,
             mid,
             publisher_worker: track.worker,
+            layers: track.rids.len().max(1),
             active: false,
             gone: false,
-            layer: 0,
-            waiting_keyframe: track.kind == MediaKind::Video,
+            pref: Preference::default(),
+            selector,
+            current: None,
+            target_reason: Reason::Preference,
             last_keyframe_request: None,
+            switches: Vec::new(),
+            temporal_cap: u8::MAX,
             seq: SeqRewriter::new(seq_start),
             ts: TsRewriter::new(90_000, ts_start),
             ts_start,
+            vp8: Vp8Rewriter::default(),
             pt_map: None,
         }
+    }
+
+    /// The layer wanted now.
+    pub fn target(&self) -> Option<u8> {
+        self.selector.target
+    }
+
+    /// Layers this stream needs from the publisher (bit per layer).
+    pub fn demand_mask(&self) -> u32 {
+        if !self.active || self.gone {
+            return 0;
+        }
+        let bit = |l: Option<u8>| l.map_or(0, |l| 1u32 << l.min(31));
+        bit(self.current) | bit(self.target())
     }
 
     /// Whether a keyframe request is due for this stream now.
@@ -83,6 +132,20 @@ impl OutStream {
             self.last_keyframe_request = Some(now);
         }
         due
+    }
+
+    /// Applies a new target from the selector. Stopping takes effect at
+    /// once; a new layer waits for its keyframe.
+    pub fn retarget(&mut self, reason: Reason) {
+        self.target_reason = reason;
+        if self.target().is_none() && self.current.is_some() {
+            self.switches.push(Switch {
+                old: self.current,
+                new: None,
+                reason,
+            });
+            self.current = None;
+        }
     }
 
     fn map_pt(&mut self, rtc: &Rtc, params: &PayloadParams) -> Option<Pt> {
@@ -98,10 +161,12 @@ impl OutStream {
 
     /// Offers a packet of the track to this stream.
     pub fn forward(&mut self, rtc: &mut Rtc, pkt: &MediaPacket, now: Instant) -> Forwarded {
-        if !self.active || pkt.layer != self.layer {
+        if !self.active || self.gone {
             return Forwarded::Skipped;
         }
-        if !self.seq.started() || self.waiting_keyframe {
+        let target = self.target();
+        if target == Some(pkt.layer) && self.current != target {
+            // Switch to the target layer, on a keyframe (audio: at once).
             if self.kind == MediaKind::Video && !pkt.keyframe {
                 return if self.keyframe_request_due(now) {
                     Forwarded::NeedKeyframe
@@ -109,13 +174,24 @@ impl OutStream {
                     Forwarded::Waiting
                 };
             }
-            if !self.seq.started() {
-                // The clock rate is known only now, from the first packet's codec.
-                self.ts = TsRewriter::new(pkt.params.spec().clock_rate.get(), self.ts_start);
+            self.switch_to(pkt);
+        } else if self.current != Some(pkt.layer) {
+            return Forwarded::Skipped;
+        }
+        let vp8 = pkt.vp8.as_ref();
+        if let Some((info, _)) = vp8 {
+            if info.frame_start {
+                // A new temporal cap applies from a base-layer frame up, or at once down.
+                let want = self.pref.max_temporal;
+                if want < self.temporal_cap || info.tid.unwrap_or(0) == 0 {
+                    self.temporal_cap = want;
+                }
             }
-            self.seq.switch_to(pkt.seq);
-            self.ts.switch_to(pkt.rtp_time, pkt.arrival);
-            self.waiting_keyframe = false;
+            if info.tid.unwrap_or(0) > self.temporal_cap {
+                self.seq.drop_packet(pkt.seq);
+                self.vp8.drop_picture(info);
+                return Forwarded::Skipped;
+            }
         }
         let Some(seq) = self.seq.rewrite(pkt.seq) else {
             return Forwarded::Skipped;
@@ -126,6 +202,7 @@ impl OutStream {
         let Some(pt) = self.map_pt(rtc, &pkt.params) else {
             return Forwarded::Skipped;
         };
+        let patch = vp8.and_then(|(info, desc)| self.vp8.patch(info, desc));
         let mut api = rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(self.mid, None) else {
             return Forwarded::Skipped;
@@ -135,12 +212,36 @@ impl OutStream {
             voice_activity: pkt.voice_activity,
             ..Default::default()
         };
-        tx.write_rtp(
-            RtpWrite::new(pt, seq.into(), ts, pkt.arrival, pkt.payload.clone())
-                .marker(pkt.marker)
-                .ext_vals(ext)
-                .nackable(self.kind == MediaKind::Video),
-        );
+        let mut w = RtpWrite::new(pt, seq.into(), ts, pkt.arrival, pkt.payload.clone())
+            .marker(pkt.marker)
+            .ext_vals(ext)
+            .nackable(self.kind == MediaKind::Video);
+        if let Some(p) = patch {
+            w = w.vp8_patch(p);
+        }
+        tx.write_rtp(w);
         Forwarded::Sent
+    }
+
+    fn switch_to(&mut self, pkt: &MediaPacket) {
+        if !self.seq.started() {
+            // The clock rate is known only now, from the first packet's codec.
+            self.ts = TsRewriter::new(pkt.params.spec().clock_rate.get(), self.ts_start);
+        }
+        self.seq.switch_to(pkt.seq);
+        self.ts.switch_to(pkt.rtp_time, pkt.arrival);
+        if let Some((info, _)) = &pkt.vp8 {
+            self.vp8.switch_to(info);
+        }
+        // A keyframe depends on nothing: every temporal layer may follow.
+        self.temporal_cap = self.pref.max_temporal;
+        if self.kind == MediaKind::Video {
+            self.switches.push(Switch {
+                old: self.current,
+                new: Some(pkt.layer),
+                reason: self.target_reason,
+            });
+        }
+        self.current = Some(pkt.layer);
     }
 }

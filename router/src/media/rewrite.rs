@@ -46,6 +46,22 @@ impl SeqRewriter {
         self.source_start = first;
     }
 
+    /// A packet of the current source is deliberately not forwarded (a
+    /// filtered temporal layer): later packets close the gap. Assumes the
+    /// source arrives in order around such drops.
+    pub fn drop_packet(&mut self, seq: u64) {
+        let Some(off) = self.offset else {
+            return;
+        };
+        if seq < self.source_start {
+            return;
+        }
+        let out = (seq as i64 + off) as u64;
+        if self.highest.is_none_or(|h| out > h) {
+            self.offset = Some(off - 1);
+        }
+    }
+
     /// The outgoing number for a packet of the current source, or `None`
     /// when it predates the switch (it belongs to the previous source).
     pub fn rewrite(&mut self, seq: u64) -> Option<u64> {
@@ -146,6 +162,17 @@ mod tests {
         assert_eq!((65_541u64 as u16), 5, "wraps in the 16-bit header");
         s.switch_to(3);
         assert_eq!(s.rewrite(3), Some(65_542));
+    }
+
+    #[test]
+    fn dropped_packets_leave_no_gap() {
+        let mut s = SeqRewriter::new(100);
+        s.switch_to(1);
+        assert_eq!(s.rewrite(1), Some(100));
+        s.drop_packet(2);
+        s.drop_packet(3);
+        assert_eq!(s.rewrite(4), Some(101));
+        assert_eq!(s.rewrite(6), Some(103), "real loss (5) stays a gap");
     }
 
     #[test]

@@ -7,8 +7,13 @@ use rand::Rng;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use str0m::bwe::Bitrate;
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+
+/// The downlink estimate a new session starts from: enough for the middle
+/// layer of a typical three-layer simulcast; probing climbs from there.
+pub const INITIAL_ESTIMATE_KBPS: u64 = 800;
 
 /// Why an `Rtc` could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +59,9 @@ impl RtcFactory {
             .set_dtls_cert(self.cert.clone())
             .set_ice_lite(true)
             .set_rtp_mode(true)
+            // Send-side estimation (TWCC) of each subscriber's downlink,
+            // for simulcast layer selection.
+            .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)

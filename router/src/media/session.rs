@@ -83,6 +83,8 @@ pub struct Session {
     pub out_mids: HashMap<Mid, TrackId>,
     /// str0m's next timeout.
     pub next_timeout: Instant,
+    /// The latest egress bandwidth estimate (bits per second), if any.
+    pub estimate: Option<u64>,
 }
 
 impl Session {
@@ -111,6 +113,8 @@ impl Session {
             outs: HashMap::new(),
             out_mids: HashMap::new(),
             next_timeout: now,
+            // str0m starts from this estimate; its first report follows.
+            estimate: Some(super::rtc::INITIAL_ESTIMATE_KBPS * 1000),
         }
     }
 

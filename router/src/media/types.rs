@@ -71,6 +71,8 @@ pub struct MediaPacket {
     pub voice_activity: Option<bool>,
     /// When the router received it.
     pub arrival: Instant,
+    /// VP8 descriptor facts and str0m's parsed descriptor (for patches).
+    pub vp8: Option<(super::vp8::Vp8Info, str0m::rtp::Vp8Descriptor)>,
     /// The RTP payload (header stripped, SRTP removed).
     pub payload: Arc<[u8]>,
 }

@@ -448,10 +448,12 @@ async function fullScenario(ctx) {
   await call('SessionService', 'SetAnswer', { session_id: subSession.session_id, sdp_answer: subAnswer });
 
   // Media must flow: video frames decoded and audio packets received, both
-  // above a floor and still growing; and the data channel must have opened.
+  // above a floor and growing over two consecutive polls (so not a single
+  // burst); and the data channel must have opened.
   const mediaStart = Date.now();
   const deadline = mediaStart + MEDIA_TIMEOUT_MS;
   let prev = null;
+  let growing = 0; // consecutive polls in which both counters grew
   let lastProgress = 0;
   for (;;) {
     if (ctx.daemon.child.exitCode !== null || ctx.daemon.child.signalCode !== null) {
@@ -465,7 +467,8 @@ async function fullScenario(ctx) {
       log(progressLine(p, s));
       lastProgress = Date.now();
     }
-    if (prev && dcOpen && frames > 10 && audio > 10 && frames > prev.frames && audio > prev.audio) {
+    growing = prev && frames > prev.frames && audio > prev.audio ? growing + 1 : 0;
+    if (dcOpen && frames > 10 && audio > 10 && growing >= 2) {
       log(progressLine(p, s));
       return {
         frames,

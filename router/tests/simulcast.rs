@@ -1,0 +1,367 @@
+//! Simulcast on the virtual clock: per-subscriber layer selection by
+//! preference and bandwidth, keyframe-gated switching, layers that stop.
+
+mod common;
+
+use common::{client_addr, Sim};
+use kaskade_loadtest::{Link, MediaRecv};
+use kaskade_protocol::v1 as pb;
+use std::time::Duration;
+use str0m::media::Mid;
+
+/// The layer (0 low .. 2 high) a received packet came from, via its probe.
+fn layer(p: &kaskade_loadtest::RecvPacket) -> u8 {
+    kaskade_loadtest::media::split_source_tag(p.probe.as_ref().expect("probe").source_tag).2
+}
+
+/// The layer of the newest packet received on `mid` (by sequence number:
+/// late retransmissions of older packets do not count).
+fn current_layer(sim: &Sim, client: usize, mid: Mid) -> Option<u8> {
+    let r = sim.clients[client].client.received_on(mid)?;
+    r.log.iter().rev().take(30).max_by_key(|p| p.seq).map(layer)
+}
+
+/// Every layer change in the subscriber's stream starts on a keyframe, and
+/// the stream stays one continuous stream: one SSRC, no sequence gap across
+/// a switch, timestamps never backwards, VP8 picture ids continuous. The log
+/// is taken in sequence order (retransmissions arrive late). Returns the
+/// number of switches.
+fn assert_clean_switches(r: &MediaRecv) -> usize {
+    let mut log: Vec<&kaskade_loadtest::RecvPacket> = r.log.iter().collect();
+    log.sort_by_key(|p| p.seq);
+    log.dedup_by_key(|p| p.seq);
+    let mut switches = 0;
+    for w in log.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        assert_eq!(a.ssrc, b.ssrc, "one SSRC");
+        assert!(
+            (b.rtp_timestamp.wrapping_sub(a.rtp_timestamp) as i32) >= 0,
+            "timestamps never go backwards ({} -> {})",
+            a.rtp_timestamp,
+            b.rtp_timestamp
+        );
+        if layer(a) != layer(b) {
+            switches += 1;
+            assert!(
+                b.is_keyframe_start,
+                "switch {}→{} starts on a keyframe",
+                layer(a),
+                layer(b)
+            );
+            assert_eq!(b.seq, a.seq + 1, "no sequence gap across a switch");
+            let (pa, pb) = (
+                a.vp8.unwrap().picture_id.unwrap(),
+                b.vp8.unwrap().picture_id.unwrap(),
+            );
+            assert_eq!(
+                (pa + 1) % 32768,
+                pb,
+                "picture id continues across the switch"
+            );
+        } else if b.seq == a.seq + 1 {
+            let (da, db) = (a.vp8.unwrap(), b.vp8.unwrap());
+            let (pa, pb) = (da.picture_id.unwrap(), db.picture_id.unwrap());
+            if db.start && db.partition == 0 {
+                assert_eq!((pa + 1) % 32768, pb, "picture ids continuous");
+            } else {
+                assert_eq!(pa, pb, "one picture id per frame");
+            }
+        }
+    }
+    switches
+}
+
+struct Room {
+    sim: Sim,
+    publ: usize,
+    subs: Vec<usize>,
+    mids: Vec<Mid>,
+    video: pb::Track,
+    events: tokio::sync::broadcast::Receiver<pb::Event>,
+}
+
+fn room(subscribers: usize, seed: u64) -> Room {
+    let mut sim = Sim::new(2, seed);
+    sim.create_room("r");
+    let events = sim.control.watch("r").unwrap();
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_video(&["l", "m", "h"]);
+    let tracks = sim.join("r", publ, "pub");
+    assert_eq!(tracks[0].rids, vec!["l", "m", "h"]);
+    let subs: Vec<usize> = (0..subscribers).map(|_| sim.add_client(|c| c)).collect();
+    for (i, s) in subs.iter().enumerate() {
+        sim.clients[*s].client.add_data_channel("k");
+        sim.join("r", *s, &format!("s{i}"));
+    }
+    let mut all = subs.clone();
+    all.push(publ);
+    sim.connect(&all);
+    let mut mids = Vec::new();
+    for s in &subs {
+        let m = sim.subscribe(*s, &tracks);
+        mids.push(Mid::from(m[0].mid.as_str()));
+    }
+    Room {
+        sim,
+        publ,
+        subs,
+        mids,
+        video: tracks[0].clone(),
+        events,
+    }
+}
+
+fn update(
+    r: &mut Room,
+    sub: usize,
+    f: impl FnOnce(&mut pb::UpdateSubscriptionRequest),
+) -> pb::SubscriptionState {
+    let mut req = pb::UpdateSubscriptionRequest {
+        session_id: r.sim.clients[r.subs[sub]].session.clone().unwrap(),
+        track_id: r.video.track_id.clone(),
+        ..Default::default()
+    };
+    f(&mut req);
+    let control = r.sim.control.clone();
+    r.sim
+        .api(control.update_subscription(req))
+        .expect("update subscription")
+        .subscription
+        .unwrap()
+}
+
+fn wait_layer(r: &mut Room, sub: usize, want: u8, limit: Duration) -> Option<Duration> {
+    let t0 = r.sim.now;
+    let (c, mid) = (r.subs[sub], r.mids[sub]);
+    r.sim
+        .run_until(limit, |s| current_layer(s, c, mid) == Some(want))
+        .then(|| r.sim.now - t0)
+}
+
+#[test]
+fn bandwidth_cap_moves_one_subscriber_down_and_back_up() {
+    let mut r = room(2, 21);
+    // Both climb to the top layer as their estimates grow.
+    assert!(
+        wait_layer(&mut r, 0, 2, Duration::from_secs(20)).is_some(),
+        "A reaches the top"
+    );
+    assert!(
+        wait_layer(&mut r, 1, 2, Duration::from_secs(5)).is_some(),
+        "B reaches the top"
+    );
+    let b_before = r.sim.clients[r.subs[1]]
+        .client
+        .received_on(r.mids[1])
+        .unwrap()
+        .log
+        .len();
+
+    // Cap A's downlink below the top layer's rate.
+    let a = client_addr(r.subs[0]);
+    r.sim.net.set_to(
+        a,
+        Link::with_delay(Duration::from_millis(10)).rate(900_000, 40_000),
+    );
+    let t_down = wait_layer_below(&mut r, 0, 2, Duration::from_secs(2));
+    assert!(t_down.is_some(), "A moves down within 2 s of the cap");
+
+    // B, uncapped, never leaves the top layer.
+    r.sim.run_for(Duration::from_secs(3));
+    let b = r.sim.clients[r.subs[1]]
+        .client
+        .received_on(r.mids[1])
+        .unwrap();
+    assert!(
+        b.log[b_before..].iter().all(|p| layer(p) == 2),
+        "B stays on the top layer"
+    );
+
+    // Lift the cap: A climbs back.
+    r.sim.net.clear(kaskade_loadtest::LinkKey::To(a));
+    assert!(
+        wait_layer(&mut r, 0, 2, Duration::from_secs(25)).is_some(),
+        "A climbs back to the top"
+    );
+
+    for (i, s) in r.subs.iter().enumerate() {
+        let rec = r.sim.clients[*s].client.received_on(r.mids[i]).unwrap();
+        assert_eq!(rec.first_packet_keyframe, Some(true));
+        assert_clean_switches(rec);
+    }
+    // Watchers saw A's layer changes with their reasons.
+    let a_sid = r.sim.clients[r.subs[0]].session.clone().unwrap();
+    let mut reasons = Vec::new();
+    while let Ok(e) = r.events.try_recv() {
+        if let Some(pb::event::Kind::LayerChanged(c)) = e.kind {
+            if c.session_id == a_sid {
+                reasons.push(c.reason);
+            }
+        }
+    }
+    assert!(reasons.iter().any(|x| x == "bandwidth"), "{reasons:?}");
+}
+
+fn wait_layer_below(r: &mut Room, sub: usize, below: u8, limit: Duration) -> Option<Duration> {
+    let t0 = r.sim.now;
+    let (c, mid) = (r.subs[sub], r.mids[sub]);
+    r.sim
+        .run_until(limit, |s| {
+            current_layer(s, c, mid).is_some_and(|l| l < below)
+        })
+        .then(|| r.sim.now - t0)
+}
+
+#[test]
+fn publisher_dropping_the_top_layer_moves_subscribers_to_the_middle() {
+    let mut r = room(2, 22);
+    assert!(wait_layer(&mut r, 0, 2, Duration::from_secs(20)).is_some());
+    assert!(wait_layer(&mut r, 1, 2, Duration::from_secs(5)).is_some());
+    let track = kaskade_loadtest::TrackId(0);
+    assert!(r.sim.clients[r.publ]
+        .client
+        .set_layer_paused(track, Some("h"), true));
+    for s in 0..2 {
+        let t = wait_layer(&mut r, s, 1, Duration::from_secs(3));
+        assert!(t.is_some(), "subscriber {s} falls to the middle layer");
+    }
+    // The top layer comes back: they return to it.
+    assert!(r.sim.clients[r.publ]
+        .client
+        .set_layer_paused(track, Some("h"), false));
+    for s in 0..2 {
+        assert!(wait_layer(&mut r, s, 2, Duration::from_secs(5)).is_some());
+        let rec = r.sim.clients[r.subs[s]]
+            .client
+            .received_on(r.mids[s])
+            .unwrap();
+        assert_clean_switches(rec);
+    }
+    let mut gone = false;
+    while let Ok(e) = r.events.try_recv() {
+        if let Some(pb::event::Kind::LayerChanged(c)) = e.kind {
+            gone |= c.reason == "layer_gone" && c.old_layer == 2 && c.new_layer == 1;
+        }
+    }
+    assert!(gone, "reported as layer_gone");
+}
+
+#[test]
+fn preferences_select_layers_and_unwanted_layers_are_reported() {
+    let mut r = room(1, 23);
+    // Let the downlink estimate grow first, so preferences alone decide.
+    assert!(wait_layer(&mut r, 0, 2, Duration::from_secs(20)).is_some());
+    r.sim.run_for(Duration::from_secs(1));
+    let st = update(&mut r, 0, |q| q.max_spatial_layer = Some(0));
+    assert_eq!(st.max_spatial_layer, 0);
+    let mut times = Vec::new();
+    let t = wait_layer(&mut r, 0, 0, Duration::from_secs(5)).expect("lowest layer");
+    times.push(t);
+    r.sim.run_for(Duration::from_secs(1));
+    // Only layer 0 is wanted now: layers 1 and 2 are reported unused.
+    let mut unused = Vec::new();
+    while let Ok(e) = r.events.try_recv() {
+        if let Some(pb::event::Kind::LayerDemand(d)) = e.kind {
+            if !d.wanted {
+                unused.push(d.rid);
+            }
+        }
+    }
+    assert!(
+        unused.contains(&"m".to_string()) && unused.contains(&"h".to_string()),
+        "{unused:?}"
+    );
+
+    for want in [2u8, 1, 0, 2] {
+        r.sim.run_for(Duration::from_millis(300));
+        update(&mut r, 0, |q| q.max_spatial_layer = Some(u32::from(want)));
+        let t = wait_layer(&mut r, 0, want, Duration::from_secs(5));
+        times.push(t.unwrap_or_else(|| panic!("reached layer {want}")));
+    }
+    // By resolution: 700x400 fits the middle layer (640x360).
+    update(&mut r, 0, |q| {
+        q.max_width = Some(700);
+        q.max_height = Some(400);
+    });
+    times.push(wait_layer(&mut r, 0, 1, Duration::from_secs(5)).expect("middle by size"));
+    for t in &times {
+        // A PLI round trip on the simulated network, not a keyframe interval.
+        assert!(*t < Duration::from_millis(400), "switch took {t:?}");
+    }
+    // Paused: nothing arrives.
+    update(&mut r, 0, |q| q.paused = Some(true));
+    r.sim.run_for(Duration::from_millis(200));
+    let n = r.sim.clients[r.subs[0]]
+        .client
+        .received_on(r.mids[0])
+        .unwrap()
+        .packets;
+    r.sim.run_for(Duration::from_secs(1));
+    let m = r.sim.clients[r.subs[0]]
+        .client
+        .received_on(r.mids[0])
+        .unwrap()
+        .packets;
+    assert!(m <= n + 2, "paused ({n} -> {m})");
+    let st = update(&mut r, 0, |q| q.paused = Some(false));
+    assert!(!st.paused);
+    assert!(
+        wait_layer(&mut r, 0, 1, Duration::from_secs(3)).is_some(),
+        "resumed"
+    );
+    let rec = r.sim.clients[r.subs[0]]
+        .client
+        .received_on(r.mids[0])
+        .unwrap();
+    assert!(assert_clean_switches(rec) >= 5);
+}
+
+#[test]
+fn temporal_cap_lowers_the_frame_rate_without_a_keyframe() {
+    let mut r = room(1, 24);
+    update(&mut r, 0, |q| q.max_spatial_layer = Some(1));
+    assert!(wait_layer(&mut r, 0, 1, Duration::from_secs(5)).is_some());
+    r.sim.run_for(Duration::from_secs(1));
+    let before = r.sim.clients[r.subs[0]]
+        .client
+        .received_on(r.mids[0])
+        .unwrap()
+        .log
+        .len();
+    update(&mut r, 0, |q| q.max_temporal_layer = Some(0));
+    r.sim.run_for(Duration::from_secs(2));
+    let rec = r.sim.clients[r.subs[0]]
+        .client
+        .received_on(r.mids[0])
+        .unwrap();
+    let after: Vec<_> = rec.log[before..].iter().skip(10).collect();
+    assert!(after.len() > 30);
+    assert!(
+        after.iter().all(|p| p.vp8.unwrap().tid == Some(0)),
+        "only the base temporal layer"
+    );
+    assert!(!after.iter().any(|p| p.is_keyframe_start && layer(p) != 1));
+    // Still one continuous stream: no sequence or picture id gaps.
+    for w in rec.log.windows(2) {
+        assert_eq!(
+            w[1].seq,
+            w[0].seq + 1,
+            "no gaps from dropped temporal layers"
+        );
+    }
+    assert_clean_switches(rec);
+    // Back to every temporal layer.
+    update(&mut r, 0, |q| q.max_temporal_layer = Some(2));
+    r.sim.run_for(Duration::from_secs(1));
+    let rec = r.sim.clients[r.subs[0]]
+        .client
+        .received_on(r.mids[0])
+        .unwrap();
+    assert!(rec
+        .log
+        .iter()
+        .rev()
+        .take(20)
+        .any(|p| p.vp8.unwrap().tid != Some(0)));
+    assert_clean_switches(rec);
+}
