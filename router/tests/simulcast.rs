@@ -3,22 +3,14 @@
 
 mod common;
 
-use common::{client_addr, Sim};
+use common::{client_addr, Room};
 use kaskade_loadtest::{Link, MediaRecv};
 use kaskade_protocol::v1 as pb;
 use std::time::Duration;
-use str0m::media::Mid;
 
 /// The layer (0 low .. 2 high) a received packet came from, via its probe.
 fn layer(p: &kaskade_loadtest::RecvPacket) -> u8 {
     kaskade_loadtest::media::split_source_tag(p.probe.as_ref().expect("probe").source_tag).2
-}
-
-/// The layer of the newest packet received on `mid` (by sequence number:
-/// late retransmissions of older packets do not count).
-fn current_layer(sim: &Sim, client: usize, mid: Mid) -> Option<u8> {
-    let r = sim.clients[client].client.received_on(mid)?;
-    r.log.iter().rev().take(30).max_by_key(|p| p.seq).map(layer)
 }
 
 /// Every layer change in the subscriber's stream starts on a keyframe, and
@@ -71,44 +63,10 @@ fn assert_clean_switches(r: &MediaRecv) -> usize {
     switches
 }
 
-struct Room {
-    sim: Sim,
-    publ: usize,
-    subs: Vec<usize>,
-    mids: Vec<Mid>,
-    video: pb::Track,
-    events: tokio::sync::broadcast::Receiver<pb::Event>,
-}
-
 fn room(subscribers: usize, seed: u64) -> Room {
-    let mut sim = Sim::new(2, seed);
-    sim.create_room("r");
-    let events = sim.control.watch("r").unwrap();
-    let publ = sim.add_client(|c| c);
-    sim.clients[publ].client.add_video(&["l", "m", "h"]);
-    let tracks = sim.join("r", publ, "pub");
-    assert_eq!(tracks[0].rids, vec!["l", "m", "h"]);
-    let subs: Vec<usize> = (0..subscribers).map(|_| sim.add_client(|c| c)).collect();
-    for (i, s) in subs.iter().enumerate() {
-        sim.clients[*s].client.add_data_channel("k");
-        sim.join("r", *s, &format!("s{i}"));
-    }
-    let mut all = subs.clone();
-    all.push(publ);
-    sim.connect(&all);
-    let mut mids = Vec::new();
-    for s in &subs {
-        let m = sim.subscribe(*s, &tracks);
-        mids.push(Mid::from(m[0].mid.as_str()));
-    }
-    Room {
-        sim,
-        publ,
-        subs,
-        mids,
-        video: tracks[0].clone(),
-        events,
-    }
+    let r = Room::video(2, &["l", "m", "h"], subscribers, seed);
+    assert_eq!(r.video.rids, vec!["l", "m", "h"]);
+    r
 }
 
 fn update(
@@ -116,26 +74,15 @@ fn update(
     sub: usize,
     f: impl FnOnce(&mut pb::UpdateSubscriptionRequest),
 ) -> pb::SubscriptionState {
-    let mut req = pb::UpdateSubscriptionRequest {
-        session_id: r.sim.clients[r.subs[sub]].session.clone().unwrap(),
-        track_id: r.video.track_id.clone(),
-        ..Default::default()
-    };
-    f(&mut req);
-    let control = r.sim.control.clone();
-    r.sim
-        .api(control.update_subscription(req))
-        .expect("update subscription")
-        .subscription
-        .unwrap()
+    r.update(sub, f)
 }
 
 fn wait_layer(r: &mut Room, sub: usize, want: u8, limit: Duration) -> Option<Duration> {
-    let t0 = r.sim.now;
-    let (c, mid) = (r.subs[sub], r.mids[sub]);
-    r.sim
-        .run_until(limit, |s| current_layer(s, c, mid) == Some(want))
-        .then(|| r.sim.now - t0)
+    r.wait_layer(sub, limit, |l| l == want)
+}
+
+fn wait_layer_below(r: &mut Room, sub: usize, below: u8, limit: Duration) -> Option<Duration> {
+    r.wait_layer(sub, limit, |l| l < below)
 }
 
 #[test]
@@ -200,16 +147,6 @@ fn bandwidth_cap_moves_one_subscriber_down_and_back_up() {
         }
     }
     assert!(reasons.iter().any(|x| x == "bandwidth"), "{reasons:?}");
-}
-
-fn wait_layer_below(r: &mut Room, sub: usize, below: u8, limit: Duration) -> Option<Duration> {
-    let t0 = r.sim.now;
-    let (c, mid) = (r.subs[sub], r.mids[sub]);
-    r.sim
-        .run_until(limit, |s| {
-            current_layer(s, c, mid).is_some_and(|l| l < below)
-        })
-        .then(|| r.sim.now - t0)
 }
 
 #[test]

@@ -13,6 +13,7 @@
     dcMessages: 0,
     localStream: null,
     remoteTracks: [],
+    videoSizes: [], // {at (ms since the epoch), width, height} of the remote video
   };
 
   function log(...args) {
@@ -59,18 +60,34 @@
     return state.pc;
   }
 
+  // Simulcast layers, lowest first (what run.mjs --scenario simulcast expects).
+  const SIMULCAST_ENCODINGS = [
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+    { rid: 'f', maxBitrate: 1500000 },
+  ];
+
+  // opts.simulcast: camera only, 1280x720, sent as the three layers above.
   async function publish(opts = {}) {
-    const stream = await navigator.mediaDevices.getUserMedia({
-      audio: true,
-      video: { width: 320, height: 240, frameRate: 15 },
-    });
+    const simulcast = !!opts.simulcast;
+    const stream = await navigator.mediaDevices.getUserMedia(simulcast
+      ? { audio: false, video: { width: 1280, height: 720 } }
+      : { audio: true, video: { width: 320, height: 240, frameRate: 15 } });
     state.localStream = stream;
     document.getElementById('role').textContent = 'publisher';
     document.getElementById('local').srcObject = stream;
     const pc = newPeerConnection('pub');
     for (const track of stream.getTracks()) {
-      log('publishing', track.kind, track.label);
-      pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      log('publishing', track.kind, track.label, JSON.stringify(track.getSettings()));
+      if (simulcast && track.kind === 'video') {
+        pc.addTransceiver(track, {
+          direction: 'sendonly',
+          streams: [stream],
+          sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })),
+        });
+      } else {
+        pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      }
     }
     await pc.setLocalDescription(await pc.createOffer());
     const gathering = await waitForGathering(pc, opts.gatherTimeoutMs || 3000);
@@ -78,7 +95,15 @@
     return {
       sdp: pc.localDescription.sdp,
       gathering,
-      tracks: stream.getTracks().map((t) => ({ kind: t.kind, label: t.label })),
+      tracks: stream.getTracks().map((t) => {
+        const s = t.getSettings();
+        return { kind: t.kind, label: t.label, width: s.width, height: s.height, frameRate: s.frameRate };
+      }),
+      encodings: simulcast
+        ? pc.getSenders().filter((x) => x.track && x.track.kind === 'video')
+          .flatMap((x) => x.getParameters().encodings || [])
+          .map((e) => ({ rid: e.rid, scaleResolutionDownBy: e.scaleResolutionDownBy, maxBitrate: e.maxBitrate }))
+        : [],
     };
   }
 
@@ -107,6 +132,14 @@
       state.remoteTracks.push({ kind: track.kind, mid: e.transceiver ? e.transceiver.mid : null });
       // Give every remote track a sink so Chromium decodes and plays it out.
       const el = document.createElement(track.kind === 'video' ? 'video' : 'audio');
+      if (track.kind === 'video') {
+        // When each new picture size was first shown (simulcast layer switches).
+        el.addEventListener('resize', () => {
+          state.videoSizes.push({ at: Date.now(), width: el.videoWidth, height: el.videoHeight });
+          if (state.videoSizes.length > 100) state.videoSizes.shift();
+          log('remote video size', `${el.videoWidth}x${el.videoHeight}`);
+        });
+      }
       el.autoplay = true;
       el.muted = track.kind === 'video';
       el.playsInline = true;
@@ -155,6 +188,7 @@
       outAudio: null,
       transport: null,
       pair: null,
+      videoSizes: state.videoSizes.slice(-20),
     };
     report.forEach((s) => {
       if (s.type === 'inbound-rtp' && s.kind === 'video') {
@@ -172,6 +206,9 @@
         v.pliCount = add(v.pliCount, s.pliCount);
         v.firCount = add(v.firCount, s.firCount);
         if (s.frameWidth) v.size = `${s.frameWidth}x${s.frameHeight}`;
+        if (s.frameWidth) v.frameWidth = s.frameWidth;
+        if (s.frameHeight) v.frameHeight = s.frameHeight;
+        if (s.framesPerSecond !== undefined) v.framesPerSecond = s.framesPerSecond;
       } else if (s.type === 'inbound-rtp' && s.kind === 'audio') {
         const a = out.inAudio || (out.inAudio = { streams: 0 });
         a.streams += 1;
@@ -194,6 +231,21 @@
         v.firCount = add(v.firCount, s.firCount);
         if (s.qualityLimitationReason) v.qualityLimitationReason = s.qualityLimitationReason;
         if (s.frameWidth) v.size = `${s.frameWidth}x${s.frameHeight}`;
+        // One entry per simulcast layer (rid), in the order getStats lists them.
+        (v.layers || (v.layers = [])).push({
+          rid: s.rid,
+          active: s.active,
+          size: s.frameWidth ? `${s.frameWidth}x${s.frameHeight}` : undefined,
+          frameWidth: s.frameWidth,
+          framesPerSecond: s.framesPerSecond,
+          bytesSent: s.bytesSent,
+          framesEncoded: s.framesEncoded,
+          keyFramesEncoded: s.keyFramesEncoded,
+          pliCount: s.pliCount,
+          targetBitrate: s.targetBitrate,
+          qualityLimitationReason: s.qualityLimitationReason,
+          encoderImplementation: s.encoderImplementation,
+        });
       } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
         const a = out.outAudio || (out.outAudio = { streams: 0 });
         a.streams += 1;
@@ -218,6 +270,7 @@
             local: l ? `${l.address}:${l.port}/${l.protocol} ${l.candidateType}` : undefined,
             remote: r ? `${r.address}:${r.port}/${r.protocol} ${r.candidateType}` : undefined,
             rtt: pair.currentRoundTripTime,
+            availableOutgoingBitrate: pair.availableOutgoingBitrate,
           };
         }
       }

@@ -4,6 +4,10 @@
 // subscriber page receives both through the router plus a data channel.
 //
 //   KASKADE_BIN=/path/to/kaskade node run.mjs     full scenario (starts the daemon itself)
+//   KASKADE_BIN=... node run.mjs --scenario simulcast
+//                                                 the publisher sends three simulcast layers;
+//                                                 UpdateSubscription must move the subscriber
+//                                                 to the lowest, highest and middle layer
 //   node run.mjs --self-check                     browser + protos only, no daemon
 //
 // Environment:
@@ -11,6 +15,8 @@
 //   KASKADE_CHROMIUM       the browser (default /usr/bin/chromium)
 //   KASKADE_E2E_TIMEOUT_S  hard limit for the whole run (default 120)
 //   KASKADE_E2E_MEDIA_S    how long media may take to flow once signalled (default 45)
+//   KASKADE_E2E_SWITCH_S   simulcast: how long a switch to the lowest or middle layer may take (default 20)
+//   KASKADE_E2E_TOP_LAYER_S  simulcast: the same for the top layer (default 45)
 //   KASKADE_E2E_VERBOSE=1  print page console logs and daemon stderr even on success
 //   KASKADE_LOG_LEVEL      the daemon's log filter (its default is "info"); all
 //                          KASKADE_* variables reach the daemon (KASKADE_LOG_IPS
@@ -35,6 +41,12 @@ const PROTO_DIR = path.resolve(HERE, '../../../protocol/proto');
 const PROTO_FILES = ['kaskade/v1/room.proto', 'kaskade/v1/session.proto'];
 const CHROMIUM = process.env.KASKADE_CHROMIUM || '/usr/bin/chromium';
 const SELF_CHECK = process.argv.includes('--self-check');
+const SCENARIO = (() => {
+  const i = process.argv.indexOf('--scenario');
+  const eq = process.argv.find((a) => a.startsWith('--scenario='));
+  return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
+})();
+const SCENARIOS = ['basic', 'simulcast'];
 const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
@@ -81,6 +93,7 @@ const diag = {
   lastStats: null,
   daemonExit: null,
   sdp: {}, // label -> SDP, every description exchanged
+  events: null, // WatchEvents messages, when a scenario watches the room
 };
 const TAIL_LINES = 300;
 function pushTail(arr, line, max = TAIL_LINES) {
@@ -92,6 +105,7 @@ function dumpDiagnostics(reason) {
   const out = [];
   out.push('');
   out.push('==================== browser e2e FAILED ====================');
+  out.push(`scenario: ${SELF_CHECK ? 'self-check' : SCENARIO}`);
   out.push(`reason: ${reason}`);
   if (diag.daemonExit) out.push(`daemon exited: ${diag.daemonExit}`);
   out.push('');
@@ -101,6 +115,11 @@ function dumpDiagnostics(reason) {
     out.push('');
     out.push(`---- ${role === 'pub' ? 'publisher' : 'subscriber'} page console (${diag.consoles[role].length} lines) ----`);
     out.push(...(diag.consoles[role].length ? diag.consoles[role] : ['(empty)']));
+  }
+  if (diag.events) {
+    out.push('');
+    out.push(`---- WatchEvents (${diag.events.length} events) ----`);
+    for (const e of diag.events) out.push(`${e.at_unix_ms} ${e.kind} ${JSON.stringify(e[e.kind])}`);
   }
   for (const [label, sdp] of Object.entries(diag.sdp)) {
     out.push('');
@@ -161,7 +180,7 @@ function loadApi() {
   return { v1, services };
 }
 
-function rpc(client, service, method, request) {
+function rpc(client, service, method, request, { quiet = false } = {}) {
   return new Promise((resolve, reject) => {
     const started = Date.now();
     client[method](request, { deadline: Date.now() + RPC_TIMEOUT_MS }, (err, resp) => {
@@ -169,7 +188,7 @@ function rpc(client, service, method, request) {
         const code = grpc.status[err.code] || err.code;
         reject(new Error(`${service}.${method} failed: ${code}: ${err.details || err.message}`));
       } else {
-        log(`${service}.${method} ok in ${Date.now() - started} ms`);
+        if (!quiet) log(`${service}.${method} ok in ${Date.now() - started} ms`);
         resolve(resp);
       }
     });
@@ -378,7 +397,8 @@ async function selfCheck(ctx) {
   console.log(`browser self-check: ok (${pubCands.length}+${subCands.length} candidates, 127.0.0.1 present, ${services.length} services) in ${since()}s`);
 }
 
-async function fullScenario(ctx) {
+// Starts the daemon, the browser with both pages and the room.
+async function startRoom(ctx) {
   const bin = process.env.KASKADE_BIN;
   if (!bin) throw new Error('KASKADE_BIN is not set (path to the kaskade binary)');
   if (!existsSync(bin)) throw new Error(`KASKADE_BIN=${bin} does not exist (build it with cargo build -p kaskade-router)`);
@@ -390,8 +410,8 @@ async function fullScenario(ctx) {
 
   ctx.rooms = new v1.RoomService(ready.control, grpc.credentials.createInsecure());
   ctx.sessions = new v1.SessionService(ready.control, grpc.credentials.createInsecure());
-  const call = (svc, method, req) =>
-    rpc(svc === 'RoomService' ? ctx.rooms : ctx.sessions, svc, method, req);
+  const call = (svc, method, req, opts) =>
+    rpc(svc === 'RoomService' ? ctx.rooms : ctx.sessions, svc, method, req, opts);
 
   // Start the browser while nothing else is needed from it.
   const pageSrv = await startPageServer();
@@ -403,10 +423,16 @@ async function fullScenario(ctx) {
   log(`pages open at ${pageSrv.url}`);
 
   await call('RoomService', 'CreateRoom', { room_id: ROOM_ID, max_sessions: 0 });
+  return { pub, sub, call };
+}
 
-  // Publisher.
-  const pubOffer = await pub.evaluate(() => window.kaskade.publish());
-  log(`publisher captured: ${pubOffer.tracks.map((t) => `${t.kind} "${t.label}"`).join(', ')}`);
+// Page A publishes: camera and microphone, or (simulcast) the camera alone
+// as three layers. Returns the session, the tracks the router saw and what
+// the page captured.
+async function startPublisher(ctx, { pub, call }, { simulcast = false } = {}) {
+  const pubOffer = await pub.evaluate((opts) => window.kaskade.publish(opts), { simulcast });
+  log(`publisher captured: ${pubOffer.tracks.map((t) => `${t.kind} "${t.label}"${t.width ? ` ${t.width}x${t.height}@${t.frameRate}` : ''}`).join(', ')}`);
+  if (simulcast) log(`publisher encodings: ${JSON.stringify(pubOffer.encodings)}`);
   describeOffer('publisher offer', pubOffer.sdp, { all: false });
   const pubSession = await call('SessionService', 'CreateSession', {
     room_id: ROOM_ID, participant_id: 'pub', sdp_offer: pubOffer.sdp, metadata: '',
@@ -414,21 +440,12 @@ async function fullScenario(ctx) {
   describeOffer('router answer to publisher', pubSession.sdp_answer);
   await pub.evaluate((sdp) => window.kaskade.acceptAnswer(sdp), pubSession.sdp_answer);
   const tracks = pubSession.tracks || [];
-  log(`publisher session ${pubSession.session_id}: tracks ${tracks.map((t) => `${t.track_id}(${t.kind}, mid ${t.mid})`).join(', ') || '(none)'}`);
-  const kinds = tracks.map((t) => t.kind);
-  if (!kinds.includes('TRACK_KIND_VIDEO') || !kinds.includes('TRACK_KIND_AUDIO')) {
-    let inRoom = '';
-    try {
-      await sleep(1000);
-      const room = await call('RoomService', 'GetRoom', { room_id: ROOM_ID });
-      inRoom = `; GetRoom 1 s later lists tracks ${JSON.stringify((room.room && room.room.tracks) || [])}`;
-    } catch (e) {
-      inRoom = `; GetRoom failed too: ${e.message}`;
-    }
-    throw new Error(`CreateSession for the publisher should list one audio and one video track, got ${JSON.stringify(tracks)}${inRoom}`);
-  }
+  log(`publisher session ${pubSession.session_id}: tracks ${tracks.map((t) => `${t.track_id}(${t.kind}, mid ${t.mid}${t.rids && t.rids.length ? `, rids ${t.rids.join('/')}` : ''})`).join(', ') || '(none)'}`);
+  return { session: pubSession, tracks, captured: pubOffer.tracks };
+}
 
-  // Subscriber: a data channel only, then the router's offer with the tracks.
+// Page B: a data channel only, then the router's offer with the tracks.
+async function startSubscriber(ctx, { sub, call }, trackIds) {
   const subOffer = await sub.evaluate(() => window.kaskade.prepareSubscriber());
   describeOffer('subscriber offer', subOffer.sdp, { all: false });
   const subSession = await call('SessionService', 'CreateSession', {
@@ -439,44 +456,47 @@ async function fullScenario(ctx) {
   log(`subscriber session ${subSession.session_id}`);
 
   const subscribed = await call('SessionService', 'Subscribe', {
-    session_id: subSession.session_id, track_ids: tracks.map((t) => t.track_id),
+    session_id: subSession.session_id, track_ids: trackIds,
   });
   log(`subscriptions: ${(subscribed.subscriptions || []).map((s) => `${s.track_id}→mid ${s.mid}`).join(', ') || '(none)'}`);
   describeOffer('router offer to subscriber', subscribed.sdp_offer);
   const subAnswer = await sub.evaluate((sdp) => window.kaskade.answerOffer(sdp), subscribed.sdp_offer);
   diag.sdp['subscriber answer'] = subAnswer;
   await call('SessionService', 'SetAnswer', { session_id: subSession.session_id, sdp_answer: subAnswer });
+  return subSession;
+}
 
-  // Media must flow: video frames decoded and audio packets received, both
-  // above a floor and growing over two consecutive polls (so not a single
-  // burst); and the data channel must have opened.
+// Media must flow: video frames decoded and (unless audio is false) audio
+// packets received, both above a floor and growing over two consecutive
+// polls (so not a single burst); and the data channel must have opened.
+async function waitForMedia(ctx, { audio: needAudio = true, line = progressLine } = {}) {
+  const { pub, sub } = ctx.pages;
   const mediaStart = Date.now();
   const deadline = mediaStart + MEDIA_TIMEOUT_MS;
   let prev = null;
-  let growing = 0; // consecutive polls in which both counters grew
+  let growing = 0; // consecutive polls in which the counters grew
   let lastProgress = 0;
   for (;;) {
-    if (ctx.daemon.child.exitCode !== null || ctx.daemon.child.signalCode !== null) {
-      throw new Error(`the daemon died during the test (${diag.daemonExit})`);
-    }
+    checkDaemon(ctx);
     const { p, s } = await collectStats(pub, sub);
     const frames = (s && s.inVideo && s.inVideo.framesDecoded) || 0;
     const audio = (s && s.inAudio && s.inAudio.packetsReceived) || 0;
+    const audioOk = !needAudio || audio > 10;
     const dcOpen = !!(s && s.dataChannelOpened);
     if (Date.now() - lastProgress >= 3000) {
-      log(progressLine(p, s));
+      log(line(p, s));
       lastProgress = Date.now();
     }
-    growing = prev && frames > prev.frames && audio > prev.audio ? growing + 1 : 0;
-    if (dcOpen && frames > 10 && audio > 10 && growing >= 2) {
-      log(progressLine(p, s));
+    growing = prev && frames > prev.frames && (!needAudio || audio > prev.audio) ? growing + 1 : 0;
+    if (dcOpen && frames > 10 && audioOk && growing >= 2) {
+      log(line(p, s));
       return {
         frames,
         audio,
         mediaSecs: ((Date.now() - mediaStart) / 1000).toFixed(1),
         pair: s.pair,
         videoCodec: s.inVideo.codec,
-        audioCodec: s.inAudio.codec,
+        audioCodec: s.inAudio && s.inAudio.codec,
       };
     }
     if (Date.now() > deadline) {
@@ -484,8 +504,10 @@ async function fullScenario(ctx) {
       if (!dcOpen) missing.push(`the subscriber's data channel never opened (state ${s && s.dataChannel})`);
       if (frames <= 10) missing.push(`video framesDecoded=${frames} (need > 10)`);
       else if (prev && frames <= prev.frames) missing.push(`video framesDecoded stopped growing at ${frames}`);
-      if (audio <= 10) missing.push(`audio packetsReceived=${audio} (need > 10)`);
-      else if (prev && audio <= prev.audio) missing.push(`audio packetsReceived stopped growing at ${audio}`);
+      if (needAudio) {
+        if (audio <= 10) missing.push(`audio packetsReceived=${audio} (need > 10)`);
+        else if (prev && audio <= prev.audio) missing.push(`audio packetsReceived stopped growing at ${audio}`);
+      }
       throw new Error(`media did not flow within ${MEDIA_TIMEOUT_MS / 1000} s: ${missing.join('; ')}`);
     }
     prev = { frames, audio };
@@ -493,9 +515,220 @@ async function fullScenario(ctx) {
   }
 }
 
+function checkDaemon(ctx) {
+  if (ctx.daemon.child.exitCode !== null || ctx.daemon.child.signalCode !== null) {
+    throw new Error(`the daemon died during the test (${diag.daemonExit})`);
+  }
+}
+
+async function fullScenario(ctx) {
+  const room = await startRoom(ctx);
+  const { tracks } = await startPublisher(ctx, room);
+  const kinds = tracks.map((t) => t.kind);
+  if (!kinds.includes('TRACK_KIND_VIDEO') || !kinds.includes('TRACK_KIND_AUDIO')) {
+    let inRoom = '';
+    try {
+      await sleep(1000);
+      const r = await room.call('RoomService', 'GetRoom', { room_id: ROOM_ID });
+      inRoom = `; GetRoom 1 s later lists tracks ${JSON.stringify((r.room && r.room.tracks) || [])}`;
+    } catch (e) {
+      inRoom = `; GetRoom failed too: ${e.message}`;
+    }
+    throw new Error(`CreateSession for the publisher should list one audio and one video track, got ${JSON.stringify(tracks)}${inRoom}`);
+  }
+  await startSubscriber(ctx, room, tracks.map((t) => t.track_id));
+  return waitForMedia(ctx);
+}
+
+// ---------------------------------------------------------------- simulcast
+// Page A publishes the camera as three layers (1/4, 1/2 and full size of
+// 1280x720); page B subscribes; UpdateSubscription(max_spatial_layer) to the
+// lowest, the highest and the middle layer must each change the width of
+// the frames B decodes. The time from the call to the new width in B's
+// getStats is measured (polled every SWITCH_POLL_MS).
+
+const SWITCH_POLL_MS = 100;
+const ROUTER_VIEW_EVERY_MS = 2000;
+const SIMULCAST_STEPS = [
+  { layer: 0, timeoutMs: 1000 * Number(process.env.KASKADE_E2E_SWITCH_S || 20) },
+  // Chrome only starts the top layer once its own uplink estimate has grown,
+  // and the router moves up only once its downlink estimate allows.
+  { layer: 2, timeoutMs: 1000 * Number(process.env.KASKADE_E2E_TOP_LAYER_S || 45) },
+  { layer: 1, timeoutMs: 1000 * Number(process.env.KASKADE_E2E_SWITCH_S || 20) },
+];
+
+// Chrome may round a layer's size (1276 instead of 1280, say).
+const widthMatches = (w, expected) => !!w && Math.abs(w - expected) <= Math.max(4, 0.03 * expected);
+
+const RID_ORDER = ['q', 'h', 'f']; // page.js's layers, lowest first
+const fmtKbps = (bps) => (bps === undefined || bps === null ? '?' : `${Math.round(bps / 1000)}kbps`);
+
+// The router's view of the subscription: an UpdateSubscription that sets
+// nothing changes nothing and returns the state.
+function fmtView(st) {
+  if (!st) return '(no state)';
+  return `current ${st.current_spatial_layer} target ${st.target_spatial_layer} max ${st.max_spatial_layer} (temporal ${st.max_temporal_layer}${st.paused ? ', paused' : ''}, priority ${st.priority})`;
+}
+
+function publisherLayers(p) {
+  const layers = (p && p.outVideo && p.outVideo.layers) || [];
+  const sent = (p && p.pair && p.pair.availableOutgoingBitrate);
+  const each = layers
+    .slice()
+    .sort((a, b) => RID_ORDER.indexOf(a.rid) - RID_ORDER.indexOf(b.rid))
+    .map((l) => `${l.rid}:${l.size || '-'}${l.active === false ? '(inactive)' : ''}@${l.framesPerSecond || 0}fps/${fmtKbps(l.targetBitrate)}`)
+    .join(' ');
+  const limited = layers.map((l) => l.qualityLimitationReason).filter((r) => r && r !== 'none');
+  return `pub[${each || 'no layers yet'}; uplink estimate ${fmtKbps(sent)}${limited.length ? `; limited by ${[...new Set(limited)].join(',')}` : ''}]`;
+}
+
+function simulcastLine(p, s) {
+  const v = (s && s.inVideo) || {};
+  return `${publisherLayers(p)} sub[${s && s.connectionState} ${v.size || '-'} ${v.framesDecoded || 0}fr ` +
+    `${v.framesPerSecond || 0}fps lost=${v.packetsLost || 0} pli=${v.pliCount || 0}]`;
+}
+
+// Collects the room's events; prints layer events as they come.
+function watchRoom(ctx) {
+  const events = [];
+  diag.events = events;
+  const stream = ctx.sessions.WatchEvents({ room_id: ROOM_ID });
+  ctx.watch = stream;
+  stream.on('data', (ev) => {
+    events.push(ev);
+    const at = Number(ev.at_unix_ms);
+    if (ev.kind === 'layer_changed') {
+      const c = ev.layer_changed;
+      log(`event LayerChanged ${c.old_layer} -> ${c.new_layer} (${c.reason}) track ${c.track_id} session ${c.session_id} @${at}`);
+    } else if (ev.kind === 'layer_demand') {
+      const d = ev.layer_demand;
+      log(`event LayerDemand layer ${d.layer} rid ${d.rid} wanted=${d.wanted}`);
+    } else if (VERBOSE) {
+      log(`event ${ev.kind} ${JSON.stringify(ev[ev.kind])}`);
+    }
+  });
+  stream.on('error', (e) => {
+    if (e.code !== grpc.status.CANCELLED) log(`WatchEvents ended with ${grpc.status[e.code] || e.code}: ${e.details || e.message}`);
+  });
+  return events;
+}
+
+async function switchLayer(ctx, room, { subId, trackId, layer, width, timeoutMs, events }) {
+  const { pub, sub } = ctx.pages;
+  const firstEvent = events.length;
+  const before = diag.lastStats && diag.lastStats.subscriber && diag.lastStats.subscriber.inVideo;
+  log(`---- max_spatial_layer ${layer}: expecting frameWidth ≈ ${width} (now ${(before && before.size) || '-'})`);
+  const started = Date.now();
+  const resp = await room.call('SessionService', 'UpdateSubscription', {
+    session_id: subId, track_id: trackId, max_spatial_layer: layer,
+  });
+  let view = fmtView(resp.subscription);
+  log(`router view right after the call: ${view}`);
+  const views = [`+0ms ${view}`];
+  const deadline = started + timeoutMs;
+  let lastView = Date.now();
+  let s = null;
+  for (;;) {
+    checkDaemon(ctx);
+    s = await sub.evaluate(() => window.kaskade.stats()).catch((e) => ({ error: String(e) }));
+    diag.lastStats = { ...(diag.lastStats || {}), at: `+${since()}s`, subscriber: s };
+    const w = s && s.inVideo && s.inVideo.frameWidth;
+    if (widthMatches(w, width)) break;
+    if (Date.now() > deadline) {
+      const { p } = await collectStats(pub, sub);
+      let now = '(unavailable)';
+      try {
+        const r = await room.call('SessionService', 'UpdateSubscription', { session_id: subId, track_id: trackId }, { quiet: true });
+        now = fmtView(r.subscription);
+      } catch (e) {
+        now = `(${e.message})`;
+      }
+      const seen = events.slice(firstEvent).filter((e) => e.kind === 'layer_changed').map((e) => {
+        const c = e.layer_changed;
+        return `${c.old_layer}->${c.new_layer} (${c.reason}) at +${Number(e.at_unix_ms) - started}ms`;
+      });
+      throw new Error(
+        `max_spatial_layer ${layer}: the subscriber's frameWidth did not reach ≈${width} within ${timeoutMs / 1000} s ` +
+        `(it is ${w || 'unset'}, ${s && s.inVideo && s.inVideo.size}).\n` +
+        `  router view now: ${now}\n` +
+        `  router views during the wait: ${views.join(' | ')}\n` +
+        `  LayerChanged events since the call: ${seen.join(', ') || '(none)'}\n` +
+        `  publisher: ${publisherLayers(p)}\n` +
+        `  subscriber picture sizes: ${JSON.stringify((s && s.videoSizes || []).map((x) => `${x.width}x${x.height}@+${x.at - started}ms`))}`,
+      );
+    }
+    if (Date.now() - lastView >= ROUTER_VIEW_EVERY_MS) {
+      lastView = Date.now();
+      const { p } = await collectStats(pub, sub);
+      try {
+        const r = await room.call('SessionService', 'UpdateSubscription', { session_id: subId, track_id: trackId }, { quiet: true });
+        view = fmtView(r.subscription);
+      } catch (e) {
+        view = `(${e.message})`;
+      }
+      views.push(`+${Date.now() - started}ms ${view}`);
+      log(`${simulcastLine(p, diag.lastStats.subscriber)} router: ${view}`);
+    }
+    await sleep(SWITCH_POLL_MS);
+  }
+  const statsMs = Date.now() - started;
+  // Finer figures: the first frame of the new size the page showed (its
+  // video element's resize event) and the router's LayerChanged event.
+  const shown = ((s && s.videoSizes) || []).find((x) => x.at >= started && widthMatches(x.width, width));
+  const changed = events.slice(firstEvent).find((e) => e.kind === 'layer_changed' && e.layer_changed.new_layer === layer);
+  const result = {
+    layer,
+    size: s.inVideo.size,
+    statsMs,
+    shownMs: shown ? shown.at - started : null,
+    routerMs: changed ? Number(changed.at_unix_ms) - started : null,
+    reason: changed ? changed.layer_changed.reason : null,
+  };
+  log(`layer ${layer}: ${result.size} in getStats after ${statsMs} ms (first frame shown +${result.shownMs ?? '?'} ms, router LayerChanged +${result.routerMs ?? '?'} ms ${result.reason || ''})`);
+  return result;
+}
+
+async function simulcastScenario(ctx) {
+  const room = await startRoom(ctx);
+  const events = watchRoom(ctx);
+  const { tracks, captured } = await startPublisher(ctx, room, { simulcast: true });
+  const video = tracks.find((t) => t.kind === 'TRACK_KIND_VIDEO');
+  if (!video || !video.rids || video.rids.length !== 3) {
+    throw new Error(`CreateSession for the simulcast publisher should list one video track with three rids, got ${JSON.stringify(tracks)}`);
+  }
+  const cam = captured.find((t) => t.kind === 'video') || {};
+  if (cam.width !== 1280 || cam.height !== 720) {
+    throw new Error(`the fake camera should capture 1280x720 for this test, it gives ${cam.width}x${cam.height}`);
+  }
+  const widths = [cam.width / 4, cam.width / 2, cam.width]; // the scaleResolutionDownBy of page.js
+  const subSession = await startSubscriber(ctx, room, [video.track_id]);
+  const media = await waitForMedia(ctx, { audio: false, line: simulcastLine });
+  log(`video flowing after ${media.mediaSecs} s (${media.videoCodec})`);
+
+  const results = [];
+  for (const step of SIMULCAST_STEPS) {
+    results.push(await switchLayer(ctx, room, {
+      subId: subSession.session_id,
+      trackId: video.track_id,
+      layer: step.layer,
+      width: widths[step.layer],
+      timeoutMs: step.timeoutMs,
+      events,
+    }));
+  }
+
+  const layerEvents = events.filter((e) => e.kind === 'layer_changed').map((e) => e.layer_changed);
+  log(`LayerChanged events: ${layerEvents.map((c) => `${c.old_layer}->${c.new_layer} (${c.reason})`).join(', ') || '(none)'}`);
+  if (!layerEvents.some((c) => c.reason === 'preference')) {
+    throw new Error(`no LayerChanged event with reason "preference" although the preference changed three times; saw ${JSON.stringify(layerEvents)}`);
+  }
+  return { media, results, layerEvents };
+}
+
 // ---------------------------------------------------------------- main
 async function cleanup(ctx) {
   const steps = [
+    async () => ctx.watch && ctx.watch.cancel(),
     async () => ctx.pages && Promise.all(Object.values(ctx.pages).map((p) => p.evaluate(() => window.kaskade.close()).catch(() => {}))),
     async () => ctx.context && (await Promise.race([ctx.context.close(), sleep(10_000)])),
     async () => ctx.rooms && ctx.rooms.close(),
@@ -514,6 +747,10 @@ async function cleanup(ctx) {
 }
 
 async function main() {
+  if (!SCENARIOS.includes(SCENARIO)) {
+    console.error(`unknown --scenario ${SCENARIO}; known: ${SCENARIOS.join(', ')}`);
+    process.exit(1);
+  }
   const ctx = { userDataDir: mkdtempSync(path.join(os.tmpdir(), 'kaskade-e2e-chromium-')) };
   let finished = false;
   const abort = async (reason, code) => {
@@ -534,6 +771,21 @@ async function main() {
   try {
     if (SELF_CHECK) {
       await selfCheck(ctx);
+    } else if (SCENARIO === 'simulcast') {
+      const r = await simulcastScenario(ctx);
+      try {
+        await rpc(ctx.rooms, 'RoomService', 'DeleteRoom', { room_id: ROOM_ID });
+      } catch (e) {
+        log(`note: ${e.message}`);
+      }
+      if (VERBOSE) {
+        console.log(`---- daemon stderr tail ----\n${diag.daemonStderr.join('\n')}`);
+      }
+      const ms = (v) => (v === null || v === undefined ? '?' : `${v}`);
+      const steps = r.results.map((x) =>
+        `layer ${x.layer} -> ${x.size} in ${x.statsMs} ms (first frame ${ms(x.shownMs)} ms, router switch ${ms(x.routerMs)} ms)`);
+      console.log(`browser simulcast: ${steps.join('; ')}; ${r.layerEvents.length} LayerChanged event(s); ` +
+        `video after ${r.media.mediaSecs}s; total ${since()}s`);
     } else {
       const r = await fullScenario(ctx);
       log(`selected pair: ${r.pair ? `${r.pair.local} -> ${r.pair.remote}` : 'unknown'}; codecs ${r.videoCodec}, ${r.audioCodec}`);
