@@ -1,4 +1,4 @@
-//! Compiles the `kaskade.v1` protos with protox (pure Rust, no system protoc)
+//! Compiles the `kaskade.v1` and `kaskade.cascade.v1` protos with protox (pure Rust, no system protoc)
 //! and keeps the descriptor set for gRPC server reflection.
 
 use prost::Message;
@@ -8,7 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/kaskade/v1/room.proto",
         "proto/kaskade/v1/session.proto",
+        "proto/kaskade/v1/cascade.proto",
+        "proto/kaskade/cascade/v1/link.proto",
     ];
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=proto");
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

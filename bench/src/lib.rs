@@ -1,1 +1,15 @@
-//! placeholder
+//! Micro benchmarks of the kaskade hot path next to a measured floor.
+//!
+//! * `cargo bench -p kaskade-bench --bench hotpath`: a worker core forwarding
+//!   one publisher's video to N subscribers (SRTP included) next to the floor
+//!   routine, in ns and instructions per outgoing packet.
+//! * `cargo bench -p kaskade-bench --bench memory`: router bytes per
+//!   subscribed video track at steady state, router allocations per packet.
+//!
+//! See `docs/benchmarks.md` for the method and the figures.
+
+pub mod alloc;
+pub mod fanout;
+pub mod floor;
+pub mod measure;
+pub mod net;

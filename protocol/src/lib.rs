@@ -10,6 +10,13 @@ pub mod v1 {
     tonic::include_proto!("kaskade.v1");
 }
 
+/// The router-to-router link protocol (`kaskade.cascade.v1`): control
+/// frames exchanged on a QUIC stream between routers.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod cascade {
+    tonic::include_proto!("kaskade.cascade.v1");
+}
+
 /// The encoded `FileDescriptorSet` of `kaskade.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/kaskade_descriptor.bin"));

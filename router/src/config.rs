@@ -20,6 +20,45 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// This router's identity.
+    pub node: NodeConfig,
+    /// Links to other routers.
+    pub cascade: CascadeConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// `node.id`: this router's node id (must match its cascade certificate).
+    pub id: String,
+    /// `node.region`: its region, e.g. `eu-de-fra` (residency policies match against it).
+    pub region: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: "local".into(),
+            region: String::new(),
+        }
+    }
+}
+
+/// `[cascade]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CascadeConfig {
+    /// `cascade.listen`: QUIC listen address; empty disables cascading.
+    pub listen: String,
+    /// `cascade.ca`: the cluster CA certificate (PEM).
+    pub ca: String,
+    /// `cascade.cert`: this node's certificate (PEM).
+    pub cert: String,
+    /// `cascade.key`: this node's private key (PEM).
+    pub key: String,
+    /// `cascade.peers`: other routers, `node_id=host:port`.
+    pub peers: Vec<String>,
 }
 
 /// `[control]`
@@ -170,6 +209,20 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `--log-ips`
     pub log_ips: Option<String>,
+    /// `--node-id`
+    pub node_id: Option<String>,
+    /// `--region`
+    pub node_region: Option<String>,
+    /// `--cascade-listen`
+    pub cascade_listen: Option<String>,
+    /// `--cascade-ca`
+    pub cascade_ca: Option<String>,
+    /// `--cascade-cert`
+    pub cascade_cert: Option<String>,
+    /// `--cascade-key`
+    pub cascade_key: Option<String>,
+    /// `--peer` (repeatable) / `KASKADE_CASCADE_PEERS` (comma-separated)
+    pub cascade_peers: Option<Vec<String>>,
 }
 
 /// The resolved, validated configuration the daemon runs with.
@@ -197,6 +250,45 @@ pub struct Resolved {
     pub log_level: String,
     /// Whether logs may carry IP addresses.
     pub log_ips: bool,
+    /// This router's node id.
+    pub node_id: String,
+    /// This router's region (empty: none).
+    pub region: String,
+    /// Cascade settings, if cascading is enabled.
+    pub cascade: Option<CascadeResolved>,
+}
+
+/// A peer router from `cascade.peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// Its node id.
+    pub node_id: String,
+    /// Where it listens.
+    pub addr: String,
+}
+
+/// Validated `[cascade]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CascadeResolved {
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// CA certificate file.
+    pub ca: std::path::PathBuf,
+    /// Node certificate file.
+    pub cert: std::path::PathBuf,
+    /// Node key file.
+    pub key: std::path::PathBuf,
+    /// Known peers.
+    pub peers: Vec<PeerAddr>,
+}
+
+/// Whether a node id or region name is well formed: lowercase letters,
+/// digits and '-', 1 to 63 characters.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl Config {
@@ -229,6 +321,18 @@ impl Config {
             media_bus_queue: get("KASKADE_MEDIA_BUS_QUEUE"),
             log_level: get("KASKADE_LOG_LEVEL"),
             log_ips: get("KASKADE_LOG_IPS"),
+            node_id: get("KASKADE_NODE_ID"),
+            node_region: get("KASKADE_NODE_REGION"),
+            cascade_listen: get("KASKADE_CASCADE_LISTEN"),
+            cascade_ca: get("KASKADE_CASCADE_CA"),
+            cascade_cert: get("KASKADE_CASCADE_CERT"),
+            cascade_key: get("KASKADE_CASCADE_KEY"),
+            cascade_peers: get("KASKADE_CASCADE_PEERS").map(|v| {
+                v.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            }),
         };
         self.apply(&o)?;
         if let Some(v) = get("KASKADE_LIMITS_MAX_ROOMS") {
@@ -265,6 +369,27 @@ impl Config {
         }
         if let Some(v) = &o.log_level {
             self.log.level = v.clone();
+        }
+        if let Some(v) = &o.node_id {
+            self.node.id = v.clone();
+        }
+        if let Some(v) = &o.node_region {
+            self.node.region = v.clone();
+        }
+        if let Some(v) = &o.cascade_listen {
+            self.cascade.listen = v.clone();
+        }
+        if let Some(v) = &o.cascade_ca {
+            self.cascade.ca = v.clone();
+        }
+        if let Some(v) = &o.cascade_cert {
+            self.cascade.cert = v.clone();
+        }
+        if let Some(v) = &o.cascade_key {
+            self.cascade.key = v.clone();
+        }
+        if let Some(v) = &o.cascade_peers {
+            self.cascade.peers = v.clone();
         }
         if let Some(v) = &o.log_ips {
             self.log.ips = match v.as_str() {
@@ -364,6 +489,25 @@ impl Config {
                 reason: format!("{:?} is not a valid log filter", self.log.level),
             });
         }
+        if !valid_name(&self.node.id) {
+            return Err(ConfigError::Value {
+                key: "node.id",
+                reason: format!(
+                    "{:?} must be 1-63 lowercase letters, digits or '-'",
+                    self.node.id
+                ),
+            });
+        }
+        if !self.node.region.is_empty() && !valid_name(&self.node.region) {
+            return Err(ConfigError::Value {
+                key: "node.region",
+                reason: format!(
+                    "{:?} must be 1-63 lowercase letters, digits or '-'",
+                    self.node.region
+                ),
+            });
+        }
+        let cascade = self.resolve_cascade()?;
         Ok(Resolved {
             control_listen,
             metrics_listen,
@@ -376,7 +520,59 @@ impl Config {
             max_sessions_per_room: self.limits.max_sessions_per_room,
             log_level: self.log.level.clone(),
             log_ips: self.log.ips,
+            node_id: self.node.id.clone(),
+            region: self.node.region.clone(),
+            cascade,
         })
+    }
+
+    fn resolve_cascade(&self) -> Result<Option<CascadeResolved>, ConfigError> {
+        let c = &self.cascade;
+        if c.listen.is_empty() {
+            if !c.peers.is_empty() {
+                return Err(ConfigError::Value {
+                    key: "cascade.peers",
+                    reason: "needs cascade.listen (cascading is off)".into(),
+                });
+            }
+            return Ok(None);
+        }
+        let listen = parse_sock("cascade.listen", &c.listen)?;
+        let file = |key: &'static str, v: &str| -> Result<std::path::PathBuf, ConfigError> {
+            if v.is_empty() {
+                return Err(ConfigError::Value {
+                    key,
+                    reason: "is required when cascade.listen is set".into(),
+                });
+            }
+            Ok(std::path::PathBuf::from(v))
+        };
+        let mut peers = Vec::new();
+        for p in &c.peers {
+            let Some((id, addr)) = p.split_once('=') else {
+                return Err(ConfigError::Value {
+                    key: "cascade.peers",
+                    reason: format!("{p:?} is not node_id=host:port"),
+                });
+            };
+            if !valid_name(id) || addr.rsplit_once(':').is_none() {
+                return Err(ConfigError::Value {
+                    key: "cascade.peers",
+                    reason: format!("{p:?} is not node_id=host:port"),
+                });
+            }
+            peers.push(PeerAddr {
+                node_id: id.to_string(),
+                addr: addr.to_string(),
+            });
+        }
+        Ok(Some(CascadeResolved {
+            listen,
+            ca: file("cascade.ca", &c.ca)?,
+            cert: file("cascade.cert", &c.cert)?,
+            key: file("cascade.key", &c.key)?,
+            peers,
+        }))
     }
 }
 
@@ -417,6 +613,9 @@ impl Resolved {
             max_sessions_per_room: 100,
             log_level: "info".into(),
             log_ips: false,
+            node_id: "local".into(),
+            region: String::new(),
+            cascade: None,
         }
     }
 }
@@ -500,6 +699,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("media.port_start"));
+    }
+
+    #[test]
+    fn node_and_cascade_keys_are_checked() {
+        let mut c = Config::from_toml(
+            "[node]\nid = \"fra-1\"\nregion = \"eu-de-fra\"\n[cascade]\nlisten = \"127.0.0.1:7000\"\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\npeers = [\"ams-1=127.0.0.1:7001\"]\n",
+        )
+        .unwrap();
+        let r = c.resolve(1).unwrap();
+        assert_eq!(r.region, "eu-de-fra");
+        let cas = r.cascade.unwrap();
+        assert_eq!(cas.peers[0].node_id, "ams-1");
+        c.cascade.peers = vec!["nope".into()];
+        assert!(c
+            .resolve(1)
+            .unwrap_err()
+            .to_string()
+            .contains("cascade.peers"));
+        c.cascade.peers.clear();
+        c.cascade.key.clear();
+        assert!(c
+            .resolve(1)
+            .unwrap_err()
+            .to_string()
+            .contains("cascade.key"));
+        c.node.region = "EU".into();
+        assert!(c
+            .resolve(1)
+            .unwrap_err()
+            .to_string()
+            .contains("node.region"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! configuration before binding anything, start, wait for a signal, stop.
 
 use clap::{Parser, Subcommand};
+use kaskade_router::cascade::NodeIdentity;
 use kaskade_router::config::{Config, Overrides, Resolved};
 use kaskade_router::metrics::Metrics;
 use std::io::Write;
@@ -22,7 +23,67 @@ struct Cli {
 enum Cmd {
     /// Run the router. Embedded defaults; a config file, KASKADE_* environment
     /// variables and these flags override them, in that order.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Certificates for links between routers (a cluster CA, node certificates).
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCmd {
+    /// Create a cluster CA (ca.pem, ca.key).
+    Ca {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// The CA's name.
+        #[arg(long, default_value = "kaskade cluster")]
+        name: String,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a node certificate carrying a node id and a region.
+    Node {
+        /// The CA certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The CA key.
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// Node id (lowercase letters, digits, '-').
+        #[arg(long)]
+        id: String,
+        /// Region, e.g. eu-de-fra.
+        #[arg(long)]
+        region: String,
+        /// Extra host names or IPs (informational).
+        #[arg(long)]
+        san: Vec<String>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A development cluster: a CA and one certificate per node.
+    DevCluster {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// A node as id:region, e.g. fra:eu-de-fra (repeatable).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<NodeIdentity>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the node id and region a certificate carries.
+    Show {
+        /// The certificate (PEM).
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -57,6 +118,27 @@ struct ServeArgs {
     /// Include IP addresses in logs: true or false (log.ips).
     #[arg(long, value_name = "BOOL")]
     log_ips: Option<String>,
+    /// This router's node id (node.id).
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+    /// This router's region, e.g. eu-de-fra (node.region).
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// QUIC listen address for links to other routers (cascade.listen).
+    #[arg(long, value_name = "ADDR")]
+    cascade_listen: Option<String>,
+    /// Cluster CA certificate, PEM (cascade.ca).
+    #[arg(long, value_name = "FILE")]
+    cascade_ca: Option<String>,
+    /// This node's certificate, PEM (cascade.cert).
+    #[arg(long, value_name = "FILE")]
+    cascade_cert: Option<String>,
+    /// This node's private key, PEM (cascade.key).
+    #[arg(long, value_name = "FILE")]
+    cascade_key: Option<String>,
+    /// A peer router, node_id=host:port (cascade.peers; repeatable).
+    #[arg(long = "peer", value_name = "ID=ADDR")]
+    peers: Vec<String>,
 }
 
 fn load(args: &ServeArgs) -> Result<Resolved, String> {
@@ -76,6 +158,13 @@ fn load(args: &ServeArgs) -> Result<Resolved, String> {
         media_bus_queue: args.bus_queue.clone(),
         log_level: args.log_level.clone(),
         log_ips: args.log_ips.clone(),
+        node_id: args.node_id.clone(),
+        node_region: args.region.clone(),
+        cascade_listen: args.cascade_listen.clone(),
+        cascade_ca: args.cascade_ca.clone(),
+        cascade_cert: args.cascade_cert.clone(),
+        cascade_key: args.cascade_key.clone(),
+        cascade_peers: (!args.peers.is_empty()).then(|| args.peers.clone()),
     })
     .map_err(|e| e.to_string())?;
     let cores = std::thread::available_parallelism()
@@ -98,6 +187,43 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Cmd::Serve(args) => serve(&args),
+        Cmd::Cert(c) => cert(c),
+    }
+}
+
+fn cert(c: CertCmd) -> ExitCode {
+    use kaskade_router::cascade::cert;
+    let show = |f: &cert::CertFiles| println!("wrote {} and {}", f.cert.display(), f.key.display());
+    let r = match c {
+        CertCmd::Ca { out, name, force } => cert::write_ca(&out, &name, force).map(|f| show(&f)),
+        CertCmd::Node {
+            ca,
+            ca_key,
+            id,
+            region,
+            san,
+            out,
+            force,
+        } => NodeIdentity::new(id, region)
+            .and_then(|n| cert::write_node(&ca, &ca_key, &n, &san, &out, force).map(|f| show(&f))),
+        CertCmd::DevCluster { out, nodes, force } => cert::write_dev_cluster(&out, &nodes, force)
+            .map(|d| {
+                show(&d.ca);
+                for (n, f) in &d.nodes {
+                    print!("{n}: ");
+                    show(f);
+                }
+            }),
+        CertCmd::Show { file } => cert::read_pem_file(&file)
+            .and_then(|pem| cert::identity_of_pem(&pem))
+            .map(|n| println!("{n}")),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kaskade cert: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

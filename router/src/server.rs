@@ -3,10 +3,11 @@
 //! start whole routers in-process or as processes.
 
 use crate::config::Resolved;
-use crate::control::{Api, Control, Limits};
+use crate::control::{Api, Control, Identity, Limits};
 use crate::media::worker::{PreparedWorker, WorkerHandle};
 use crate::media::{RtcFactory, WorkerCore, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
+use kaskade_protocol::v1::cascade_service_server::CascadeServiceServer;
 use kaskade_protocol::v1::room_service_server::RoomServiceServer;
 use kaskade_protocol::v1::session_service_server::SessionServiceServer;
 use std::net::SocketAddr;
@@ -36,6 +37,9 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    /// The cascade could not start.
+    #[error("{0}")]
+    Cascade(String),
     /// gRPC reflection setup failed.
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(String),
@@ -49,6 +53,8 @@ pub struct Running {
     pub metrics: Option<SocketAddr>,
     /// The bound media addresses, by worker.
     pub media: Vec<SocketAddr>,
+    /// The bound cascade (QUIC) address, if cascading is on.
+    pub cascade: Option<SocketAddr>,
     /// The control plane.
     pub plane: Arc<Control>,
     stop: watch::Sender<bool>,
@@ -73,8 +79,12 @@ impl Running {
             .metrics
             .map(|m| format!("\"{m}\""))
             .unwrap_or_else(|| "null".into());
+        let cascade = self
+            .cascade
+            .map(|c| format!("\"{c}\""))
+            .unwrap_or_else(|| "null".into());
         format!(
-            "KASKADE_READY {{\"control\":\"{}\",\"metrics\":{metrics},\"media\":[{}]}}",
+            "KASKADE_READY {{\"control\":\"{}\",\"metrics\":{metrics},\"media\":[{}],\"cascade\":{cascade}}}",
             self.control,
             media.join(",")
         )
@@ -150,6 +160,13 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let (relay_tx, relay_rx) = match cfg.cascade {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(crate::cascade::manager::RELAY_QUEUE);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let mut threads = Vec::new();
     for (i, w) in prepared.into_iter().enumerate() {
         let id = WorkerId(i as u16);
@@ -165,7 +182,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             std::time::Instant::now(),
         );
         let t = w
-            .spawn(core, handles.clone(), ev_tx.clone(), wm)
+            .spawn(core, handles.clone(), ev_tx.clone(), wm, relay_tx.clone())
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
@@ -177,6 +194,10 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             max_rooms: cfg.max_rooms,
             max_sessions_per_room: cfg.max_sessions_per_room,
         },
+        Identity {
+            node_id: cfg.node_id.clone(),
+            region: cfg.region.clone(),
+        },
     ));
     {
         let plane = plane.clone();
@@ -186,6 +207,18 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             }
         });
     }
+
+    let cascade = match (&cfg.cascade, relay_rx) {
+        (Some(c), Some(rx)) => {
+            let h = crate::cascade::manager::start(c, plane.clone(), rx)
+                .map_err(|e| StartError::Cascade(e.to_string()))?;
+            plane.set_cascade(Arc::new(h.clone()));
+            Some(h)
+        }
+        _ => None,
+    };
+    let cascade_addr = cascade.as_ref().map(|h| h.local_addr);
+    let cascade_api = crate::cascade::api::CascadeApi::new(cascade, metrics.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(l) = metrics_listener {
@@ -209,6 +242,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             .add_service(reflection)
             .add_service(RoomServiceServer::new(api.clone()))
             .add_service(SessionServiceServer::new(api))
+            .add_service(CascadeServiceServer::new(cascade_api))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|v| *v).await;
             })
@@ -219,6 +253,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     });
 
     Ok(Running {
+        cascade: cascade_addr,
         control: control_addr,
         metrics: metrics_addr,
         media,

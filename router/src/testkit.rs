@@ -4,7 +4,7 @@
 //! router's tests and by the benchmarks.
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
-use crate::control::{Control, Limits};
+use crate::control::{Control, Identity, Limits};
 use crate::media::worker::WorkerHandle;
 use crate::media::{BusBatch, Command, RtcFactory, WorkerCore, WorkerEvent, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
@@ -95,7 +95,11 @@ impl Sim {
             metrics.clone(),
             Limits {
                 max_rooms: 100,
-                max_sessions_per_room: 100,
+                max_sessions_per_room: 1001,
+            },
+            Identity {
+                node_id: "sim".into(),
+                region: "eu-sim-1".into(),
             },
         ));
         Sim {
@@ -273,7 +277,7 @@ impl Sim {
     // ----- API helpers, through the real control plane ---------------
 
     pub fn create_room(&mut self, room: &str) {
-        self.control.create_room(room, 0).expect("create room");
+        self.control.create_room(room, 0, &[]).expect("create room");
     }
 
     /// Offers what the client has queued and creates its session.

@@ -31,21 +31,40 @@ fn create(
 #[test]
 fn rooms() {
     let sim = Sim::new(1, 1);
-    sim.control.create_room("a", 0).unwrap();
-    assert_eq!(code(sim.control.create_room("a", 0)).0, Code::AlreadyExists);
+    sim.control.create_room("a", 0, &[]).unwrap();
     assert_eq!(
-        code(sim.control.create_room("", 0)).0,
+        code(sim.control.create_room("a", 0, &[])).0,
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(sim.control.create_room("", 0, &[])).0,
         Code::InvalidArgument
     );
-    let (c, msg) = code(sim.control.create_room("a b", 0));
+    let (c, msg) = code(sim.control.create_room("a b", 0, &[]));
     assert_eq!(c, Code::InvalidArgument);
     assert!(msg.contains("room_id"), "{msg}");
     assert_eq!(
-        code(sim.control.create_room("big", 1000)).0,
+        code(sim.control.create_room("big", 5000, &[])).0,
         Code::InvalidArgument
     );
     assert_eq!(code(sim.control.get_room("nope")).0, Code::NotFound);
     assert_eq!(sim.control.list_rooms().len(), 1);
+    // Residency: the simulated router is in eu-sim-1.
+    let de = vec!["eu-de-".to_string()];
+    let (c, msg) = code(sim.control.create_room("de-only", 0, &de));
+    assert_eq!(c, Code::PermissionDenied);
+    assert!(msg.contains("eu-sim-1"), "{msg}");
+    let ok = sim
+        .control
+        .create_room("sim-ok", 0, &["eu-sim-".to_string()])
+        .unwrap();
+    assert_eq!(ok.allowed_regions, vec!["eu-sim-"]);
+    assert_eq!(ok.reached[0].region, "eu-sim-1");
+    let bad = vec!["EU".to_string()];
+    assert_eq!(
+        code(sim.control.create_room("x", 0, &bad)).0,
+        Code::InvalidArgument
+    );
 }
 
 #[test]
@@ -179,7 +198,7 @@ fn offer_answer_out_of_order_is_failed_precondition() {
 #[test]
 fn room_limits_are_resource_exhausted() {
     let mut sim = Sim::new(1, 5);
-    sim.control.create_room("small", 1).unwrap();
+    sim.control.create_room("small", 1, &[]).unwrap();
     let a = sim.add_client(|c| c);
     sim.clients[a].client.add_data_channel("k");
     sim.join("small", a, "a");

@@ -1,18 +1,22 @@
-//! Real-browser end-to-end test: headless Chromium publishes its fake camera
+//! Real-browser end-to-end tests: headless Chromium publishes its fake camera
 //! and microphone through the `kaskade` daemon to a second page, which must
-//! decode the video, receive the audio and open a data channel.
+//! decode the video, receive the audio and open a data channel; and, in a
+//! second scenario, publishes the camera as three simulcast layers whose
+//! switching the subscriber must see follow `UpdateSubscription`.
 //!
-//! The scenario itself lives in `tests/browser/run.mjs` (Node.js, Playwright,
-//! gRPC); this test only prepares its environment and runs it. It needs
+//! The scenarios live in `tests/browser/run.mjs` (Node.js, Playwright,
+//! gRPC); these tests only prepare their environment and run them. They need
 //! Node.js, npm (the first time, to install `tests/browser/node_modules`) and
 //! Chromium at `/usr/bin/chromium` (or `$KASKADE_CHROMIUM`): `bash .ci/run`
-//! installs all of that. It never skips itself silently.
+//! installs all of that. They never skip themselves silently.
 //!
-//! Run it alone with `cargo test -p kaskade-router --test browser`; set
+//! Run them with `cargo test -p kaskade-router --test browser -- --test-threads=1`
+//! (they take a lock so that only one browser runs at a time anyway); set
 //! `KASKADE_E2E_VERBOSE=1` to see the page consoles and the daemon's log.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Outer safety net; run.mjs has its own watchdog (120 s by default) that
@@ -95,8 +99,16 @@ fn require_tool(name: &str, hint: &str) {
     assert!(ok, "`{name}` is not available: {hint}");
 }
 
-#[test]
-fn browser_publishes_and_subscribes() {
+/// The two scenarios share the machine's cores with a browser each: never
+/// run them at once, even without `--test-threads=1`.
+static ONE_BROWSER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `node run.mjs <args>` in `tests/browser` (installing its npm
+/// packages first if needed) against the daemon cargo built for this test.
+fn run_scenario(args: &[&str]) {
+    let _one = ONE_BROWSER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = browser_dir();
     let chromium = chromium_path();
     assert!(
@@ -126,23 +138,41 @@ fn browser_publishes_and_subscribes() {
         );
     }
 
+    let what = format!("node run.mjs {}", args.join(" "));
+    let what = what.trim_end();
     let home = TempDir::new("kaskade-browser-home");
     let start = Instant::now();
     // Output is inherited: the scenario's progress and, on failure, the
     // daemon's stderr tail, the page consoles and the last stats show live.
     let mut node = Command::new("node")
         .arg("run.mjs")
+        .args(args)
         .current_dir(&dir)
         .env("KASKADE_BIN", env!("CARGO_BIN_EXE_kaskade"))
         .env("KASKADE_CHROMIUM", &chromium)
         .env("HOME", &home.0)
         .stdin(Stdio::null())
         .spawn()
-        .expect("cannot run `node run.mjs`");
-    let status = wait_with_timeout(&mut node, "node run.mjs", OVERALL_TIMEOUT);
+        .unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
+    let status = wait_with_timeout(&mut node, what, OVERALL_TIMEOUT);
     assert!(
         status.success(),
-        "browser end-to-end test failed ({status}) after {:.1} s; see its output above",
+        "browser end-to-end test `{what}` failed ({status}) after {:.1} s; see its output above",
         start.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn browser_publishes_and_subscribes() {
+    run_scenario(&[]);
+}
+
+/// The publisher sends its fake camera as three simulcast layers
+/// (320x180, 640x360, 1280x720); `UpdateSubscription(max_spatial_layer)` to
+/// the lowest, the highest and the middle layer must each change the width
+/// of the frames the subscriber decodes, and `WatchEvents` must report a
+/// `LayerChanged` for a preference. Prints how long each switch took.
+#[test]
+fn browser_simulcast_layers_follow_update_subscription() {
+    run_scenario(&["--scenario", "simulcast"]);
 }

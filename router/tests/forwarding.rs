@@ -296,3 +296,55 @@ fn closing_the_publisher_stops_forwarding_and_tells_subscribers() {
     }))
     .unwrap();
 }
+
+#[test]
+fn renegotiate_adds_a_track_that_subscribers_then_receive() {
+    let mut sim = Sim::new(2, 7);
+    sim.create_room("r");
+    let mut events = sim.control.watch("r").unwrap();
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_audio();
+    let tracks = sim.join("r", publ, "pub");
+    assert_eq!(tracks.len(), 1);
+    let sub = sim.add_client(|c| c);
+    sim.clients[sub].client.add_data_channel("k");
+    sim.join("r", sub, "sub");
+    sim.connect(&[publ, sub]);
+
+    // The publisher adds a camera: a new offer through Renegotiate.
+    sim.clients[publ].client.add_video(&[]);
+    let offer = sim.clients[publ].client.create_offer().unwrap();
+    let control = sim.control.clone();
+    let resp = sim
+        .api(control.renegotiate(pb::RenegotiateRequest {
+            session_id: sim.clients[publ].session.clone().unwrap(),
+            sdp_offer: offer,
+        }))
+        .unwrap();
+    sim.clients[publ]
+        .client
+        .accept_answer(&resp.sdp_answer)
+        .unwrap();
+    assert_eq!(resp.added_tracks.len(), 1, "the video track is new");
+    assert!(resp.removed_track_ids.is_empty());
+    let video = resp.added_tracks[0].clone();
+    assert_eq!(video.kind, pb::TrackKind::Video as i32);
+    let room = sim.control.get_room("r").unwrap();
+    assert_eq!(room.tracks.len(), 2);
+
+    let subs = sim.subscribe(sub, std::slice::from_ref(&video));
+    sim.run_for(Duration::from_secs(2));
+    let r = sim.clients[sub]
+        .client
+        .received_on(mid_of(&subs, &video))
+        .expect("video after renegotiation");
+    assert_eq!(r.first_packet_keyframe, Some(true));
+    assert_complete_in_order(r, "renegotiated video");
+    let mut published = 0;
+    while let Ok(e) = events.try_recv() {
+        if let Some(pb::event::Kind::TrackPublished(_)) = e.kind {
+            published += 1;
+        }
+    }
+    assert_eq!(published, 2, "both tracks announced");
+}

@@ -101,6 +101,7 @@ fn binary_forwards_media_between_str0m_clients() {
     rt.block_on(rooms.create_room(pb::CreateRoomRequest {
         room_id: "proc".into(),
         max_sessions: 0,
+        allowed_regions: vec![],
     }))
     .unwrap();
 

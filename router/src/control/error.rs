@@ -18,6 +18,9 @@ pub enum ApiError {
     /// Offer/answer out of order.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A residency policy forbids it.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A configured limit is reached.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -38,6 +41,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,
         }

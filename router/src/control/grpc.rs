@@ -49,7 +49,7 @@ impl RoomService for Api {
         let r = req.into_inner();
         let res = self
             .control
-            .create_room(&r.room_id, r.max_sessions)
+            .create_room(&r.room_id, r.max_sessions, &r.allowed_regions)
             .map(|room| pb::CreateRoomResponse { room: Some(room) });
         self.done("CreateRoom", res)
     }

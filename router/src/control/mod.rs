@@ -3,9 +3,11 @@
 
 pub mod error;
 pub mod grpc;
+pub mod hooks;
 pub mod plane;
 pub mod registry;
 
 pub use error::ApiError;
 pub use grpc::Api;
-pub use plane::{Control, Limits};
+pub use hooks::CascadeHooks;
+pub use plane::{Control, Identity, Limits, RemoteTrack};

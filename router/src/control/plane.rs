@@ -3,7 +3,8 @@
 //! the room event streams up to date.
 
 use super::error::{parse_id, ApiError};
-use super::registry::{Registry, SessionState, SubState};
+use super::hooks::CascadeHooks;
+use super::registry::{region_allowed, Registry, SessionState, SubState};
 use crate::media::command::{AnswerOk, Reply, SubscriptionUpdate};
 use crate::media::worker::WorkerHandle;
 use crate::media::{CloseReason, Command, TrackInfo, WorkerEvent, WorkerId};
@@ -12,8 +13,11 @@ use kaskade_protocol::v1 as pb;
 use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
 use pb::event::Kind;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{broadcast, oneshot};
+
+mod remote;
+pub use remote::RemoteTrack;
 
 /// Largest SDP the API accepts.
 pub const MAX_SDP_BYTES: usize = 256 * 1024;
@@ -31,12 +35,23 @@ pub struct Limits {
     pub max_sessions_per_room: usize,
 }
 
+/// This router's identity (for residency and the cascade).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Node id.
+    pub node_id: String,
+    /// Region (empty: none).
+    pub region: String,
+}
+
 /// The control plane.
 pub struct Control {
     registry: Mutex<Registry>,
     workers: Vec<WorkerHandle>,
     metrics: Metrics,
     limits: Limits,
+    identity: Identity,
+    cascade: OnceLock<Arc<dyn CascadeHooks>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -78,13 +93,34 @@ fn parse_tracks(ids: &[String]) -> Result<Vec<TrackId>, ApiError> {
 
 impl Control {
     /// A control plane over the given workers.
-    pub fn new(workers: Vec<WorkerHandle>, metrics: Metrics, limits: Limits) -> Self {
+    pub fn new(
+        workers: Vec<WorkerHandle>,
+        metrics: Metrics,
+        limits: Limits,
+        identity: Identity,
+    ) -> Self {
         Self {
             registry: Mutex::new(Registry::new(workers.len())),
             workers,
             metrics,
             limits,
+            identity,
+            cascade: OnceLock::new(),
         }
+    }
+
+    /// This router's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Connects the cascade (once, at start-up).
+    pub fn set_cascade(&self, hooks: Arc<dyn CascadeHooks>) {
+        let _ = self.cascade.set(hooks);
+    }
+
+    pub(crate) fn hooks(&self) -> Option<&Arc<dyn CascadeHooks>> {
+        self.cascade.get()
     }
 
     /// The metrics.
@@ -92,13 +128,13 @@ impl Control {
         &self.metrics
     }
 
-    fn reg(&self) -> MutexGuard<'_, Registry> {
+    pub(crate) fn reg(&self) -> MutexGuard<'_, Registry> {
         // A panic while holding the lock would be a bug in this module; the
         // registry stays structurally valid, so keep serving.
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn send(&self, w: WorkerId, cmd: Command) {
+    pub(crate) fn send(&self, w: WorkerId, cmd: Command) {
         if let Some(h) = self.workers.get(w.index()) {
             let _ = h.send(cmd);
         }
@@ -124,8 +160,27 @@ impl Control {
     // ----- rooms ------------------------------------------------------------
 
     /// `CreateRoom`
-    pub fn create_room(&self, room_id: &str, max_sessions: u32) -> Result<pb::Room, ApiError> {
+    pub fn create_room(
+        &self,
+        room_id: &str,
+        max_sessions: u32,
+        allowed_regions: &[String],
+    ) -> Result<pb::Room, ApiError> {
         let room = parse_id("room_id", room_id, RoomId::parse)?;
+        for r in allowed_regions {
+            let name = r.strip_suffix('-').unwrap_or(r);
+            if !crate::config::valid_name(name) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "allowed_regions entry {r:?} is not a region name or a prefix ending in '-'"
+                )));
+            }
+        }
+        if !region_allowed(allowed_regions, &self.identity.region) {
+            return Err(ApiError::PermissionDenied(format!(
+                "this router's region {:?} is outside the room's allowed regions {allowed_regions:?}",
+                self.identity.region
+            )));
+        }
         let limit = self.limits.max_sessions_per_room;
         let max = if max_sessions == 0 {
             limit as u32
@@ -146,7 +201,11 @@ impl Control {
                 self.limits.max_rooms
             )));
         }
-        reg.rooms.insert(room.clone(), Registry::new_room(max));
+        let mut state = Registry::new_room(max, allowed_regions.to_vec());
+        state
+            .reached
+            .insert(self.identity.node_id.clone(), self.identity.region.clone());
+        reg.rooms.insert(room.clone(), state);
         self.metrics.rooms.set(reg.rooms.len() as i64);
         reg.room_pb(&room)
             .ok_or_else(|| ApiError::Internal("room vanished".into()))
@@ -180,7 +239,16 @@ impl Control {
         for sid in sessions {
             let _ = self.close_session_id(sid).await;
         }
+        if let Some(h) = self.hooks() {
+            h.room_deleted(&room);
+        }
         let mut reg = self.reg();
+        let remote = reg
+            .rooms
+            .get(&room)
+            .map(|r| r.remote_tracks.clone())
+            .unwrap_or_default();
+        self.unpublish(&mut reg, &remote);
         reg.rooms.remove(&room);
         self.metrics.rooms.set(reg.rooms.len() as i64);
         Ok(())
@@ -312,9 +380,13 @@ impl Control {
                 worker,
                 mid: t.mid,
                 rids: t.rids.clone(),
+                path: Vec::new(),
             });
             let tpb = reg.track_pb(&info);
-            reg.tracks.insert(t.id, info);
+            reg.tracks.insert(t.id, info.clone());
+            if let Some(h) = self.hooks() {
+                h.track_published(&room, &info);
+            }
             if let Some(s) = reg.sessions.get_mut(&sid) {
                 s.published.push(t.id);
             }
@@ -334,13 +406,22 @@ impl Control {
 
     /// Tracks stop being published: every worker drops their streams,
     /// subscribers are told to renegotiate.
-    fn unpublish(&self, reg: &mut Registry, tracks: &[TrackId]) {
+    pub(crate) fn unpublish(&self, reg: &mut Registry, tracks: &[TrackId]) {
         for &t in tracks {
             let Some(info) = reg.tracks.remove(&t) else {
                 continue;
             };
             if let Some(s) = reg.sessions.get_mut(&info.session) {
                 s.published.retain(|x| *x != t);
+            }
+            if !info.path.is_empty() {
+                if let Some(r) = reg.rooms.get_mut(&info.room) {
+                    r.remote_tracks.retain(|x| *x != t);
+                }
+                self.send(info.worker, Command::RemoveRemoteTrack { track: t });
+            }
+            if let Some(h) = self.hooks() {
+                h.track_unpublished(&info.room, t);
             }
             for w in &self.workers {
                 let _ = w.send(Command::TrackGone { track: t });
@@ -776,6 +857,24 @@ impl Control {
                         wanted,
                     }),
                 );
+            }
+            WorkerEvent::RemoteDemand { track, mask } => {
+                drop(reg);
+                if let Some(h) = self.hooks() {
+                    h.remote_demand(track, mask);
+                }
+            }
+            WorkerEvent::RemoteKeyframe { track, layer } => {
+                drop(reg);
+                if let Some(h) = self.hooks() {
+                    h.remote_keyframe(track, layer);
+                }
+            }
+            WorkerEvent::LinkLayers { track, layers } => {
+                drop(reg);
+                if let Some(h) = self.hooks() {
+                    h.link_layers(track, layers);
+                }
             }
             WorkerEvent::Closed { session, reason } => {
                 tracing::info!(session = %session, reason = reason.as_str(), "session closed by the media plane");

@@ -19,6 +19,14 @@ const ROOM_EVENT_BUFFER: usize = 1024;
 pub struct RoomState {
     /// Session limit of the room.
     pub max_sessions: u32,
+    /// Residency: regions or region prefixes (ending in '-'); empty: anywhere.
+    pub allowed_regions: Vec<String>,
+    /// Routers (node id → region) the room's media reached, this one included.
+    pub reached: BTreeMap<String, String>,
+    /// Routers the room is linked to now.
+    pub linked: BTreeMap<String, String>,
+    /// Tracks relayed from other routers.
+    pub remote_tracks: Vec<TrackId>,
     /// Participants and their sessions.
     pub participants: BTreeMap<ParticipantId, SessionId>,
     /// The room's event stream.
@@ -88,9 +96,13 @@ impl Registry {
     }
 
     /// A new room.
-    pub fn new_room(max_sessions: u32) -> RoomState {
+    pub fn new_room(max_sessions: u32, allowed_regions: Vec<String>) -> RoomState {
         RoomState {
             max_sessions,
+            allowed_regions,
+            reached: BTreeMap::new(),
+            linked: BTreeMap::new(),
+            remote_tracks: Vec::new(),
             participants: BTreeMap::new(),
             events: broadcast::channel(ROOM_EVENT_BUFFER).0,
         }
@@ -132,6 +144,7 @@ impl Registry {
             participant_id: t.participant.to_string(),
             mid: t.mid.to_string(),
             rids: t.rids.iter().map(|r| r.to_string()).collect(),
+            origin_node_id: t.path.first().cloned().unwrap_or_default(),
         }
     }
 
@@ -162,11 +175,27 @@ impl Registry {
                 }
             }
         }
+        for t in &r.remote_tracks {
+            if let Some(info) = self.tracks.get(t) {
+                tracks.push(self.track_pb(info));
+            }
+        }
+        let refs = |m: &BTreeMap<String, String>| -> Vec<pb::RouterRef> {
+            m.iter()
+                .map(|(n, r)| pb::RouterRef {
+                    node_id: n.clone(),
+                    region: r.clone(),
+                })
+                .collect()
+        };
         Some(pb::Room {
             room_id: id.to_string(),
             max_sessions: r.max_sessions,
             sessions,
             tracks,
+            allowed_regions: r.allowed_regions.clone(),
+            reached: refs(&r.reached),
+            linked: refs(&r.linked),
         })
     }
 
@@ -189,5 +218,38 @@ impl Registry {
     /// Ids of the published tracks of a set, for events.
     pub fn ids(tracks: &BTreeSet<TrackId>) -> Vec<String> {
         tracks.iter().map(|t| t.to_string()).collect()
+    }
+}
+
+/// Whether `region` satisfies a residency policy: empty allows anywhere;
+/// an entry ending in '-' is a prefix, any other entry a full region name.
+pub fn region_allowed(allowed: &[String], region: &str) -> bool {
+    allowed.is_empty()
+        || (!region.is_empty()
+            && allowed.iter().any(|a| {
+                if a.ends_with('-') {
+                    region.starts_with(a.as_str())
+                } else {
+                    region == a
+                }
+            }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::region_allowed;
+
+    #[test]
+    fn residency_matches_names_and_prefixes() {
+        let de = vec!["eu-de-".to_string()];
+        assert!(region_allowed(&de, "eu-de-fra"));
+        assert!(!region_allowed(&de, "eu-nl-ams"));
+        assert!(!region_allowed(&de, "eu-de"), "prefix needs the dash");
+        assert!(!region_allowed(&de, ""), "no region, no match");
+        let exact = vec!["eu-fr-par".to_string(), "eu-de-".to_string()];
+        assert!(region_allowed(&exact, "eu-fr-par"));
+        assert!(!region_allowed(&exact, "eu-fr-parx"));
+        assert!(region_allowed(&[], "anything"));
+        assert!(region_allowed(&[], ""));
     }
 }

@@ -11,6 +11,16 @@ use std::sync::Arc;
 pub enum BusMsg {
     /// A packet of a track some subscriber on the destination worker receives.
     Media(Arc<MediaPacket>),
+    /// A packet of a remote track arriving over a link, to be fanned out
+    /// by the track's home worker as if its publisher were local.
+    Ingest(Arc<MediaPacket>),
+    /// The origin router's view of a remote track's layers.
+    RemoteLayers {
+        /// The (local id of the) remote track.
+        track: TrackId,
+        /// Per layer, as offered.
+        layers: Arc<[LayerState]>,
+    },
     /// What the publisher of a track sends on each layer (to workers with subscribers).
     LayerInfo {
         /// The track.
@@ -45,10 +55,11 @@ impl BusMsg {
     /// (video), as opposed to audio and control.
     pub fn is_droppable(&self) -> bool {
         match self {
-            BusMsg::Media(p) => p.kind == str0m::media::MediaKind::Video,
-            BusMsg::KeyframeRequest { .. } | BusMsg::LayerInfo { .. } | BusMsg::Demand { .. } => {
-                false
-            }
+            BusMsg::Media(p) | BusMsg::Ingest(p) => p.kind == str0m::media::MediaKind::Video,
+            BusMsg::KeyframeRequest { .. }
+            | BusMsg::LayerInfo { .. }
+            | BusMsg::RemoteLayers { .. }
+            | BusMsg::Demand { .. } => false,
         }
     }
 }

@@ -144,6 +144,36 @@ pub enum Command {
         /// Where the subscriber was.
         worker: WorkerId,
     },
+    /// Publish a track that arrives over a link, with this worker as its home.
+    AddRemoteTrack {
+        /// Local id of the remote track.
+        track: TrackId,
+        /// Audio or video.
+        kind: str0m::media::MediaKind,
+        /// Its simulcast rids.
+        rids: Vec<str0m::media::Rid>,
+    },
+    /// A remote track is withdrawn.
+    RemoveRemoteTrack {
+        /// Local id of the remote track.
+        track: TrackId,
+    },
+    /// Relay a local track's layers in `mask` to a link (replaces the mask).
+    SetLinkDemand {
+        /// The track (published on this worker).
+        track: TrackId,
+        /// The link.
+        link: super::types::LinkId,
+        /// Bit per layer; 0 stops the relay.
+        mask: u32,
+    },
+    /// A far router asks for a keyframe of a local track.
+    RequestKeyframe {
+        /// The track (published on this worker).
+        track: TrackId,
+        /// The layer.
+        layer: u8,
+    },
     /// The track is no longer published: drop its outgoing streams here.
     TrackGone {
         /// The track.
@@ -237,6 +267,28 @@ pub enum WorkerEvent {
         rid: Option<str0m::media::Rid>,
         /// Wanted by at least one subscriber.
         wanted: bool,
+    },
+    /// Subscribers here need these layers of a remote track (bit per layer).
+    RemoteDemand {
+        /// Local id of the remote track.
+        track: TrackId,
+        /// Layers needed.
+        mask: u32,
+    },
+    /// The layers of a local track that is relayed over links (sent
+    /// periodically to the far routers).
+    LinkLayers {
+        /// The track.
+        track: TrackId,
+        /// Per layer, as offered.
+        layers: Arc<[super::select::LayerState]>,
+    },
+    /// A keyframe of a remote track is needed (to ask the origin router).
+    RemoteKeyframe {
+        /// Local id of the remote track.
+        track: TrackId,
+        /// The layer.
+        layer: u8,
     },
     /// The worker closed a session by itself (not through `CloseSession`).
     Closed {

@@ -13,7 +13,7 @@ use super::outstream::Forwarded;
 use super::rtc::RtcFactory;
 use super::select::LayerState;
 use super::session::{Datagram, PubTrack, Session};
-use super::types::{MediaPacket, WorkerId};
+use super::types::{LinkId, MediaPacket, WorkerId};
 use crate::metrics::WorkerMetrics;
 use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
 use rand::Rng;
@@ -43,6 +43,8 @@ pub struct Outputs {
     pub bus: Vec<BusBatch>,
     /// Events for the control plane.
     pub events: Vec<WorkerEvent>,
+    /// Packets of local tracks to relay over links.
+    pub links: Vec<(LinkId, Arc<MediaPacket>)>,
 }
 
 mod simulcast;
@@ -60,10 +62,13 @@ struct Dest {
     mask: u32,
 }
 
-/// A track published by a session on this worker.
+/// A track published on this worker: by a local session, or (`session`
+/// `None`) arriving over a link with this worker as its home.
 #[derive(Debug)]
 struct Published {
-    session: SessionId,
+    session: Option<SessionId>,
+    /// Links relaying this track, with the layers each needs.
+    links: Vec<(LinkId, u32)>,
     mid: Mid,
     kind: MediaKind,
     rids: Vec<str0m::media::Rid>,
@@ -173,8 +178,12 @@ impl WorkerCore {
 
     /// When [`WorkerCore::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self.sessions.values().map(Session::deadline).min()?;
-        Some(sessions.min(self.next_tick))
+        let sessions = self.sessions.values().map(Session::deadline).min();
+        if sessions.is_none() && self.published.is_empty() {
+            // Idle: nothing to measure or select.
+            return None;
+        }
+        Some(sessions.map_or(self.next_tick, |s| s.min(self.next_tick)))
     }
 
     // ----- inputs -------------------------------------------------------
@@ -237,6 +246,21 @@ impl WorkerCore {
                 BusMsg::Media(pkt) => self.deliver_local(now, &pkt),
                 BusMsg::KeyframeRequest { track, layer } => {
                     self.request_publisher_keyframe(now, track, layer)
+                }
+                BusMsg::Ingest(pkt) => {
+                    if let Some(p) = self.published.get_mut(&pkt.track) {
+                        if p.session.is_none() {
+                            p.meters.on_packet(now, pkt.layer, pkt.payload.len(), None);
+                            self.fan_out(now, pkt);
+                        }
+                    }
+                }
+                BusMsg::RemoteLayers { track, layers } => {
+                    if let Some(p) = self.published.get_mut(&track) {
+                        p.info = layers;
+                        // Shared with subscriber workers at the next tick.
+                        p.info_sent = None;
+                    }
                 }
                 BusMsg::LayerInfo { track, layers } => {
                     if self.local_subs.contains_key(&track) {
@@ -351,9 +375,15 @@ impl WorkerCore {
                             mask: u32::MAX,
                         }),
                     }
-                    // Tell the new destination what the layers look like, now.
-                    if p.kind == MediaKind::Video {
-                        let info: Arc<[LayerState]> = Arc::from(p.meters.snapshot(now));
+                    // Tell the new destination what the layers look like, now
+                    // (a remote track: once its origin has said).
+                    let known = p.session.is_some() || !p.info.is_empty();
+                    if p.kind == MediaKind::Video && known {
+                        let info: Arc<[LayerState]> = if p.session.is_some() {
+                            Arc::from(p.meters.snapshot(now))
+                        } else {
+                            p.info.clone()
+                        };
                         p.info = info.clone();
                         if worker == self.id {
                             self.layer_info.insert(track, info);
@@ -375,6 +405,50 @@ impl WorkerCore {
                         }
                     }
                 }
+            }
+            Command::AddRemoteTrack { track, kind, rids } => {
+                let n = rids.len();
+                self.published.insert(
+                    track,
+                    Published {
+                        session: None,
+                        links: Vec::new(),
+                        mid: Mid::from("remote"),
+                        kind,
+                        last_keyframe: vec![None; n.max(1)],
+                        meters: LayerMeters::new(n),
+                        wanted: 0,
+                        info_sent: None,
+                        info: Arc::from(Vec::new()),
+                        rids,
+                        dests: Vec::new(),
+                    },
+                );
+            }
+            Command::RemoveRemoteTrack { track } => {
+                if self
+                    .published
+                    .get(&track)
+                    .is_some_and(|p| p.session.is_none())
+                {
+                    self.published.remove(&track);
+                }
+            }
+            Command::SetLinkDemand { track, link, mask } => {
+                if let Some(p) = self.published.get_mut(&track) {
+                    let new_link = !p.links.iter().any(|(l, _)| *l == link);
+                    p.links.retain(|(l, _)| *l != link);
+                    if mask != 0 {
+                        p.links.push((link, mask));
+                        if new_link {
+                            // The far side needs the layer state at once.
+                            p.info_sent = None;
+                        }
+                    }
+                }
+            }
+            Command::RequestKeyframe { track, layer } => {
+                self.request_publisher_keyframe(now, track, layer);
             }
             Command::UpdateSubscription {
                 session,
@@ -473,7 +547,8 @@ impl WorkerCore {
             self.published.insert(
                 track,
                 Published {
-                    session: id,
+                    session: Some(id),
+                    links: Vec::new(),
                     mid,
                     kind,
                     last_keyframe: vec![None; rids.len().max(1)],
@@ -656,7 +731,15 @@ impl WorkerCore {
             vp8,
             payload: p.payload,
         });
-        let bit = 1u32 << layer.min(31);
+        self.fan_out(now, pkt);
+    }
+
+    /// Sends a published packet to every worker and link that needs its layer.
+    fn fan_out(&mut self, now: Instant, pkt: Arc<MediaPacket>) {
+        let Some(publ) = self.published.get(&pkt.track) else {
+            return;
+        };
+        let bit = 1u32 << pkt.layer.min(31);
         let mut local = false;
         for d in &publ.dests {
             if d.mask & bit == 0 {
@@ -666,6 +749,11 @@ impl WorkerCore {
                 local = true;
             } else {
                 self.out.bus[d.worker.index()].push(BusMsg::Media(pkt.clone()));
+            }
+        }
+        for (link, mask) in &publ.links {
+            if mask & bit != 0 {
+                self.out.links.push((*link, pkt.clone()));
             }
         }
         if local {
@@ -764,7 +852,14 @@ impl WorkerCore {
             return;
         }
         *last = Some(now);
-        let (sid, mid, rid) = (p.session, p.mid, p.rids.get(usize::from(layer)).copied());
+        let (mid, rid) = (p.mid, p.rids.get(usize::from(layer)).copied());
+        let Some(sid) = p.session else {
+            // A remote track: the origin router is asked over the link.
+            self.out
+                .events
+                .push(WorkerEvent::RemoteKeyframe { track, layer });
+            return;
+        };
         let Some(sess) = self.sessions.get_mut(&sid) else {
             return;
         };

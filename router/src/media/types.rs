@@ -24,6 +24,10 @@ impl fmt::Display for WorkerId {
     }
 }
 
+/// A link to another router (index assigned by the cascade).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u16);
+
 /// A published track, as every worker and the control plane see it.
 #[derive(Debug, Clone)]
 pub struct TrackInfo {
@@ -43,6 +47,9 @@ pub struct TrackInfo {
     pub mid: Mid,
     /// Simulcast layer ids, in the order the publisher offered them (lowest first for Chrome).
     pub rids: Vec<Rid>,
+    /// For a track relayed from other routers: the routers it crossed, its
+    /// origin first. Empty for a local track.
+    pub path: Vec<String>,
 }
 
 /// One received RTP packet, decrypted once by the publisher's worker and

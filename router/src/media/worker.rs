@@ -5,7 +5,7 @@
 use super::bus::BusBatch;
 use super::command::{Command, WorkerEvent};
 use super::core::WorkerCore;
-use super::types::WorkerId;
+use super::types::{LinkId, MediaPacket, WorkerId};
 use crate::metrics::WorkerMetrics;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::UdpSocket;
@@ -105,6 +105,7 @@ impl PreparedWorker {
         peers: Vec<WorkerHandle>,
         events: UnboundedSender<(WorkerId, WorkerEvent)>,
         metrics: WorkerMetrics,
+        relay: Option<RelaySender>,
     ) -> std::io::Result<JoinHandle<()>> {
         let name = format!("kaskade-media-{}", self.handle.id.0);
         std::thread::Builder::new().name(name).spawn(move || {
@@ -117,6 +118,7 @@ impl PreparedWorker {
                 peers,
                 events,
                 metrics,
+                relay,
             };
             driver.run();
         })
@@ -132,7 +134,11 @@ struct Driver {
     peers: Vec<WorkerHandle>,
     events: UnboundedSender<(WorkerId, WorkerEvent)>,
     metrics: WorkerMetrics,
+    relay: Option<RelaySender>,
 }
+
+/// Where a worker hands packets of local tracks relayed to other routers.
+pub type RelaySender = tokio::sync::mpsc::Sender<(LinkId, Arc<MediaPacket>)>;
 
 impl Driver {
     fn run(&mut self) {
@@ -246,6 +252,15 @@ impl Driver {
         }
         for ev in out.events.drain(..) {
             let _ = self.events.send((id, ev));
+        }
+        for (link, pkt) in out.links.drain(..) {
+            let sent = self
+                .relay
+                .as_ref()
+                .is_some_and(|r| r.try_send((link, pkt)).is_ok());
+            if !sent {
+                self.metrics.bus_drop_video.inc();
+            }
         }
     }
 }

@@ -17,6 +17,9 @@
 //   KASKADE_E2E_MEDIA_S    how long media may take to flow once signalled (default 45)
 //   KASKADE_E2E_SWITCH_S   simulcast: how long a switch to the lowest or middle layer may take (default 20)
 //   KASKADE_E2E_TOP_LAYER_S  simulcast: the same for the top layer (default 45)
+//   KASKADE_E2E_SETTLE_MS  simulcast: how long the subscription must be quiet on the previous
+//                          step's layer before the next switch (default 1000; 0 = back to back)
+//   KASKADE_E2E_SETTLE_LIMIT_S  simulcast: how long settling may take (default 20)
 //   KASKADE_E2E_VERBOSE=1  print page console logs and daemon stderr even on success
 //   KASKADE_LOG_LEVEL      the daemon's log filter (its default is "info"); all
 //                          KASKADE_* variables reach the daemon (KASKADE_LOG_IPS
@@ -545,9 +548,20 @@ async function fullScenario(ctx) {
 // 1280x720); page B subscribes; UpdateSubscription(max_spatial_layer) to the
 // lowest, the highest and the middle layer must each change the width of
 // the frames B decodes. The time from the call to the new width in B's
-// getStats is measured (polled every SWITCH_POLL_MS).
+// getStats is measured.
 
-const SWITCH_POLL_MS = 100;
+// getStats of both pages during a switch (short, so polled often: the figure
+// is at most this much late, plus one getStats).
+const SWITCH_POLL_MS = 25;
+// Before each switch the subscription must have been quiet this long: the
+// router's current layer is its target and no LayerChanged came. Chrome
+// ignores a keyframe request (PLI) that comes within 300 ms of the previous
+// one, for any of its layers, and the router asks again only after its own
+// retry interval, so a switch right after another one measures that instead.
+// 0 = back to back, no waiting.
+const SETTLE_MS = Number(process.env.KASKADE_E2E_SETTLE_MS ?? 1000);
+const SETTLE_POLL_MS = 100;
+const SETTLE_LIMIT_MS = 1000 * Number(process.env.KASKADE_E2E_SETTLE_LIMIT_S || 20);
 const ROUTER_VIEW_EVERY_MS = 2000;
 const SIMULCAST_STEPS = [
   { layer: 0, timeoutMs: 1000 * Number(process.env.KASKADE_E2E_SWITCH_S || 20) },
@@ -613,11 +627,69 @@ function watchRoom(ctx) {
   return events;
 }
 
+async function readView(room, subId, trackId) {
+  const r = await room.call('SessionService', 'UpdateSubscription', { session_id: subId, track_id: trackId }, { quiet: true });
+  return r.subscription;
+}
+
+// Waits until the subscription has been quiet for SETTLE_MS (see above) on
+// a layer `expect` accepts: the layer the previous step asked for, or for
+// the first step any layer above the lowest (so that step is a real switch;
+// the default preference is the top layer and loopback has room for it). A
+// subscriber that leaves that layer by itself, on bandwidth, is given time
+// to climb back, and fails the test if it does not.
+async function settle(ctx, room, { subId, trackId, events, expect }) {
+  if (SETTLE_MS <= 0) return;
+  const started = Date.now();
+  const firstEvent = events.length;
+  let st = null;
+  for (;;) {
+    st = await readView(room, subId, trackId);
+    const changes = events.filter((e) => e.kind === 'layer_changed');
+    const last = changes.length ? Number(changes[changes.length - 1].at_unix_ms) : 0;
+    const now = Date.now();
+    const on = !!st && st.current_spatial_layer === st.target_spatial_layer && expect.ok(st.current_spatial_layer);
+    if (on && now - last >= SETTLE_MS && now - started >= SETTLE_MS) {
+      if (changes.length > 0 && events.indexOf(changes[changes.length - 1]) >= firstEvent) {
+        log(`note: the subscription moved by itself before settling on layer ${st.current_spatial_layer}: ${fmtChanges(events.slice(firstEvent), started)}`);
+      }
+      return;
+    }
+    if (now - started > SETTLE_LIMIT_MS) {
+      const moved = fmtChanges(events.slice(firstEvent), started);
+      if (!on) {
+        const { p, s } = await collectStats(ctx.pages.pub, ctx.pages.sub);
+        throw new Error(`the subscription did not settle on ${expect.what} within ${SETTLE_LIMIT_MS / 1000} s ` +
+          `(router: ${fmtView(st)}; LayerChanged since waiting: ${moved || 'none'}; now ${simulcastLine(p, s)})`);
+      }
+      log(`note: the subscription did not stay quiet for ${SETTLE_MS} ms within ${SETTLE_LIMIT_MS / 1000} s (router: ${fmtView(st)}; LayerChanged since waiting: ${moved}); switching anyway`);
+      return;
+    }
+    await sleep(SETTLE_POLL_MS);
+  }
+}
+
+function fmtChanges(evs, since) {
+  return evs
+    .filter((e) => e.kind === 'layer_changed')
+    .map((e) => `${e.layer_changed.old_layer}->${e.layer_changed.new_layer} (${e.layer_changed.reason}) at +${Number(e.at_unix_ms) - since}ms`)
+    .join(', ');
+}
+
 async function switchLayer(ctx, room, { subId, trackId, layer, width, timeoutMs, events }) {
   const { pub, sub } = ctx.pages;
   const firstEvent = events.length;
-  const before = diag.lastStats && diag.lastStats.subscriber && diag.lastStats.subscriber.inVideo;
-  log(`---- max_spatial_layer ${layer}: expecting frameWidth ≈ ${width} (now ${(before && before.size) || '-'})`);
+  const rid = RID_ORDER[layer];
+  // The publisher's counters for the target layer: when its PLI arrives and
+  // its keyframe is encoded tell where the time goes.
+  const layerOf = (p) => ((p && p.outVideo && p.outVideo.layers) || []).find((l) => l.rid === rid) || {};
+  const { p: p0, s: s0 } = await collectStats(pub, sub);
+  const base = layerOf(p0);
+  const already = widthMatches(s0 && s0.inVideo && s0.inVideo.frameWidth, width);
+  log(`---- max_spatial_layer ${layer}: expecting frameWidth ≈ ${width} (now ${(s0 && s0.inVideo && s0.inVideo.size) || '-'}; ` +
+    `layer ${rid}: ${base.size || '-'} pli=${base.pliCount || 0} keyframes=${base.keyFramesEncoded || 0})`);
+  let pliMs = null;
+  let keyMs = null;
   const started = Date.now();
   const resp = await room.call('SessionService', 'UpdateSubscription', {
     session_id: subId, track_id: trackId, max_spatial_layer: layer,
@@ -630,16 +702,18 @@ async function switchLayer(ctx, room, { subId, trackId, layer, width, timeoutMs,
   let s = null;
   for (;;) {
     checkDaemon(ctx);
-    s = await sub.evaluate(() => window.kaskade.stats()).catch((e) => ({ error: String(e) }));
-    diag.lastStats = { ...(diag.lastStats || {}), at: `+${since()}s`, subscriber: s };
+    const polled = await collectStats(pub, sub);
+    const p = polled.p;
+    s = polled.s;
+    const l = layerOf(p);
+    if (pliMs === null && (l.pliCount || 0) > (base.pliCount || 0)) pliMs = Date.now() - started;
+    if (keyMs === null && (l.keyFramesEncoded || 0) > (base.keyFramesEncoded || 0)) keyMs = Date.now() - started;
     const w = s && s.inVideo && s.inVideo.frameWidth;
     if (widthMatches(w, width)) break;
     if (Date.now() > deadline) {
-      const { p } = await collectStats(pub, sub);
       let now = '(unavailable)';
       try {
-        const r = await room.call('SessionService', 'UpdateSubscription', { session_id: subId, track_id: trackId }, { quiet: true });
-        now = fmtView(r.subscription);
+        now = fmtView(await readView(room, subId, trackId));
       } catch (e) {
         now = `(${e.message})`;
       }
@@ -654,27 +728,29 @@ async function switchLayer(ctx, room, { subId, trackId, layer, width, timeoutMs,
         `  router views during the wait: ${views.join(' | ')}\n` +
         `  LayerChanged events since the call: ${seen.join(', ') || '(none)'}\n` +
         `  publisher: ${publisherLayers(p)}\n` +
-        `  subscriber picture sizes: ${JSON.stringify((s && s.videoSizes || []).map((x) => `${x.width}x${x.height}@+${x.at - started}ms`))}`,
+        `  subscriber picture sizes shown (ms relative to the call): ${((s && s.videoSizes) || []).map((x) => `${x.width}x${x.height}@${x.at - started}`).join(', ') || '(none)'}`,
       );
     }
     if (Date.now() - lastView >= ROUTER_VIEW_EVERY_MS) {
       lastView = Date.now();
-      const { p } = await collectStats(pub, sub);
       try {
-        const r = await room.call('SessionService', 'UpdateSubscription', { session_id: subId, track_id: trackId }, { quiet: true });
-        view = fmtView(r.subscription);
+        view = fmtView(await readView(room, subId, trackId));
       } catch (e) {
         view = `(${e.message})`;
       }
       views.push(`+${Date.now() - started}ms ${view}`);
-      log(`${simulcastLine(p, diag.lastStats.subscriber)} router: ${view}`);
+      log(`${simulcastLine(p, s)} router: ${view}`);
     }
     await sleep(SWITCH_POLL_MS);
   }
   const statsMs = Date.now() - started;
+  const done = layerOf(diag.lastStats.publisher);
   // Finer figures: the first frame of the new size the page showed (its
-  // video element's resize event) and the router's LayerChanged event.
-  const shown = ((s && s.videoSizes) || []).find((x) => x.at >= started && widthMatches(x.width, width));
+  // video element's resize event, which may come a little after getStats
+  // has the new size) and the router's LayerChanged event.
+  await sleep(300);
+  const sizes = await sub.evaluate(() => window.kaskade.stats()).then((x) => x.videoSizes).catch(() => null);
+  const shown = (sizes || (s && s.videoSizes) || []).find((x) => x.at >= started && widthMatches(x.width, width));
   const changed = events.slice(firstEvent).find((e) => e.kind === 'layer_changed' && e.layer_changed.new_layer === layer);
   const result = {
     layer,
@@ -683,8 +759,15 @@ async function switchLayer(ctx, room, { subId, trackId, layer, width, timeoutMs,
     shownMs: shown ? shown.at - started : null,
     routerMs: changed ? Number(changed.at_unix_ms) - started : null,
     reason: changed ? changed.layer_changed.reason : null,
+    pliMs,
+    keyMs,
+    plis: (done.pliCount || 0) - (base.pliCount || 0),
+    already,
   };
-  log(`layer ${layer}: ${result.size} in getStats after ${statsMs} ms (first frame shown +${result.shownMs ?? '?'} ms, router LayerChanged +${result.routerMs ?? '?'} ms ${result.reason || ''})`);
+  if (already) log(`layer ${layer}: the subscriber already had this width before the call; no switch to measure`);
+  log(`layer ${layer}: ${result.size} in getStats after ${statsMs} ms (publisher: PLI on ${rid} seen +${pliMs ?? '-'} ms, ` +
+    `${result.plis} PLI(s) in all, keyframe encoded +${keyMs ?? '-'} ms; router LayerChanged +${result.routerMs ?? '?'} ms ${result.reason || ''}; ` +
+    `first frame shown +${result.shownMs ?? '?'} ms)`);
   return result;
 }
 
@@ -706,7 +789,12 @@ async function simulcastScenario(ctx) {
   log(`video flowing after ${media.mediaSecs} s (${media.videoCodec})`);
 
   const results = [];
+  const beforeSteps = events.length;
+  let expect = { what: 'a layer above the lowest', ok: (l) => l > 0 };
   for (const step of SIMULCAST_STEPS) {
+    checkDaemon(ctx);
+    await settle(ctx, room, { subId: subSession.session_id, trackId: video.track_id, events, expect });
+    expect = { what: `layer ${step.layer}`, ok: (l) => l === step.layer };
     results.push(await switchLayer(ctx, room, {
       subId: subSession.session_id,
       trackId: video.track_id,
@@ -719,8 +807,11 @@ async function simulcastScenario(ctx) {
 
   const layerEvents = events.filter((e) => e.kind === 'layer_changed').map((e) => e.layer_changed);
   log(`LayerChanged events: ${layerEvents.map((c) => `${c.old_layer}->${c.new_layer} (${c.reason})`).join(', ') || '(none)'}`);
-  if (!layerEvents.some((c) => c.reason === 'preference')) {
-    throw new Error(`no LayerChanged event with reason "preference" although the preference changed three times; saw ${JSON.stringify(layerEvents)}`);
+  // Not counting the first selection when the subscription started.
+  const fromSteps = events.slice(beforeSteps).filter((e) => e.kind === 'layer_changed').map((e) => e.layer_changed);
+  if (!fromSteps.some((c) => c.reason === 'preference')) {
+    throw new Error(`no LayerChanged event with reason "preference" although UpdateSubscription changed the preference three times; ` +
+      `saw ${JSON.stringify(fromSteps)} since the first call`);
   }
   return { media, results, layerEvents };
 }
@@ -783,8 +874,10 @@ async function main() {
       }
       const ms = (v) => (v === null || v === undefined ? '?' : `${v}`);
       const steps = r.results.map((x) =>
-        `layer ${x.layer} -> ${x.size} in ${x.statsMs} ms (first frame ${ms(x.shownMs)} ms, router switch ${ms(x.routerMs)} ms)`);
-      console.log(`browser simulcast: ${steps.join('; ')}; ${r.layerEvents.length} LayerChanged event(s); ` +
+        x.already
+          ? `layer ${x.layer} -> ${x.size} already before the call`
+          : `layer ${x.layer} -> ${x.size} in ${x.statsMs} ms (first frame ${ms(x.shownMs)} ms, router switch ${ms(x.routerMs)} ms)`);
+      console.log(`browser simulcast (settle ${SETTLE_MS} ms): ${steps.join('; ')}; ${r.layerEvents.length} LayerChanged event(s); ` +
         `video after ${r.media.mediaSecs}s; total ${since()}s`);
     } else {
       const r = await fullScenario(ctx);

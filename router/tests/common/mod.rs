@@ -3,3 +3,8 @@
 #![allow(unused_imports)]
 
 pub use kaskade_router::testkit::*;
+
+#[allow(dead_code)]
+pub mod daemon;
+#[allow(dead_code)]
+pub mod proxy;

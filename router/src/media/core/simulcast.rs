@@ -55,7 +55,16 @@ impl WorkerCore {
             if p.kind != MediaKind::Video {
                 continue;
             }
-            let snap = p.meters.snapshot(now);
+            // A remote track's layers are what its origin router reports
+            // (until it has, subscribers assume every layer is sent).
+            if p.session.is_none() && p.info.is_empty() {
+                continue;
+            }
+            let snap = if p.session.is_none() {
+                p.info.to_vec()
+            } else {
+                p.meters.snapshot(now)
+            };
             let changed = snap.len() != p.info.len()
                 || snap
                     .iter()
@@ -70,6 +79,12 @@ impl WorkerCore {
             let info: Arc<[LayerState]> = Arc::from(snap);
             p.info = info.clone();
             p.info_sent = Some(now);
+            if !p.links.is_empty() {
+                self.out.events.push(WorkerEvent::LinkLayers {
+                    track: *track,
+                    layers: info.clone(),
+                });
+            }
             for d in &p.dests {
                 if d.worker == self.id {
                     self.layer_info.insert(*track, info.clone());
@@ -226,26 +241,37 @@ impl WorkerCore {
         }
     }
 
-    /// Reports layers that became wanted or unwanted by every subscriber.
+    /// Reports layers that became wanted or unwanted by every subscriber
+    /// (and every link); for a remote track, asks its link for them.
     fn report_demand(&mut self) {
         for (track, p) in self.published.iter_mut() {
-            if p.kind != MediaKind::Video || p.rids.is_empty() {
-                continue;
-            }
-            let all = (1u32 << p.rids.len()) - 1;
-            let wanted = p.dests.iter().fold(0, |m, d| m | d.mask) & all;
+            let all = if p.rids.is_empty() {
+                1
+            } else {
+                (1u32 << p.rids.len()) - 1
+            };
+            let wanted = (p.dests.iter().fold(0, |m, d| m | d.mask)
+                | p.links.iter().fold(0, |m, (_, mask)| m | mask))
+                & all;
             if wanted == p.wanted {
                 continue;
             }
-            for (i, rid) in p.rids.iter().enumerate() {
-                let bit = 1 << i;
-                if wanted & bit != p.wanted & bit {
-                    self.out.events.push(WorkerEvent::LayerDemand {
-                        track: *track,
-                        layer: i as u8,
-                        rid: Some(*rid),
-                        wanted: wanted & bit != 0,
-                    });
+            if p.session.is_none() {
+                self.out.events.push(WorkerEvent::RemoteDemand {
+                    track: *track,
+                    mask: wanted,
+                });
+            } else if p.kind == MediaKind::Video && !p.rids.is_empty() {
+                for (i, rid) in p.rids.iter().enumerate() {
+                    let bit = 1 << i;
+                    if wanted & bit != p.wanted & bit {
+                        self.out.events.push(WorkerEvent::LayerDemand {
+                            track: *track,
+                            layer: i as u8,
+                            rid: Some(*rid),
+                            wanted: wanted & bit != 0,
+                        });
+                    }
                 }
             }
             p.wanted = wanted;

@@ -1,0 +1,9 @@
+//! `kaskade-loadtest`: loads a WebRTC SFU (kaskade, or Janus for comparison) with
+//! real str0m clients and reports what participants would experience and what it
+//! cost the router. See `docs/loadtest.md`.
+
+mod tool;
+
+fn main() -> std::process::ExitCode {
+    tool::cli::main()
+}

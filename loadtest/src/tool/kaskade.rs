@@ -1,0 +1,332 @@
+//! The kaskade target: rooms, sessions and subscriptions over the gRPC control API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kaskade_protocol::v1 as pb;
+use pb::room_service_client::RoomServiceClient;
+use pb::session_service_client::SessionServiceClient;
+use tonic::transport::Channel;
+
+use super::driver::ClientId;
+use super::session::{step, JoinRecord, Joins, PubTrack, Publisher, Role};
+
+/// Control-API clients of one router.
+#[derive(Debug, Clone)]
+pub struct Kaskade {
+    rooms: RoomServiceClient<Channel>,
+    sessions: SessionServiceClient<Channel>,
+}
+
+fn status(s: tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+/// Room id of room index `r` in run `run`.
+pub fn room_id(run: &str, r: u32) -> String {
+    format!("lt-{run}-{r}")
+}
+
+impl Kaskade {
+    /// Connects to the control API.
+    pub async fn connect(control: SocketAddr) -> Result<Kaskade, String> {
+        let channel = Channel::from_shared(format!("http://{control}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("control API {control}: {e}"))?;
+        Ok(Kaskade {
+            rooms: RoomServiceClient::new(channel.clone()),
+            sessions: SessionServiceClient::new(channel),
+        })
+    }
+
+    /// Creates a room.
+    pub async fn create_room(&self, room: &str) -> Result<(), String> {
+        self.rooms
+            .clone()
+            .create_room(pb::CreateRoomRequest {
+                room_id: room.into(),
+                max_sessions: 0,
+                allowed_regions: vec![],
+            })
+            .await
+            .map_err(|s| format!("create_room: {}", status(s)))?;
+        Ok(())
+    }
+
+    /// Deletes a room (best effort, at the end of a run against a shared router).
+    pub async fn delete_room(&self, room: &str) {
+        let _ = self
+            .rooms
+            .clone()
+            .delete_room(pb::DeleteRoomRequest {
+                room_id: room.into(),
+            })
+            .await;
+    }
+
+    /// A publisher joins `room`: audio and/or simulcast video, offer, answer, connected.
+    pub async fn publish(
+        &self,
+        joins: &Arc<Joins>,
+        room_idx: u32,
+        room: &str,
+        index: u32,
+        role: Role,
+    ) -> Result<Publisher, String> {
+        let s = &joins.scenario;
+        let (audio, video) = (s.audio, s.video);
+        let rids: Vec<String> = s.layers.clone();
+        let (id, mut rec) = joins
+            .new_client(role, room_idx, index, move |c| {
+                if audio {
+                    c.add_audio();
+                }
+                if video {
+                    let r: Vec<&str> = if rids.len() > 1 {
+                        rids.iter().map(String::as_str).collect()
+                    } else {
+                        vec![]
+                    };
+                    c.add_video(&r);
+                }
+            })
+            .await?;
+        let res = self.publish_steps(joins, id, room, index, &mut rec).await;
+        if let Err(e) = &res {
+            rec.error = Some(e.clone());
+        }
+        joins.record(rec);
+        res
+    }
+
+    async fn publish_steps(
+        &self,
+        joins: &Arc<Joins>,
+        id: ClientId,
+        room: &str,
+        index: u32,
+        rec: &mut JoinRecord,
+    ) -> Result<Publisher, String> {
+        let limit = joins.scenario.join_timeout.0;
+        let offer = joins
+            .driver
+            .call(id, |s| s.client.create_offer())
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("create_offer: nothing to offer")?;
+        rec.started = Instant::now();
+        let created = step(limit, "create_session", async {
+            self.sessions
+                .clone()
+                .create_session(pb::CreateSessionRequest {
+                    room_id: room.into(),
+                    participant_id: format!("pub-{index}"),
+                    sdp_offer: offer,
+                    metadata: String::new(),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(status)
+        })
+        .await?;
+        let answer = created.sdp_answer.clone();
+        joins
+            .driver
+            .call(id, move |s| s.client.accept_answer(&answer))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("accept_answer: {e}"))?;
+        rec.connected = Some(joins.connected(id, "connect").await?);
+        Ok(Publisher {
+            id,
+            session_id: created.session_id,
+            janus: None,
+            tracks: created
+                .tracks
+                .iter()
+                .map(|t| PubTrack {
+                    track_id: t.track_id.clone(),
+                    video: t.kind == pb::TrackKind::Video as i32,
+                })
+                .collect(),
+        })
+    }
+
+    /// A receive-only subscriber joins `room` and subscribes to `tracks`.
+    pub async fn subscriber(
+        &self,
+        joins: &Arc<Joins>,
+        room_idx: u32,
+        room: &str,
+        index: u32,
+        tracks: &[PubTrack],
+    ) -> Result<(), String> {
+        let (id, mut rec) = joins
+            .new_client(Role::Subscriber, room_idx, index, |c| {
+                c.add_data_channel("k");
+            })
+            .await?;
+        let res = async {
+            let limit = joins.scenario.join_timeout.0;
+            let offer = joins
+                .driver
+                .call(id, |s| s.client.create_offer())
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("create_offer: nothing to offer")?;
+            rec.started = Instant::now();
+            let created = step(limit, "create_session", async {
+                self.sessions
+                    .clone()
+                    .create_session(pb::CreateSessionRequest {
+                        room_id: room.into(),
+                        participant_id: format!("sub-{index}"),
+                        sdp_offer: offer,
+                        metadata: String::new(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(status)
+            })
+            .await?;
+            let answer = created.sdp_answer;
+            joins
+                .driver
+                .call(id, move |s| s.client.accept_answer(&answer))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("accept_answer: {e}"))?;
+            rec.connected = Some(joins.connected(id, "connect").await?);
+            self.subscribe(joins, id, &created.session_id, tracks)
+                .await?;
+            rec.subscribed = Some(Instant::now());
+            Ok::<(), String>(())
+        }
+        .await;
+        if let Err(e) = &res {
+            rec.error = Some(e.clone());
+        }
+        joins.record(rec);
+        res
+    }
+
+    /// A meeting participant (already publishing) subscribes to the others' tracks.
+    pub async fn participant_subscribes(
+        &self,
+        joins: &Arc<Joins>,
+        me: &Publisher,
+        room_idx: u32,
+        index: u32,
+        tracks: &[PubTrack],
+    ) -> Result<(), String> {
+        let res = self.subscribe(joins, me.id, &me.session_id, tracks).await;
+        // The publisher's join was recorded already; record the subscription part as
+        // a participant entry so failures show up.
+        let now = Instant::now();
+        joins.record(JoinRecord {
+            id: me.id,
+            role: Role::Participant,
+            room: room_idx,
+            index,
+            impaired: false,
+            started: now,
+            connected: None,
+            subscribed: res.is_ok().then_some(now),
+            error: res.as_ref().err().cloned(),
+        });
+        res
+    }
+
+    /// Subscribe → answer the router's offer → SetAnswer → layer preference.
+    async fn subscribe(
+        &self,
+        joins: &Arc<Joins>,
+        id: ClientId,
+        session_id: &str,
+        tracks: &[PubTrack],
+    ) -> Result<(), String> {
+        let limit = joins.scenario.join_timeout.0;
+        if tracks.is_empty() {
+            return Err("subscribe: no published tracks in the room".into());
+        }
+        let asked = Instant::now();
+        let sub = step(limit, "subscribe", async {
+            self.sessions
+                .clone()
+                .subscribe(pb::SubscribeRequest {
+                    session_id: session_id.into(),
+                    track_ids: tracks.iter().map(|t| t.track_id.clone()).collect(),
+                })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(status)
+        })
+        .await?;
+        joins.media_requested(id, asked).await;
+        let offer = sub.sdp_offer;
+        let answer = joins
+            .driver
+            .call(id, move |s| s.client.accept_offer(&offer))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("accept_offer: {e}"))?;
+        step(limit, "set_answer", async {
+            self.sessions
+                .clone()
+                .set_answer(pb::SetAnswerRequest {
+                    session_id: session_id.into(),
+                    sdp_answer: answer,
+                })
+                .await
+                .map_err(status)
+        })
+        .await?;
+        let layers = joins.scenario.layers.len();
+        if let Some(layer) = joins.scenario.subscriber_layer.index(layers) {
+            for t in tracks.iter().filter(|t| t.video) {
+                self.set_layer(joins, session_id, &t.track_id, layer)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_layer(
+        &self,
+        joins: &Arc<Joins>,
+        session_id: &str,
+        track_id: &str,
+        layer: u32,
+    ) -> Result<(), String> {
+        let r = self
+            .sessions
+            .clone()
+            .update_subscription(pb::UpdateSubscriptionRequest {
+                session_id: session_id.into(),
+                track_id: track_id.into(),
+                max_spatial_layer: Some(layer),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::Unimplemented
+                ) =>
+            {
+                joins.note(format!(
+                    "layer selection not supported by this router version ({}): \
+                     subscribers get the router's default layer",
+                    status(s)
+                ));
+                Ok(())
+            }
+            Err(s) => Err(format!("update_subscription: {}", status(s))),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The `kaskade-loadtest` tool: scenarios, the multi-client driver, targets
+//! (kaskade, Janus), measurement and reports.
+
+pub mod cli;
+pub mod driver;
+pub mod html;
+pub mod http;
+pub mod impair;
+pub mod janus;
+pub mod kaskade;
+pub mod measure;
+pub mod procfs;
+pub mod progress;
+pub mod prom;
+pub mod report;
+pub mod router;
+pub mod run;
+pub mod scenario;
+pub mod session;
+pub mod svg;
+pub mod target;
+pub mod thresholds;
+pub mod units;

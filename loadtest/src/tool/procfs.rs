@@ -1,0 +1,50 @@
+//! CPU time of a process from `/proc/PID/stat` (all its threads, user + system).
+
+use std::time::Duration;
+
+use super::measure::proc_stat_ticks;
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf only reads a configuration value; no pointers are involved.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// CPU time used so far by process `pid` (`None` if it is gone or unreadable).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    ticks_to_duration(proc_stat_ticks(&text)?)
+}
+
+/// CPU time used so far by this process.
+pub fn own_cpu_time() -> Option<Duration> {
+    cpu_time(std::process::id())
+}
+
+fn ticks_to_duration(ticks: u64) -> Option<Duration> {
+    let hz = clock_ticks_per_sec();
+    Some(Duration::from_micros(ticks.checked_mul(1_000_000)? / hz))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_time_grows() {
+        let a = own_cpu_time().unwrap();
+        let mut x = 0u64;
+        let end = std::time::Instant::now() + Duration::from_millis(60);
+        while std::time::Instant::now() < end {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        std::hint::black_box(x);
+        let b = own_cpu_time().unwrap();
+        assert!(b > a, "{a:?} -> {b:?}");
+        assert!(cpu_time(u32::MAX).is_none());
+    }
+}

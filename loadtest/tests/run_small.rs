@@ -1,0 +1,117 @@
+//! Runs `kaskade-loadtest` against a kaskade router it starts itself: 2 publishers
+//! (audio + 3-layer VP8 simulcast) and 10 subscribers for a few seconds, then checks
+//! the JSON report: every join worked, every subscription received media, figures in
+//! range, and a threshold that must break makes the tool exit 1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The workspace's debug `kaskade` binary, built if missing.
+fn router_bin() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root.join(p) })
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("kaskade");
+    if !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "-p", "kaskade-router", "--bin", "kaskade"])
+            .status()
+            .expect("run cargo build")
+            .success();
+        assert!(ok, "cargo build -p kaskade-router failed");
+    }
+    assert!(bin.is_file(), "{} missing", bin.display());
+    bin
+}
+
+fn f(v: &Value, path: &str) -> f64 {
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path} missing in report"))
+}
+
+#[test]
+fn small_fan_out_against_a_started_kaskade() {
+    let bin = router_bin();
+    let out = std::env::temp_dir().join(format!("kaskade-lt-small-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_kaskade-loadtest"))
+        .arg("--router-bin")
+        .arg(&bin)
+        .args([
+            "--publishers",
+            "2",
+            "--subscribers",
+            "10",
+            "--subscriber-layer",
+            "mid",
+            "--duration",
+            "5s",
+            "--warmup",
+            "1s",
+            "--ramp-up",
+            "40",
+            "--quiet",
+            "--max-join-failures",
+            "0",
+            "--min-receiving",
+            "100%",
+            "--max-loss",
+            "5%",
+            // Cannot hold: proves a broken threshold exits 1 (and is the only one).
+            "--max-p99-latency",
+            "1us",
+            "--out",
+        ])
+        .arg(&out)
+        .status()
+        .expect("run kaskade-loadtest");
+    let text = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    let report: Value = serde_json::from_str(&text).expect("JSON report");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit 1 for the broken latency limit"
+    );
+    let violations = report["violations"].as_array().expect("violations");
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0]["limit"]
+        .as_str()
+        .unwrap()
+        .contains("p99 latency"));
+
+    let run = &report["runs"][0];
+    assert_eq!(f(run, "joins.attempted"), 12.0);
+    assert_eq!(f(run, "joins.failed"), 0.0, "{}", run["joins"]["reasons"]);
+    // 10 subscribers × 2 publishers × (audio + video).
+    assert_eq!(f(run, "media.subscriptions"), 40.0);
+    assert_eq!(f(run, "media.subscriptions_receiving"), 40.0);
+    assert!(f(run, "media.loss.pct") < 5.0);
+    assert!(f(run, "media.loss_audio.expected") > 1000.0, "audio flowed");
+    assert!(f(run, "media.loss_video.expected") > 1000.0, "video flowed");
+    // Opus at ~20 × 8 × 120 B/s ≈ 40 kbps per subscription: 20 subscriptions.
+    let audio = f(run, "media.rx_bps_audio");
+    assert!((400e3..1.5e6).contains(&audio), "audio {audio}");
+    assert!(f(run, "media.rx_bps_per_video_subscription") > 100e3);
+    let p50 = f(run, "media.latency_audio.p50_ms");
+    assert!(p50 > 0.0 && p50 < 100.0, "audio p50 {p50} ms");
+    assert!(f(run, "joins.join_time.p50_ms") < 5000.0);
+    assert!(f(run, "joins.time_to_first_frame.count") >= 20.0);
+    assert_eq!(f(run, "joins.no_first_frame"), 0.0);
+    assert!(f(run, "cpu.router_cpu_secs") > 0.0);
+    assert!(f(run, "cpu.router_forwarded") > 1000.0);
+    assert!(f(run, "cpu.router_us_per_forwarded") > 0.0);
+    assert!(run["series"].as_array().unwrap().len() >= 5);
+    assert!(html.contains("<svg") && html.contains("Received bitrate"));
+    let _ = std::fs::remove_dir_all(&out);
+}
