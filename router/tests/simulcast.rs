@@ -104,7 +104,8 @@ fn bandwidth_cap_moves_one_subscriber_down_and_back_up() {
         .log
         .len();
 
-    // Cap A's downlink below the top layer's rate.
+    // Steady state first, then cap A's downlink below the top layer's rate.
+    r.sim.run_for(Duration::from_secs(3));
     let a = client_addr(r.subs[0]);
     r.sim.net.set_to(
         a,

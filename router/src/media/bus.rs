@@ -63,3 +63,89 @@ impl BusMsg {
         }
     }
 }
+
+/// Messages kept for a worker whose inbox was full, at most this many.
+pub const OVERFLOW_LIMIT: usize = 512;
+
+/// The overload policy for a batch a full inbox refused: video is dropped
+/// (a subscriber recovers with a keyframe; the layer selector sees the
+/// loss through its downlink estimate), audio and control messages are kept
+/// to be offered again with the next batch, up to [`OVERFLOW_LIMIT`]. The
+/// sender never blocks. Returns (video dropped, others dropped).
+pub fn shed(refused: BusBatch, kept: &mut BusBatch) -> (u64, u64) {
+    let (mut video, mut other) = (0, 0);
+    for m in refused {
+        if m.is_droppable() {
+            video += 1;
+        } else if kept.len() < OVERFLOW_LIMIT {
+            kept.push(m);
+        } else {
+            other += 1;
+        }
+    }
+    (video, other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::types::MediaPacket;
+    use std::time::Instant;
+    use str0m::format::{Codec, CodecSpec, FormatParams, PayloadParams};
+    use str0m::media::{Frequency, MediaKind};
+
+    fn pkt(kind: MediaKind) -> BusMsg {
+        let spec = CodecSpec {
+            codec: if kind == MediaKind::Audio {
+                Codec::Opus
+            } else {
+                Codec::Vp8
+            },
+            clock_rate: Frequency::NINETY_KHZ,
+            channels: None,
+            format: FormatParams::default(),
+        };
+        BusMsg::Media(Arc::new(MediaPacket {
+            track: TrackId(1),
+            kind,
+            layer: 0,
+            params: PayloadParams::new(96.into(), None, spec),
+            seq: 1,
+            rtp_time: 0,
+            marker: false,
+            keyframe: false,
+            audio_level: None,
+            voice_activity: None,
+            arrival: Instant::now(),
+            vp8: None,
+            payload: Arc::from(vec![0u8; 10]),
+        }))
+    }
+
+    #[test]
+    fn full_inbox_drops_video_keeps_audio_and_control() {
+        let batch = vec![
+            pkt(MediaKind::Video),
+            pkt(MediaKind::Audio),
+            BusMsg::KeyframeRequest {
+                track: TrackId(1),
+                layer: 0,
+            },
+            pkt(MediaKind::Video),
+        ];
+        let mut kept = Vec::new();
+        assert_eq!(shed(batch, &mut kept), (2, 0));
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(|m| !m.is_droppable()));
+    }
+
+    #[test]
+    fn audio_is_dropped_only_beyond_the_overflow_limit() {
+        let mut kept = Vec::new();
+        let batch: BusBatch = (0..OVERFLOW_LIMIT + 10)
+            .map(|_| pkt(MediaKind::Audio))
+            .collect();
+        assert_eq!(shed(batch, &mut kept), (0, 10));
+        assert_eq!(kept.len(), OVERFLOW_LIMIT);
+    }
+}

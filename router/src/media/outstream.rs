@@ -14,7 +14,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite};
 use str0m::Rtc;
 
 /// How often a subscriber still waiting for a keyframe asks again.
-pub const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
+pub const KEYFRAME_RETRY: Duration = Duration::from_millis(350);
 
 /// What became of a packet offered to an outgoing stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 pub const UPGRADE_HOLD: Duration = Duration::from_millis(1500);
 /// Headroom over a layer's measured rate before it counts as fitting when moving up.
 pub const UPGRADE_HEADROOM: f64 = 1.15;
+/// After moving up, the new layer's measured rate still holds the keyframe
+/// that started it: for this long only a clearly short share moves down.
+pub const UP_GRACE: Duration = Duration::from_millis(2000);
+/// During [`UP_GRACE`], the share must fall below this part of the rate.
+pub const UP_GRACE_FACTOR: f64 = 0.75;
 /// Default priority of a subscription.
 pub const DEFAULT_PRIORITY: u32 = 10;
 
@@ -149,6 +154,8 @@ pub struct Selector {
     up_since: Option<Instant>,
     /// The preference cap (a rank) at the last update.
     last_cap: Option<usize>,
+    /// When the target last moved up.
+    up_at: Option<Instant>,
 }
 
 impl Selector {
@@ -166,6 +173,10 @@ impl Selector {
         let new = self.choose(now, pref, layers, &ranked, share);
         if new.0 == self.target {
             return None;
+        }
+        let pos = |t: Option<u8>| t.and_then(|t| ranked.iter().position(|i| *i == t));
+        if pos(new.0) > pos(self.target) {
+            self.up_at = Some(now);
         }
         self.target = new.0;
         self.up_since = None;
@@ -213,6 +224,14 @@ impl Selector {
         if !active(cur) {
             self.up_since = None;
             return (Some(ranked[fitting]), Reason::LayerGone);
+        }
+        let in_grace = self
+            .up_at
+            .is_some_and(|t| now.saturating_duration_since(t) < UP_GRACE);
+        if fitting < cur && cur <= cap && in_grace && !cap_changed && fits(cur, UP_GRACE_FACTOR) {
+            // Just moved up: the keyframe burst inflates the layer's rate.
+            self.up_since = None;
+            return (Some(ranked[cur]), Reason::Bandwidth);
         }
         if fitting <= cur || cur > cap {
             // Down (or stay) at once.
@@ -350,6 +369,31 @@ mod tests {
         // ... and after holding long enough it moves up.
         let r = s.update(t1 + Duration::from_millis(2900), &p, &l, Some(2_000_000));
         assert_eq!(r.map(|r| r.0), Some(Some(2)));
+    }
+
+    #[test]
+    fn no_flapping_right_after_moving_up() {
+        let t0 = Instant::now();
+        let p = Preference::default();
+        let l = three([true; 3]);
+        let mut s = Selector::default();
+        s.update(t0, &p, &l, Some(1_000_000));
+        assert_eq!(s.target, Some(1));
+        s.update(t0 + Duration::from_millis(100), &p, &l, Some(2_000_000));
+        s.update(t0 + Duration::from_millis(1700), &p, &l, Some(2_000_000));
+        assert_eq!(s.target, Some(2), "moved up");
+        // The keyframe that started the layer makes it look 1.7 Mbps.
+        let mut spiky = l.clone();
+        spiky[2].bitrate = 1_700_000;
+        let t = t0 + Duration::from_millis(2000);
+        assert_eq!(
+            s.update(t, &p, &spiky, Some(1_600_000)),
+            None,
+            "kept in the grace period"
+        );
+        // A clearly short share still moves down at once.
+        let r = s.update(t + Duration::from_millis(10), &p, &spiky, Some(1_000_000));
+        assert_eq!(r, Some((Some(1), Reason::Bandwidth)));
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl PreparedWorker {
         let poll = Poll::new()?;
         let std_sock = std::net::UdpSocket::bind(bind)?;
         std_sock.set_nonblocking(true)?;
+        grow_buffers(&std_sock);
         let bound = std_sock.local_addr()?;
         let mut socket = UdpSocket::from_std(std_sock);
         poll.registry()
@@ -108,6 +109,7 @@ impl PreparedWorker {
         relay: Option<RelaySender>,
     ) -> std::io::Result<JoinHandle<()>> {
         let name = format!("kaskade-media-{}", self.handle.id.0);
+        let n_peers = peers.len();
         std::thread::Builder::new().name(name).spawn(move || {
             let mut driver = Driver {
                 poll: self.poll,
@@ -117,6 +119,7 @@ impl PreparedWorker {
                 core,
                 peers,
                 events,
+                overflow: vec![Vec::new(); n_peers],
                 metrics,
                 relay,
             };
@@ -135,6 +138,8 @@ struct Driver {
     events: UnboundedSender<(WorkerId, WorkerEvent)>,
     metrics: WorkerMetrics,
     relay: Option<RelaySender>,
+    /// Per peer worker: audio and control a full inbox refused.
+    overflow: Vec<BusBatch>,
 }
 
 /// Where a worker hands packets of local tracks relayed to other routers.
@@ -233,20 +238,18 @@ impl Driver {
                 batch.clear();
                 continue;
             };
-            let b = std::mem::take(batch);
+            // Audio and control a full inbox refused last time go first.
+            let mut b = std::mem::take(&mut self.overflow[i]);
+            b.append(batch);
             match peer.bus.try_send(b) {
                 Ok(()) => {
                     let _ = peer.waker.wake();
                 }
                 Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
-                    // Never block the sender: count what is lost.
-                    for m in &b {
-                        if m.is_droppable() {
-                            self.metrics.bus_drop_video.inc();
-                        } else {
-                            self.metrics.bus_drop_other.inc();
-                        }
-                    }
+                    // Never block the sender: shed video, keep the rest.
+                    let (video, other) = super::bus::shed(b, &mut self.overflow[i]);
+                    self.metrics.bus_drop_video.inc_by(video);
+                    self.metrics.bus_drop_other.inc_by(other);
                 }
             }
         }
@@ -261,6 +264,46 @@ impl Driver {
             if !sent {
                 self.metrics.bus_drop_video.inc();
             }
+        }
+    }
+}
+
+/// Socket buffers a media worker asks for: a burst of keyframes to many
+/// subscribers must not overflow the kernel's default (about 200 KiB).
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+
+/// Enlarges the socket's buffers; with privileges past `net.core.*mem_max`.
+fn grow_buffers(sock: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    for (force, normal) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let v = SOCKET_BUFFER;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is a live socket owned by `sock`; `v` outlives the
+        // calls and `len` is its size. Failure only leaves the default size.
+        let ok = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                force,
+                (&v as *const libc::c_int).cast(),
+                len,
+            )
+        };
+        if ok != 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    normal,
+                    (&v as *const libc::c_int).cast(),
+                    len,
+                )
+            };
         }
     }
 }
