@@ -151,6 +151,9 @@ impl Sim {
     pub fn pump(&mut self) {
         loop {
             let mut progressed = false;
+            for w in &mut self.workers {
+                w.core.flush(self.now);
+            }
             for w in 0..self.workers.len() {
                 while let Ok(cmd) = self.workers[w].commands.try_recv() {
                     let now = self.now;

@@ -113,6 +113,8 @@ pub struct WorkerCore {
     demand_sent: HashMap<TrackId, u32>,
     /// Next periodic tick.
     next_tick: Instant,
+    /// Sessions written to since the last [`WorkerCore::flush`].
+    dirty: Vec<SessionId>,
 }
 
 fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
@@ -153,6 +155,7 @@ impl WorkerCore {
             layer_info: HashMap::new(),
             demand_sent: HashMap::new(),
             next_tick: now,
+            dirty: Vec::new(),
         }
     }
 
@@ -178,6 +181,10 @@ impl WorkerCore {
 
     /// When [`WorkerCore::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.dirty.is_empty() {
+            // Written packets wait for a flush: now.
+            return Some(self.now);
+        }
         let sessions = self.sessions.values().map(Session::deadline).min();
         if sessions.is_none() && self.published.is_empty() {
             // Idle: nothing to measure or select.
@@ -278,8 +285,27 @@ impl WorkerCore {
     }
 
     /// Time passed.
+    /// Drains every session written to since the last call: the packets
+    /// forwarded in a burst leave together. The driver calls this after each
+    /// burst of input; [`WorkerCore::poll_timeout`] asks for it too.
+    pub fn flush(&mut self, now: Instant) {
+        self.now = now;
+        let dirty = std::mem::take(&mut self.dirty);
+        for sid in &dirty {
+            if let Some(s) = self.sessions.get_mut(sid) {
+                s.dirty = false;
+            }
+            self.drain_session(now, *sid);
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+        self.process_queue(now);
+    }
+
+    /// Time passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.flush(now);
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);
@@ -791,13 +817,11 @@ impl WorkerCore {
                     } else {
                         self.metrics.fwd_audio.inc();
                     }
-                    let mut events = std::mem::take(&mut self.scratch_events);
-                    let ok = guarded(|| sess.drain(now, &mut self.out.transmits, &mut events))
-                        .is_some_and(|r| r.is_ok());
-                    self.queue.extend(events.drain(..).map(|e| (*sid, e)));
-                    self.scratch_events = events;
-                    if !ok {
-                        failed.push(*sid);
+                    // Drained once per burst in `flush`, not once per packet:
+                    // str0m's poll_output is the dominant per-subscriber cost.
+                    if !sess.dirty {
+                        sess.dirty = true;
+                        self.dirty.push(*sid);
                     }
                 }
                 Forwarded::NeedKeyframe => need_kf = true,

@@ -85,6 +85,8 @@ pub struct Session {
     pub next_timeout: Instant,
     /// The latest egress bandwidth estimate (bits per second), if any.
     pub estimate: Option<u64>,
+    /// Packets were written since the last drain.
+    pub dirty: bool,
 }
 
 impl Session {
@@ -115,6 +117,7 @@ impl Session {
             next_timeout: now,
             // str0m starts from this estimate; its first report follows.
             estimate: Some(super::rtc::INITIAL_ESTIMATE_KBPS * 1000),
+            dirty: false,
         }
     }
 

@@ -186,6 +186,7 @@ impl Driver {
             while let Ok(batch) = self.bus.try_recv() {
                 self.core.handle_bus(now, batch);
             }
+            self.core.flush(now);
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.handle_timeout(now);
             }
