@@ -366,13 +366,32 @@ impl Room {
     /// a single layer) and `subscribers` data-channel-only subscribers,
     /// connected and subscribed to the video track, on `workers` workers.
     pub fn video(workers: usize, rids: &[&str], subscribers: usize, seed: u64) -> Room {
+        Room::video_with(
+            workers,
+            rids,
+            subscribers,
+            seed,
+            kaskade_loadtest::VideoCodec::Vp8,
+        )
+    }
+
+    /// [`Room::video`] with the given video codec for every client.
+    pub fn video_with(
+        workers: usize,
+        rids: &[&str],
+        subscribers: usize,
+        seed: u64,
+        codec: kaskade_loadtest::VideoCodec,
+    ) -> Room {
         let mut sim = Sim::new(workers, seed);
         sim.create_room("r");
         let events = sim.control.watch("r").expect("room exists");
-        let publ = sim.add_client(|c| c);
+        let publ = sim.add_client(|c| c.video_codec(codec));
         sim.clients[publ].client.add_video(rids);
         let tracks = sim.join("r", publ, "pub");
-        let subs: Vec<usize> = (0..subscribers).map(|_| sim.add_client(|c| c)).collect();
+        let subs: Vec<usize> = (0..subscribers)
+            .map(|_| sim.add_client(|c| c.video_codec(codec)))
+            .collect();
         for (i, s) in subs.iter().enumerate() {
             sim.clients[*s].client.add_data_channel("k");
             sim.join("r", *s, &format!("s{i}"));

@@ -1,8 +1,10 @@
 //! Real-browser end-to-end tests: headless Chromium publishes its fake camera
 //! and microphone through the `kaskade` daemon to a second page, which must
-//! decode the video, receive the audio and open a data channel; and, in a
-//! second scenario, publishes the camera as three simulcast layers whose
-//! switching the subscriber must see follow `UpdateSubscription`.
+//! decode the video, receive the audio and open a data channel; in a second
+//! scenario, publishes the camera as three simulcast layers whose switching
+//! the subscriber must see follow `UpdateSubscription`; and in a third,
+//! publishes on one router while the subscriber decodes it on another,
+//! linked to the first over QUIC (cascading).
 //!
 //! The scenarios live in `tests/browser/run.mjs` (Node.js, Playwright,
 //! gRPC); these tests only prepare their environment and run them. They need
@@ -99,8 +101,8 @@ fn require_tool(name: &str, hint: &str) {
     assert!(ok, "`{name}` is not available: {hint}");
 }
 
-/// The two scenarios share the machine's cores with a browser each: never
-/// run them at once, even without `--test-threads=1`.
+/// The scenarios share the machine's cores with a browser each: never run
+/// them at once, even without `--test-threads=1`.
 static ONE_BROWSER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Runs `node run.mjs <args>` in `tests/browser` (installing its npm
@@ -175,4 +177,16 @@ fn browser_publishes_and_subscribes() {
 #[test]
 fn browser_simulcast_layers_follow_update_subscription() {
     run_scenario(&["--scenario", "simulcast"]);
+}
+
+/// Two routers, fra and ams, linked over QUIC with certificates from
+/// `kaskade cert dev-cluster`: the publisher joins fra, the room is linked to
+/// ams (`LinkRoom`), and a subscriber on ams subscribes to the remote tracks;
+/// it must decode the video and receive the audio. `GetRoom` on ams must list
+/// fra in `reached`, `ListLinks` on fra the link up with datagrams sent.
+/// Prints the time to the first decoded frame on ams and how much later the
+/// same frames reach ams than a second subscriber on fra.
+#[test]
+fn browser_subscriber_on_another_router_decodes_video() {
+    run_scenario(&["--scenario", "cascade"]);
 }

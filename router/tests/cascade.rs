@@ -659,3 +659,88 @@ fn restarting_the_middle_router_restores_the_relay() {
     assert!(back, "C's subscriber gets media again after B restarts");
     assert!(c.links(&rt).iter().any(|l| l.up && l.reconnects >= 1));
 }
+
+/// End-to-end latency (p50, p99, in ms) of the video packets `c` received on
+/// `mid`, from the probes' send times (all clients share the epoch `t0`).
+fn latency(c: &UdpClient, mid: Mid, t0: Instant, since: Instant) -> (f64, f64) {
+    let r = c.client.received_on(mid).unwrap();
+    let mut v: Vec<f64> = r
+        .log
+        .iter()
+        .filter(|p| p.at >= since)
+        .filter_map(|p| {
+            let sent = t0 + Duration::from_micros(p.probe?.sent_micros);
+            Some(p.at.saturating_duration_since(sent).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |f: f64| v[((v.len() - 1) as f64 * f) as usize];
+    (q(0.5), q(0.99))
+}
+
+/// Prints what a link adds to end-to-end latency: a subscriber on the
+/// publisher's router next to one on a linked router, directly and through
+/// the impairment proxy (figures for docs/cascade.md; no timing asserts).
+#[test]
+fn link_latency_figures() {
+    let _serial = serial();
+    let rt = rt();
+    for proxied in [false, true] {
+        let dir = certs(&["fra:eu-de-fra", "ams:eu-nl-ams"]);
+        let (pa, pb_) = (free_udp_port(), free_udp_port());
+        let lossless = Impairment {
+            delay: Duration::from_millis(20),
+            jitter: Duration::from_millis(20),
+            loss: 0.0,
+        };
+        let p1 = Proxy::start(format!("127.0.0.1:{pb_}").parse().unwrap(), lossless, 7);
+        let p2 = Proxy::start(format!("127.0.0.1:{pa}").parse().unwrap(), lossless, 8);
+        let (to_b, to_a) = if proxied {
+            (p1.addr.to_string(), p2.addr.to_string())
+        } else {
+            (format!("127.0.0.1:{pb_}"), format!("127.0.0.1:{pa}"))
+        };
+        let mut a = Daemon::start(
+            &rt,
+            &node_args(&dir, "fra", "eu-de-fra", pa, &[("ams".into(), to_b)]),
+        );
+        let mut b = Daemon::start(
+            &rt,
+            &node_args(&dir, "ams", "eu-nl-ams", pb_, &[("fra".into(), to_a)]),
+        );
+        a.create_room(&rt, "r", &[]).unwrap();
+        link(&rt, &mut a, "r", "ams").unwrap();
+        let t0 = Instant::now();
+        let mut publ = client(1, t0);
+        publ.client
+            .add_video_layers(&["l", "m", "h"], &light_layers());
+        let (_, tracks) = a.join(&rt, "r", "alice", &mut publ);
+        let remote = wait_remote_tracks(&rt, &mut b, "r", 1);
+        let (mut la, las) = join_sub(&rt, &mut a, "local", 5, t0);
+        let (mut rb, rbs) = join_sub(&rt, &mut b, "far", 6, t0);
+        assert!(drive_until(
+            &mut [&mut publ, &mut la, &mut rb],
+            Duration::from_secs(10),
+            |x| x.iter().all(|c| c.client.is_connected())
+        ));
+        let ml: Mid = a.subscribe(&rt, &las, &mut la, &[tracks[0].track_id.clone()])[0]
+            .mid
+            .as_str()
+            .into();
+        let mr: Mid = b.subscribe(&rt, &rbs, &mut rb, &[remote[0].track_id.clone()])[0]
+            .mid
+            .as_str()
+            .into();
+        drive(&mut [&mut publ, &mut la, &mut rb], Duration::from_secs(4));
+        let since = Instant::now();
+        drive(&mut [&mut publ, &mut la, &mut rb], Duration::from_secs(4));
+        let (l50, l99) = latency(&la, ml, t0, since);
+        let (r50, r99) = latency(&rb, mr, t0, since);
+        eprintln!(
+            "LATENCY {}: local p50 {l50:.1} ms p99 {l99:.1} ms | across the link p50 {r50:.1} ms p99 {r99:.1} ms | added p50 {:.1} ms",
+            if proxied { "link through a 20–40 ms proxy" } else { "direct loopback link" },
+            r50 - l50
+        );
+        assert!(video_packets(&rb, mr) > 50 && video_packets(&la, ml) > 50);
+    }
+}

@@ -303,3 +303,46 @@ fn temporal_cap_lowers_the_frame_rate_without_a_keyframe() {
         .any(|p| p.vp8.unwrap().tid != Some(0)));
     assert_clean_switches(rec);
 }
+
+#[test]
+fn h264_simulcast_switches_on_keyframes_in_one_continuous_stream() {
+    let mut r = Room::video_with(
+        2,
+        &["l", "m", "h"],
+        1,
+        25,
+        kaskade_loadtest::VideoCodec::H264,
+    );
+    assert!(
+        wait_layer(&mut r, 0, 2, Duration::from_secs(20)).is_some(),
+        "climbs to the top"
+    );
+    for want in [0u8, 2, 1] {
+        r.sim.run_for(Duration::from_millis(500));
+        update(&mut r, 0, |q| q.max_spatial_layer = Some(u32::from(want)));
+        assert!(
+            wait_layer(&mut r, 0, want, Duration::from_secs(3)).is_some(),
+            "layer {want}"
+        );
+    }
+    r.sim.run_for(Duration::from_millis(500));
+    let rec = r.sim.clients[r.subs[0]]
+        .client
+        .received_on(r.mids[0])
+        .unwrap();
+    let mut log: Vec<&kaskade_loadtest::RecvPacket> = rec.log.iter().collect();
+    log.sort_by_key(|p| p.seq);
+    log.dedup_by_key(|p| p.seq);
+    let mut switches = 0;
+    for w in log.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        assert_eq!(a.ssrc, b.ssrc);
+        assert!((b.rtp_timestamp.wrapping_sub(a.rtp_timestamp) as i32) >= 0);
+        if layer(a) != layer(b) {
+            switches += 1;
+            assert!(b.is_keyframe_start, "H.264 switch starts with SPS/IDR");
+            assert_eq!(b.seq, a.seq + 1);
+        }
+    }
+    assert!(switches >= 4, "{switches} switches");
+}

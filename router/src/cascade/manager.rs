@@ -145,10 +145,17 @@ impl CascadeHandle {
     pub async fn link_room(&self, room: RoomId, peer: String) -> Result<pb::RouterRef, ApiError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::LinkRoom { room, peer, reply })
+            .send(Cmd::LinkRoom {
+                room,
+                peer: peer.clone(),
+                reply,
+            })
             .map_err(|_| ApiError::Unavailable("cascade stopped".into()))?;
-        rx.await
-            .map_err(|_| ApiError::Unavailable("cascade stopped".into()))?
+        // Whatever happens to the connection meanwhile, the caller gets an answer.
+        match tokio::time::timeout(LINK_TIMEOUT + Duration::from_secs(2), rx).await {
+            Ok(r) => r.map_err(|_| ApiError::Unavailable("cascade stopped".into()))?,
+            Err(_) => Err(ApiError::Unavailable(format!("no answer from peer {peer}"))),
+        }
     }
 
     /// `CascadeService.UnlinkRoom`
@@ -543,6 +550,9 @@ impl Manager {
             if let Some(old) = p.conn.take() {
                 old.close(3u32.into(), b"duplicate");
             }
+            // Requests sent on the replaced connection go again on the new one.
+            let pending: Vec<_> = p.pending.drain().collect();
+            p.waiting.extend(pending);
         }
         if p.gen != 0 {
             p.reconnects += 1;

@@ -14,6 +14,10 @@
     localStream: null,
     remoteTracks: [],
     videoSizes: [], // {at (ms since the epoch), width, height} of the remote video
+    // With prepareSubscriber({ frameLog: true }), see watchFrames:
+    firstFrameAt: null, // Date.now() when the first remote video frame was decoded
+    framesSeen: 0, // remote video frames read
+    frameLog: [], // {hash, got, received} of each
   };
 
   function log(...args) {
@@ -107,6 +111,67 @@
     };
   }
 
+  // Reads the decoded frames of a remote video track (a MediaStreamTrackProcessor,
+  // which needs no rendering: in headless Chromium only some pages render
+  // regularly). Records when the first one came (Date.now()). With
+  // `hashFrames`, logs for each frame a hash of its luma plane and when the
+  // page got it (and, if Chromium tells, when its last packet arrived), in ms
+  // since the epoch on the browser's clock (performance.timeOrigin based,
+  // comparable between pages): two subscribers of the same track decode the
+  // same bitstream, so equal hashes are the same frame, and their times
+  // compare the two paths.
+  async function watchFrames(track, hashFrames) {
+    if (typeof MediaStreamTrackProcessor !== 'function') {
+      log('MediaStreamTrackProcessor is not available: no frame timing');
+      return;
+    }
+    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    let buf = null;
+    let hashFailed = !hashFrames;
+    for (;;) {
+      let r;
+      try {
+        r = await reader.read();
+      } catch (e) {
+        log('reading the remote video frames failed', String(e));
+        return;
+      }
+      if (r.done) return;
+      const frame = r.value;
+      const got = performance.timeOrigin + performance.now();
+      state.framesSeen += 1;
+      if (state.firstFrameAt === null) {
+        state.firstFrameAt = Date.now();
+        log('first remote video frame', `${frame.displayWidth}x${frame.displayHeight}`, frame.format);
+      }
+      if (!hashFailed) {
+        try {
+          const size = frame.allocationSize();
+          if (!buf || buf.length < size) buf = new Uint8Array(size);
+          const layout = await frame.copyTo(buf);
+          const { offset, stride } = layout[0]; // luma (I420, NV12, ...)
+          let h = 0x811c9dc5; // FNV-1a over the luma plane
+          for (let y = 0; y < frame.codedHeight; y += 2) {
+            const row = offset + y * stride;
+            for (let x = 0; x < frame.codedWidth; x += 2) h = Math.imul(h ^ buf[row + x], 16777619);
+          }
+          const md = typeof frame.metadata === 'function' ? frame.metadata() : {};
+          state.frameLog.push({
+            hash: (h >>> 0).toString(16),
+            got,
+            received: typeof md.receiveTime === 'number' ? performance.timeOrigin + md.receiveTime : null,
+          });
+          if (state.frameLog.length > 2000) state.frameLog.shift();
+        } catch (e) {
+          hashFailed = true;
+          log('cannot hash the remote video frames', String(e));
+        }
+      }
+      frame.close();
+    }
+  }
+
+  // opts.frameLog: hash every remote video frame (see watchFrames).
   async function prepareSubscriber(opts = {}) {
     document.getElementById('role').textContent = 'subscriber';
     const pc = newPeerConnection('sub');
@@ -146,6 +211,7 @@
       el.srcObject = new MediaStream([track]);
       document.body.appendChild(el);
       el.play().catch((err) => log('play() rejected for', track.kind, String(err)));
+      if (track.kind === 'video' && opts.frameLog) watchFrames(track, true);
     });
     await pc.setLocalDescription(await pc.createOffer());
     const gathering = await waitForGathering(pc, opts.gatherTimeoutMs || 3000);
@@ -278,11 +344,21 @@
     return out;
   }
 
+  // The remote video frames read so far (prepareSubscriber({ frameLog: true }));
+  // `since`: only the log entries of frames read after it.
+  function frames(since = 0) {
+    return {
+      firstFrameAt: state.firstFrameAt,
+      seen: state.framesSeen,
+      log: state.frameLog.filter((f) => f.got >= since),
+    };
+  }
+
   function close() {
     if (state.pc) state.pc.close();
     if (state.localStream) state.localStream.getTracks().forEach((t) => t.stop());
   }
 
-  window.kaskade = { publish, prepareSubscriber, acceptAnswer, answerOffer, stats, close };
+  window.kaskade = { publish, prepareSubscriber, acceptAnswer, answerOffer, stats, frames, close };
   console.log('[page] kaskade test page loaded');
 })();

@@ -1,13 +1,18 @@
 #!/usr/bin/env node
-// Real-browser end-to-end test of kaskade: one headless Chromium, two pages.
-// The publisher page sends its fake camera and microphone to the router, the
-// subscriber page receives both through the router plus a data channel.
+// Real-browser end-to-end test of kaskade: one headless Chromium, two pages
+// (three in the cascade scenario). The publisher page sends its fake camera and
+// microphone to the router, the subscriber page receives both through the
+// router plus a data channel.
 //
 //   KASKADE_BIN=/path/to/kaskade node run.mjs     full scenario (starts the daemon itself)
 //   KASKADE_BIN=... node run.mjs --scenario simulcast
 //                                                 the publisher sends three simulcast layers;
 //                                                 UpdateSubscription must move the subscriber
 //                                                 to the lowest, highest and middle layer
+//   KASKADE_BIN=... node run.mjs --scenario cascade
+//                                                 two routers (fra, ams) linked over QUIC: the
+//                                                 publisher on fra, the subscriber on ams must
+//                                                 decode the video and receive the audio
 //   node run.mjs --self-check                     browser + protos only, no daemon
 //
 // Environment:
@@ -20,6 +25,11 @@
 //   KASKADE_E2E_SETTLE_MS  simulcast: how long the subscription must be quiet on the previous
 //                          step's layer before the next switch (default 1000; 0 = back to back)
 //   KASKADE_E2E_SETTLE_LIMIT_S  simulcast: how long settling may take (default 20)
+//   KASKADE_E2E_LINK_S     cascade: deadline of LinkRoom (default 15)
+//   KASKADE_E2E_REMOTE_TRACKS_S  cascade: how long the remote tracks may take to show on
+//                          the second router (default 15)
+//   KASKADE_E2E_COMPARE=0  cascade: no second subscriber on the first router (by default one
+//                          subscribes there too and both pages' frames are compared)
 //   KASKADE_E2E_VERBOSE=1  print page console logs and daemon stderr even on success
 //   KASKADE_LOG_LEVEL      the daemon's log filter (its default is "info"); all
 //                          KASKADE_* variables reach the daemon (KASKADE_LOG_IPS
@@ -27,7 +37,8 @@
 //
 // Exit status: 0 on success, 1 on a test failure, 2 on the hard timeout.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import dgram from 'node:dgram';
 import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -41,7 +52,7 @@ import { chromium } from 'playwright-core';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const PROTO_DIR = path.resolve(HERE, '../../../protocol/proto');
-const PROTO_FILES = ['kaskade/v1/room.proto', 'kaskade/v1/session.proto'];
+const PROTO_FILES = ['kaskade/v1/room.proto', 'kaskade/v1/session.proto', 'kaskade/v1/cascade.proto'];
 const CHROMIUM = process.env.KASKADE_CHROMIUM || '/usr/bin/chromium';
 const SELF_CHECK = process.argv.includes('--self-check');
 const SCENARIO = (() => {
@@ -49,7 +60,7 @@ const SCENARIO = (() => {
   const eq = process.argv.find((a) => a.startsWith('--scenario='));
   return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
 })();
-const SCENARIOS = ['basic', 'simulcast'];
+const SCENARIOS = ['basic', 'simulcast', 'cascade'];
 const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
@@ -91,13 +102,15 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------- diagnostics
 const diag = {
-  daemonStderr: [], // tail of the daemon's stderr (and stray stdout) lines
-  consoles: { pub: [], sub: [] },
+  // label -> { stderr: tail of its stderr (and stray stdout) lines, exit }
+  daemons: {},
+  consoles: { pub: [], sub: [] }, // role -> page console lines
   lastStats: null,
-  daemonExit: null,
   sdp: {}, // label -> SDP, every description exchanged
   events: null, // WatchEvents messages, when a scenario watches the room
+  extra: [], // scenario-specific state gathered on failure
 };
+const ROLE_NAMES = { pub: 'publisher', sub: 'subscriber', subA: 'second subscriber (router A)' };
 const TAIL_LINES = 300;
 function pushTail(arr, line, max = TAIL_LINES) {
   arr.push(line);
@@ -110,13 +123,15 @@ function dumpDiagnostics(reason) {
   out.push('==================== browser e2e FAILED ====================');
   out.push(`scenario: ${SELF_CHECK ? 'self-check' : SCENARIO}`);
   out.push(`reason: ${reason}`);
-  if (diag.daemonExit) out.push(`daemon exited: ${diag.daemonExit}`);
+  for (const [label, d] of Object.entries(diag.daemons)) {
+    if (d.exit) out.push(`${label} exited: ${d.exit}`);
+  }
   out.push('');
   out.push('---- last getStats summary ----');
   out.push(diag.lastStats ? JSON.stringify(diag.lastStats, null, 2) : '(none taken)');
-  for (const role of ['pub', 'sub']) {
+  for (const role of Object.keys(diag.consoles)) {
     out.push('');
-    out.push(`---- ${role === 'pub' ? 'publisher' : 'subscriber'} page console (${diag.consoles[role].length} lines) ----`);
+    out.push(`---- ${ROLE_NAMES[role] || role} page console (${diag.consoles[role].length} lines) ----`);
     out.push(...(diag.consoles[role].length ? diag.consoles[role] : ['(empty)']));
   }
   if (diag.events) {
@@ -129,11 +144,24 @@ function dumpDiagnostics(reason) {
     out.push(`---- SDP: ${label} ----`);
     out.push(sdp.trimEnd());
   }
-  out.push('');
-  out.push(`---- daemon stderr, last ${diag.daemonStderr.length} lines ----`);
-  out.push(...(diag.daemonStderr.length ? diag.daemonStderr : ['(empty)']));
+  if (diag.extra.length) {
+    out.push('');
+    out.push('---- scenario state at the failure ----');
+    out.push(...diag.extra);
+  }
+  for (const [label, d] of Object.entries(diag.daemons)) {
+    out.push('');
+    out.push(`---- ${label} stderr, last ${d.stderr.length} lines ----`);
+    out.push(...(d.stderr.length ? d.stderr : ['(empty)']));
+  }
   out.push('============================================================');
   console.error(out.join('\n'));
+}
+
+function printDaemonTails() {
+  for (const [label, d] of Object.entries(diag.daemons)) {
+    console.log(`---- ${label} stderr tail ----\n${d.stderr.join('\n')}`);
+  }
 }
 
 // ---------------------------------------------------------------- SDP helpers
@@ -183,10 +211,10 @@ function loadApi() {
   return { v1, services };
 }
 
-function rpc(client, service, method, request, { quiet = false } = {}) {
+function rpc(client, service, method, request, { quiet = false, timeoutMs = RPC_TIMEOUT_MS } = {}) {
   return new Promise((resolve, reject) => {
     const started = Date.now();
-    client[method](request, { deadline: Date.now() + RPC_TIMEOUT_MS }, (err, resp) => {
+    client[method](request, { deadline: Date.now() + timeoutMs }, (err, resp) => {
       if (err) {
         const code = grpc.status[err.code] || err.code;
         reject(new Error(`${service}.${method} failed: ${code}: ${err.details || err.message}`));
@@ -199,7 +227,8 @@ function rpc(client, service, method, request, { quiet = false } = {}) {
 }
 
 // ---------------------------------------------------------------- daemon
-function startDaemon(bin) {
+// `label` names the daemon in the diagnostics; `extraArgs` follow the common ones.
+function startDaemon(bin, { label = 'daemon', extraArgs = [] } = {}) {
   const args = [
     'serve',
     '--control-listen', '127.0.0.1:0',
@@ -207,30 +236,33 @@ function startDaemon(bin) {
     '--media-bind', '127.0.0.1',
     '--media-port-start', '0',
     '--workers', '2',
+    ...extraArgs,
   ];
+  const d = { stderr: [], exit: null };
+  diag.daemons[label] = d;
   const env = { ...process.env };
   // Only loopback addresses in this test: let the daemon log them, it helps
   // when ICE fails. KASKADE_LOG_LEVEL (e.g. "info,kaskade_router=debug") passes through.
   if (!env.KASKADE_LOG_IPS) env.KASKADE_LOG_IPS = 'true';
   if (!env.NO_COLOR) env.NO_COLOR = '1'; // plain log lines for the diagnostics
-  log(`starting daemon: ${bin} ${args.join(' ')}`);
+  log(`starting ${label}: ${bin} ${args.join(' ')}`);
   // Its own process group, so a wrapper script and its children stop too.
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env, detached: true });
   const exited = new Promise((resolve) => {
     child.once('exit', (code, signal) => {
-      diag.daemonExit = `code=${code} signal=${signal} at +${since()}s`;
+      d.exit = `code=${code} signal=${signal} at +${since()}s`;
       resolve({ code, signal });
     });
     child.once('error', (err) => {
-      diag.daemonExit = `spawn error: ${err.message}`;
+      d.exit = `spawn error: ${err.message}`;
       resolve({ code: null, signal: null, error: err });
     });
   });
-  readline.createInterface({ input: child.stderr }).on('line', (l) => pushTail(diag.daemonStderr, l));
+  readline.createInterface({ input: child.stderr }).on('line', (l) => pushTail(d.stderr, l));
 
   const ready = new Promise((resolve, reject) => {
     const timer = setTimeout(
-      () => reject(new Error(`daemon did not print KASKADE_READY within ${READY_TIMEOUT_MS / 1000} s`)),
+      () => reject(new Error(`${label} did not print KASKADE_READY within ${READY_TIMEOUT_MS / 1000} s`)),
       READY_TIMEOUT_MS,
     );
     let seen = false;
@@ -248,19 +280,19 @@ function startDaemon(bin) {
           reject(new Error(`cannot parse the ready line ${JSON.stringify(line)}: ${e.message}`));
         }
       } else {
-        pushTail(diag.daemonStderr, `(stdout) ${line}`);
+        pushTail(d.stderr, `(stdout) ${line}`);
       }
     });
     exited.then(({ code, signal, error }) => {
       clearTimeout(timer);
       reject(new Error(error
-        ? `cannot start the daemon ${bin}: ${error.message}`
-        : `daemon exited before it was ready (code=${code} signal=${signal})`));
+        ? `cannot start ${label} (${bin}): ${error.message}`
+        : `${label} exited before it was ready (code=${code} signal=${signal})`));
     });
   });
   // A rejection after success must not become an unhandled rejection.
   ready.catch(() => {});
-  return { child, ready, exited };
+  return { label, child, ready, exited };
 }
 
 function signalDaemon(child, sig) {
@@ -287,9 +319,9 @@ async function stopDaemon(d) {
   signalDaemon(child, 'SIGTERM');
   const res = await Promise.race([exited, sleep(5000).then(() => null)]);
   if (res) {
-    log(`daemon exited ${Date.now() - started} ms after SIGTERM (code=${res.code} signal=${res.signal})`);
+    log(`${d.label} exited ${Date.now() - started} ms after SIGTERM (code=${res.code} signal=${res.signal})`);
   } else {
-    log('WARNING: daemon still running 5 s after SIGTERM; sending SIGKILL');
+    log(`WARNING: ${d.label} still running 5 s after SIGTERM; sending SIGKILL`);
     signalDaemon(child, 'SIGKILL');
     await Promise.race([exited, sleep(2000)]);
   }
@@ -357,12 +389,13 @@ async function openPage(context, role, url, existing) {
   return page;
 }
 
-async function collectStats(pub, sub) {
+// `subKey` names the subscriber in diag.lastStats (scenarios with several).
+async function collectStats(pub, sub, subKey = 'subscriber') {
   const [p, s] = await Promise.all([
     pub.evaluate(() => window.kaskade.stats()).catch((e) => ({ error: String(e) })),
     sub.evaluate(() => window.kaskade.stats()).catch((e) => ({ error: String(e) })),
   ]);
-  diag.lastStats = { at: `+${since()}s`, publisher: p, subscriber: s };
+  diag.lastStats = { ...(diag.lastStats || {}), at: `+${since()}s`, publisher: p, [subKey]: s };
   return { p, s };
 }
 
@@ -408,6 +441,7 @@ async function startRoom(ctx) {
   const { v1 } = loadApi();
 
   ctx.daemon = startDaemon(bin);
+  ctx.daemons = [ctx.daemon];
   const ready = await ctx.daemon.ready;
   log(`daemon ready: control=${ready.control} metrics=${ready.metrics} media=${ready.media.join(',')}`);
 
@@ -448,32 +482,38 @@ async function startPublisher(ctx, { pub, call }, { simulcast = false } = {}) {
 }
 
 // Page B: a data channel only, then the router's offer with the tracks.
-async function startSubscriber(ctx, { sub, call }, trackIds) {
-  const subOffer = await sub.evaluate(() => window.kaskade.prepareSubscriber());
-  describeOffer('subscriber offer', subOffer.sdp, { all: false });
+// Returns the session and when Subscribe was called (Date.now()).
+// `label` names the subscriber in the log and the SDP dump, `frameLog` asks
+// the page to hash the frames it shows (page.js watchFrames).
+async function startSubscriber(ctx, { sub, call }, trackIds,
+  { participant = 'sub', label = 'subscriber', frameLog = false } = {}) {
+  const subOffer = await sub.evaluate((opts) => window.kaskade.prepareSubscriber(opts), { frameLog });
+  describeOffer(`${label} offer`, subOffer.sdp, { all: false });
   const subSession = await call('SessionService', 'CreateSession', {
-    room_id: ROOM_ID, participant_id: 'sub', sdp_offer: subOffer.sdp, metadata: '',
+    room_id: ROOM_ID, participant_id: participant, sdp_offer: subOffer.sdp, metadata: '',
   });
-  describeOffer('router answer to subscriber', subSession.sdp_answer);
+  describeOffer(`router answer to ${label}`, subSession.sdp_answer);
   await sub.evaluate((sdp) => window.kaskade.acceptAnswer(sdp), subSession.sdp_answer);
-  log(`subscriber session ${subSession.session_id}`);
+  log(`${label} session ${subSession.session_id}`);
 
+  const subscribeAt = Date.now();
   const subscribed = await call('SessionService', 'Subscribe', {
     session_id: subSession.session_id, track_ids: trackIds,
   });
   log(`subscriptions: ${(subscribed.subscriptions || []).map((s) => `${s.track_id}→mid ${s.mid}`).join(', ') || '(none)'}`);
-  describeOffer('router offer to subscriber', subscribed.sdp_offer);
+  describeOffer(`router offer to ${label}`, subscribed.sdp_offer);
   const subAnswer = await sub.evaluate((sdp) => window.kaskade.answerOffer(sdp), subscribed.sdp_offer);
-  diag.sdp['subscriber answer'] = subAnswer;
+  diag.sdp[`${label} answer`] = subAnswer;
   await call('SessionService', 'SetAnswer', { session_id: subSession.session_id, sdp_answer: subAnswer });
-  return subSession;
+  return { ...subSession, subscribeAt };
 }
 
 // Media must flow: video frames decoded and (unless audio is false) audio
 // packets received, both above a floor and growing over two consecutive
 // polls (so not a single burst); and the data channel must have opened.
-async function waitForMedia(ctx, { audio: needAudio = true, line = progressLine } = {}) {
-  const { pub, sub } = ctx.pages;
+// `sub`/`subKey`: another subscriber page than ctx.pages.sub.
+async function waitForMedia(ctx, { audio: needAudio = true, line = progressLine, sub = ctx.pages.sub, subKey } = {}) {
+  const { pub } = ctx.pages;
   const mediaStart = Date.now();
   const deadline = mediaStart + MEDIA_TIMEOUT_MS;
   let prev = null;
@@ -481,7 +521,7 @@ async function waitForMedia(ctx, { audio: needAudio = true, line = progressLine 
   let lastProgress = 0;
   for (;;) {
     checkDaemon(ctx);
-    const { p, s } = await collectStats(pub, sub);
+    const { p, s } = await collectStats(pub, sub, subKey);
     const frames = (s && s.inVideo && s.inVideo.framesDecoded) || 0;
     const audio = (s && s.inAudio && s.inAudio.packetsReceived) || 0;
     const audioOk = !needAudio || audio > 10;
@@ -519,8 +559,10 @@ async function waitForMedia(ctx, { audio: needAudio = true, line = progressLine 
 }
 
 function checkDaemon(ctx) {
-  if (ctx.daemon.child.exitCode !== null || ctx.daemon.child.signalCode !== null) {
-    throw new Error(`the daemon died during the test (${diag.daemonExit})`);
+  for (const d of ctx.daemons || []) {
+    if (d.child.exitCode !== null || d.child.signalCode !== null) {
+      throw new Error(`${d.label} died during the test (${diag.daemons[d.label].exit})`);
+    }
   }
 }
 
@@ -816,6 +858,280 @@ async function simulcastScenario(ctx) {
   return { media, results, layerEvents };
 }
 
+// ---------------------------------------------------------------- cascade
+// Two routers on loopback, A (node fra, region eu-de-fra) and B (node ams,
+// region eu-nl-ams), linked over QUIC with mutual TLS (certificates from
+// `kaskade cert dev-cluster`). Page A publishes camera and microphone on A;
+// the room is linked to B; page B subscribes on B to the remote tracks and
+// must decode the video and receive the audio. Then (unless
+// KASKADE_E2E_COMPARE=0) page C subscribes on A itself, and the frames both
+// subscribers show are matched by their pixels to compare the two paths.
+
+const LINK_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_LINK_S || 15);
+const REMOTE_TRACKS_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_REMOTE_TRACKS_S || 15);
+const COMPARE = process.env.KASKADE_E2E_COMPARE !== '0';
+const COMPARE_MS = 4000; // how long both subscribers' frames are logged
+const CASCADE_NODES = {
+  A: { id: 'fra', region: 'eu-de-fra' },
+  B: { id: 'ams', region: 'eu-nl-ams' },
+};
+
+// A UDP port that was free a moment ago (the QUIC listeners need theirs up
+// front: each router is told its peer's address).
+function freeUdpPort() {
+  return new Promise((resolve, reject) => {
+    const sock = dgram.createSocket('udp4');
+    sock.once('error', reject);
+    sock.bind(0, '127.0.0.1', () => {
+      const { port } = sock.address();
+      sock.close(() => resolve(port));
+    });
+  });
+}
+
+function runTool(bin, args, timeoutMs = 20_000) {
+  log(`running ${bin} ${args.join(' ')}`);
+  return new Promise((resolve, reject) => {
+    execFile(bin, args, { timeout: timeoutMs }, (err, stdout, stderr) => {
+      if (err) {
+        reject(new Error(`${path.basename(bin)} ${args.join(' ')} failed (${err.code ?? err.signal}): ${String(stderr).trim() || err.message}`));
+      } else {
+        resolve({ stdout: String(stdout), stderr: String(stderr) });
+      }
+    });
+  });
+}
+
+function requireBin() {
+  const bin = process.env.KASKADE_BIN;
+  if (!bin) throw new Error('KASKADE_BIN is not set (path to the kaskade binary)');
+  if (!existsSync(bin)) throw new Error(`KASKADE_BIN=${bin} does not exist (build it with cargo build -p kaskade-router)`);
+  return bin;
+}
+
+// gRPC clients of one router and a `call(service, method, request, opts)`
+// that logs with the router's name.
+function routerApi(ctx, v1, name, ready) {
+  const addr = ready.control;
+  const clients = {
+    RoomService: new v1.RoomService(addr, grpc.credentials.createInsecure()),
+    SessionService: new v1.SessionService(addr, grpc.credentials.createInsecure()),
+    CascadeService: new v1.CascadeService(addr, grpc.credentials.createInsecure()),
+  };
+  (ctx.clients || (ctx.clients = [])).push(...Object.values(clients));
+  const call = (svc, method, req, opts) => rpc(clients[svc], `${name} ${svc}`, method, req, opts);
+  return { clients, call };
+}
+
+const fmtRouters = (refs) => (refs || []).map((r) => `${r.node_id}(${r.region})`).join(', ') || '(none)';
+const fmtTracks = (tracks) =>
+  (tracks || []).map((t) => `${t.track_id}(${t.kind}${t.origin_node_id ? ` from ${t.origin_node_id}` : ''})`).join(', ') || '(none)';
+function fmtLink(l) {
+  if (!l) return '(none)';
+  return `${l.peer && l.peer.node_id} up=${l.up} rooms=[${(l.rooms || []).join(',')}] rtt=${l.rtt_us}us ` +
+    `sent=${l.datagrams_sent}dg/${l.bytes_sent}B received=${l.datagrams_received}dg/${l.bytes_received}B ` +
+    `dropped=${l.datagrams_dropped} nacked=${l.nacked} retransmitted=${l.retransmitted} lost=${l.lost} ` +
+    `tracks sent=${l.tracks_sent} received=${l.tracks_received} reconnects=${l.reconnects}`;
+}
+
+// Polls GetRoom on B until it lists a remote video and audio track from A.
+async function waitForRemoteTracks(ctx, callB, origin) {
+  const deadline = Date.now() + REMOTE_TRACKS_TIMEOUT_MS;
+  const started = Date.now();
+  let room = null;
+  for (;;) {
+    checkDaemon(ctx);
+    room = (await callB('RoomService', 'GetRoom', { room_id: ROOM_ID }, { quiet: true })).room;
+    const remote = ((room && room.tracks) || []).filter((t) => t.origin_node_id === origin);
+    const kinds = remote.map((t) => t.kind);
+    if (kinds.includes('TRACK_KIND_VIDEO') && kinds.includes('TRACK_KIND_AUDIO')) {
+      log(`B lists the remote tracks after ${Date.now() - started} ms: ${fmtTracks(remote)}`);
+      return { remote, room };
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`GetRoom on B did not list a remote video and audio track from ${origin} within ` +
+        `${REMOTE_TRACKS_TIMEOUT_MS / 1000} s; it lists tracks ${fmtTracks(room && room.tracks)}, ` +
+        `reached ${fmtRouters(room && room.reached)}, linked ${fmtRouters(room && room.linked)}`);
+    }
+    await sleep(100);
+  }
+}
+
+const median = (xs) => {
+  if (!xs.length) return null;
+  const v = xs.slice().sort((a, b) => a - b);
+  const m = Math.floor(v.length / 2);
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+};
+
+// Frames decoded by both subscribers, matched by their luma hash (hashes
+// seen more than once on either side are left out): B's times minus A's,
+// when the page got the frame and (if Chromium tells) when its last packet
+// arrived.
+function compareFrames(logA, logB) {
+  const once = (log) => {
+    const count = new Map();
+    for (const f of log) count.set(f.hash, (count.get(f.hash) || 0) + 1);
+    return new Map(log.filter((f) => count.get(f.hash) === 1).map((f) => [f.hash, f]));
+  };
+  const a = once(logA);
+  const b = once(logB);
+  const got = [];
+  const received = [];
+  for (const [hash, fb] of b) {
+    const fa = a.get(hash);
+    if (!fa) continue;
+    got.push(fb.got - fa.got);
+    if (fa.received !== null && fb.received !== null) received.push(fb.received - fa.received);
+  }
+  const r1 = (x) => (x === null ? null : Math.round(x * 10) / 10);
+  return {
+    matched: got.length,
+    framesA: logA.length,
+    framesB: logB.length,
+    gotMedian: r1(median(got)),
+    gotMin: got.length ? r1(Math.min(...got)) : null,
+    gotMax: got.length ? r1(Math.max(...got)) : null,
+    receivedMedian: r1(median(received)),
+  };
+}
+
+async function cascadeScenario(ctx) {
+  const bin = requireBin();
+  const { v1 } = loadApi();
+  if (!v1.CascadeService) throw new Error('kaskade.v1.CascadeService not found in the protos');
+
+  // Certificates and the two routers.
+  ctx.certDir = mkdtempSync(path.join(os.tmpdir(), 'kaskade-e2e-certs-'));
+  const { A: nodeA, B: nodeB } = CASCADE_NODES;
+  await runTool(bin, ['cert', 'dev-cluster', '--out', ctx.certDir,
+    '--node', `${nodeA.id}:${nodeA.region}`, '--node', `${nodeB.id}:${nodeB.region}`]);
+  const portA = await freeUdpPort();
+  let portB = await freeUdpPort();
+  while (portB === portA) portB = await freeUdpPort();
+  const nodeArgs = (node, port, peer, peerPort) => [
+    '--node-id', node.id,
+    '--region', node.region,
+    '--cascade-listen', `127.0.0.1:${port}`,
+    '--cascade-ca', path.join(ctx.certDir, 'ca.pem'),
+    '--cascade-cert', path.join(ctx.certDir, `${node.id}.pem`),
+    '--cascade-key', path.join(ctx.certDir, `${node.id}.key`),
+    '--peer', `${peer.id}=127.0.0.1:${peerPort}`,
+  ];
+  const daemonA = startDaemon(bin, { label: `router A (${nodeA.id})`, extraArgs: nodeArgs(nodeA, portA, nodeB, portB) });
+  const daemonB = startDaemon(bin, { label: `router B (${nodeB.id})`, extraArgs: nodeArgs(nodeB, portB, nodeA, portA) });
+  ctx.daemons = [daemonA, daemonB];
+  const [readyA, readyB] = await Promise.all([daemonA.ready, daemonB.ready]);
+  for (const [name, ready, port] of [['A', readyA, portA], ['B', readyB, portB]]) {
+    log(`router ${name} ready: control=${ready.control} media=${ready.media.join(',')} cascade=${ready.cascade}`);
+    if (ready.cascade !== `127.0.0.1:${port}`) {
+      throw new Error(`router ${name}'s KASKADE_READY line should say "cascade":"127.0.0.1:${port}", it says ${JSON.stringify(ready.cascade)}`);
+    }
+  }
+  const { call: callA } = routerApi(ctx, v1, 'A', readyA);
+  const { call: callB } = routerApi(ctx, v1, 'B', readyB);
+  // On a failure: what both routers say about the room and the link.
+  ctx.failureInfo = async () => {
+    for (const [name, call] of [['A', callA], ['B', callB]]) {
+      try {
+        const r = (await call('RoomService', 'GetRoom', { room_id: ROOM_ID }, { quiet: true, timeoutMs: 3000 })).room;
+        diag.extra.push(`router ${name} GetRoom: tracks ${fmtTracks(r.tracks)}; sessions ` +
+          `${(r.sessions || []).map((x) => `${x.participant_id}(${x.session_id}, connected=${x.connected})`).join(', ') || '(none)'}; ` +
+          `reached ${fmtRouters(r.reached)}; linked ${fmtRouters(r.linked)}`);
+      } catch (e) {
+        diag.extra.push(`router ${name} GetRoom: ${e.message}`);
+      }
+      try {
+        const l = await call('CascadeService', 'ListLinks', {}, { quiet: true, timeoutMs: 3000 });
+        diag.extra.push(`router ${name} ListLinks: ${(l.links || []).map(fmtLink).join(' | ') || '(no links)'}`);
+      } catch (e) {
+        diag.extra.push(`router ${name} ListLinks: ${e.message}`);
+      }
+    }
+  };
+
+  // The browser: the publisher, the subscriber on B and (to compare) one on A.
+  const pageSrv = await startPageServer();
+  ctx.pageServer = pageSrv.server;
+  ctx.context = await launchBrowser(ctx.userDataDir);
+  const pub = await openPage(ctx.context, 'pub', pageSrv.url, ctx.context.pages()[0]);
+  const sub = await openPage(ctx.context, 'sub', pageSrv.url);
+  ctx.pages = { pub, sub };
+  if (COMPARE) {
+    diag.consoles.subA = [];
+    ctx.pages.subA = await openPage(ctx.context, 'subA', pageSrv.url);
+  }
+  log(`pages open at ${pageSrv.url}`);
+
+  // The room on A, linked to B.
+  await callA('RoomService', 'CreateRoom', { room_id: ROOM_ID, max_sessions: 0, allowed_regions: ['eu-'] });
+  const linked = await callA('CascadeService', 'LinkRoom', { room_id: ROOM_ID, peer_node_id: nodeB.id }, { timeoutMs: LINK_TIMEOUT_MS });
+  log(`A linked the room to ${fmtRouters([linked.peer])}`);
+  if (!linked.peer || linked.peer.node_id !== nodeB.id || linked.peer.region !== nodeB.region) {
+    throw new Error(`LinkRoom on A should answer with peer ${nodeB.id}(${nodeB.region}), got ${JSON.stringify(linked.peer)}`);
+  }
+
+  // Page A publishes on A; B must see its tracks as remote tracks.
+  const { tracks } = await startPublisher(ctx, { pub, call: callA });
+  const kinds = tracks.map((t) => t.kind);
+  if (!kinds.includes('TRACK_KIND_VIDEO') || !kinds.includes('TRACK_KIND_AUDIO')) {
+    throw new Error(`CreateSession for the publisher on A should list one audio and one video track, got ${JSON.stringify(tracks)}`);
+  }
+  const { remote } = await waitForRemoteTracks(ctx, callB, nodeA.id);
+
+  // Page B subscribes on B to the remote tracks.
+  const subB = await startSubscriber(ctx, { sub, call: callB }, remote.map((t) => t.track_id),
+    { participant: 'sub-b', label: 'subscriber on B', frameLog: true });
+  const media = await waitForMedia(ctx);
+  const framesB = await sub.evaluate(() => window.kaskade.frames(Infinity));
+  const firstFrameB = framesB.firstFrameAt === null ? null : framesB.firstFrameAt - subB.subscribeAt;
+  log(`B decodes ${media.videoCodec} and receives ${media.audioCodec}; first frame decoded ${firstFrameB ?? '?'} ms after Subscribe on B`);
+
+  // The routers' view: B reached by the room's media from A, the link up and carrying datagrams.
+  const roomB = (await callB('RoomService', 'GetRoom', { room_id: ROOM_ID })).room;
+  log(`B: reached ${fmtRouters(roomB.reached)}; linked ${fmtRouters(roomB.linked)}`);
+  if (!(roomB.reached || []).some((r) => r.node_id === nodeA.id)) {
+    throw new Error(`GetRoom on B should list ${nodeA.id} in reached, it lists ${fmtRouters(roomB.reached)}`);
+  }
+  const linksA = (await callA('CascadeService', 'ListLinks', {})).links || [];
+  const linkA = linksA.find((l) => l.peer && l.peer.node_id === nodeB.id);
+  log(`A's link to B: ${fmtLink(linkA)}`);
+  if (!linkA || !linkA.up || !(Number(linkA.datagrams_sent) > 0)) {
+    throw new Error(`ListLinks on A should show the link to ${nodeB.id} up with datagrams_sent > 0, it shows ${linksA.map(fmtLink).join(' | ') || '(no links)'}`);
+  }
+
+  // Optional: a subscriber on A itself; the same frames on both, B minus A.
+  let compare = null;
+  let firstFrameA = null;
+  if (COMPARE) {
+    const subA = await startSubscriber(ctx, { sub: ctx.pages.subA, call: callA }, tracks.map((t) => t.track_id),
+      { participant: 'sub-a', label: 'subscriber on A', frameLog: true });
+    await waitForMedia(ctx, { sub: ctx.pages.subA, subKey: 'subscriber on A' });
+    const fa = await ctx.pages.subA.evaluate(() => window.kaskade.frames(Infinity));
+    firstFrameA = fa.firstFrameAt === null ? null : fa.firstFrameAt - subA.subscribeAt;
+    log(`subscriber on A: first frame decoded ${firstFrameA ?? '?'} ms after Subscribe on A; logging frames for ${COMPARE_MS / 1000} s`);
+    const from = Date.now() + 500; // after A's first keyframe both decode the same bitstream
+    await sleep(COMPARE_MS);
+    checkDaemon(ctx);
+    const [logA, logB] = await Promise.all([
+      ctx.pages.subA.evaluate((t) => window.kaskade.frames(t).log, from),
+      sub.evaluate((t) => window.kaskade.frames(t).log, from),
+    ]);
+    compare = compareFrames(logA, logB);
+    log(`frames matched by their pixels: ${compare.matched} (of ${compare.framesA} on A, ${compare.framesB} on B); ` +
+      `B − A decoded frame in the page: median ${compare.gotMedian ?? '?'} ms (min ${compare.gotMin ?? '?'}, max ${compare.gotMax ?? '?'}); ` +
+      `last packet received: median ${compare.receivedMedian ?? '(not reported)'} ms`);
+  }
+
+  // The link still up, and counting.
+  const linksAfter = (await callA('CascadeService', 'ListLinks', {})).links || [];
+  const linkAfter = linksAfter.find((l) => l.peer && l.peer.node_id === nodeB.id);
+  const linksB = (await callB('CascadeService', 'ListLinks', {})).links || [];
+  log(`A's link to B now: ${fmtLink(linkAfter)}`);
+  log(`B's link to A now: ${fmtLink(linksB.find((l) => l.peer && l.peer.node_id === nodeA.id))}`);
+  return { media, firstFrameB, firstFrameA, compare, link: linkAfter || linkA };
+}
+
 // ---------------------------------------------------------------- main
 async function cleanup(ctx) {
   const steps = [
@@ -824,9 +1140,11 @@ async function cleanup(ctx) {
     async () => ctx.context && (await Promise.race([ctx.context.close(), sleep(10_000)])),
     async () => ctx.rooms && ctx.rooms.close(),
     async () => ctx.sessions && ctx.sessions.close(),
-    async () => stopDaemon(ctx.daemon),
+    async () => (ctx.clients || []).forEach((c) => c.close()),
+    async () => Promise.all((ctx.daemons || []).map(stopDaemon)),
     async () => ctx.pageServer && ctx.pageServer.close(),
     async () => rmSync(ctx.userDataDir, { recursive: true, force: true }),
+    async () => ctx.certDir && rmSync(ctx.certDir, { recursive: true, force: true }),
   ];
   for (const step of steps) {
     try {
@@ -848,7 +1166,7 @@ async function main() {
     if (finished) return;
     finished = true;
     dumpDiagnostics(reason);
-    await Promise.race([stopDaemon(ctx.daemon), sleep(8_000)]);
+    await Promise.race([Promise.all((ctx.daemons || []).map(stopDaemon)), sleep(8_000)]);
     await Promise.race([cleanup(ctx), sleep(10_000)]);
     process.exit(code);
   };
@@ -862,6 +1180,17 @@ async function main() {
   try {
     if (SELF_CHECK) {
       await selfCheck(ctx);
+    } else if (SCENARIO === 'cascade') {
+      const r = await cascadeScenario(ctx);
+      if (VERBOSE) printDaemonTails();
+      const c = r.compare;
+      const vsA = c
+        ? `; B − A on the same frames: ${c.gotMedian ?? '?'} ms (median of ${c.matched} matched), ` +
+          `first frame on a subscriber on A ${r.firstFrameA ?? '?'} ms after its Subscribe`
+        : '';
+      console.log(`browser cascade: fra→ams framesDecoded=${r.media.frames} audioPackets=${r.media.audio} on B; ` +
+        `first frame on B ${r.firstFrameB ?? '?'} ms after Subscribe (media flowing after ${r.media.mediaSecs}s)${vsA}; ` +
+        `link datagrams_sent=${r.link && r.link.datagrams_sent} rtt=${r.link && r.link.rtt_us}us; total ${since()}s`);
     } else if (SCENARIO === 'simulcast') {
       const r = await simulcastScenario(ctx);
       try {
@@ -870,7 +1199,7 @@ async function main() {
         log(`note: ${e.message}`);
       }
       if (VERBOSE) {
-        console.log(`---- daemon stderr tail ----\n${diag.daemonStderr.join('\n')}`);
+        printDaemonTails();
       }
       const ms = (v) => (v === null || v === undefined ? '?' : `${v}`);
       const steps = r.results.map((x) =>
@@ -888,12 +1217,15 @@ async function main() {
         log(`note: ${e.message}`);
       }
       if (VERBOSE) {
-        console.log(`---- daemon stderr tail ----\n${diag.daemonStderr.join('\n')}`);
+        printDaemonTails();
       }
       console.log(`browser e2e: framesDecoded=${r.frames} audioPackets=${r.audio} in ${since()}s (media flowing after ${r.mediaSecs}s)`);
     }
   } catch (e) {
     code = 1;
+    if (!finished && ctx.failureInfo) {
+      await Promise.race([ctx.failureInfo().catch((err) => diag.extra.push(`(gathering failed: ${err.message})`)), sleep(8_000)]);
+    }
     if (!finished) dumpDiagnostics(e && e.stack ? e.stack : String(e));
   }
   // When the watchdog or a signal got there first, abort() cleans up and exits.
