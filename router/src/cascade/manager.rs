@@ -554,7 +554,8 @@ impl Manager {
             let pending: Vec<_> = p.pending.drain().collect();
             p.waiting.extend(pending);
         }
-        if p.gen != 0 {
+        // A reconnect is a link coming back, not a duplicate replaced.
+        if p.gen != 0 && p.conn.is_none() {
             p.reconnects += 1;
         }
         let gen = self.next_gen;

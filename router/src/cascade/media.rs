@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 
 /// Packets kept per (track, layer) to answer NACKs from the far side.
 const CACHE_PACKETS: usize = 512;
+/// Packets of a track held while its codec is not known yet.
+const EARLY_PACKETS: usize = 128;
 /// Gaps larger than this are not NACKed (a layer switch or a long outage).
 const MAX_NACK_GAP: u32 = 64;
 /// A missing packet not repaired within this is counted lost.
@@ -284,6 +286,7 @@ pub async fn run_rx(
     let mut routes: HashMap<u32, Route> = HashMap::new();
     let mut seqs: HashMap<(u32, u8), SeqState> = HashMap::new();
     let mut reassembler = Reassembler::new();
+    let mut early: HashMap<u32, Vec<(wire::MediaDatagram, Instant)>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
         tokio::select! {
@@ -294,30 +297,20 @@ pub async fn run_rx(
                 let Ok(dg) = wire::decode(d) else { continue };
                 let Some(dg) = reassembler.push(now, dg) else { continue };
                 let Some(route) = routes.get(&dg.header.track) else { continue };
-                let Some(params) = route.params else { continue };
                 track_gaps(&mut seqs, &dg.header, now, &frames);
-                let payload: Arc<[u8]> = Arc::from(&dg.payload[..]);
-                let vp8 = if params.spec().codec == Codec::Vp8 {
-                    crate::media::vp8::parse(&payload)
-                        .zip(str0m::rtp::Vp8Descriptor::parse(&payload).ok())
-                } else {
-                    None
+                let Some(params) = route.params else {
+                    // The codec travels on the control stream and can arrive
+                    // after the first datagrams (often the keyframe): hold
+                    // them until it does.
+                    let q = early.entry(dg.header.track).or_default();
+                    if q.len() < EARLY_PACKETS {
+                        q.push((dg, now));
+                    } else {
+                        counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
                 };
-                let pkt = MediaPacket {
-                    track: route.track,
-                    kind: route.kind,
-                    layer: dg.header.layer,
-                    params,
-                    seq: u64::from(dg.header.seq),
-                    rtp_time: dg.header.timestamp,
-                    marker: dg.header.marker,
-                    keyframe: dg.header.keyframe,
-                    audio_level: dg.header.audio_level,
-                    voice_activity: dg.header.audio_level.map(|_| dg.header.voice_activity),
-                    arrival: now,
-                    vp8,
-                    payload,
-                };
+                let pkt = media_packet(route, params, &dg, now);
                 control.ingest(route.worker, vec![BusMsg::Ingest(Arc::new(pkt))]);
             }
             u = updates.recv() => {
@@ -329,11 +322,23 @@ pub async fn run_rx(
                     }
                     RxUpdate::Route { num, route: None } => {
                         routes.remove(&num);
+                        early.remove(&num);
                         seqs.retain(|(n, _), _| *n != num);
                     }
                     RxUpdate::Codec { num, params } => {
                         if let Some(r) = routes.get_mut(&num) {
                             r.params = Some(params);
+                            let held: Vec<BusMsg> = early
+                                .remove(&num)
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|(dg, at)| {
+                                    BusMsg::Ingest(Arc::new(media_packet(r, params, dg, *at)))
+                                })
+                                .collect();
+                            if !held.is_empty() {
+                                control.ingest(r.worker, held);
+                            }
                         }
                     }
                 }
@@ -342,6 +347,36 @@ pub async fn run_rx(
                 retry_nacks(&mut seqs, Instant::now(), &frames, &counters);
             }
         }
+    }
+}
+
+/// The media packet of a relayed datagram, for the track's home worker.
+fn media_packet(
+    route: &Route,
+    params: PayloadParams,
+    dg: &wire::MediaDatagram,
+    arrival: Instant,
+) -> MediaPacket {
+    let payload: Arc<[u8]> = Arc::from(&dg.payload[..]);
+    let vp8 = if params.spec().codec == Codec::Vp8 {
+        crate::media::vp8::parse(&payload).zip(str0m::rtp::Vp8Descriptor::parse(&payload).ok())
+    } else {
+        None
+    };
+    MediaPacket {
+        track: route.track,
+        kind: route.kind,
+        layer: dg.header.layer,
+        params,
+        seq: u64::from(dg.header.seq),
+        rtp_time: dg.header.timestamp,
+        marker: dg.header.marker,
+        keyframe: dg.header.keyframe,
+        audio_level: dg.header.audio_level,
+        voice_activity: dg.header.audio_level.map(|_| dg.header.voice_activity),
+        arrival,
+        vp8,
+        payload,
     }
 }
 
