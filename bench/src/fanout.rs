@@ -309,9 +309,11 @@ impl FanOut {
         out
     }
 
-    /// Feeds recorded datagrams to the worker core as the mio driver would
-    /// (timers checked before each datagram), draining its transmits after
-    /// each: sent to `sinks` in `sendmmsg` batches of 32, or dropped. Returns
+    /// Feeds recorded datagrams to the worker core as the mio driver would,
+    /// in bursts of [`replay_burst`] datagrams (timers checked before each
+    /// burst, subscribers flushed after it; 1 = an idle worker that sees one
+    /// datagram per loop, larger = a busy one that reads many), draining its
+    /// transmits after each: sent to `sinks` in `sendmmsg` batches of 32, or dropped. Returns
     /// the RTP packets sent to subscribers. Afterwards `sim.now` is the end
     /// of the window; call [`Self::run_for`] to let everyone catch up.
     pub fn replay(
@@ -322,15 +324,19 @@ impl FanOut {
     ) -> u64 {
         let base = client_port_base();
         let publisher_port = base + self.publisher as u16;
+        let burst = replay_burst();
         let core = &mut self.sim.workers[0].core;
         let mut rtp = 0u64;
         match sinks {
             None => {
-                for (at, d) in rec {
-                    if core.poll_timeout().is_some_and(|t| t <= *at) {
+                for (i, (at, d)) in rec.iter().enumerate() {
+                    if i % burst == 0 && core.poll_timeout().is_some_and(|t| t <= *at) {
                         core.handle_timeout(*at);
                     }
                     core.handle_datagram(*at, d.src, &d.data);
+                    if (i + 1) % burst == 0 || i + 1 == rec.len() {
+                        core.flush(*at);
+                    }
                     for t in core.outputs().transmits.drain(..) {
                         if t.dst.port() != publisher_port && is_rtp(&t.data) {
                             rtp += 1;
@@ -349,11 +355,14 @@ impl FanOut {
                     sinks.send(&batch[..staged.len()]);
                     staged.clear();
                 };
-                for (at, d) in rec {
-                    if core.poll_timeout().is_some_and(|t| t <= *at) {
+                for (i, (at, d)) in rec.iter().enumerate() {
+                    if i % burst == 0 && core.poll_timeout().is_some_and(|t| t <= *at) {
                         core.handle_timeout(*at);
                     }
                     core.handle_datagram(*at, d.src, &d.data);
+                    if (i + 1) % burst == 0 || i + 1 == rec.len() {
+                        core.flush(*at);
+                    }
                     for t in core.outputs().transmits.drain(..) {
                         if t.dst.port() != publisher_port && is_rtp(&t.data) {
                             rtp += 1;
@@ -377,4 +386,14 @@ impl FanOut {
     pub fn worker_addr(&self) -> SocketAddr {
         self.sim.workers[0].addr
     }
+}
+
+/// Datagrams the replay hands to the core per loop iteration
+/// (`KASKADE_BENCH_BURST`, default 1).
+pub fn replay_burst() -> usize {
+    std::env::var("KASKADE_BENCH_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|b: &usize| *b >= 1)
+        .unwrap_or(1)
 }

@@ -229,6 +229,10 @@ impl WorkerCore {
         }
         self.drain_session(now, sid);
         self.process_queue(now);
+        // Subscribers are drained after every incoming packet: holding their
+        // writes for a whole burst makes str0m's pacer queue them, which
+        // measured 5× more work per packet (docs/benchmarks.md).
+        self.flush(now);
     }
 
     fn session_by_stun(&self, buf: &[u8]) -> Option<SessionId> {
@@ -250,7 +254,10 @@ impl WorkerCore {
         self.now = now;
         for msg in batch {
             match msg {
-                BusMsg::Media(pkt) => self.deliver_local(now, &pkt),
+                BusMsg::Media(pkt) => {
+                    self.deliver_local(now, &pkt);
+                    self.flush(now);
+                }
                 BusMsg::KeyframeRequest { track, layer } => {
                     self.request_publisher_keyframe(now, track, layer)
                 }
@@ -259,6 +266,7 @@ impl WorkerCore {
                         if p.session.is_none() {
                             p.meters.on_packet(now, pkt.layer, pkt.payload.len(), None);
                             self.fan_out(now, pkt);
+                            self.flush(now);
                         }
                     }
                 }
@@ -285,9 +293,9 @@ impl WorkerCore {
     }
 
     /// Time passed.
-    /// Drains every session written to since the last call: the packets
-    /// forwarded in a burst leave together. The driver calls this after each
-    /// burst of input; [`WorkerCore::poll_timeout`] asks for it too.
+    /// Drains every session written to since the last call (each subscriber
+    /// once, however many of its tracks a packet touched). Called after
+    /// every input; [`WorkerCore::poll_timeout`] asks for it too.
     pub fn flush(&mut self, now: Instant) {
         self.now = now;
         let dirty = std::mem::take(&mut self.dirty);
