@@ -107,14 +107,13 @@ fn video_packets(c: &UdpClient, mid: Mid) -> u64 {
     c.client.received_on(mid).map_or(0, |r| r.packets)
 }
 
-#[test]
-fn a_track_crosses_a_link_on_demand_and_reaches_a_subscriber() {
-    let _serial = serial();
-    let rt = rt();
+/// Two routers, fra (eu-de-fra) and ams (eu-nl-ams), dialling each other
+/// directly.
+fn fra_and_ams(rt: &tokio::runtime::Runtime) -> (Daemon, Daemon) {
     let dir = certs(&["fra:eu-de-fra", "ams:eu-nl-ams"]);
     let (pa, pb_) = (free_udp_port(), free_udp_port());
-    let mut a = Daemon::start(
-        &rt,
+    let a = Daemon::start(
+        rt,
         &node_args(
             &dir,
             "fra",
@@ -123,8 +122,8 @@ fn a_track_crosses_a_link_on_demand_and_reaches_a_subscriber() {
             &[("ams".into(), format!("127.0.0.1:{pb_}"))],
         ),
     );
-    let mut b = Daemon::start(
-        &rt,
+    let b = Daemon::start(
+        rt,
         &node_args(
             &dir,
             "ams",
@@ -133,6 +132,14 @@ fn a_track_crosses_a_link_on_demand_and_reaches_a_subscriber() {
             &[("fra".into(), format!("127.0.0.1:{pa}"))],
         ),
     );
+    (a, b)
+}
+
+#[test]
+fn a_track_crosses_a_link_on_demand_and_reaches_a_subscriber() {
+    let _serial = serial();
+    let rt = rt();
+    let (mut a, mut b) = fra_and_ams(&rt);
     a.create_room(&rt, "r", &[]).unwrap();
     let peer = link(&rt, &mut a, "r", "ams").expect("link");
     assert_eq!(peer.region, "eu-nl-ams");
@@ -465,28 +472,7 @@ fn chain_over_lossy_links_relays_once_with_only_the_layers_wanted() {
 fn residency_refuses_links_on_both_sides() {
     let _serial = serial();
     let rt = rt();
-    let dir = certs(&["fra:eu-de-fra", "ams:eu-nl-ams"]);
-    let (pa, pb_) = (free_udp_port(), free_udp_port());
-    let mut a = Daemon::start(
-        &rt,
-        &node_args(
-            &dir,
-            "fra",
-            "eu-de-fra",
-            pa,
-            &[("ams".into(), format!("127.0.0.1:{pb_}"))],
-        ),
-    );
-    let mut b = Daemon::start(
-        &rt,
-        &node_args(
-            &dir,
-            "ams",
-            "eu-nl-ams",
-            pb_,
-            &[("fra".into(), format!("127.0.0.1:{pa}"))],
-        ),
-    );
+    let (mut a, mut b) = fra_and_ams(&rt);
     a.create_room(&rt, "de", &["eu-de-"]).unwrap();
     let mut events = rt
         .block_on(a.sessions.watch_events(pb::WatchEventsRequest {
