@@ -35,6 +35,9 @@ const DOWN_GRACE: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long `LinkRoom` waits for the peer's connection and answer.
 const LINK_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long the router with the larger node id waits for the smaller one to
+/// dial before dialling itself.
+const LARGER_ID_WAIT: Duration = Duration::from_secs(2);
 /// Capacity of the workers' channel of packets to relay.
 pub const RELAY_QUEUE: usize = 8192;
 
@@ -281,7 +284,7 @@ pub fn start(
     };
     for id in m.addrs.keys().cloned().collect::<Vec<_>>() {
         m.peer(&id);
-        m.dial(id, Duration::ZERO);
+        m.dial_or_wait(id, Duration::ZERO);
     }
     tokio::spawn(m.run(cmd_rx));
     Ok(CascadeHandle {
@@ -361,6 +364,21 @@ impl Manager {
         self.peers
             .get_mut(id)
             .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// One connection per pair without racing: the smaller node id dials;
+    /// the larger one dials only if no connection has come in after a while
+    /// (the smaller may not list it as a peer).
+    fn dial_or_wait(&self, peer: String, after: Duration) {
+        if self.me.node_id < peer {
+            self.dial(peer, after);
+        } else {
+            let cmd = self.cmd.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after + LARGER_ID_WAIT).await;
+                let _ = cmd.send(Cmd::Redial(peer));
+            });
+        }
     }
 
     fn dial(&self, peer: String, after: Duration) {
@@ -657,7 +675,7 @@ impl Manager {
             tokio::time::sleep(DOWN_GRACE).await;
             let _ = cmd.send(Cmd::Expire { peer: peer_s, gen });
         });
-        self.dial(peer.to_string(), Duration::from_millis(200));
+        self.dial_or_wait(peer.to_string(), Duration::from_millis(200));
     }
 
     // ----- rooms ------------------------------------------------------
