@@ -26,6 +26,9 @@ pub struct Metrics {
     pub api_errors: IntCounterVec,
     /// Keyframe requests sent to publishers, by origin.
     pub keyframe_requests: IntCounterVec,
+    /// Subscriber streams resynchronised at a keyframe, and stepped down a
+    /// layer, because their worker's inbox was full and video was shed.
+    pub overload_resyncs: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -72,6 +75,10 @@ impl Metrics {
             "kaskade_session_failures_total",
             "Sessions closed because the WebRTC stack failed for them (other sessions unaffected).",
         );
+        let overload_resyncs = counter(
+            "kaskade_overload_resyncs_total",
+            "Subscriber streams that resumed at a keyframe (and stepped down a layer) after video was shed on the fan-out bus.",
+        );
         let forwarded = counter_vec(
             &registry,
             "kaskade_rtp_packets_forwarded_total",
@@ -113,6 +120,7 @@ impl Metrics {
             session_failures,
             api_errors,
             keyframe_requests,
+            overload_resyncs,
         }
     }
 
@@ -158,6 +166,9 @@ pub struct WorkerMetrics {
     pub kf_subscriber: IntCounter,
     /// Keyframe requests suppressed by throttling.
     pub kf_throttled: IntCounter,
+    /// Subscriber streams resynchronised (and stepped down) after video
+    /// was shed on the bus.
+    pub overload_resync: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -176,6 +187,7 @@ impl WorkerMetrics {
             kf_join: m.keyframe_requests.with_label_values(&["join"]),
             kf_subscriber: m.keyframe_requests.with_label_values(&["subscriber"]),
             kf_throttled: m.keyframe_requests.with_label_values(&["throttled"]),
+            overload_resync: m.overload_resyncs.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
 use crate::control::{Control, Identity, Limits};
+use crate::media::bus::Outbox;
 use crate::media::worker::WorkerHandle;
 use crate::media::{BusBatch, Command, RtcFactory, WorkerCore, WorkerEvent, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
@@ -22,7 +23,13 @@ pub struct SimWorker {
     pub core: WorkerCore,
     pub addr: SocketAddr,
     commands: crossbeam_channel::Receiver<Command>,
-    _bus: crossbeam_channel::Receiver<BusBatch>,
+    /// Its bounded bus inbox, the same kind of channel as in production.
+    bus: crossbeam_channel::Receiver<BusBatch>,
+    inbox: crossbeam_channel::Sender<BusBatch>,
+    /// What it sends to the others, with the production overload policy.
+    outbox: Outbox,
+    /// Until then it reads nothing from its inbox (a worker fallen behind).
+    stalled_until: Option<Instant>,
     _poll: mio::Poll,
 }
 
@@ -56,6 +63,11 @@ pub fn client_addr(i: usize) -> SocketAddr {
 impl Sim {
     /// A router with `workers` worker cores and no clients.
     pub fn new(workers: usize, seed: u64) -> Self {
+        Self::with_bus_capacity(workers, seed, 1024)
+    }
+
+    /// [`Sim::new`] with bus inboxes of `capacity` batches.
+    pub fn with_bus_capacity(workers: usize, seed: u64, capacity: usize) -> Self {
         let t0 = Instant::now();
         let metrics = Metrics::new();
         let factory = RtcFactory::new().expect("crypto provider");
@@ -65,11 +77,11 @@ impl Sim {
             let poll = mio::Poll::new().expect("mio poll");
             let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).expect("waker"));
             let (ctx, crx) = crossbeam_channel::unbounded();
-            let (btx, brx) = crossbeam_channel::bounded(1024);
+            let (btx, brx) = crossbeam_channel::bounded(capacity);
             handles.push(WorkerHandle {
                 id: WorkerId(i as u16),
                 commands: ctx,
-                bus: btx,
+                bus: btx.clone(),
                 waker,
                 bound: worker_addr(i),
             });
@@ -86,7 +98,10 @@ impl Sim {
                 core,
                 addr: worker_addr(i),
                 commands: crx,
-                _bus: brx,
+                bus: brx,
+                inbox: btx,
+                outbox: Outbox::new(workers),
+                stalled_until: None,
                 _poll: poll,
             });
         }
@@ -174,18 +189,22 @@ impl Sim {
                         },
                     );
                 }
-                let batches: Vec<(usize, BusBatch)> = out
-                    .bus
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(_, b)| !b.is_empty())
-                    .map(|(i, b)| (i, std::mem::take(b)))
-                    .collect();
+                let mut batches: Vec<BusBatch> = out.bus.iter_mut().map(std::mem::take).collect();
                 let events: Vec<WorkerEvent> = out.events.drain(..).collect();
-                for (dst, batch) in batches {
-                    let now = self.now;
-                    self.workers[dst].core.handle_bus(now, batch);
-                    progressed = true;
+                for (dst, batch) in batches.iter_mut().enumerate() {
+                    if dst >= self.workers.len() {
+                        continue;
+                    }
+                    let inbox = self.workers[dst].inbox.clone();
+                    let (_, shed) = self.workers[w].outbox.hand_over(dst, batch, &inbox);
+                    self.metrics
+                        .bus_dropped
+                        .with_label_values(&["video"])
+                        .inc_by(shed.video);
+                    self.metrics
+                        .bus_dropped
+                        .with_label_values(&["other"])
+                        .inc_by(shed.other);
                 }
                 for ev in events {
                     self.events.push(ev.clone());
@@ -193,10 +212,30 @@ impl Sim {
                     progressed = true;
                 }
             }
+            for w in &mut self.workers {
+                if w.stalled_until.is_some_and(|t| self.now < t) {
+                    continue;
+                }
+                while let Ok(batch) = w.bus.try_recv() {
+                    w.core.handle_bus(self.now, batch);
+                    progressed = true;
+                }
+            }
             if !progressed {
                 return;
             }
         }
+    }
+
+    /// Worker `w` reads nothing from its bus inbox for `d` (it has fallen
+    /// behind); the others keep sending to it.
+    pub fn stall(&mut self, w: usize, d: Duration) {
+        self.workers[w].stalled_until = Some(self.now + d);
+    }
+
+    /// Batches waiting in worker `w`'s inbox.
+    pub fn inbox_len(&self, w: usize) -> usize {
+        self.workers[w].bus.len()
     }
 
     fn client_by_addr(&mut self, a: SocketAddr) -> Option<&mut Client> {

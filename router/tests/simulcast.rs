@@ -3,65 +3,11 @@
 
 mod common;
 
+use common::checks::{assert_clean_switches, layer};
 use common::{client_addr, Room};
-use kaskade_loadtest::{Link, MediaRecv};
+use kaskade_loadtest::Link;
 use kaskade_protocol::v1 as pb;
 use std::time::Duration;
-
-/// The layer (0 low .. 2 high) a received packet came from, via its probe.
-fn layer(p: &kaskade_loadtest::RecvPacket) -> u8 {
-    kaskade_loadtest::media::split_source_tag(p.probe.as_ref().expect("probe").source_tag).2
-}
-
-/// Every layer change in the subscriber's stream starts on a keyframe, and
-/// the stream stays one continuous stream: one SSRC, no sequence gap across
-/// a switch, timestamps never backwards, VP8 picture ids continuous. The log
-/// is taken in sequence order (retransmissions arrive late). Returns the
-/// number of switches.
-fn assert_clean_switches(r: &MediaRecv) -> usize {
-    let mut log: Vec<&kaskade_loadtest::RecvPacket> = r.log.iter().collect();
-    log.sort_by_key(|p| p.seq);
-    log.dedup_by_key(|p| p.seq);
-    let mut switches = 0;
-    for w in log.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        assert_eq!(a.ssrc, b.ssrc, "one SSRC");
-        assert!(
-            (b.rtp_timestamp.wrapping_sub(a.rtp_timestamp) as i32) >= 0,
-            "timestamps never go backwards ({} -> {})",
-            a.rtp_timestamp,
-            b.rtp_timestamp
-        );
-        if layer(a) != layer(b) {
-            switches += 1;
-            assert!(
-                b.is_keyframe_start,
-                "switch {}→{} starts on a keyframe",
-                layer(a),
-                layer(b)
-            );
-            assert_eq!(b.seq, a.seq + 1, "no sequence gap across a switch");
-            let (pa, pb) = (
-                a.vp8.unwrap().picture_id.unwrap(),
-                b.vp8.unwrap().picture_id.unwrap(),
-            );
-            assert_eq!(
-                (pa + 1) % 32768,
-                pb,
-                "picture id continues across the switch"
-            );
-        } else if b.seq == a.seq + 1 {
-            let (da, db) = (a.vp8.unwrap(), b.vp8.unwrap());
-            let (pa, pb) = (da.picture_id.unwrap(), db.picture_id.unwrap());
-            if db.start && db.partition == 0 {
-                assert_eq!((pa + 1) % 32768, pb, "picture ids continuous");
-            } else {
-                assert_eq!(pa, pb, "one picture id per frame");
-            }
-        }
-    }
-    switches
-}
 
 fn room(subscribers: usize, seed: u64) -> Room {
     let r = Room::video(2, &["l", "m", "h"], subscribers, seed);

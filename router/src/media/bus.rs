@@ -44,6 +44,15 @@ pub enum BusMsg {
         /// The simulcast layer index.
         layer: u8,
     },
+    /// Video of this track was shed because the destination's inbox was
+    /// full: its subscribers there resume at a keyframe and their layer
+    /// selectors step down for a while.
+    Overload {
+        /// The track whose packets were dropped.
+        track: TrackId,
+        /// The layers that lost packets (bit per layer).
+        layers: u32,
+    },
 }
 
 /// What crosses a bus channel: all messages one worker produced for another
@@ -57,6 +66,7 @@ impl BusMsg {
         match self {
             BusMsg::Media(p) | BusMsg::Ingest(p) => p.kind == str0m::media::MediaKind::Video,
             BusMsg::KeyframeRequest { .. }
+            | BusMsg::Overload { .. }
             | BusMsg::LayerInfo { .. }
             | BusMsg::RemoteLayers { .. }
             | BusMsg::Demand { .. } => false,
@@ -67,23 +77,115 @@ impl BusMsg {
 /// Messages kept for a worker whose inbox was full, at most this many.
 pub const OVERFLOW_LIMIT: usize = 512;
 
+/// What the overload policy dropped from one refused batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Shed {
+    /// Video packets dropped.
+    pub video: u64,
+    /// Audio and control messages dropped (only past [`OVERFLOW_LIMIT`]).
+    pub other: u64,
+}
+
 /// The overload policy for a batch a full inbox refused: video is dropped
-/// (a subscriber recovers with a keyframe; the layer selector sees the
-/// loss through its downlink estimate), audio and control messages are kept
-/// to be offered again with the next batch, up to [`OVERFLOW_LIMIT`]. The
-/// sender never blocks. Returns (video dropped, others dropped).
-pub fn shed(refused: BusBatch, kept: &mut BusBatch) -> (u64, u64) {
-    let (mut video, mut other) = (0, 0);
+/// (counted, and an [`BusMsg::Overload`] note per track tells the
+/// destination's subscribers to resume at a keyframe and their layer
+/// selectors to step down); audio and control messages are kept to be
+/// offered again with the next batch, up to [`OVERFLOW_LIMIT`]. The sender
+/// never blocks.
+pub fn shed(refused: BusBatch, kept: &mut BusBatch) -> Shed {
+    let mut out = Shed::default();
+    let mut notes: Vec<(TrackId, u32)> = Vec::new();
     for m in refused {
         if m.is_droppable() {
-            video += 1;
+            out.video += 1;
+            if let BusMsg::Media(p) | BusMsg::Ingest(p) = &m {
+                let bit = 1u32 << p.layer.min(31);
+                match notes.iter_mut().find(|(t, _)| *t == p.track) {
+                    Some((_, mask)) => *mask |= bit,
+                    None => notes.push((p.track, bit)),
+                }
+            }
         } else if kept.len() < OVERFLOW_LIMIT {
             kept.push(m);
         } else {
-            other += 1;
+            out.other += 1;
         }
     }
-    (video, other)
+    for (track, layers) in notes {
+        // One note per track: merge into one already waiting.
+        let waiting = kept.iter_mut().find_map(|m| match m {
+            BusMsg::Overload { track: t, layers } if *t == track => Some(layers),
+            _ => None,
+        });
+        match waiting {
+            Some(mask) => *mask |= layers,
+            // A note may exceed the limit: there is at most one per track.
+            None => kept.push(BusMsg::Overload { track, layers }),
+        }
+    }
+    out
+}
+
+/// A destination worker's bounded inbox, as the sender sees it.
+pub trait Inbox {
+    /// Hands a batch over without blocking, or gives it back when full.
+    fn offer(&self, batch: BusBatch) -> Result<(), BusBatch>;
+}
+
+impl Inbox for crossbeam_channel::Sender<BusBatch> {
+    fn offer(&self, batch: BusBatch) -> Result<(), BusBatch> {
+        self.try_send(batch).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(b)
+            | crossbeam_channel::TrySendError::Disconnected(b) => b,
+        })
+    }
+}
+
+/// The sending side of the bus for one worker: per destination, what a full
+/// inbox refused and is to be offered again first. Sans-IO: the driver (or
+/// the simulation) passes the inboxes in.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    overflow: Vec<BusBatch>,
+}
+
+impl Outbox {
+    /// An outbox for `workers` destinations.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            overflow: vec![Vec::new(); workers],
+        }
+    }
+
+    /// Offers `batch` (emptied) to destination `dst`, after what is left
+    /// over from before. Returns whether a batch was handed over (the
+    /// destination is then to be woken) and what was shed.
+    pub fn hand_over(
+        &mut self,
+        dst: usize,
+        batch: &mut BusBatch,
+        inbox: &impl Inbox,
+    ) -> (bool, Shed) {
+        let Some(left) = self.overflow.get_mut(dst) else {
+            batch.clear();
+            return (false, Shed::default());
+        };
+        if batch.is_empty() && left.is_empty() {
+            return (false, Shed::default());
+        }
+        // Audio and control a full inbox refused last time go first.
+        let mut b = std::mem::take(left);
+        b.append(batch);
+        match inbox.offer(b) {
+            Ok(()) => (true, Shed::default()),
+            Err(refused) => (false, shed(refused, left)),
+        }
+    }
+
+    /// Messages waiting for destination `dst`.
+    pub fn waiting(&self, dst: usize) -> usize {
+        self.overflow.get(dst).map_or(0, Vec::len)
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +197,10 @@ mod tests {
     use str0m::media::{Frequency, MediaKind};
 
     fn pkt(kind: MediaKind) -> BusMsg {
+        pkt_on(kind, 0)
+    }
+
+    fn pkt_on(kind: MediaKind, layer: u8) -> BusMsg {
         let spec = CodecSpec {
             codec: if kind == MediaKind::Audio {
                 Codec::Opus
@@ -108,7 +214,7 @@ mod tests {
         BusMsg::Media(Arc::new(MediaPacket {
             track: TrackId(1),
             kind,
-            layer: 0,
+            layer,
             params: PayloadParams::new(96.into(), None, spec),
             seq: 1,
             rtp_time: 0,
@@ -134,9 +240,17 @@ mod tests {
             pkt(MediaKind::Video),
         ];
         let mut kept = Vec::new();
-        assert_eq!(shed(batch, &mut kept), (2, 0));
-        assert_eq!(kept.len(), 2);
+        assert_eq!(shed(batch, &mut kept), Shed { video: 2, other: 0 });
+        // Audio, the keyframe request and one overload note for the track.
+        assert_eq!(kept.len(), 3);
         assert!(kept.iter().all(|m| !m.is_droppable()));
+        assert!(matches!(
+            kept[2],
+            BusMsg::Overload {
+                track: TrackId(1),
+                layers: 0b1
+            }
+        ));
     }
 
     #[test]
@@ -145,7 +259,63 @@ mod tests {
         let batch: BusBatch = (0..OVERFLOW_LIMIT + 10)
             .map(|_| pkt(MediaKind::Audio))
             .collect();
-        assert_eq!(shed(batch, &mut kept), (0, 10));
+        assert_eq!(
+            shed(batch, &mut kept),
+            Shed {
+                video: 0,
+                other: 10
+            }
+        );
         assert_eq!(kept.len(), OVERFLOW_LIMIT);
+    }
+
+    #[test]
+    fn notes_merge_per_track() {
+        let mut kept = Vec::new();
+        shed(vec![pkt(MediaKind::Video)], &mut kept);
+        shed(
+            vec![pkt_on(MediaKind::Video, 2), pkt(MediaKind::Video)],
+            &mut kept,
+        );
+        assert_eq!(kept.len(), 1);
+        assert!(matches!(kept[0], BusMsg::Overload { layers: 0b101, .. }));
+    }
+
+    #[test]
+    fn a_full_inbox_never_blocks_and_keeps_the_order_once_it_drains() {
+        let (tx, rx) = crossbeam_channel::bounded::<BusBatch>(1);
+        let mut out = Outbox::new(2);
+        let mut total = Shed::default();
+        // Fill the inbox, then keep sending: every call returns at once.
+        for i in 0..10_000 {
+            let mut b = vec![pkt(MediaKind::Video), pkt(MediaKind::Audio)];
+            if i % 100 == 0 {
+                b.push(BusMsg::KeyframeRequest {
+                    track: TrackId(1),
+                    layer: 0,
+                });
+            }
+            let (_, s) = out.hand_over(1, &mut b, &tx);
+            assert!(b.is_empty());
+            total.video += s.video;
+            total.other += s.other;
+        }
+        // The first batch got in; every later video packet was shed, and
+        // audio/control beyond the limit.
+        assert_eq!(total.video, 9_999);
+        assert!(out.waiting(1) <= OVERFLOW_LIMIT + 1);
+        assert_eq!(rx.try_recv().map(|b| b.len()).ok(), Some(3));
+        // Once there is room, what was kept goes first, the note included.
+        let (sent, _) = out.hand_over(1, &mut Vec::new(), &tx);
+        assert!(sent);
+        let b = rx.try_recv().expect("kept batch");
+        assert!(b.iter().all(|m| !m.is_droppable()));
+        assert!(b.iter().any(|m| matches!(m, BusMsg::Overload { .. })));
+        assert_eq!(out.waiting(1), 0);
+        // Nothing to send and nothing kept: no hand-over, no wake-up.
+        assert_eq!(
+            out.hand_over(1, &mut Vec::new(), &tx),
+            (false, Shed::default())
+        );
     }
 }

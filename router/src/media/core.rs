@@ -287,6 +287,7 @@ impl WorkerCore {
                     worker,
                     mask,
                 } => self.set_demand(track, worker, mask),
+                BusMsg::Overload { track, layers } => self.on_overload(now, track, layers),
             }
         }
         self.process_queue(now);

@@ -69,6 +69,9 @@ pub struct OutStream {
     pub last_keyframe_request: Option<Instant>,
     /// Switches not yet reported.
     pub switches: Vec<Switch>,
+    /// Packets were lost upstream (shed on the bus): forward nothing until a
+    /// keyframe of the target layer.
+    resync: bool,
     /// Highest temporal layer forwarded now (changes at base-layer frames).
     temporal_cap: u8,
     seq: SeqRewriter,
@@ -100,6 +103,7 @@ impl OutStream {
             target_reason: Reason::Preference,
             last_keyframe_request: None,
             switches: Vec::new(),
+            resync: false,
             temporal_cap: u8::MAX,
             seq: SeqRewriter::new(seq_start),
             ts: TsRewriter::new(90_000, ts_start),
@@ -148,6 +152,20 @@ impl OutStream {
         }
     }
 
+    /// Packets of the forwarded layer were lost before reaching this
+    /// worker: hold video until the next keyframe of the target layer, so
+    /// the subscriber never gets a picture that references a lost one.
+    pub fn resync(&mut self) {
+        if self.kind == MediaKind::Video && self.current.is_some() {
+            self.resync = true;
+        }
+    }
+
+    /// Whether the stream waits for a keyframe after upstream loss.
+    pub fn resyncing(&self) -> bool {
+        self.resync
+    }
+
     fn map_pt(&mut self, rtc: &Rtc, params: &PayloadParams) -> Option<Pt> {
         if let Some((from, to)) = self.pt_map {
             if from == params.pt() {
@@ -165,7 +183,20 @@ impl OutStream {
             return Forwarded::Skipped;
         }
         let target = self.target();
-        if target == Some(pkt.layer) && self.current != target {
+        if self.resync {
+            if target != Some(pkt.layer) {
+                return Forwarded::Skipped;
+            }
+            if !pkt.keyframe {
+                return if self.keyframe_request_due(now) {
+                    Forwarded::NeedKeyframe
+                } else {
+                    Forwarded::Waiting
+                };
+            }
+            self.resync = false;
+            self.switch_to(pkt);
+        } else if target == Some(pkt.layer) && self.current != target {
             // Switch to the target layer, on a keyframe (audio: at once).
             if self.kind == MediaKind::Video && !pkt.keyframe {
                 return if self.keyframe_request_due(now) {
@@ -235,7 +266,7 @@ impl OutStream {
         }
         // A keyframe depends on nothing: every temporal layer may follow.
         self.temporal_cap = self.pref.max_temporal;
-        if self.kind == MediaKind::Video {
+        if self.kind == MediaKind::Video && self.current != Some(pkt.layer) {
             self.switches.push(Switch {
                 old: self.current,
                 new: Some(pkt.layer),

@@ -18,6 +18,9 @@ pub const UPGRADE_HEADROOM: f64 = 1.15;
 pub const UP_GRACE: Duration = Duration::from_millis(2000);
 /// During [`UP_GRACE`], the share must fall below this part of the rate.
 pub const UP_GRACE_FACTOR: f64 = 0.75;
+/// After video of a track was shed on the bus, how long the subscriber
+/// stays at least one layer below where it was.
+pub const OVERLOAD_HOLD: Duration = Duration::from_secs(4);
 /// Default priority of a subscription.
 pub const DEFAULT_PRIORITY: u32 = 10;
 
@@ -72,6 +75,8 @@ pub enum Reason {
     LayerGone,
     /// Paused by the subscriber.
     Paused,
+    /// The subscriber's worker fell behind and video was shed on the bus.
+    Overload,
 }
 
 impl Reason {
@@ -82,6 +87,7 @@ impl Reason {
             Reason::Bandwidth => "bandwidth",
             Reason::LayerGone => "layer_gone",
             Reason::Paused => "paused",
+            Reason::Overload => "overload",
         }
     }
 }
@@ -156,6 +162,8 @@ pub struct Selector {
     last_cap: Option<usize>,
     /// When the target last moved up.
     up_at: Option<Instant>,
+    /// A cap (a rank) after video was shed for this subscriber, and until when.
+    overload: Option<(usize, Instant)>,
 }
 
 impl Selector {
@@ -183,6 +191,20 @@ impl Selector {
         Some(new)
     }
 
+    /// Video was shed on the way to this subscriber: stay at least one
+    /// layer below the current target for [`OVERLOAD_HOLD`] (repeated
+    /// overloads step down further). The next [`Selector::update`] applies it.
+    pub fn overload(&mut self, now: Instant, layers: &[LayerState]) {
+        let ranked = rank(layers);
+        let Some(cur) = self
+            .target
+            .and_then(|t| ranked.iter().position(|i| *i == t))
+        else {
+            return;
+        };
+        self.overload = Some((cur.saturating_sub(1), now + OVERLOAD_HOLD));
+    }
+
     fn choose(
         &mut self,
         now: Instant,
@@ -195,11 +217,15 @@ impl Selector {
             self.last_cap = None;
             return (None, Reason::Paused);
         }
-        let Some(cap) = preferred_cap(pref, layers, ranked) else {
+        let Some(pref_cap) = preferred_cap(pref, layers, ranked) else {
             return (None, Reason::LayerGone);
         };
-        let cap_changed = self.last_cap.is_some_and(|c| c != cap);
-        self.last_cap = Some(cap);
+        let cap_changed = self.last_cap.is_some_and(|c| c != pref_cap);
+        self.last_cap = Some(pref_cap);
+        if self.overload.is_some_and(|(_, until)| now >= until) {
+            self.overload = None;
+        }
+        let cap = self.overload.map_or(pref_cap, |(o, _)| o.min(pref_cap));
         let active = |r: usize| layers[usize::from(ranked[r])].active;
         let fits = |r: usize, headroom: f64| match share {
             None => true,
@@ -236,7 +262,9 @@ impl Selector {
         if fitting <= cur || cur > cap {
             // Down (or stay) at once.
             self.up_since = None;
-            let reason = if cap_changed || cur > cap {
+            let reason = if cur > cap && cur <= pref_cap {
+                Reason::Overload
+            } else if cap_changed || cur > cap {
                 Reason::Preference
             } else {
                 Reason::Bandwidth
@@ -414,6 +442,42 @@ mod tests {
         s.update(t0 + Duration::from_millis(2100), &p, &l, Some(5_000_000));
         let r = s.update(t0 + Duration::from_secs(4), &p, &l, Some(5_000_000));
         assert_eq!(r.unwrap().0, Some(2));
+    }
+
+    #[test]
+    fn overload_steps_down_holds_then_climbs_by_bandwidth() {
+        let t0 = Instant::now();
+        let p = Preference::default();
+        let l = three([true; 3]);
+        let mut s = Selector::default();
+        s.update(t0, &p, &l, Some(5_000_000));
+        assert_eq!(s.target, Some(2));
+        s.overload(t0, &l);
+        let r = s.update(t0, &p, &l, Some(5_000_000));
+        assert_eq!(r, Some((Some(1), Reason::Overload)));
+        // A second overload while held steps down again.
+        s.overload(t0 + Duration::from_millis(500), &l);
+        let r = s.update(t0 + Duration::from_millis(500), &p, &l, Some(5_000_000));
+        assert_eq!(r, Some((Some(0), Reason::Overload)));
+        // Held while the overload lasts, however much bandwidth there is.
+        let t1 = t0 + Duration::from_millis(500) + OVERLOAD_HOLD;
+        assert_eq!(
+            s.update(t1 - Duration::from_millis(1), &p, &l, Some(5_000_000)),
+            None
+        );
+        // Then one layer at a time, like any bandwidth-driven climb.
+        assert_eq!(s.update(t1, &p, &l, Some(5_000_000)), None);
+        let r = s.update(t1 + UPGRADE_HOLD, &p, &l, Some(5_000_000));
+        assert_eq!(r, Some((Some(1), Reason::Bandwidth)));
+        // The lowest layer has nowhere to go: an overload there changes nothing.
+        let mut low = Selector::default();
+        let pl = Preference {
+            max_layer: 0,
+            ..Default::default()
+        };
+        low.update(t0, &pl, &l, None);
+        low.overload(t0, &l);
+        assert_eq!(low.update(t0, &pl, &l, None), None);
     }
 
     #[test]

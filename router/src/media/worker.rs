@@ -2,12 +2,12 @@
 //! socket and the clock. Everything it reads goes into the [`WorkerCore`];
 //! everything the core outputs goes out here.
 
-use super::bus::BusBatch;
+use super::bus::{BusBatch, Outbox};
 use super::command::{Command, WorkerEvent};
 use super::core::WorkerCore;
 use super::types::{LinkId, MediaPacket, WorkerId};
 use crate::metrics::WorkerMetrics;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::ErrorKind;
@@ -119,7 +119,7 @@ impl PreparedWorker {
                 core,
                 peers,
                 events,
-                overflow: vec![Vec::new(); n_peers],
+                outbox: Outbox::new(n_peers),
                 metrics,
                 relay,
             };
@@ -139,7 +139,7 @@ struct Driver {
     metrics: WorkerMetrics,
     relay: Option<RelaySender>,
     /// Per peer worker: audio and control a full inbox refused.
-    overflow: Vec<BusBatch>,
+    outbox: Outbox,
 }
 
 /// Where a worker hands packets of local tracks relayed to other routers.
@@ -232,27 +232,17 @@ impl Driver {
         let id = self.core.id();
         let out = self.core.outputs();
         for (i, batch) in out.bus.iter_mut().enumerate() {
-            if batch.is_empty() {
-                continue;
-            }
             let Some(peer) = self.peers.get(i) else {
                 batch.clear();
                 continue;
             };
-            // Audio and control a full inbox refused last time go first.
-            let mut b = std::mem::take(&mut self.overflow[i]);
-            b.append(batch);
-            match peer.bus.try_send(b) {
-                Ok(()) => {
-                    let _ = peer.waker.wake();
-                }
-                Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
-                    // Never block the sender: shed video, keep the rest.
-                    let (video, other) = super::bus::shed(b, &mut self.overflow[i]);
-                    self.metrics.bus_drop_video.inc_by(video);
-                    self.metrics.bus_drop_other.inc_by(other);
-                }
+            // Never blocks: a full inbox sheds video and keeps the rest.
+            let (sent, shed) = self.outbox.hand_over(i, batch, &peer.bus);
+            if sent {
+                let _ = peer.waker.wake();
             }
+            self.metrics.bus_drop_video.inc_by(shed.video);
+            self.metrics.bus_drop_other.inc_by(shed.other);
         }
         for ev in out.events.drain(..) {
             let _ = self.events.send((id, ev));

@@ -194,6 +194,36 @@ impl WorkerCore {
         self.drain_session(now, sid);
     }
 
+    /// Video of `track` on `layers` was shed on its way here: subscribers
+    /// forwarded one of those layers resume at a keyframe, and their
+    /// selectors step down for a while (a lower layer is fewer packets for a
+    /// worker that could not keep up).
+    pub(super) fn on_overload(&mut self, now: Instant, track: TrackId, layers: u32) {
+        let Some(subs) = self.local_subs.get(&track).cloned() else {
+            return;
+        };
+        let info = self.layer_info.get(&track).cloned();
+        for sid in subs {
+            let Some(o) = self
+                .sessions
+                .get_mut(&sid)
+                .and_then(|s| s.outs.get_mut(&track))
+            else {
+                continue;
+            };
+            let hit = o.current.is_some_and(|c| layers & (1u32 << c.min(31)) != 0);
+            if !hit {
+                continue;
+            }
+            o.resync();
+            if let Some(info) = &info {
+                o.selector.overload(now, info);
+            }
+            self.metrics.overload_resync.inc();
+            self.select_layers(now, sid);
+        }
+    }
+
     /// Tells each publisher worker which layers this worker's subscribers need.
     pub(super) fn send_demand(&mut self, _now: Instant) {
         let mut masks: Vec<(TrackId, WorkerId, u32)> = Vec::new();
