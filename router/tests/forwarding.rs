@@ -3,27 +3,12 @@
 
 mod common;
 
+use common::checks::{mid_of, track};
 use common::Sim;
 use kaskade_loadtest::{MediaRecv, VideoCodec};
 use kaskade_protocol::v1 as pb;
 use std::time::Duration;
 use str0m::media::MediaKind;
-
-fn mid_of(subs: &[pb::Subscription], track: &pb::Track) -> str0m::media::Mid {
-    let s = subs
-        .iter()
-        .find(|s| s.track_id == track.track_id)
-        .expect("subscription for track");
-    s.mid.as_str().into()
-}
-
-fn track(tracks: &[pb::Track], kind: pb::TrackKind) -> pb::Track {
-    tracks
-        .iter()
-        .find(|t| t.kind == kind as i32)
-        .cloned()
-        .expect("track of kind")
-}
 
 /// Every payload from the first received one on arrives, in order, and the
 /// subscriber's sequence numbers are continuous.

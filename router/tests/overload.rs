@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::checks::{assert_clean_switches, layer};
+use common::checks::{assert_clean_switches, layer, mid_of, track};
 use common::Sim;
 use kaskade_loadtest::MediaRecv;
 use kaskade_protocol::v1 as pb;
@@ -13,22 +13,6 @@ use str0m::media::Mid;
 
 /// Bus inboxes this small fill within a few milliseconds of media.
 const CAPACITY: usize = 4;
-
-fn track(tracks: &[pb::Track], kind: pb::TrackKind) -> pb::Track {
-    tracks
-        .iter()
-        .find(|t| t.kind == kind as i32)
-        .cloned()
-        .expect("track of kind")
-}
-
-fn mid_of(subs: &[pb::Subscription], track: &pb::Track) -> Mid {
-    let s = subs
-        .iter()
-        .find(|s| s.track_id == track.track_id)
-        .expect("subscription for track");
-    s.mid.as_str().into()
-}
 
 fn worker_of(sim: &Sim, client: usize) -> u32 {
     let sid = sim.clients[client].session.clone().expect("joined");

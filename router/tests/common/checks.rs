@@ -1,6 +1,25 @@
 //! Checks on what a simulated subscriber received, shared by the tests.
 
 use kaskade_loadtest::MediaRecv;
+use kaskade_protocol::v1 as pb;
+
+/// The subscriber's media line of `track`.
+pub fn mid_of(subs: &[pb::Subscription], track: &pb::Track) -> str0m::media::Mid {
+    let s = subs
+        .iter()
+        .find(|s| s.track_id == track.track_id)
+        .expect("subscription for track");
+    s.mid.as_str().into()
+}
+
+/// The track of `kind` among `tracks`.
+pub fn track(tracks: &[pb::Track], kind: pb::TrackKind) -> pb::Track {
+    tracks
+        .iter()
+        .find(|t| t.kind == kind as i32)
+        .cloned()
+        .expect("track of kind")
+}
 
 /// The layer (0 low .. 2 high) a received packet came from, via its probe.
 pub fn layer(p: &kaskade_loadtest::RecvPacket) -> u8 {
