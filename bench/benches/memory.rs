@@ -9,12 +9,15 @@
 //! live before subscribing (A); every subscriber subscribes, media flows for
 //! 6 s of virtual time (str0m's RTX cache holds at most 3 s or 1000 packets
 //! per stream, so it is full); router bytes live (B); (B - A) / N.
-//! `KASKADE_BENCH_MEMORY_SUBS` (default 100) sets N.
+//! `KASKADE_BENCH_MEMORY_SUBS` (default 100) sets N;
+//! `KASKADE_BENCH_RTX_CACHE` the router's `media.rtx_cache` (default: the
+//! router's default).
 
 use kaskade_bench::alloc::{
     allocated_bytes, allocations, live_bytes, router_classes, with_router, TaggingAlloc, ROUTER,
 };
 use kaskade_bench::fanout::FanOut;
+use kaskade_router::testkit::SimOptions;
 use std::time::Duration;
 
 #[global_allocator]
@@ -25,7 +28,14 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    let mut f = FanOut::connect(n, 11);
+    let mut options = SimOptions::default();
+    if let Some(v) = std::env::var("KASKADE_BENCH_RTX_CACHE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options.rtx_cache = v;
+    }
+    let mut f = FanOut::connect_with(n, 11, options);
     let n_eff = f.subscribers.len();
     f.run_for(Duration::from_secs(1));
     let a = live_bytes(ROUTER);
@@ -75,7 +85,11 @@ fn main() {
         (bytes1 - bytes0) as f64 / packets as f64
     );
     println!(
-        "| str0m RTX cache default (video / audio packets per stream) | {} / {} |",
+        "| router RTX cache, `media.rtx_cache` (video packets per stream) | {} |",
+        options.rtx_cache
+    );
+    println!(
+        "| str0m defaults (video / audio packets per stream) | {} / {} |",
         cfg.send_buffer_video(),
         cfg.send_buffer_audio()
     );

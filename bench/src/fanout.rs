@@ -17,7 +17,7 @@ use crate::net::{Sinks, MAX_BATCH};
 use kaskade_loadtest::{Datagram as NetDatagram, VideoLayer};
 use kaskade_protocol::v1 as pb;
 use kaskade_router::media::Datagram;
-use kaskade_router::testkit::{client_addr, Sim};
+use kaskade_router::testkit::{client_addr, Sim, SimOptions};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use str0m::media::Mid;
@@ -67,7 +67,12 @@ impl FanOut {
     /// (fewer if the router's room limit says so), joined and connected,
     /// nobody subscribed yet. Router work is marked for the tagging allocator.
     pub fn connect(subscribers: usize, seed: u64) -> Self {
-        let mut sim = Sim::new(1, seed);
+        Self::connect_with(subscribers, seed, SimOptions::default())
+    }
+
+    /// [`FanOut::connect`] with a router set up as `options` say.
+    pub fn connect_with(subscribers: usize, seed: u64, options: SimOptions) -> Self {
+        let mut sim = Sim::with_options(1, seed, options);
         with_router(|| sim.create_room("bench"));
         let room = sim.control.get_room("bench").expect("the room exists");
         let room_limit = room.max_sessions as usize;

@@ -91,6 +91,8 @@ pub struct MediaConfig {
     pub advertise: String,
     /// `media.bus_queue`: capacity (in batches) of each worker's fan-out inbox.
     pub bus_queue: usize,
+    /// `media.rtx_cache`: packets kept per outgoing video stream to answer NACKs.
+    pub rtx_cache: usize,
 }
 
 /// `[limits]`
@@ -137,6 +139,7 @@ impl Default for MediaConfig {
             workers: 0,
             advertise: String::new(),
             bus_queue: 1024,
+            rtx_cache: crate::media::rtc::DEFAULT_RTX_CACHE,
         }
     }
 }
@@ -205,6 +208,8 @@ pub struct Overrides {
     pub media_advertise: Option<String>,
     /// `--bus-queue`
     pub media_bus_queue: Option<String>,
+    /// `--rtx-cache`
+    pub media_rtx_cache: Option<String>,
     /// `--log-level`
     pub log_level: Option<String>,
     /// `--log-ips`
@@ -242,6 +247,8 @@ pub struct Resolved {
     pub advertise: IpAddr,
     /// Bus inbox capacity, in batches.
     pub bus_queue: usize,
+    /// RTX cache per outgoing video stream, in packets.
+    pub rtx_cache: usize,
     /// Room limit.
     pub max_rooms: usize,
     /// Sessions per room limit.
@@ -319,6 +326,7 @@ impl Config {
             media_workers: get("KASKADE_MEDIA_WORKERS"),
             media_advertise: get("KASKADE_MEDIA_ADVERTISE"),
             media_bus_queue: get("KASKADE_MEDIA_BUS_QUEUE"),
+            media_rtx_cache: get("KASKADE_MEDIA_RTX_CACHE"),
             log_level: get("KASKADE_LOG_LEVEL"),
             log_ips: get("KASKADE_LOG_IPS"),
             node_id: get("KASKADE_NODE_ID"),
@@ -366,6 +374,9 @@ impl Config {
         }
         if let Some(v) = &o.media_bus_queue {
             self.media.bus_queue = parse_num("media.bus_queue", v)?;
+        }
+        if let Some(v) = &o.media_rtx_cache {
+            self.media.rtx_cache = parse_num("media.rtx_cache", v)?;
         }
         if let Some(v) = &o.log_level {
             self.log.level = v.clone();
@@ -471,6 +482,12 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        if !(32..=8192).contains(&self.media.rtx_cache) {
+            return Err(ConfigError::Value {
+                key: "media.rtx_cache",
+                reason: "must be between 32 and 8192 packets".into(),
+            });
+        }
         if self.limits.max_rooms == 0 {
             return Err(ConfigError::Value {
                 key: "limits.max_rooms",
@@ -516,6 +533,7 @@ impl Config {
             workers,
             advertise,
             bus_queue: self.media.bus_queue,
+            rtx_cache: self.media.rtx_cache,
             max_rooms: self.limits.max_rooms,
             max_sessions_per_room: self.limits.max_sessions_per_room,
             log_level: self.log.level.clone(),
@@ -609,6 +627,7 @@ impl Resolved {
             workers,
             advertise: IpAddr::V4(Ipv4Addr::LOCALHOST),
             bus_queue: 1024,
+            rtx_cache: crate::media::rtc::DEFAULT_RTX_CACHE,
             max_rooms: 10_000,
             max_sessions_per_room: 100,
             log_level: "info".into(),
@@ -730,6 +749,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("node.region"));
+    }
+
+    #[test]
+    fn rtx_cache_is_bounded() {
+        let mut c = Config::from_toml("[media]\nrtx_cache = 300\n").unwrap();
+        assert_eq!(c.resolve(1).unwrap().rtx_cache, 300);
+        c.apply(&Overrides {
+            media_rtx_cache: Some("8".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c
+            .resolve(1)
+            .unwrap_err()
+            .to_string()
+            .contains("media.rtx_cache"));
+        assert_eq!(
+            Config::default().resolve(1).unwrap().rtx_cache,
+            crate::media::rtc::DEFAULT_RTX_CACHE
+        );
     }
 
     #[test]

@@ -112,6 +112,9 @@ struct ServeArgs {
     /// Capacity of each worker's fan-out inbox, in batches (media.bus_queue).
     #[arg(long, value_name = "N")]
     bus_queue: Option<String>,
+    /// Packets kept per outgoing video stream to answer NACKs (media.rtx_cache).
+    #[arg(long, value_name = "N")]
+    rtx_cache: Option<String>,
     /// Log filter, e.g. info or kaskade=debug (log.level).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -156,6 +159,7 @@ fn load(args: &ServeArgs) -> Result<Resolved, String> {
         media_workers: args.workers.clone(),
         media_advertise: args.advertise.clone(),
         media_bus_queue: args.bus_queue.clone(),
+        media_rtx_cache: args.rtx_cache.clone(),
         log_level: args.log_level.clone(),
         log_ips: args.log_ips.clone(),
         node_id: args.node_id.clone(),

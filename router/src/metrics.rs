@@ -88,7 +88,7 @@ impl Metrics {
         let datagrams_dropped = counter_vec(
             &registry,
             "kaskade_datagrams_dropped_total",
-            "UDP datagrams dropped on receipt.",
+            "UDP datagrams dropped: on receipt (malformed, unknown_source, rejected) or refused by the kernel on send (send_failed).",
             &["reason"],
         );
         let bus_dropped = counter_vec(
@@ -154,6 +154,8 @@ pub struct WorkerMetrics {
     pub drop_malformed: IntCounter,
     /// Datagram that a session's stack refused.
     pub drop_rejected: IntCounter,
+    /// Datagram the kernel refused to send (full send buffer, refused destination).
+    pub drop_send: IntCounter,
     /// Video dropped on the bus.
     pub bus_drop_video: IntCounter,
     /// Audio/control dropped on the bus.
@@ -181,6 +183,7 @@ impl WorkerMetrics {
             drop_unknown_source: m.datagrams_dropped.with_label_values(&["unknown_source"]),
             drop_malformed: m.datagrams_dropped.with_label_values(&["malformed"]),
             drop_rejected: m.datagrams_dropped.with_label_values(&["rejected"]),
+            drop_send: m.datagrams_dropped.with_label_values(&["send_failed"]),
             bus_drop_video: m.bus_dropped.with_label_values(&["video"]),
             bus_drop_other: m.bus_dropped.with_label_values(&["other"]),
             session_failures: m.session_failures.clone(),

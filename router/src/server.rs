@@ -107,7 +107,9 @@ impl Running {
 
 /// Starts a router with a resolved configuration. Must run inside a tokio runtime.
 pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartError> {
-    let factory = RtcFactory::new().map_err(|e| StartError::Crypto(e.to_string()))?;
+    let factory = RtcFactory::new()
+        .map_err(|e| StartError::Crypto(e.to_string()))?
+        .with_rtx_cache(cfg.rtx_cache);
 
     // Media workers: bind every socket first, then start the threads with
     // the complete list of peers.

@@ -40,6 +40,24 @@ pub struct SimClient {
     pub tracks: Vec<pb::Track>,
 }
 
+/// How a simulated router is set up (the production defaults unless said).
+#[derive(Debug, Clone, Copy)]
+pub struct SimOptions {
+    /// Batches each worker's bus inbox holds.
+    pub bus_capacity: usize,
+    /// Packets kept per outgoing video stream for NACKs (`media.rtx_cache`).
+    pub rtx_cache: usize,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            bus_capacity: 1024,
+            rtx_cache: crate::media::rtc::DEFAULT_RTX_CACHE,
+        }
+    }
+}
+
 pub struct Sim {
     pub t0: Instant,
     pub now: Instant,
@@ -68,9 +86,24 @@ impl Sim {
 
     /// [`Sim::new`] with bus inboxes of `capacity` batches.
     pub fn with_bus_capacity(workers: usize, seed: u64, capacity: usize) -> Self {
+        Self::with_options(
+            workers,
+            seed,
+            SimOptions {
+                bus_capacity: capacity,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A router set up as `options` say.
+    pub fn with_options(workers: usize, seed: u64, options: SimOptions) -> Self {
+        let capacity = options.bus_capacity;
         let t0 = Instant::now();
         let metrics = Metrics::new();
-        let factory = RtcFactory::new().expect("crypto provider");
+        let factory = RtcFactory::new()
+            .expect("crypto provider")
+            .with_rtx_cache(options.rtx_cache);
         let mut sim_workers = Vec::new();
         let mut handles = Vec::new();
         for i in 0..workers {

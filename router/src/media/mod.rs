@@ -11,6 +11,7 @@ pub mod rtc;
 pub mod select;
 pub mod session;
 pub mod types;
+pub mod udp;
 pub mod vp8;
 pub mod worker;
 

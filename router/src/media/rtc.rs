@@ -15,6 +15,17 @@ use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 /// layer of a typical three-layer simulcast; probing climbs from there.
 pub const INITIAL_ESTIMATE_KBPS: u64 = 800;
 
+/// Packets each outgoing video stream keeps to answer NACKs (str0m's
+/// default is 1000). The cache holds a ~430-byte record per packet (the
+/// payload itself is shared with every other subscriber), so it is most of
+/// a subscribed video track's memory. At the top layer of a typical
+/// simulcast (1.5 Mbit/s, ~160 packets/s) 512 packets are 3.2 s, so str0m's
+/// 3 s age limit binds first; at 2 Mbit/s they are 2.5 s, still far beyond
+/// any NACK round trip worth repairing. A 1080p keyframe (~100 packets)
+/// fits five times. Configurable as `media.rtx_cache`; the memory figures
+/// are in docs/benchmarks.md.
+pub const DEFAULT_RTX_CACHE: usize = 512;
+
 /// Why an `Rtc` could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum RtcBuildError {
@@ -31,6 +42,7 @@ pub enum RtcBuildError {
 pub struct RtcFactory {
     crypto: Arc<CryptoProvider>,
     cert: DtlsCert,
+    rtx_cache: usize,
 }
 
 impl std::fmt::Debug for RtcFactory {
@@ -49,7 +61,14 @@ impl RtcFactory {
         Ok(Self {
             crypto: Arc::new(crypto),
             cert,
+            rtx_cache: DEFAULT_RTX_CACHE,
         })
+    }
+
+    /// Sets the packets each outgoing video stream keeps for NACKs.
+    pub fn with_rtx_cache(mut self, packets: usize) -> Self {
+        self.rtx_cache = packets.max(1);
+        self
     }
 
     /// The configuration every session starts from.
@@ -59,6 +78,7 @@ impl RtcFactory {
             .set_dtls_cert(self.cert.clone())
             .set_ice_lite(true)
             .set_rtp_mode(true)
+            .set_send_buffer_video(self.rtx_cache)
             // Send-side estimation (TWCC) of each subscriber's downlink,
             // for simulcast layer selection.
             .enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)))

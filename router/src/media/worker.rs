@@ -6,12 +6,14 @@ use super::bus::{BusBatch, Outbox};
 use super::command::{Command, WorkerEvent};
 use super::core::WorkerCore;
 use super::types::{LinkId, MediaPacket, WorkerId};
+use super::udp::{send_batch, RecvBatch, BATCH};
 use crate::metrics::WorkerMetrics;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,6 +23,8 @@ const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Datagrams read in one go before the worker looks at its other inputs.
 const READ_BURST: usize = 256;
+/// Transmits collected before they are sent (in `sendmmsg` batches).
+const SEND_AT: usize = 2 * BATCH;
 /// Longest sleep when no session has a deadline.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -148,7 +152,7 @@ pub type RelaySender = tokio::sync::mpsc::Sender<(LinkId, Arc<MediaPacket>)>;
 impl Driver {
     fn run(&mut self) {
         let mut events = Events::with_capacity(64);
-        let mut buf = vec![0u8; 2048];
+        let mut buf = RecvBatch::new();
         let mut more_to_read = true;
         loop {
             let timeout = if more_to_read {
@@ -194,15 +198,25 @@ impl Driver {
         }
     }
 
-    /// Reads up to a burst of datagrams; true if more may be waiting.
-    fn read_socket(&mut self, buf: &mut [u8]) -> bool {
-        for _ in 0..READ_BURST {
-            match self.socket.recv_from(buf) {
-                Ok((n, src)) => {
+    /// Reads up to a burst of datagrams (`recvmmsg`, [`BATCH`] per call);
+    /// true if more may be waiting.
+    fn read_socket(&mut self, buf: &mut RecvBatch) -> bool {
+        let fd = self.socket.as_raw_fd();
+        for _ in 0..READ_BURST / BATCH {
+            match buf.recv(fd) {
+                Ok(n) => {
                     let now = Instant::now();
-                    self.core.handle_datagram(now, src, &buf[..n]);
-                    if self.core.outputs().transmits.len() >= 64 {
-                        self.flush_transmits();
+                    for i in 0..n {
+                        match buf.get(i) {
+                            Some((src, data)) => self.core.handle_datagram(now, src, data),
+                            None => self.metrics.drop_malformed.inc(),
+                        }
+                        if self.core.outputs().transmits.len() >= SEND_AT {
+                            self.flush_transmits();
+                        }
+                    }
+                    if n < BATCH {
+                        return false;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
@@ -215,15 +229,18 @@ impl Driver {
         true
     }
 
+    /// Sends what the core produced, in `sendmmsg` batches.
     fn flush_transmits(&mut self) {
+        let fd = self.socket.as_raw_fd();
         let out = self.core.outputs();
-        for d in out.transmits.drain(..) {
-            if let Err(e) = self.socket.send_to(&d.data, d.dst) {
-                if e.kind() != ErrorKind::WouldBlock {
-                    tracing::debug!(error = %e, "send failed");
-                }
-                self.metrics.drop_rejected.inc();
-            }
+        if out.transmits.is_empty() {
+            return;
+        }
+        let sent = send_batch(fd, out.transmits.iter().map(|d| (d.dst, d.data.as_slice())));
+        out.transmits.clear();
+        if sent.failed > 0 {
+            tracing::debug!(failed = sent.failed, "sends failed");
+            self.metrics.drop_send.inc_by(sent.failed as u64);
         }
     }
 
