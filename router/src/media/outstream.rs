@@ -80,6 +80,8 @@ pub struct OutStream {
     vp8: Vp8Rewriter,
     /// Publisher PT → subscriber PT, cached.
     pt_map: Option<(Pt, Pt)>,
+    /// The str0m stream was told to bypass the pacer.
+    unpaced: bool,
 }
 
 impl OutStream {
@@ -110,6 +112,7 @@ impl OutStream {
             ts_start,
             vp8: Vp8Rewriter::default(),
             pt_map: None,
+            unpaced: false,
         }
     }
 
@@ -238,6 +241,14 @@ impl OutStream {
         let Some(tx) = api.stream_tx_by_mid(self.mid, None) else {
             return Forwarded::Skipped;
         };
+        if !self.unpaced {
+            // Forwarded media arrives already paced by the publisher's
+            // browser; pacing it again at 1.1 × the estimate only queues
+            // every keyframe burst (p99 latency +100 ms). Pass it through,
+            // like audio; padding for probing is still paced.
+            tx.set_unpaced(true);
+            self.unpaced = true;
+        }
         let ext = ExtensionValues {
             audio_level: pkt.audio_level,
             voice_activity: pkt.voice_activity,
