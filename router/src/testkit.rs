@@ -422,6 +422,43 @@ impl Sim {
     }
 }
 
+/// A publisher and one subscriber in room "r" (see [`Sim::pair`]).
+pub struct Pair {
+    pub publ: usize,
+    pub sub: usize,
+    /// What the publisher published.
+    pub tracks: Vec<pb::Track>,
+    /// The subscriber's subscriptions to all of it.
+    pub subs: Vec<pb::Subscription>,
+}
+
+impl Sim {
+    /// A router with `workers` workers, a publisher whose tracks `publish`
+    /// adds and one data-channel subscriber, in room "r", connected, the
+    /// subscriber subscribed to everything published.
+    pub fn pair(workers: usize, seed: u64, publish: impl FnOnce(&mut Client)) -> (Sim, Pair) {
+        let mut sim = Sim::new(workers, seed);
+        sim.create_room("r");
+        let publ = sim.add_client(|c| c);
+        publish(&mut sim.clients[publ].client);
+        let tracks = sim.join("r", publ, "pub");
+        let sub = sim.add_client(|c| c);
+        sim.clients[sub].client.add_data_channel("k");
+        sim.join("r", sub, "sub");
+        sim.connect(&[publ, sub]);
+        let subs = sim.subscribe(sub, &tracks);
+        (
+            sim,
+            Pair {
+                publ,
+                sub,
+                tracks,
+                subs,
+            },
+        )
+    }
+}
+
 /// A room with one publisher and subscribers, all connected and subscribed.
 pub struct Room {
     pub sim: Sim,

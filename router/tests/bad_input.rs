@@ -3,23 +3,19 @@
 
 mod common;
 
-use common::{worker_addr, Sim};
+use common::{worker_addr, Pair, Sim};
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 #[test]
 fn garbage_datagrams_are_dropped_counted_and_harmless() {
-    let mut sim = Sim::new(2, 11);
-    sim.create_room("r");
-    let publ = sim.add_client(|c| c);
-    sim.clients[publ].client.add_audio();
-    let tracks = sim.join("r", publ, "pub");
-    let sub = sim.add_client(|c| c);
-    sim.clients[sub].client.add_data_channel("k");
-    sim.join("r", sub, "sub");
-    sim.connect(&[publ, sub]);
-    let subs = sim.subscribe(sub, &tracks);
+    let (mut sim, p) = Sim::pair(2, 11, |c| {
+        c.add_audio();
+    });
+    let Pair {
+        publ, sub, subs, ..
+    } = p;
     sim.run_for(Duration::from_millis(500));
     let mid: str0m::media::Mid = subs[0].mid.as_str().into();
     let before = sim.clients[sub].client.received_on(mid).unwrap().packets;

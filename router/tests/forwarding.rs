@@ -4,7 +4,7 @@
 mod common;
 
 use common::checks::{mid_of, track};
-use common::Sim;
+use common::{Pair, Sim};
 use kaskade_loadtest::{MediaRecv, VideoCodec};
 use kaskade_protocol::v1 as pb;
 use std::time::Duration;
@@ -135,16 +135,12 @@ fn keyframe_requests(sim: &Sim, client: usize) -> u64 {
 
 #[test]
 fn nack_and_rtx_repair_loss_on_the_subscriber_path() {
-    let mut sim = Sim::new(2, 3);
-    sim.create_room("r");
-    let publ = sim.add_client(|c| c);
-    sim.clients[publ].client.add_video(&[]);
-    let tracks = sim.join("r", publ, "pub");
-    let sub = sim.add_client(|c| c);
-    sim.clients[sub].client.add_data_channel("k");
-    sim.join("r", sub, "sub");
-    sim.connect(&[publ, sub]);
-    let subs = sim.subscribe(sub, &tracks);
+    let (mut sim, p) = Sim::pair(2, 3, |c| {
+        c.add_video(&[]);
+    });
+    let Pair {
+        sub, tracks, subs, ..
+    } = p;
     sim.run_for(Duration::from_millis(500));
     // 5% random loss from the router to the subscriber, 20 ms each way.
     let link = kaskade_loadtest::Link::with_delay(Duration::from_millis(20)).loss(0.05);
@@ -169,16 +165,15 @@ fn nack_and_rtx_repair_loss_on_the_subscriber_path() {
 
 #[test]
 fn subscriber_keyframe_request_reaches_publisher_throttled() {
-    let mut sim = Sim::new(2, 4);
-    sim.create_room("r");
-    let publ = sim.add_client(|c| c);
-    sim.clients[publ].client.add_video(&[]);
-    let tracks = sim.join("r", publ, "pub");
-    let sub = sim.add_client(|c| c);
-    sim.clients[sub].client.add_data_channel("k");
-    sim.join("r", sub, "sub");
-    sim.connect(&[publ, sub]);
-    let subs = sim.subscribe(sub, &tracks);
+    let (mut sim, p) = Sim::pair(2, 4, |c| {
+        c.add_video(&[]);
+    });
+    let Pair {
+        publ,
+        sub,
+        tracks,
+        subs,
+    } = p;
     sim.run_for(Duration::from_millis(1000));
     let video = track(&tracks, pb::TrackKind::Video);
     let mid = mid_of(&subs, &video);
