@@ -323,6 +323,9 @@
           dtlsState: s.dtlsState,
           iceState: s.iceState,
           iceRole: s.iceRole,
+          dtlsCipher: s.dtlsCipher,
+          srtpCipher: s.srtpCipher,
+          tlsVersion: s.tlsVersion,
           bytesSent: s.bytesSent,
           bytesReceived: s.bytesReceived,
         };

@@ -538,6 +538,8 @@ async function waitForMedia(ctx, { audio: needAudio = true, line = progressLine,
         audio,
         mediaSecs: ((Date.now() - mediaStart) / 1000).toFixed(1),
         pair: s.pair,
+        srtpCipher: s.transport && s.transport.srtpCipher,
+        dtlsCipher: s.transport && s.transport.dtlsCipher,
         videoCodec: s.inVideo.codec,
         audioCodec: s.inAudio && s.inAudio.codec,
       };
@@ -1210,6 +1212,10 @@ async function main() {
         `video after ${r.media.mediaSecs}s; total ${since()}s`);
     } else {
       const r = await fullScenario(ctx);
+      // An AEAD profile (AES-GCM) costs a fifth of AES-CM + HMAC-SHA1 per packet.
+      if (!/GCM/.test(r.srtpCipher || '')) {
+        throw new Error(`Chromium negotiated SRTP ${r.srtpCipher}, not an AES-GCM profile`);
+      }
       log(`selected pair: ${r.pair ? `${r.pair.local} -> ${r.pair.remote}` : 'unknown'}; codecs ${r.videoCodec}, ${r.audioCodec}`);
       try {
         await rpc(ctx.rooms, 'RoomService', 'DeleteRoom', { room_id: ROOM_ID });
@@ -1219,7 +1225,8 @@ async function main() {
       if (VERBOSE) {
         printDaemonTails();
       }
-      console.log(`browser e2e: framesDecoded=${r.frames} audioPackets=${r.audio} in ${since()}s (media flowing after ${r.mediaSecs}s)`);
+      console.log(`browser e2e: framesDecoded=${r.frames} audioPackets=${r.audio} in ${since()}s (media flowing after ${r.mediaSecs}s); ` +
+        `Chromium negotiated SRTP ${r.srtpCipher} over DTLS ${r.dtlsCipher}`);
     }
   } catch (e) {
     code = 1;
