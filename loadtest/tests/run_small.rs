@@ -111,6 +111,14 @@ fn small_fan_out_against_a_started_kaskade() {
     assert!(f(run, "cpu.router_cpu_secs") > 0.0);
     assert!(f(run, "cpu.router_forwarded") > 1000.0);
     assert!(f(run, "cpu.router_us_per_forwarded") > 0.0);
+    let threads = run["cpu"]["router_threads"].as_array().expect("router threads");
+    assert!(
+        threads.iter().any(|t| t["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kaskade-media-"))
+            && t["cpu_secs"].as_f64().is_some_and(|c| c > 0.0)),
+        "the media workers' CPU is reported per thread: {threads:?}"
+    );
     assert!(run["series"].as_array().unwrap().len() >= 5);
     assert!(html.contains("<svg") && html.contains("Received bitrate"));
     let _ = std::fs::remove_dir_all(&out);

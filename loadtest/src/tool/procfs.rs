@@ -20,6 +20,29 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     ticks_to_duration(proc_stat_ticks(&text)?)
 }
 
+/// CPU time used so far by each thread of process `pid`, with the thread's
+/// name (empty if the process is gone).
+pub fn thread_cpu_times(pid: u32) -> Vec<(String, Duration)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let name = text
+            .find('(')
+            .zip(text.rfind(')'))
+            .map(|(a, b)| text[a + 1..b].to_string())
+            .unwrap_or_default();
+        if let Some(t) = proc_stat_ticks(&text).and_then(ticks_to_duration) {
+            out.push((name, t));
+        }
+    }
+    out
+}
+
 /// CPU time used so far by this process.
 pub fn own_cpu_time() -> Option<Duration> {
     cpu_time(std::process::id())
@@ -46,5 +69,20 @@ mod tests {
         let b = own_cpu_time().unwrap();
         assert!(b > a, "{a:?} -> {b:?}");
         assert!(cpu_time(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn threads_are_listed_by_name() {
+        let h = std::thread::Builder::new()
+            .name("probe-thread".into())
+            .spawn(|| std::thread::sleep(Duration::from_millis(300)))
+            .unwrap();
+        let threads = thread_cpu_times(std::process::id());
+        assert!(
+            threads.iter().any(|(n, _)| n == "probe-thread"),
+            "{threads:?}"
+        );
+        h.join().unwrap();
+        assert!(thread_cpu_times(u32::MAX).is_empty());
     }
 }

@@ -142,11 +142,24 @@ pub struct MediaFigures {
     pub generator_socket_drops: u64,
 }
 
+/// CPU of one router thread (threads of one name summed) in the window.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ThreadCpu {
+    /// Thread name (`kaskade-media-N` for kaskade's media workers).
+    pub name: String,
+    /// CPU seconds in the window.
+    pub cpu_secs: f64,
+    /// Percent of one core.
+    pub cpu_pct: f64,
+}
+
 /// CPU of the router and of the load generator in the window.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct CpuFigures {
     /// Router process id, when known.
     pub router_pid: Option<u32>,
+    /// Router CPU per thread name, busiest first.
+    pub router_threads: Vec<ThreadCpu>,
     /// Router CPU seconds in the window.
     pub router_cpu_secs: Option<f64>,
     /// Router CPU, percent of one core.
@@ -310,6 +323,15 @@ impl RunReport {
             c.router_forwarded.map_or("–".into(), |v| v.to_string()),
             opt(c.router_us_per_delivered, 2),
         );
+        if !c.router_threads.is_empty() {
+            let list: Vec<String> = c
+                .router_threads
+                .iter()
+                .take(4)
+                .map(|t| format!("{} {:.1}%", t.name, t.cpu_pct))
+                .collect();
+            let _ = writeln!(o, "threads    {} (of a core)", list.join(", "));
+        }
         let _ = writeln!(
             o,
             "generator  CPU {}% of a core on {} threads; {} µs per received packet; timer lag p99 {:.2} ms max {:.1} ms; {} sends refused",

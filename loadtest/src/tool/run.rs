@@ -14,10 +14,12 @@ use super::driver::{ClientResult, Driver, Interval, Window, MAX_LAYERS};
 use super::measure::{
     bps, cpu_us_per_packet, percentiles_of, ratio, udp_socket_drops, Percentiles,
 };
-use super::procfs::{cpu_time, own_cpu_time};
+use super::procfs::{cpu_time, own_cpu_time, thread_cpu_times};
 use super::progress::Progress;
 use super::prom;
-use super::report::{CpuFigures, Failure, JoinFigures, Loss, MediaFigures, RunReport, Sample};
+use super::report::{
+    CpuFigures, Failure, JoinFigures, Loss, MediaFigures, RunReport, Sample, ThreadCpu,
+};
 use super::scenario::Scenario;
 use super::session::{JoinRecord, Joins, Publisher, Role};
 use super::target::{Started, Target, TargetSpec};
@@ -193,6 +195,7 @@ async fn ramp(target: &Target, joins: &Arc<Joins>) {
 struct Snapshot {
     at: Instant,
     router_cpu: Option<Duration>,
+    router_threads: Vec<(String, Duration)>,
     forwarded: Option<f64>,
     own_cpu: Option<Duration>,
 }
@@ -207,6 +210,7 @@ impl Snapshot {
         Snapshot {
             at: Instant::now(),
             router_cpu: pid.and_then(cpu_time),
+            router_threads: pid.map(thread_cpu_times).unwrap_or_default(),
             forwarded,
             own_cpu: own_cpu_time(),
         }
@@ -422,8 +426,33 @@ fn cpu_figures(
         _ => None,
     };
     let pct = |d: Option<Duration>| d.map(|d| d.as_secs_f64() / window_secs.max(1e-3) * 100.0);
+    // Per thread of the router, by name (threads that started during the
+    // window count from zero); the busiest first.
+    let mut by_thread: Vec<ThreadCpu> = Vec::new();
+    for (name, t) in &after.router_threads {
+        let t0 = before
+            .router_threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(Duration::ZERO, |(_, d)| *d);
+        let secs = t.saturating_sub(t0).as_secs_f64();
+        match by_thread.iter_mut().find(|x| &x.name == name) {
+            Some(x) => x.cpu_secs += secs,
+            None => by_thread.push(ThreadCpu {
+                name: name.clone(),
+                cpu_secs: secs,
+                cpu_pct: 0.0,
+            }),
+        }
+    }
+    for t in &mut by_thread {
+        t.cpu_pct = t.cpu_secs / window_secs.max(1e-3) * 100.0;
+    }
+    by_thread.sort_by(|a, b| b.cpu_secs.total_cmp(&a.cpu_secs));
+    by_thread.retain(|t| t.cpu_secs > 0.0);
     CpuFigures {
         router_pid: None,
+        router_threads: by_thread,
         router_cpu_secs: router.map(|d| d.as_secs_f64()),
         router_cpu_pct: pct(router),
         router_forwarded: forwarded,
