@@ -229,9 +229,9 @@ impl WorkerCore {
         }
         self.drain_session(now, sid);
         self.process_queue(now);
-        // Subscribers are drained after every incoming packet: holding their
-        // writes for a whole burst makes str0m's pacer queue them, which
-        // measured 5× more work per packet (docs/benchmarks.md).
+        // Subscribers are drained after every incoming packet: with a burst
+        // written before one drain, str0m keeps most of it queued (even on
+        // unpaced streams) and costs far more per packet (docs/benchmarks.md).
         self.flush(now);
     }
 
@@ -293,7 +293,6 @@ impl WorkerCore {
         self.process_queue(now);
     }
 
-    /// Time passed.
     /// Drains every session written to since the last call (each subscriber
     /// once, however many of its tracks a packet touched). Called after
     /// every input; [`WorkerCore::poll_timeout`] asks for it too.
