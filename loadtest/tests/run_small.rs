@@ -111,7 +111,9 @@ fn small_fan_out_against_a_started_kaskade() {
     assert!(f(run, "cpu.router_cpu_secs") > 0.0);
     assert!(f(run, "cpu.router_forwarded") > 1000.0);
     assert!(f(run, "cpu.router_us_per_forwarded") > 0.0);
-    let threads = run["cpu"]["router_threads"].as_array().expect("router threads");
+    let threads = run["cpu"]["router_threads"]
+        .as_array()
+        .expect("router threads");
     assert!(
         threads.iter().any(|t| t["name"]
             .as_str()

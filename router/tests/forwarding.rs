@@ -366,3 +366,70 @@ fn keyframes_are_not_held_back_by_a_pacer() {
         "largest publisher-to-subscriber latency {max:?} on a zero-delay network"
     );
 }
+
+/// A large fan-out runs on every worker at once: the publisher's worker
+/// hands a packet to the other workers before it writes it to its own
+/// subscribers (which it does in `flush`, after the driver's hand-over).
+#[test]
+fn other_workers_get_a_packet_before_the_publishers_own_subscribers() {
+    use kaskade_router::media::BusMsg;
+    let mut sim = Sim::new(2, 9);
+    sim.create_room("r");
+    let publ = sim.add_client(|c| c);
+    sim.clients[publ].client.add_video(&[]);
+    let tracks = sim.join("r", publ, "pub");
+    let subs: Vec<usize> = (0..2)
+        .map(|i| {
+            let c = sim.add_client(|c| c);
+            sim.clients[c].client.add_data_channel("k");
+            sim.join("r", c, &format!("s{i}"));
+            c
+        })
+        .collect();
+    // Placement: publisher on worker 0, then worker 1, then worker 0.
+    let (far, near) = (subs[0], subs[1]);
+    sim.connect(&[publ, far, near]);
+    for s in &subs {
+        sim.subscribe(*s, &tracks);
+    }
+    sim.run_for(Duration::from_secs(2));
+    let near_addr = sim.clients[near].client.local_addr();
+
+    // The publisher's next 40 ms of datagrams, straight into worker 0's core.
+    let now = sim.now + Duration::from_millis(40);
+    sim.now = now;
+    let c = &mut sim.clients[publ].client;
+    c.handle_timeout(now);
+    c.tick(now);
+    let mut sent = Vec::new();
+    while let Some(d) = c.poll_transmit() {
+        sent.push(d);
+    }
+    let core = &mut sim.workers[0].core;
+    for d in &sent {
+        core.handle_datagram(now, d.src, &d.data);
+    }
+    let out = core.outputs();
+    let handed = out.bus[1]
+        .iter()
+        .filter(|m| matches!(m, BusMsg::Media(_)))
+        .count();
+    assert!(handed > 0, "media for worker 1 is ready to hand over");
+    assert!(
+        out.transmits.iter().all(|d| d.dst != near_addr),
+        "nothing written to the local subscriber before the hand-over"
+    );
+    core.flush(now);
+    let local = core
+        .outputs()
+        .transmits
+        .iter()
+        .filter(|d| d.dst == near_addr)
+        .count();
+    assert!(
+        local >= handed,
+        "flush writes them locally: {local} of {handed}"
+    );
+    // Everything flows on as usual.
+    sim.run_for(Duration::from_secs(1));
+}

@@ -115,6 +115,10 @@ pub struct WorkerCore {
     next_tick: Instant,
     /// Sessions written to since the last [`WorkerCore::flush`].
     dirty: Vec<SessionId>,
+    /// Packets of local tracks for this worker's own subscribers, written
+    /// by the next [`WorkerCore::flush`]: after the driver has handed the
+    /// same packets to the other workers, so that they fan out in parallel.
+    local_pending: Vec<Arc<MediaPacket>>,
 }
 
 fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
@@ -156,6 +160,7 @@ impl WorkerCore {
             demand_sent: HashMap::new(),
             next_tick: now,
             dirty: Vec::new(),
+            local_pending: Vec::new(),
         }
     }
 
@@ -181,8 +186,8 @@ impl WorkerCore {
 
     /// When [`WorkerCore::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.dirty.is_empty() {
-            // Written packets wait for a flush: now.
+        if !self.dirty.is_empty() || !self.local_pending.is_empty() {
+            // Written or pending packets wait for a flush: now.
             return Some(self.now);
         }
         let sessions = self.sessions.values().map(Session::deadline).min();
@@ -229,10 +234,8 @@ impl WorkerCore {
         }
         self.drain_session(now, sid);
         self.process_queue(now);
-        // Subscribers are drained after every incoming packet: with a burst
-        // written before one drain, str0m keeps most of it queued (even on
-        // unpaced streams) and costs far more per packet (docs/benchmarks.md).
-        self.flush(now);
+        // This worker's own subscribers get the packet in `flush`, which the
+        // driver calls once it has handed the packet to the other workers.
     }
 
     fn session_by_stun(&self, buf: &[u8]) -> Option<SessionId> {
@@ -265,7 +268,7 @@ impl WorkerCore {
                     if let Some(p) = self.published.get_mut(&pkt.track) {
                         if p.session.is_none() {
                             p.meters.on_packet(now, pkt.layer, pkt.payload.len(), None);
-                            self.fan_out(now, pkt);
+                            self.fan_out(pkt);
                             self.flush(now);
                         }
                     }
@@ -293,11 +296,40 @@ impl WorkerCore {
         self.process_queue(now);
     }
 
-    /// Drains every session written to since the last call (each subscriber
-    /// once, however many of its tracks a packet touched). Called after
-    /// every input; [`WorkerCore::poll_timeout`] asks for it too.
+    /// Writes the packets pending for this worker's own subscribers, one by
+    /// one, draining each subscriber written to after each packet (once,
+    /// however many of its tracks the packet touched). The driver calls it
+    /// after handing a batch of input's bus messages to the other workers;
+    /// [`WorkerCore::poll_timeout`] asks for it too.
     pub fn flush(&mut self, now: Instant) {
         self.now = now;
+        loop {
+            let pending = std::mem::take(&mut self.local_pending);
+            if pending.is_empty() {
+                break;
+            }
+            for pkt in &pending {
+                self.deliver_local(now, pkt);
+                // Subscribers are drained after every packet: with a burst
+                // written before one drain, str0m keeps most of it queued
+                // (even on unpaced streams) and costs far more per packet
+                // (docs/benchmarks.md).
+                self.drain_dirty(now);
+            }
+            // Keep the allocation, unless draining a subscriber that also
+            // publishes queued more packets (then go round again).
+            if self.local_pending.is_empty() {
+                self.local_pending = pending;
+                self.local_pending.clear();
+            }
+            self.process_queue(now);
+        }
+        self.drain_dirty(now);
+        self.process_queue(now);
+    }
+
+    /// Drains every session written to since the last call.
+    fn drain_dirty(&mut self, now: Instant) {
         let dirty = std::mem::take(&mut self.dirty);
         for sid in &dirty {
             if let Some(s) = self.sessions.get_mut(sid) {
@@ -765,11 +797,11 @@ impl WorkerCore {
             vp8,
             payload: p.payload,
         });
-        self.fan_out(now, pkt);
+        self.fan_out(pkt);
     }
 
     /// Sends a published packet to every worker and link that needs its layer.
-    fn fan_out(&mut self, now: Instant, pkt: Arc<MediaPacket>) {
+    fn fan_out(&mut self, pkt: Arc<MediaPacket>) {
         let Some(publ) = self.published.get(&pkt.track) else {
             return;
         };
@@ -791,7 +823,9 @@ impl WorkerCore {
             }
         }
         if local {
-            self.deliver_local(now, &pkt);
+            // Written in `flush`, after the driver handed the bus batches
+            // over: the other workers start on their subscribers meanwhile.
+            self.local_pending.push(pkt);
         }
     }
 

@@ -190,6 +190,7 @@ impl Driver {
             while let Ok(batch) = self.bus.try_recv() {
                 self.core.handle_bus(now, batch);
             }
+            self.hand_over_bus();
             self.core.flush(now);
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.handle_timeout(now);
@@ -211,9 +212,13 @@ impl Driver {
                             Some((src, data)) => self.core.handle_datagram(now, src, data),
                             None => self.metrics.drop_malformed.inc(),
                         }
-                        if self.core.outputs().transmits.len() >= SEND_AT {
-                            self.flush_transmits();
-                        }
+                    }
+                    // The other workers get the batch's media first and fan it
+                    // out while this one writes to its own subscribers.
+                    self.hand_over_bus();
+                    self.core.flush(now);
+                    if self.core.outputs().transmits.len() >= SEND_AT {
+                        self.flush_transmits();
                     }
                     if n < BATCH {
                         return false;
@@ -244,9 +249,9 @@ impl Driver {
         }
     }
 
-    fn flush(&mut self) {
-        self.flush_transmits();
-        let id = self.core.id();
+    /// Hands each other worker what the core produced for it (one batch and
+    /// one wake-up per worker), never blocking.
+    fn hand_over_bus(&mut self) {
         let out = self.core.outputs();
         for (i, batch) in out.bus.iter_mut().enumerate() {
             let Some(peer) = self.peers.get(i) else {
@@ -261,6 +266,13 @@ impl Driver {
             self.metrics.bus_drop_video.inc_by(shed.video);
             self.metrics.bus_drop_other.inc_by(shed.other);
         }
+    }
+
+    fn flush(&mut self) {
+        self.flush_transmits();
+        self.hand_over_bus();
+        let id = self.core.id();
+        let out = self.core.outputs();
         for ev in out.events.drain(..) {
             let _ = self.events.send((id, ev));
         }
