@@ -438,14 +438,8 @@ impl Sim {
     /// subscriber subscribed to everything published.
     pub fn pair(workers: usize, seed: u64, publish: impl FnOnce(&mut Client)) -> (Sim, Pair) {
         let mut sim = Sim::new(workers, seed);
-        sim.create_room("r");
-        let publ = sim.add_client(|c| c);
-        publish(&mut sim.clients[publ].client);
-        let tracks = sim.join("r", publ, "pub");
-        let sub = sim.add_client(|c| c);
-        sim.clients[sub].client.add_data_channel("k");
-        sim.join("r", sub, "sub");
-        sim.connect(&[publ, sub]);
+        let (publ, tracks, subs) = sim.publisher_and_subscribers(1, publish);
+        let sub = subs[0];
         let subs = sim.subscribe(sub, &tracks);
         (
             sim,
@@ -456,6 +450,33 @@ impl Sim {
                 subs,
             },
         )
+    }
+
+    /// Room "r" with a publisher whose tracks `publish` adds and `n`
+    /// data-channel subscribers, joined in that order (placed by the
+    /// router) and connected; nobody subscribed yet. Returns the publisher,
+    /// its tracks and the subscribers.
+    pub fn publisher_and_subscribers(
+        &mut self,
+        n: usize,
+        publish: impl FnOnce(&mut Client),
+    ) -> (usize, Vec<pb::Track>, Vec<usize>) {
+        self.create_room("r");
+        let publ = self.add_client(|c| c);
+        publish(&mut self.clients[publ].client);
+        let tracks = self.join("r", publ, "pub");
+        let subs: Vec<usize> = (0..n)
+            .map(|i| {
+                let c = self.add_client(|c| c);
+                self.clients[c].client.add_data_channel("k");
+                self.join("r", c, &format!("s{i}"));
+                c
+            })
+            .collect();
+        let mut all = subs.clone();
+        all.push(publ);
+        self.connect(&all);
+        (publ, tracks, subs)
     }
 }
 

@@ -374,21 +374,11 @@ fn keyframes_are_not_held_back_by_a_pacer() {
 fn other_workers_get_a_packet_before_the_publishers_own_subscribers() {
     use kaskade_router::media::BusMsg;
     let mut sim = Sim::new(2, 9);
-    sim.create_room("r");
-    let publ = sim.add_client(|c| c);
-    sim.clients[publ].client.add_video(&[]);
-    let tracks = sim.join("r", publ, "pub");
-    let subs: Vec<usize> = (0..2)
-        .map(|i| {
-            let c = sim.add_client(|c| c);
-            sim.clients[c].client.add_data_channel("k");
-            sim.join("r", c, &format!("s{i}"));
-            c
-        })
-        .collect();
+    let (publ, tracks, subs) = sim.publisher_and_subscribers(2, |c| {
+        c.add_video(&[]);
+    });
     // Placement: publisher on worker 0, then worker 1, then worker 0.
     let (far, near) = (subs[0], subs[1]);
-    sim.connect(&[publ, far, near]);
     for s in &subs {
         sim.subscribe(*s, &tracks);
     }
@@ -432,4 +422,46 @@ fn other_workers_get_a_packet_before_the_publishers_own_subscribers() {
     );
     // Everything flows on as usual.
     sim.run_for(Duration::from_secs(1));
+}
+
+/// Keyframe requests to one publisher are throttled (one per 300 ms per
+/// layer), but a request inside the interval is held, not dropped: a
+/// subscriber joining 100 ms after another gets its first frame when the
+/// interval ends, not only at its own retry 350 ms later.
+#[test]
+fn a_throttled_keyframe_request_is_sent_when_the_interval_ends() {
+    let mut sim = Sim::new(1, 12);
+    let (publ, tracks, subs) = sim.publisher_and_subscribers(2, |c| {
+        c.add_video(&[]);
+    });
+    // Away from the publisher's periodic keyframes (every 3 s).
+    sim.run_for(Duration::from_millis(1200));
+    let before = keyframe_requests(&sim, publ);
+    let first = sim.subscribe(subs[0], &tracks);
+    sim.run_for(Duration::from_millis(100));
+    let t_second = sim.now;
+    let second = sim.subscribe(subs[1], &tracks);
+    sim.run_for(Duration::from_millis(600));
+    let video = track(&tracks, pb::TrackKind::Video);
+    let frame_at = |sim: &Sim, c: usize, s: &[pb::Subscription]| {
+        sim.clients[c]
+            .client
+            .received_on(mid_of(s, &video))
+            .and_then(|r| r.first_frame_at)
+            .expect("a first frame")
+    };
+    let waited = frame_at(&sim, subs[1], &second) - t_second;
+    assert!(
+        frame_at(&sim, subs[0], &first) < t_second,
+        "the first is served at once"
+    );
+    assert!(
+        waited < Duration::from_millis(260),
+        "the second waited {waited:?}: its request was held for the interval, not dropped"
+    );
+    assert_eq!(
+        keyframe_requests(&sim, publ) - before,
+        2,
+        "two requests reached the publisher, 300 ms apart"
+    );
 }

@@ -78,23 +78,11 @@ struct Call {
 /// and worker 0), all subscribed to both tracks.
 fn call(subscribers: usize, seed: u64) -> Call {
     let mut sim = Sim::with_bus_capacity(2, seed, CAPACITY);
-    sim.create_room("r");
+    let (publ, tracks, clients) = sim.publisher_and_subscribers(subscribers, |c| {
+        c.add_audio();
+        c.add_video(&["l", "m", "h"]);
+    });
     let events = sim.control.watch("r").expect("room exists");
-    let publ = sim.add_client(|c| c);
-    sim.clients[publ].client.add_audio();
-    sim.clients[publ].client.add_video(&["l", "m", "h"]);
-    let tracks = sim.join("r", publ, "pub");
-    let clients: Vec<usize> = (0..subscribers)
-        .map(|i| {
-            let c = sim.add_client(|c| c);
-            sim.clients[c].client.add_data_channel("k");
-            sim.join("r", c, &format!("s{i}"));
-            c
-        })
-        .collect();
-    let mut all = clients.clone();
-    all.push(publ);
-    sim.connect(&all);
     let (audio, video) = (
         track(&tracks, pb::TrackKind::Audio),
         track(&tracks, pb::TrackKind::Video),

@@ -75,6 +75,9 @@ struct Published {
     dests: Vec<Dest>,
     /// Last keyframe request per layer.
     last_keyframe: Vec<Option<Instant>>,
+    /// Layers with a request that came within the throttle interval: sent
+    /// when the interval is over (bit per layer).
+    keyframe_pending: u32,
     /// What the publisher sends per layer.
     meters: LayerMeters,
     /// Layers some subscriber wants, as last reported.
@@ -119,6 +122,8 @@ pub struct WorkerCore {
     /// by the next [`WorkerCore::flush`]: after the driver has handed the
     /// same packets to the other workers, so that they fan out in parallel.
     local_pending: Vec<Arc<MediaPacket>>,
+    /// When the earliest throttled keyframe request is due.
+    keyframe_due: Option<Instant>,
 }
 
 fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
@@ -161,6 +166,7 @@ impl WorkerCore {
             next_tick: now,
             dirty: Vec::new(),
             local_pending: Vec::new(),
+            keyframe_due: None,
         }
     }
 
@@ -195,7 +201,8 @@ impl WorkerCore {
             // Idle: nothing to measure or select.
             return None;
         }
-        Some(sessions.map_or(self.next_tick, |s| s.min(self.next_tick)))
+        let next = sessions.map_or(self.next_tick, |s| s.min(self.next_tick));
+        Some(self.keyframe_due.map_or(next, |k| k.min(next)))
     }
 
     // ----- inputs -------------------------------------------------------
@@ -346,6 +353,9 @@ impl WorkerCore {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.flush(now);
+        if self.keyframe_due.is_some_and(|t| t <= now) {
+            self.send_pending_keyframe_requests(now);
+        }
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);
@@ -482,6 +492,7 @@ impl WorkerCore {
                         mid: Mid::from("remote"),
                         kind,
                         last_keyframe: vec![None; n.max(1)],
+                        keyframe_pending: 0,
                         meters: LayerMeters::new(n),
                         wanted: 0,
                         info_sent: None,
@@ -618,6 +629,7 @@ impl WorkerCore {
                     mid,
                     kind,
                     last_keyframe: vec![None; rids.len().max(1)],
+                    keyframe_pending: 0,
                     meters: LayerMeters::new(rids.len()),
                     // A browser sends every layer at first.
                     wanted: if rids.is_empty() {
@@ -913,11 +925,19 @@ impl WorkerCore {
         let Some(last) = p.last_keyframe.get_mut(usize::from(layer)) else {
             return;
         };
-        if last.is_some_and(|t| now.saturating_duration_since(t) < PUBLISHER_KEYFRAME_INTERVAL) {
+        if let Some(t) =
+            last.filter(|t| now.saturating_duration_since(*t) < PUBLISHER_KEYFRAME_INTERVAL)
+        {
+            // Not dropped: sent once the interval is over, so a subscriber
+            // joining just after another waits for that, not for its retry.
             self.metrics.kf_throttled.inc();
+            p.keyframe_pending |= 1u32 << layer.min(31);
+            let due = t + PUBLISHER_KEYFRAME_INTERVAL;
+            self.keyframe_due = Some(self.keyframe_due.map_or(due, |d| d.min(due)));
             return;
         }
         *last = Some(now);
+        p.keyframe_pending &= !(1u32 << layer.min(31));
         let (mid, rid) = (p.mid, p.rids.get(usize::from(layer)).copied());
         let Some(sid) = p.session else {
             // A remote track: the origin router is asked over the link.
@@ -939,6 +959,26 @@ impl WorkerCore {
             return;
         }
         self.drain_session(now, sid);
+    }
+
+    /// Sends the throttled keyframe requests whose interval is over.
+    fn send_pending_keyframe_requests(&mut self, now: Instant) {
+        self.keyframe_due = None;
+        let pending: Vec<(TrackId, u8)> = self
+            .published
+            .iter_mut()
+            .filter(|(_, p)| p.keyframe_pending != 0)
+            .flat_map(|(t, p)| {
+                let mask = std::mem::take(&mut p.keyframe_pending);
+                (0..32u8)
+                    .filter(move |l| mask & (1u32 << l) != 0)
+                    .map(move |l| (*t, l))
+            })
+            .collect();
+        for (track, layer) in pending {
+            // Still within the interval: pending again, with its due time.
+            self.request_publisher_keyframe(now, track, layer);
+        }
     }
 
     // ----- events -------------------------------------------------------
