@@ -379,6 +379,16 @@ fn other_workers_get_a_packet_before_the_publishers_own_subscribers() {
     });
     // Placement: publisher on worker 0, then worker 1, then worker 0.
     let (far, near) = (subs[0], subs[1]);
+    let worker = |sim: &Sim, c: usize| {
+        let sid = sim.clients[c].session.clone().unwrap();
+        sim.control
+            .get_session(&sid)
+            .unwrap()
+            .session
+            .unwrap()
+            .worker
+    };
+    assert_eq!((worker(&sim, far), worker(&sim, near)), (1, 0));
     for s in &subs {
         sim.subscribe(*s, &tracks);
     }
