@@ -339,10 +339,14 @@ fn profile(path: &Path, n: usize) {
 
 /// Prints the inclusive share of the functions that structure the hot path.
 fn inclusive(path: &Path, total: f64) {
-    const PARTS: [(&str, &str); 14] = [
+    const PARTS: [(&str, &str); 15] = [
         (
             "WorkerCore::handle_datagram",
-            "everything the core does for the publisher's packet",
+            "the publisher's packet in: decrypt, meter, hand to the bus",
+        ),
+        (
+            "WorkerCore::flush",
+            "writing it to this worker's subscribers and draining them",
         ),
         (
             "WorkerCore::deliver_local",

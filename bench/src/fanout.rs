@@ -198,11 +198,14 @@ impl FanOut {
 
     // ----- the simulation loop (as `Sim::run_for`), router calls marked ----
 
-    /// Moves the worker's transmits into the network (not router work).
+    /// Lets the worker write what it holds for its subscribers (router
+    /// work), then moves its transmits into the network (not router work).
     fn flush_worker(&mut self) {
         let now = self.sim.now;
         let base = client_port_base();
         for w in 0..self.sim.workers.len() {
+            let core = &mut self.sim.workers[w].core;
+            with_router(|| core.flush(now));
             let src = self.sim.workers[w].addr;
             self.scratch
                 .append(&mut self.sim.workers[w].core.outputs().transmits);
