@@ -73,11 +73,20 @@ mod tests {
 
     #[test]
     fn threads_are_listed_by_name() {
+        // The name is set by the new thread itself as it starts: list the
+        // threads only once it runs.
+        let (started, running) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let h = std::thread::Builder::new()
             .name("probe-thread".into())
-            .spawn(|| std::thread::sleep(Duration::from_millis(300)))
+            .spawn(move || {
+                started.send(()).unwrap();
+                let _ = stopped.recv();
+            })
             .unwrap();
+        running.recv().unwrap();
         let threads = thread_cpu_times(std::process::id());
+        stop.send(()).unwrap();
         assert!(
             threads.iter().any(|(n, _)| n == "probe-thread"),
             "{threads:?}"

@@ -940,7 +940,18 @@ impl WorkerCore {
         p.keyframe_pending &= !(1u32 << layer.min(31));
         let (mid, rid) = (p.mid, p.rids.get(usize::from(layer)).copied());
         let Some(sid) = p.session else {
-            // A remote track: the origin router is asked over the link.
+            // A remote track: the origin router is asked over the link. The
+            // request implies the layer is wanted: say so first, or the
+            // origin answers with a keyframe it does not relay yet (the
+            // demand would only follow at the next tick).
+            let bit = 1u32 << layer.min(31);
+            if p.wanted & bit == 0 {
+                p.wanted |= bit;
+                let mask = p.wanted;
+                self.out
+                    .events
+                    .push(WorkerEvent::RemoteDemand { track, mask });
+            }
             self.out
                 .events
                 .push(WorkerEvent::RemoteKeyframe { track, layer });
