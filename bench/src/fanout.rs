@@ -31,7 +31,7 @@ pub const VIDEO: VideoLayer = VideoLayer {
 };
 
 /// First UDP port of the simulated clients (`testkit::client_addr(0)`).
-fn client_port_base() -> u16 {
+pub fn client_port_base() -> u16 {
     client_addr(0).port()
 }
 
@@ -72,7 +72,14 @@ impl FanOut {
 
     /// [`FanOut::connect`] with a router set up as `options` say.
     pub fn connect_with(subscribers: usize, seed: u64, options: SimOptions) -> Self {
-        let mut sim = Sim::with_options(1, seed, options);
+        Self::connect_on(1, subscribers, seed, options)
+    }
+
+    /// [`FanOut::connect_with`] on `workers` worker cores: the router places
+    /// the sessions (least loaded first), so the publisher is on worker 0
+    /// and the subscribers are spread evenly.
+    pub fn connect_on(workers: usize, subscribers: usize, seed: u64, options: SimOptions) -> Self {
+        let mut sim = Sim::with_options(workers, seed, options);
         with_router(|| sim.create_room("bench"));
         let room = sim.control.get_room("bench").expect("the room exists");
         let room_limit = room.max_sessions as usize;
@@ -187,7 +194,12 @@ impl FanOut {
 
     /// Builds, connects, subscribes and warms up the scenario.
     pub fn new(subscribers: usize, seed: u64) -> Self {
-        let mut f = Self::connect(subscribers, seed);
+        Self::new_on(1, subscribers, seed)
+    }
+
+    /// [`FanOut::new`] on `workers` worker cores.
+    pub fn new_on(workers: usize, subscribers: usize, seed: u64) -> Self {
+        let mut f = Self::connect_on(workers, subscribers, seed, SimOptions::default());
         f.subscribe_all();
         f.wait_media();
         // Steady state: str0m's RTX caches (up to 1000 packets or 3 s per

@@ -13,3 +13,4 @@ pub mod fanout;
 pub mod floor;
 pub mod measure;
 pub mod net;
+pub mod parallel;
