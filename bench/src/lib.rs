@@ -5,6 +5,8 @@
 //!   routine, in ns and instructions per outgoing packet.
 //! * `cargo bench -p kaskade-bench --bench memory`: router bytes per
 //!   subscribed video track at steady state, router allocations per packet.
+//! * `cargo bench -p kaskade-bench --bench parallel`: one room on 1 and on 2
+//!   worker cores, each on its own thread; wall time per outgoing packet.
 //!
 //! See `docs/benchmarks.md` for the method and the figures.
 
