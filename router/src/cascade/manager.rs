@@ -1,6 +1,6 @@
 //! The cascade manager: one task that owns every link's state. Connections
 //! (dialled or accepted), control frames, the control plane's hooks and the
-//! API's requests all arrive as [`Cmd`]s on one channel, so the state needs
+//! API's requests all arrive as `Cmd`s on one channel, so the state needs
 //! no locks.
 
 use super::media::{self, LinkCounters, Route, RxUpdate, TxUpdate};
