@@ -83,56 +83,53 @@ fn current() -> usize {
     CONTEXT.try_with(|c| usize::from(c.get())).unwrap_or(OTHER)
 }
 
+/// Allocates `layout` (zeroed or not) with the prefix, counts it to the
+/// current account and writes the tag.
+///
+/// # Safety
+/// As `GlobalAlloc::alloc`: `layout` has a non-zero size.
+unsafe fn alloc_tagged(layout: Layout, zeroed: bool) -> *mut u8 {
+    let Some((l, prefix)) = outer(layout) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: `l` has a non-zero size.
+    let p = unsafe {
+        if zeroed {
+            System.alloc_zeroed(l)
+        } else {
+            System.alloc(l)
+        }
+    };
+    if p.is_null() {
+        return p;
+    }
+    let account = current();
+    LIVE[account].fetch_add(layout.size() as i64, Ordering::Relaxed);
+    ALLOCS[account].fetch_add(1, Ordering::Relaxed);
+    BYTES[account].fetch_add(layout.size() as u64, Ordering::Relaxed);
+    if account == ROUTER {
+        account_router_class(layout.size(), layout.size() as i64);
+    }
+    // SAFETY: `prefix` <= the block size; the tag byte is inside the prefix.
+    unsafe {
+        let user = p.add(prefix);
+        *user.sub(1) = account as u8;
+        user
+    }
+}
+
 // SAFETY: every block is a System block `prefix` bytes larger than asked,
 // aligned at least as asked; the returned pointer is `prefix` bytes in, and
 // the tag byte sits just before it. dealloc/realloc undo exactly that.
 unsafe impl GlobalAlloc for TaggingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some((l, prefix)) = outer(layout) else {
-            return std::ptr::null_mut();
-        };
-        // SAFETY: `l` has a non-zero size.
-        let p = unsafe { System.alloc(l) };
-        if p.is_null() {
-            return p;
-        }
-        let account = current();
-        LIVE[account].fetch_add(layout.size() as i64, Ordering::Relaxed);
-        ALLOCS[account].fetch_add(1, Ordering::Relaxed);
-        BYTES[account].fetch_add(layout.size() as u64, Ordering::Relaxed);
-        if account == ROUTER {
-            account_router_class(layout.size(), layout.size() as i64);
-        }
-        // SAFETY: `prefix` <= the block size; the tag byte is inside the prefix.
-        unsafe {
-            let user = p.add(prefix);
-            *user.sub(1) = account as u8;
-            user
-        }
+        // SAFETY: the caller's contract is `alloc_tagged`'s.
+        unsafe { alloc_tagged(layout, false) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let Some((l, prefix)) = outer(layout) else {
-            return std::ptr::null_mut();
-        };
-        // SAFETY: `l` has a non-zero size.
-        let p = unsafe { System.alloc_zeroed(l) };
-        if p.is_null() {
-            return p;
-        }
-        let account = current();
-        LIVE[account].fetch_add(layout.size() as i64, Ordering::Relaxed);
-        ALLOCS[account].fetch_add(1, Ordering::Relaxed);
-        BYTES[account].fetch_add(layout.size() as u64, Ordering::Relaxed);
-        if account == ROUTER {
-            account_router_class(layout.size(), layout.size() as i64);
-        }
         // SAFETY: as in `alloc`.
-        unsafe {
-            let user = p.add(prefix);
-            *user.sub(1) = account as u8;
-            user
-        }
+        unsafe { alloc_tagged(layout, true) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -16,7 +16,7 @@ use crate::alloc::with_router;
 use crate::net::{Sinks, MAX_BATCH};
 use kaskade_loadtest::{Datagram as NetDatagram, VideoLayer};
 use kaskade_protocol::v1 as pb;
-use kaskade_router::media::Datagram;
+use kaskade_router::media::{Datagram, WorkerCore};
 use kaskade_router::testkit::{client_addr, Sim, SimOptions};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ pub const VIDEO: VideoLayer = VideoLayer {
 };
 
 /// First UDP port of the simulated clients (`testkit::client_addr(0)`).
-pub fn client_port_base() -> u16 {
+fn client_port_base() -> u16 {
     client_addr(0).port()
 }
 
@@ -342,62 +342,22 @@ impl FanOut {
         window_end: Instant,
         sinks: Option<&mut Sinks>,
     ) -> u64 {
-        let base = client_port_base();
-        let publisher_port = base + self.publisher as u16;
         let burst = replay_burst();
+        let mut out = Outflow::new(self.publisher);
         let core = &mut self.sim.workers[0].core;
+        let mut sinks = sinks;
         let mut rtp = 0u64;
-        match sinks {
-            None => {
-                for (i, (at, d)) in rec.iter().enumerate() {
-                    if i % burst == 0 && core.poll_timeout().is_some_and(|t| t <= *at) {
-                        core.handle_timeout(*at);
-                    }
-                    core.handle_datagram(*at, d.src, &d.data);
-                    if (i + 1) % burst == 0 || i + 1 == rec.len() {
-                        core.flush(*at);
-                    }
-                    for t in core.outputs().transmits.drain(..) {
-                        if t.dst.port() != publisher_port && is_rtp(&t.data) {
-                            rtp += 1;
-                        }
-                    }
-                }
+        for (i, (at, d)) in rec.iter().enumerate() {
+            if i % burst == 0 && core.poll_timeout().is_some_and(|t| t <= *at) {
+                core.handle_timeout(*at);
             }
-            Some(sinks) => {
-                let mut staged: Vec<Datagram> = Vec::with_capacity(MAX_BATCH);
-                let send = |staged: &mut Vec<Datagram>, sinks: &mut Sinks| {
-                    let mut batch = [(&[][..], 0usize); MAX_BATCH];
-                    for (slot, d) in batch.iter_mut().zip(staged.iter()) {
-                        let sink = usize::from(d.dst.port().wrapping_sub(base));
-                        *slot = (&d.data[..], if sink < sinks.len() { sink } else { 0 });
-                    }
-                    sinks.send(&batch[..staged.len()]);
-                    staged.clear();
-                };
-                for (i, (at, d)) in rec.iter().enumerate() {
-                    if i % burst == 0 && core.poll_timeout().is_some_and(|t| t <= *at) {
-                        core.handle_timeout(*at);
-                    }
-                    core.handle_datagram(*at, d.src, &d.data);
-                    if (i + 1) % burst == 0 || i + 1 == rec.len() {
-                        core.flush(*at);
-                    }
-                    for t in core.outputs().transmits.drain(..) {
-                        if t.dst.port() != publisher_port && is_rtp(&t.data) {
-                            rtp += 1;
-                        }
-                        staged.push(t);
-                        if staged.len() == MAX_BATCH {
-                            send(&mut staged, sinks);
-                        }
-                    }
-                }
-                if !staged.is_empty() {
-                    send(&mut staged, sinks);
-                }
+            core.handle_datagram(*at, d.src, &d.data);
+            if (i + 1) % burst == 0 || i + 1 == rec.len() {
+                core.flush(*at);
             }
+            rtp += out.take(core, sinks.as_deref_mut());
         }
+        out.finish(sinks);
         self.sim.now = window_end;
         rtp
     }
@@ -406,6 +366,68 @@ impl FanOut {
     pub fn worker_addr(&self) -> SocketAddr {
         self.sim.workers[0].addr
     }
+}
+
+/// Moves a worker core's transmits out after each step of a replay: to
+/// loopback sinks in `sendmmsg` batches of [`MAX_BATCH`] ("core + send"), or
+/// dropped ("core only"); counts the RTP packets that went to subscribers.
+pub struct Outflow {
+    staged: Vec<Datagram>,
+    publisher_port: u16,
+}
+
+impl Outflow {
+    /// For a scenario whose publisher is client `publisher`.
+    pub fn new(publisher: usize) -> Self {
+        Self {
+            staged: Vec::with_capacity(2 * MAX_BATCH),
+            publisher_port: client_port_base() + publisher as u16,
+        }
+    }
+
+    /// Drains `core`'s transmits; returns the RTP packets to subscribers.
+    pub fn take(&mut self, core: &mut WorkerCore, sinks: Option<&mut Sinks>) -> u64 {
+        let mut rtp = 0;
+        let to_subscriber = |t: &Datagram| t.dst.port() != self.publisher_port && is_rtp(&t.data);
+        match sinks {
+            None => {
+                for t in core.outputs().transmits.drain(..) {
+                    rtp += u64::from(to_subscriber(&t));
+                }
+            }
+            Some(sinks) => {
+                for t in core.outputs().transmits.drain(..) {
+                    rtp += u64::from(to_subscriber(&t));
+                    self.staged.push(t);
+                    if self.staged.len() == MAX_BATCH {
+                        send(&mut self.staged, sinks);
+                    }
+                }
+            }
+        }
+        rtp
+    }
+
+    /// Sends what is still staged.
+    pub fn finish(&mut self, sinks: Option<&mut Sinks>) {
+        match sinks {
+            Some(sinks) if !self.staged.is_empty() => send(&mut self.staged, sinks),
+            _ => self.staged.clear(),
+        }
+    }
+}
+
+/// Sends up to [`MAX_BATCH`] staged datagrams to their sinks (index =
+/// client port − base) with one `sendmmsg`.
+fn send(staged: &mut Vec<Datagram>, sinks: &mut Sinks) {
+    let base = client_port_base();
+    let mut batch = [(&[][..], 0usize); MAX_BATCH];
+    for (slot, d) in batch.iter_mut().zip(staged.iter()) {
+        let sink = usize::from(d.dst.port().wrapping_sub(base));
+        *slot = (&d.data[..], if sink < sinks.len() { sink } else { 0 });
+    }
+    sinks.send(&batch[..staged.len()]);
+    staged.clear();
 }
 
 /// Datagrams the replay hands to the core per loop iteration

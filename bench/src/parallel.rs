@@ -5,45 +5,10 @@
 //! theirs. Measured in wall time, since the point is how the fan-out of one
 //! room spreads over cores.
 
-use crate::fanout::{client_port_base, is_rtp, FanOut, Recorded};
-use crate::net::{Sinks, MAX_BATCH};
-use kaskade_router::media::{BusBatch, Datagram, WorkerCore};
+use crate::fanout::{FanOut, Outflow, Recorded};
+use crate::net::Sinks;
+use kaskade_router::media::BusBatch;
 use std::time::{Duration, Instant};
-
-/// Sends staged datagrams to the sinks (index = client port − base).
-fn send(staged: &mut Vec<Datagram>, sinks: &mut Sinks) {
-    let base = client_port_base();
-    let mut batch = [(&[][..], 0usize); MAX_BATCH];
-    for chunk in staged.chunks(MAX_BATCH) {
-        for (slot, d) in batch.iter_mut().zip(chunk) {
-            let sink = usize::from(d.dst.port().wrapping_sub(base));
-            *slot = (&d.data[..], if sink < sinks.len() { sink } else { 0 });
-        }
-        sinks.send(&batch[..chunk.len()]);
-    }
-    staged.clear();
-}
-
-/// Drains a core's transmits into `staged`, counting RTP to subscribers;
-/// sends when a batch is full.
-fn drain(
-    core: &mut WorkerCore,
-    publisher_port: u16,
-    staged: &mut Vec<Datagram>,
-    sinks: &mut Sinks,
-) -> u64 {
-    let mut rtp = 0;
-    for t in core.outputs().transmits.drain(..) {
-        if t.dst.port() != publisher_port && is_rtp(&t.data) {
-            rtp += 1;
-        }
-        staged.push(t);
-    }
-    if staged.len() >= MAX_BATCH {
-        send(staged, sinks);
-    }
-    rtp
-}
 
 /// Replays `rec` into worker 0 (the publisher's) on this thread while every
 /// other worker runs on a thread of its own, fed through channels. Each
@@ -55,7 +20,7 @@ pub fn replay(
     window_end: Instant,
     sinks: &mut [Sinks],
 ) -> (u64, Duration) {
-    let publisher_port = client_port_base() + f.publisher as u16;
+    let publisher = f.publisher;
     let n = f.sim.workers.len();
     assert!(sinks.len() >= n, "one set of sinks per worker");
     let (first, rest) = f.sim.workers.split_at_mut(1);
@@ -73,7 +38,7 @@ pub fn replay(
         for ((w, rx), sinks) in rest.iter_mut().zip(rxs).zip(sinks_rest.iter_mut()) {
             let core = &mut w.core;
             others.push(s.spawn(move || {
-                let mut staged = Vec::with_capacity(2 * MAX_BATCH);
+                let mut out = Outflow::new(publisher);
                 let mut rtp = 0;
                 for (at, batch) in rx.iter() {
                     if core.poll_timeout().is_some_and(|t| t <= at) {
@@ -81,14 +46,14 @@ pub fn replay(
                     }
                     core.handle_bus(at, batch);
                     core.flush(at);
-                    rtp += drain(core, publisher_port, &mut staged, sinks);
+                    rtp += out.take(core, Some(&mut *sinks));
                 }
-                send(&mut staged, sinks);
+                out.finish(Some(sinks));
                 rtp
             }));
         }
         let sinks = &mut sinks0[0];
-        let mut staged = Vec::with_capacity(2 * MAX_BATCH);
+        let mut out = Outflow::new(publisher);
         let mut rtp = 0;
         for (at, d) in rec {
             if core0.poll_timeout().is_some_and(|t| t <= *at) {
@@ -104,9 +69,9 @@ pub fn replay(
                 }
             }
             core0.flush(*at);
-            rtp += drain(core0, publisher_port, &mut staged, sinks);
+            rtp += out.take(core0, Some(&mut *sinks));
         }
-        send(&mut staged, sinks);
+        out.finish(Some(sinks));
         drop(txs);
         rtp + others
             .into_iter()

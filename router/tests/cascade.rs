@@ -69,6 +69,18 @@ fn node_args(
     a
 }
 
+/// Starts a router with [`node_args`].
+fn start_node(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    id: &str,
+    region: &str,
+    port: u16,
+    peers: &[(String, String)],
+) -> Daemon {
+    Daemon::start(rt, &node_args(dir, id, region, port, peers))
+}
+
 fn link(
     rt: &tokio::runtime::Runtime,
     d: &mut Daemon,
@@ -134,25 +146,21 @@ fn video_packets(c: &UdpClient, mid: Mid) -> u64 {
 fn fra_and_ams(rt: &tokio::runtime::Runtime) -> (Daemon, Daemon) {
     let dir = certs(&["fra:eu-de-fra", "ams:eu-nl-ams"]);
     let (pa, pb_) = (free_udp_port(), free_udp_port());
-    let a = Daemon::start(
+    let a = start_node(
         rt,
-        &node_args(
-            &dir,
-            "fra",
-            "eu-de-fra",
-            pa,
-            &[("ams".into(), format!("127.0.0.1:{pb_}"))],
-        ),
+        &dir,
+        "fra",
+        "eu-de-fra",
+        pa,
+        &[("ams".into(), format!("127.0.0.1:{pb_}"))],
     );
-    let b = Daemon::start(
+    let b = start_node(
         rt,
-        &node_args(
-            &dir,
-            "ams",
-            "eu-nl-ams",
-            pb_,
-            &[("fra".into(), format!("127.0.0.1:{pa}"))],
-        ),
+        &dir,
+        "ams",
+        "eu-nl-ams",
+        pb_,
+        &[("fra".into(), format!("127.0.0.1:{pa}"))],
     );
     (a, b)
 }
@@ -265,38 +273,32 @@ fn chain_over_lossy_links_relays_once_with_only_the_layers_wanted() {
     let p_ba = Proxy::start(format!("127.0.0.1:{pa}").parse().unwrap(), imp(), 2);
     let p_bc = Proxy::start(format!("127.0.0.1:{pc}").parse().unwrap(), imp(), 3);
     let p_cb = Proxy::start(format!("127.0.0.1:{pb_}").parse().unwrap(), imp(), 4);
-    let mut a = Daemon::start(
+    let mut a = start_node(
         &rt,
-        &node_args(
-            &dir,
-            "fra",
-            "eu-de-fra",
-            pa,
-            &[("ams".into(), p_ab.addr.to_string())],
-        ),
+        &dir,
+        "fra",
+        "eu-de-fra",
+        pa,
+        &[("ams".into(), p_ab.addr.to_string())],
     );
-    let mut b = Daemon::start(
+    let mut b = start_node(
         &rt,
-        &node_args(
-            &dir,
-            "ams",
-            "eu-nl-ams",
-            pb_,
-            &[
-                ("fra".into(), p_ba.addr.to_string()),
-                ("par".into(), p_bc.addr.to_string()),
-            ],
-        ),
+        &dir,
+        "ams",
+        "eu-nl-ams",
+        pb_,
+        &[
+            ("fra".into(), p_ba.addr.to_string()),
+            ("par".into(), p_bc.addr.to_string()),
+        ],
     );
-    let mut c = Daemon::start(
+    let mut c = start_node(
         &rt,
-        &node_args(
-            &dir,
-            "par",
-            "eu-fr-par",
-            pc,
-            &[("ams".into(), p_cb.addr.to_string())],
-        ),
+        &dir,
+        "par",
+        "eu-fr-par",
+        pc,
+        &[("ams".into(), p_cb.addr.to_string())],
     );
     a.create_room(&rt, "r", &["eu-"]).unwrap();
     link(&rt, &mut a, "r", "ams").expect("A links to B");
@@ -541,26 +543,22 @@ fn a_router_with_a_certificate_from_another_ca_gets_no_link() {
     let dir = certs(&["fra:eu-de-fra"]);
     let other = certs(&["ber:eu-de-ber"]);
     let (pa, pd) = (free_udp_port(), free_udp_port());
-    let mut a = Daemon::start(
+    let mut a = start_node(
         &rt,
-        &node_args(
-            &dir,
-            "fra",
-            "eu-de-fra",
-            pa,
-            &[("ber".into(), format!("127.0.0.1:{pd}"))],
-        ),
+        &dir,
+        "fra",
+        "eu-de-fra",
+        pa,
+        &[("ber".into(), format!("127.0.0.1:{pd}"))],
     );
     // D trusts its own CA and dials A too.
-    let mut d = Daemon::start(
+    let mut d = start_node(
         &rt,
-        &node_args(
-            &other,
-            "ber",
-            "eu-de-ber",
-            pd,
-            &[("fra".into(), format!("127.0.0.1:{pa}"))],
-        ),
+        &other,
+        "ber",
+        "eu-de-ber",
+        pd,
+        &[("fra".into(), format!("127.0.0.1:{pa}"))],
     );
     a.create_room(&rt, "r", &[]).unwrap();
     let e = link(&rt, &mut a, "r", "ber").unwrap_err();
@@ -587,26 +585,22 @@ fn restarting_the_middle_router_restores_the_relay() {
             ("par".into(), format!("127.0.0.1:{pc}")),
         ],
     );
-    let mut a = Daemon::start(
+    let mut a = start_node(
         &rt,
-        &node_args(
-            &dir,
-            "fra",
-            "eu-de-fra",
-            pa,
-            &[("ams".into(), format!("127.0.0.1:{pb_}"))],
-        ),
+        &dir,
+        "fra",
+        "eu-de-fra",
+        pa,
+        &[("ams".into(), format!("127.0.0.1:{pb_}"))],
     );
     let b = Daemon::start(&rt, &b_args);
-    let mut c = Daemon::start(
+    let mut c = start_node(
         &rt,
-        &node_args(
-            &dir,
-            "par",
-            "eu-fr-par",
-            pc,
-            &[("ams".into(), format!("127.0.0.1:{pb_}"))],
-        ),
+        &dir,
+        "par",
+        "eu-fr-par",
+        pc,
+        &[("ams".into(), format!("127.0.0.1:{pb_}"))],
     );
     a.create_room(&rt, "r", &[]).unwrap();
     c.create_room(&rt, "r", &[]).unwrap();
@@ -693,14 +687,8 @@ fn link_latency_figures() {
         } else {
             (format!("127.0.0.1:{pb_}"), format!("127.0.0.1:{pa}"))
         };
-        let mut a = Daemon::start(
-            &rt,
-            &node_args(&dir, "fra", "eu-de-fra", pa, &[("ams".into(), to_b)]),
-        );
-        let mut b = Daemon::start(
-            &rt,
-            &node_args(&dir, "ams", "eu-nl-ams", pb_, &[("fra".into(), to_a)]),
-        );
+        let mut a = start_node(&rt, &dir, "fra", "eu-de-fra", pa, &[("ams".into(), to_b)]);
+        let mut b = start_node(&rt, &dir, "ams", "eu-nl-ams", pb_, &[("fra".into(), to_a)]);
         a.create_room(&rt, "r", &[]).unwrap();
         link(&rt, &mut a, "r", "ams").unwrap();
         let t0 = Instant::now();

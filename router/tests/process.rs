@@ -2,70 +2,15 @@
 //! through the generated gRPC client, media over real UDP on loopback with
 //! str0m clients, garbage on the media port, metrics scraped, SIGTERM.
 
+mod common;
+
+use common::daemon::Daemon;
 use kaskade_loadtest::{drive_until, UdpClient};
 use kaskade_protocol::v1 as pb;
-use pb::room_service_client::RoomServiceClient;
-use pb::session_service_client::SessionServiceClient;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-
-struct Router {
-    child: Child,
-    control: SocketAddr,
-    metrics: SocketAddr,
-    media: Vec<SocketAddr>,
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn field<'a>(json: &'a str, key: &str) -> &'a str {
-    let start = json.find(&format!("\"{key}\":")).expect(key) + key.len() + 3;
-    let rest = &json[start..];
-    let end = rest.find([',', '}']).unwrap();
-    rest[..end].trim_matches('"')
-}
-
-fn start_router(workers: usize) -> Router {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kaskade"))
-        .args([
-            "serve",
-            "--control-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--media-port-start",
-            "0",
-            "--workers",
-            &workers.to_string(),
-        ])
-        .env_remove("KASKADE_CONTROL_LISTEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kaskade");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let json = line.strip_prefix("KASKADE_READY ").expect("ready line");
-    let media_list = &json[json.find("\"media\":[").unwrap() + 9..json.rfind(']').unwrap()];
-    Router {
-        control: field(json, "control").parse().unwrap(),
-        metrics: field(json, "metrics").parse().unwrap(),
-        media: media_list
-            .split(',')
-            .map(|s| s.trim_matches('"').parse().unwrap())
-            .collect(),
-        child,
-    }
-}
 
 fn scrape(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -85,19 +30,13 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[test]
 fn binary_forwards_media_between_str0m_clients() {
-    let router = start_router(2);
-    assert_eq!(router.media.len(), 2);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let url = format!("http://{}", router.control);
-    let (mut rooms, mut sessions) = rt.block_on(async {
-        (
-            RoomServiceClient::connect(url.clone()).await.unwrap(),
-            SessionServiceClient::connect(url).await.unwrap(),
-        )
-    });
+    let router = Daemon::start(&rt, &[]);
+    assert_eq!(router.media.len(), 2);
+    let (mut rooms, mut sessions) = (router.rooms.clone(), router.sessions.clone());
     rt.block_on(rooms.create_room(pb::CreateRoomRequest {
         room_id: "proc".into(),
         max_sessions: 0,

@@ -220,24 +220,7 @@ impl JanusProcess {
     }
 
     fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child; no memory is touched.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::router::terminate(&mut self.child);
     }
 }
 
@@ -416,24 +399,7 @@ impl Janus {
         index: u32,
         role: Role,
     ) -> Result<Publisher, String> {
-        let scn = &joins.scenario;
-        let (audio, video) = (scn.audio, scn.video);
-        let rids = scn.layers.clone();
-        let (id, mut rec) = joins
-            .new_client(role, r, index, move |c| {
-                if audio {
-                    c.add_audio();
-                }
-                if video {
-                    let v: Vec<&str> = if rids.len() > 1 {
-                        rids.iter().map(String::as_str).collect()
-                    } else {
-                        vec![]
-                    };
-                    c.add_video(&v);
-                }
-            })
-            .await?;
+        let (id, mut rec) = joins.new_publisher(role, r, index).await?;
         let limit = joins.scenario.join_timeout.0;
         let res = step(
             limit,

@@ -76,24 +76,7 @@ impl Kaskade {
         index: u32,
         role: Role,
     ) -> Result<Publisher, String> {
-        let s = &joins.scenario;
-        let (audio, video) = (s.audio, s.video);
-        let rids: Vec<String> = s.layers.clone();
-        let (id, mut rec) = joins
-            .new_client(role, room_idx, index, move |c| {
-                if audio {
-                    c.add_audio();
-                }
-                if video {
-                    let r: Vec<&str> = if rids.len() > 1 {
-                        rids.iter().map(String::as_str).collect()
-                    } else {
-                        vec![]
-                    };
-                    c.add_video(&r);
-                }
-            })
-            .await?;
+        let (id, mut rec) = joins.new_publisher(role, room_idx, index).await?;
         let res = self.publish_steps(joins, id, room, index, &mut rec).await;
         if let Err(e) = &res {
             rec.error = Some(e.clone());
@@ -102,14 +85,16 @@ impl Kaskade {
         res
     }
 
-    async fn publish_steps(
+    /// Offers what client `id` has queued, creates its session, applies the
+    /// answer and waits until it is connected (timed in `rec`).
+    async fn join_session(
         &self,
         joins: &Arc<Joins>,
         id: ClientId,
         room: &str,
-        index: u32,
+        participant: &str,
         rec: &mut JoinRecord,
-    ) -> Result<Publisher, String> {
+    ) -> Result<pb::CreateSessionResponse, String> {
         let limit = joins.scenario.join_timeout.0;
         let offer = joins
             .driver
@@ -123,7 +108,7 @@ impl Kaskade {
                 .clone()
                 .create_session(pb::CreateSessionRequest {
                     room_id: room.into(),
-                    participant_id: format!("pub-{index}"),
+                    participant_id: participant.into(),
                     sdp_offer: offer,
                     metadata: String::new(),
                 })
@@ -140,6 +125,20 @@ impl Kaskade {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("accept_answer: {e}"))?;
         rec.connected = Some(joins.connected(id, "connect").await?);
+        Ok(created)
+    }
+
+    async fn publish_steps(
+        &self,
+        joins: &Arc<Joins>,
+        id: ClientId,
+        room: &str,
+        index: u32,
+        rec: &mut JoinRecord,
+    ) -> Result<Publisher, String> {
+        let created = self
+            .join_session(joins, id, room, &format!("pub-{index}"), rec)
+            .await?;
         Ok(Publisher {
             id,
             session_id: created.session_id,
@@ -170,36 +169,9 @@ impl Kaskade {
             })
             .await?;
         let res = async {
-            let limit = joins.scenario.join_timeout.0;
-            let offer = joins
-                .driver
-                .call(id, |s| s.client.create_offer())
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("create_offer: nothing to offer")?;
-            rec.started = Instant::now();
-            let created = step(limit, "create_session", async {
-                self.sessions
-                    .clone()
-                    .create_session(pb::CreateSessionRequest {
-                        room_id: room.into(),
-                        participant_id: format!("sub-{index}"),
-                        sdp_offer: offer,
-                        metadata: String::new(),
-                    })
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(status)
-            })
-            .await?;
-            let answer = created.sdp_answer;
-            joins
-                .driver
-                .call(id, move |s| s.client.accept_answer(&answer))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("accept_answer: {e}"))?;
-            rec.connected = Some(joins.connected(id, "connect").await?);
+            let created = self
+                .join_session(joins, id, room, &format!("sub-{index}"), &mut rec)
+                .await?;
             self.subscribe(joins, id, &created.session_id, tracks)
                 .await?;
             rec.subscribed = Some(Instant::now());

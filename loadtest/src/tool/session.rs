@@ -112,6 +112,33 @@ impl Joins {
         }
     }
 
+    /// A new publishing client with the scenario's tracks (audio, and video
+    /// as simulcast when it has more than one layer).
+    pub async fn new_publisher(
+        &self,
+        role: Role,
+        room: u32,
+        index: u32,
+    ) -> Result<(ClientId, JoinRecord), String> {
+        let s = &self.scenario;
+        let (audio, video) = (s.audio, s.video);
+        let rids = s.layers.clone();
+        self.new_client(role, room, index, move |c| {
+            if audio {
+                c.add_audio();
+            }
+            if video {
+                let r: Vec<&str> = if rids.len() > 1 {
+                    rids.iter().map(String::as_str).collect()
+                } else {
+                    vec![]
+                };
+                c.add_video(&r);
+            }
+        })
+        .await
+    }
+
     /// Creates a client for `role` (impaired as the scenario says), sets it up with
     /// `setup` (tracks, channels) and adds it to the driver. Returns its id and record.
     pub async fn new_client(

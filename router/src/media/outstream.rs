@@ -164,11 +164,6 @@ impl OutStream {
         }
     }
 
-    /// Whether the stream waits for a keyframe after upstream loss.
-    pub fn resyncing(&self) -> bool {
-        self.resync
-    }
-
     fn map_pt(&mut self, rtc: &Rtc, params: &PayloadParams) -> Option<Pt> {
         if let Some((from, to)) = self.pt_map {
             if from == params.pt() {

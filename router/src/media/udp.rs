@@ -251,16 +251,6 @@ impl RecvBatch {
         let src = from_raw(&self.addrs[i])?;
         Some((src, &self.bufs[i][..self.lens[i].min(MAX_DATAGRAM)]))
     }
-
-    /// Datagrams the last receive returned.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// Whether the last receive returned nothing.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
 }
 
 #[cfg(test)]

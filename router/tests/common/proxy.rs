@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +68,10 @@ impl Proxy {
         let up_bytes = Arc::new(AtomicU64::new(0));
         let down_bytes = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
-        let queue: Arc<Mutex<BinaryHeap<Reverse<Due>>>> = Arc::new(Mutex::new(BinaryHeap::new()));
+        // Packets waiting for their release time; the condvar wakes the
+        // sender when one is added.
+        let queue: Arc<(Mutex<BinaryHeap<Reverse<Due>>>, Condvar)> =
+            Arc::new((Mutex::new(BinaryHeap::new()), Condvar::new()));
         let rng = Arc::new(Mutex::new(rand::rngs::SmallRng::seed_from_u64(seed)));
         let seqn = Arc::new(AtomicU64::new(0));
         // Per destination, the last release time: jitter varies the delay
@@ -101,32 +104,45 @@ impl Proxy {
                     at = at.max(*l);
                     *l = at;
                 }
-                queue.lock().unwrap().push(Reverse(Due {
+                queue.0.lock().unwrap().push(Reverse(Due {
                     at,
                     seq: seqn.fetch_add(1, Ordering::Relaxed),
                     from,
                     to,
                     data,
                 }));
+                queue.1.notify_one();
             }
         };
-        // Sender thread: releases packets when due.
+        // Sender thread: sleeps until the next packet is due (or a new one
+        // arrives), then releases what is due.
         {
             let (queue, stop) = (queue.clone(), stop.clone());
             std::thread::spawn(move || {
+                let (heap, added) = &*queue;
+                let mut q = heap.lock().unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     let now = Instant::now();
                     let mut ready = Vec::new();
-                    {
-                        let mut q = queue.lock().unwrap();
-                        while q.peek().is_some_and(|Reverse(d)| d.at <= now) {
-                            ready.push(q.pop().unwrap().0);
-                        }
+                    while q.peek().is_some_and(|Reverse(d)| d.at <= now) {
+                        ready.push(q.pop().unwrap().0);
                     }
+                    if ready.is_empty() {
+                        // At most 50 ms, to notice `stop`.
+                        let wait = q
+                            .peek()
+                            .map_or(Duration::from_millis(50), |Reverse(d)| {
+                                d.at.saturating_duration_since(now)
+                            })
+                            .min(Duration::from_millis(50));
+                        q = added.wait_timeout(q, wait).unwrap().0;
+                        continue;
+                    }
+                    drop(q);
                     for d in ready {
                         let _ = d.from.send_to(&d.data, d.to);
                     }
-                    std::thread::sleep(Duration::from_micros(500));
+                    q = heap.lock().unwrap();
                 }
             });
         }
