@@ -367,17 +367,27 @@ fn chain_over_lossy_links_relays_once_with_only_the_layers_wanted() {
     let window = Instant::now();
     drive(&mut all, Duration::from_secs(2));
     let twenty = link_rate(&[&p_ab, &p_ba], &mut all, Duration::from_secs(3));
+    // Packets lost near the window's end are still being repaired (a NACK
+    // and its retransmission take a round trip per link, more if either is
+    // lost too): give them time to land before counting.
+    let window_end = Instant::now();
+    drive(&mut all, Duration::from_millis(1500));
     eprintln!(
         "A–B link: {:.0} kbit/s with 1 remote subscriber, {:.0} kbit/s with 20",
         one / 1e3,
         twenty / 1e3
     );
-    // 20 copies would be ~20×; one copy of the track (all three layers are
-    // 610 kbit/s) plus QUIC and repair overhead stays near one.
+    // With one remote subscriber per router only the top layer (400 kbit/s)
+    // crosses; new subscribers start lower, so with 20 all three layers may
+    // cross (610 kbit/s), still once each: with QUIC and repair overhead that
+    // is about 850 kbit/s. A second copy of the track would be at least
+    // 1.22 Mbit/s before overhead, 20 copies about 12 Mbit/s.
     assert!(
-        twenty < one * 2.0 && twenty < 1_200_000.0,
+        twenty < 1_200_000.0,
         "one copy per link: {one:.0} → {twenty:.0} bit/s"
     );
+    let sent = a.links(&rt);
+    assert_eq!(sent[0].tracks_sent, 1, "one track over A–B: {sent:?}");
     for (s, m) in all[3..].iter().zip(&more_mids) {
         assert!(
             video_packets(s, *m) > 30,
@@ -394,7 +404,11 @@ fn chain_over_lossy_links_relays_once_with_only_the_layers_wanted() {
         // The window's sequence range comes from what arrived in it; a
         // packet counts as received whenever it arrived (a retransmission
         // can land after packets sent later).
-        let in_window = r.log.iter().filter(|p| p.at >= window).map(|p| p.seq);
+        let in_window = r
+            .log
+            .iter()
+            .filter(|p| p.at >= window && p.at < window_end)
+            .map(|p| p.seq);
         let (lo, hi) = (in_window.clone().min().unwrap(), in_window.max().unwrap());
         let mut seqs: Vec<u64> = r
             .log
