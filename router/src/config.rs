@@ -5,6 +5,14 @@
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
+
+/// Default of `media.keyframe_interval_ms`.
+const DEFAULT_KEYFRAME_INTERVAL_MS: u64 =
+    crate::media::core::PUBLISHER_KEYFRAME_INTERVAL.as_millis() as u64;
+/// Largest `media.keyframe_interval_ms`: longer would leave a subscriber
+/// whose keyframe request was lost without a picture for that long.
+const MAX_KEYFRAME_INTERVAL_MS: u64 = 5000;
 
 /// The whole configuration of one router.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -93,6 +101,9 @@ pub struct MediaConfig {
     pub bus_queue: usize,
     /// `media.rtx_cache`: packets kept per outgoing video stream to answer NACKs.
     pub rtx_cache: usize,
+    /// `media.keyframe_interval_ms`: minimum time between two keyframe
+    /// requests to one publisher layer.
+    pub keyframe_interval_ms: u64,
 }
 
 /// `[limits]`
@@ -140,6 +151,7 @@ impl Default for MediaConfig {
             advertise: String::new(),
             bus_queue: 1024,
             rtx_cache: crate::media::rtc::DEFAULT_RTX_CACHE,
+            keyframe_interval_ms: DEFAULT_KEYFRAME_INTERVAL_MS,
         }
     }
 }
@@ -210,6 +222,8 @@ pub struct Overrides {
     pub media_bus_queue: Option<String>,
     /// `--rtx-cache`
     pub media_rtx_cache: Option<String>,
+    /// `--keyframe-interval-ms`
+    pub media_keyframe_interval_ms: Option<String>,
     /// `--log-level`
     pub log_level: Option<String>,
     /// `--log-ips`
@@ -249,6 +263,8 @@ pub struct Resolved {
     pub bus_queue: usize,
     /// RTX cache per outgoing video stream, in packets.
     pub rtx_cache: usize,
+    /// Minimum time between two keyframe requests to one publisher layer.
+    pub keyframe_interval: Duration,
     /// Room limit.
     pub max_rooms: usize,
     /// Sessions per room limit.
@@ -327,6 +343,7 @@ impl Config {
             media_advertise: get("KASKADE_MEDIA_ADVERTISE"),
             media_bus_queue: get("KASKADE_MEDIA_BUS_QUEUE"),
             media_rtx_cache: get("KASKADE_MEDIA_RTX_CACHE"),
+            media_keyframe_interval_ms: get("KASKADE_MEDIA_KEYFRAME_INTERVAL_MS"),
             log_level: get("KASKADE_LOG_LEVEL"),
             log_ips: get("KASKADE_LOG_IPS"),
             node_id: get("KASKADE_NODE_ID"),
@@ -377,6 +394,9 @@ impl Config {
         }
         if let Some(v) = &o.media_rtx_cache {
             self.media.rtx_cache = parse_num("media.rtx_cache", v)?;
+        }
+        if let Some(v) = &o.media_keyframe_interval_ms {
+            self.media.keyframe_interval_ms = parse_num("media.keyframe_interval_ms", v)?;
         }
         if let Some(v) = &o.log_level {
             self.log.level = v.clone();
@@ -488,6 +508,12 @@ impl Config {
                 reason: "must be between 32 and 8192 packets".into(),
             });
         }
+        if self.media.keyframe_interval_ms > MAX_KEYFRAME_INTERVAL_MS {
+            return Err(ConfigError::Value {
+                key: "media.keyframe_interval_ms",
+                reason: format!("must be at most {MAX_KEYFRAME_INTERVAL_MS} ms"),
+            });
+        }
         if self.limits.max_rooms == 0 {
             return Err(ConfigError::Value {
                 key: "limits.max_rooms",
@@ -534,6 +560,7 @@ impl Config {
             advertise,
             bus_queue: self.media.bus_queue,
             rtx_cache: self.media.rtx_cache,
+            keyframe_interval: Duration::from_millis(self.media.keyframe_interval_ms),
             max_rooms: self.limits.max_rooms,
             max_sessions_per_room: self.limits.max_sessions_per_room,
             log_level: self.log.level.clone(),
@@ -628,6 +655,7 @@ impl Resolved {
             advertise: IpAddr::V4(Ipv4Addr::LOCALHOST),
             bus_queue: 1024,
             rtx_cache: crate::media::rtc::DEFAULT_RTX_CACHE,
+            keyframe_interval: Duration::from_millis(DEFAULT_KEYFRAME_INTERVAL_MS),
             max_rooms: 10_000,
             max_sessions_per_room: 100,
             log_level: "info".into(),
@@ -751,6 +779,34 @@ mod tests {
             .contains("node.region"));
     }
 
+    /// Whether resolving `c` fails on `key`.
+    fn refuses(c: &Config, key: &str) -> bool {
+        c.resolve(1).is_err_and(|e| e.to_string().contains(key))
+    }
+
+    #[test]
+    fn keyframe_interval_is_bounded() {
+        let c = Config::from_toml("[media]\nkeyframe_interval_ms = 100\n").unwrap();
+        assert_eq!(
+            c.resolve(1).unwrap().keyframe_interval,
+            Duration::from_millis(100)
+        );
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "KASKADE_MEDIA_KEYFRAME_INTERVAL_MS").then(|| "0".into()))
+            .unwrap();
+        assert_eq!(c.resolve(1).unwrap().keyframe_interval, Duration::ZERO);
+        c.apply(&Overrides {
+            media_keyframe_interval_ms: Some("60000".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(refuses(&c, "media.keyframe_interval_ms"));
+        assert_eq!(
+            Config::default().resolve(1).unwrap().keyframe_interval,
+            crate::media::core::PUBLISHER_KEYFRAME_INTERVAL
+        );
+    }
+
     #[test]
     fn rtx_cache_is_bounded() {
         let mut c = Config::from_toml("[media]\nrtx_cache = 300\n").unwrap();
@@ -760,11 +816,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert!(c
-            .resolve(1)
-            .unwrap_err()
-            .to_string()
-            .contains("media.rtx_cache"));
+        assert!(refuses(&c, "media.rtx_cache"));
         assert_eq!(
             Config::default().resolve(1).unwrap().rtx_cache,
             crate::media::rtc::DEFAULT_RTX_CACHE

@@ -115,6 +115,10 @@ struct ServeArgs {
     /// Packets kept per outgoing video stream to answer NACKs (media.rtx_cache).
     #[arg(long, value_name = "N")]
     rtx_cache: Option<String>,
+    /// Minimum time between two keyframe requests to one publisher layer, in
+    /// ms (media.keyframe_interval_ms).
+    #[arg(long, value_name = "MS")]
+    keyframe_interval_ms: Option<String>,
     /// Log filter, e.g. info or kaskade=debug (log.level).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -160,6 +164,7 @@ fn load(args: &ServeArgs) -> Result<Resolved, String> {
         media_advertise: args.advertise.clone(),
         media_bus_queue: args.bus_queue.clone(),
         media_rtx_cache: args.rtx_cache.clone(),
+        media_keyframe_interval_ms: args.keyframe_interval_ms.clone(),
         log_level: args.log_level.clone(),
         log_ips: args.log_ips.clone(),
         node_id: args.node_id.clone(),

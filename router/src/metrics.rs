@@ -106,7 +106,7 @@ impl Metrics {
         let keyframe_requests = counter_vec(
             &registry,
             "kaskade_keyframe_requests_total",
-            "Keyframe requests sent to publishers.",
+            "Keyframe requests: why asked (join, subscriber) and what became of them (sent, coalesced, throttled).",
             &["origin"],
         );
         Self {
@@ -166,8 +166,12 @@ pub struct WorkerMetrics {
     pub kf_join: IntCounter,
     /// Keyframe asked because a subscriber sent PLI/FIR.
     pub kf_subscriber: IntCounter,
-    /// Keyframe requests suppressed by throttling.
+    /// Keyframe requests held until the throttle interval is over.
     pub kf_throttled: IntCounter,
+    /// Keyframe requests absorbed by one still being answered.
+    pub kf_coalesced: IntCounter,
+    /// Keyframe requests sent to a publisher (or an origin router).
+    pub kf_sent: IntCounter,
     /// Subscriber streams resynchronised (and stepped down) after video
     /// was shed on the bus.
     pub overload_resync: IntCounter,
@@ -190,6 +194,8 @@ impl WorkerMetrics {
             kf_join: m.keyframe_requests.with_label_values(&["join"]),
             kf_subscriber: m.keyframe_requests.with_label_values(&["subscriber"]),
             kf_throttled: m.keyframe_requests.with_label_values(&["throttled"]),
+            kf_coalesced: m.keyframe_requests.with_label_values(&["coalesced"]),
+            kf_sent: m.keyframe_requests.with_label_values(&["sent"]),
             overload_resync: m.overload_resyncs.clone(),
         }
     }

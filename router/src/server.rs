@@ -182,7 +182,8 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             wm.clone(),
             rand::random(),
             std::time::Instant::now(),
-        );
+        )
+        .with_keyframe_interval(cfg.keyframe_interval);
         let t = w
             .spawn(core, handles.clone(), ev_tx.clone(), wm, relay_tx.clone())
             .map_err(StartError::Thread)?;
@@ -236,7 +237,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let incoming = nodelay_incoming(grpc_listener);
     let mut stop = stop_rx;
     let grpc = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
@@ -264,6 +265,25 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         threads,
         grpc,
     })
+}
+
+/// The control API's accepted connections, with `TCP_NODELAY` set on each.
+/// tonic's own `tcp_nodelay` is ignored with `serve_with_incoming`; without
+/// it Nagle holds a response's last frames until the client's delayed ACK
+/// (up to 40 ms per call).
+fn nodelay_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|s| {
+                if let Err(e) = s.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY on a control connection");
+                }
+            })
+        },
+    )
 }
 
 /// A minimal HTTP/1.1 endpoint: `GET /metrics` answers the text exposition.
@@ -309,5 +329,24 @@ async fn serve_metrics(listener: TcpListener, metrics: Metrics, mut stop: watch:
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn control_connections_are_accepted_with_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = std::pin::pin!(nodelay_incoming(listener));
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = tokio_stream::StreamExt::next(&mut incoming)
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(accepted.nodelay().unwrap(), "Nagle is off for the API");
+        drop(client);
     }
 }

@@ -47,6 +47,9 @@ pub struct SimOptions {
     pub bus_capacity: usize,
     /// Packets kept per outgoing video stream for NACKs (`media.rtx_cache`).
     pub rtx_cache: usize,
+    /// Minimum time between keyframe requests to one publisher layer
+    /// (`media.keyframe_interval_ms`).
+    pub keyframe_interval: Duration,
 }
 
 impl Default for SimOptions {
@@ -54,6 +57,7 @@ impl Default for SimOptions {
         Self {
             bus_capacity: 1024,
             rtx_cache: crate::media::rtc::DEFAULT_RTX_CACHE,
+            keyframe_interval: crate::media::core::PUBLISHER_KEYFRAME_INTERVAL,
         }
     }
 }
@@ -126,7 +130,8 @@ impl Sim {
                 WorkerMetrics::new(&metrics),
                 seed.wrapping_add(i as u64),
                 t0,
-            );
+            )
+            .with_keyframe_interval(options.keyframe_interval);
             sim_workers.push(SimWorker {
                 core,
                 addr: worker_addr(i),

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::checks::{mid_of, track};
-use common::{Pair, Sim};
+use common::checks::{first_frame_at, mid_of, track};
+use common::{Pair, Sim, SimOptions};
 use kaskade_loadtest::{MediaRecv, VideoCodec};
 use kaskade_protocol::v1 as pb;
 use std::time::Duration;
@@ -453,16 +453,9 @@ fn a_throttled_keyframe_request_is_sent_when_the_interval_ends() {
     let second = sim.subscribe(subs[1], &tracks);
     sim.run_for(Duration::from_millis(600));
     let video = track(&tracks, pb::TrackKind::Video);
-    let frame_at = |sim: &Sim, c: usize, s: &[pb::Subscription]| {
-        sim.clients[c]
-            .client
-            .received_on(mid_of(s, &video))
-            .and_then(|r| r.first_frame_at)
-            .expect("a first frame")
-    };
-    let waited = frame_at(&sim, subs[1], &second) - t_second;
+    let waited = first_frame_at(&sim, subs[1], &second, &video) - t_second;
     assert!(
-        frame_at(&sim, subs[0], &first) < t_second,
+        first_frame_at(&sim, subs[0], &first, &video) < t_second,
         "the first is served at once"
     );
     assert!(
@@ -472,6 +465,67 @@ fn a_throttled_keyframe_request_is_sent_when_the_interval_ends() {
     assert_eq!(
         keyframe_requests(&sim, publ) - before,
         2,
-        "two requests reached the publisher, 300 ms apart"
+        "two requests reached the publisher, one interval apart"
     );
+}
+
+#[test]
+fn keyframe_requests_while_one_is_answered_are_coalesced() {
+    let mut sim = Sim::new(1, 13);
+    let (publ, tracks, subs) = sim.publisher_and_subscribers(3, |c| {
+        c.add_video(&[]);
+    });
+    // Away from the publisher's periodic keyframes (every 3 s).
+    sim.run_for(Duration::from_millis(1200));
+    let before = keyframe_requests(&sim, publ);
+    // Three subscribers at once: each asks for a keyframe before the
+    // publisher has answered the first request.
+    let all: Vec<Vec<pb::Subscription>> = subs.iter().map(|s| sim.subscribe(*s, &tracks)).collect();
+    let t0 = sim.now;
+    sim.run_for(Duration::from_millis(800));
+    let video = track(&tracks, pb::TrackKind::Video);
+    for (c, s) in subs.iter().zip(&all) {
+        let at = first_frame_at(&sim, *c, s, &video);
+        assert!(
+            at - t0 < Duration::from_millis(150),
+            "served by the one keyframe: {:?}",
+            at - t0
+        );
+    }
+    assert_eq!(
+        keyframe_requests(&sim, publ) - before,
+        1,
+        "one request reached the publisher; the others waited for its keyframe"
+    );
+    assert!(sim.metric("kaskade_keyframe_requests_total{origin=\"coalesced\"}") >= 2.0);
+}
+
+#[test]
+fn a_shorter_keyframe_interval_serves_a_later_subscriber_sooner() {
+    let mut sim = Sim::with_options(
+        1,
+        12,
+        SimOptions {
+            keyframe_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    let (publ, tracks, subs) = sim.publisher_and_subscribers(2, |c| {
+        c.add_video(&[]);
+    });
+    sim.run_for(Duration::from_millis(1200));
+    let before = keyframe_requests(&sim, publ);
+    sim.subscribe(subs[0], &tracks);
+    sim.run_for(Duration::from_millis(150));
+    let t_second = sim.now;
+    let second = sim.subscribe(subs[1], &tracks);
+    sim.run_for(Duration::from_millis(600));
+    let video = track(&tracks, pb::TrackKind::Video);
+    let waited = first_frame_at(&sim, subs[1], &second, &video) - t_second;
+    // With the default 300 ms interval this subscriber waits ~150 ms more.
+    assert!(
+        waited < Duration::from_millis(100),
+        "the second waited {waited:?} with a 100 ms interval"
+    );
+    assert_eq!(keyframe_requests(&sim, publ) - before, 2);
 }

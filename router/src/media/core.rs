@@ -31,8 +31,12 @@ use str0m::{Event, IceConnectionState, Input};
 /// H.264 NAL unit type of a sequence parameter set.
 const H264_NALU_SPS: u8 = 7;
 
-/// Minimum time between two keyframe requests to one publisher layer.
-pub const PUBLISHER_KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
+/// Minimum time between two keyframe requests to one publisher layer, by
+/// default (`media.keyframe_interval_ms`). Chrome's encoder ignores a request
+/// that arrives within 300 ms of the last one it acted on; the extra 30 ms
+/// keep a held request from arriving early by the path's jitter (and being
+/// ignored, which would cost the waiting subscriber another round).
+pub const PUBLISHER_KEYFRAME_INTERVAL: Duration = Duration::from_millis(330);
 
 /// Everything the core wants done, drained by the driver.
 #[derive(Debug, Default)]
@@ -74,7 +78,10 @@ struct Published {
     rids: Vec<str0m::media::Rid>,
     dests: Vec<Dest>,
     /// Last keyframe request per layer.
-    last_keyframe: Vec<Option<Instant>>,
+    last_request: Vec<Option<Instant>>,
+    /// Layers whose keyframe arrived since their last request (bit per
+    /// layer); a clear bit means a request is still being answered.
+    answered: u32,
     /// Layers with a request that came within the throttle interval: sent
     /// when the interval is over (bit per layer).
     keyframe_pending: u32,
@@ -124,6 +131,8 @@ pub struct WorkerCore {
     local_pending: Vec<Arc<MediaPacket>>,
     /// When the earliest throttled keyframe request is due.
     keyframe_due: Option<Instant>,
+    /// Minimum time between two keyframe requests to one publisher layer.
+    keyframe_interval: Duration,
 }
 
 fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
@@ -167,7 +176,15 @@ impl WorkerCore {
             dirty: Vec::new(),
             local_pending: Vec::new(),
             keyframe_due: None,
+            keyframe_interval: PUBLISHER_KEYFRAME_INTERVAL,
         }
+    }
+
+    /// Sets the minimum time between two keyframe requests to one
+    /// publisher layer (`media.keyframe_interval_ms`).
+    pub fn with_keyframe_interval(mut self, interval: Duration) -> Self {
+        self.keyframe_interval = interval;
+        self
     }
 
     /// This worker's id.
@@ -491,7 +508,8 @@ impl WorkerCore {
                         links: Vec::new(),
                         mid: Mid::from("remote"),
                         kind,
-                        last_keyframe: vec![None; n.max(1)],
+                        last_request: vec![None; n.max(1)],
+                        answered: 0,
                         keyframe_pending: 0,
                         meters: LayerMeters::new(n),
                         wanted: 0,
@@ -628,7 +646,8 @@ impl WorkerCore {
                     links: Vec::new(),
                     mid,
                     kind,
-                    last_keyframe: vec![None; rids.len().max(1)],
+                    last_request: vec![None; rids.len().max(1)],
+                    answered: 0,
                     keyframe_pending: 0,
                     meters: LayerMeters::new(rids.len()),
                     // A browser sends every layer at first.
@@ -814,10 +833,14 @@ impl WorkerCore {
 
     /// Sends a published packet to every worker and link that needs its layer.
     fn fan_out(&mut self, pkt: Arc<MediaPacket>) {
-        let Some(publ) = self.published.get(&pkt.track) else {
+        let Some(publ) = self.published.get_mut(&pkt.track) else {
             return;
         };
         let bit = 1u32 << pkt.layer.min(31);
+        if pkt.keyframe {
+            publ.answered |= bit;
+        }
+        let publ = &*publ;
         let mut local = false;
         for d in &publ.dests {
             if d.mask & bit == 0 {
@@ -917,34 +940,42 @@ impl WorkerCore {
         }
     }
 
-    /// Asks the publisher of `track` for a keyframe of `layer`, throttled.
+    /// Asks the publisher of `track` for a keyframe of `layer`, throttled:
+    /// a request while an earlier one is still being answered is absorbed
+    /// (the keyframe on its way serves both); one that comes within the
+    /// interval after a keyframe arrived is held until the interval is over.
     fn request_publisher_keyframe(&mut self, now: Instant, track: TrackId, layer: u8) {
+        let interval = self.keyframe_interval;
         let Some(p) = self.published.get_mut(&track) else {
             return;
         };
-        let Some(last) = p.last_keyframe.get_mut(usize::from(layer)) else {
+        let Some(last) = p.last_request.get_mut(usize::from(layer)) else {
             return;
         };
-        if let Some(t) =
-            last.filter(|t| now.saturating_duration_since(*t) < PUBLISHER_KEYFRAME_INTERVAL)
-        {
+        let bit = 1u32 << layer.min(31);
+        if let Some(t) = last.filter(|t| now.saturating_duration_since(*t) < interval) {
+            if p.answered & bit == 0 {
+                self.metrics.kf_coalesced.inc();
+                return;
+            }
             // Not dropped: sent once the interval is over, so a subscriber
             // joining just after another waits for that, not for its retry.
             self.metrics.kf_throttled.inc();
-            p.keyframe_pending |= 1u32 << layer.min(31);
-            let due = t + PUBLISHER_KEYFRAME_INTERVAL;
+            p.keyframe_pending |= bit;
+            let due = t + interval;
             self.keyframe_due = Some(self.keyframe_due.map_or(due, |d| d.min(due)));
             return;
         }
         *last = Some(now);
-        p.keyframe_pending &= !(1u32 << layer.min(31));
+        p.answered &= !bit;
+        p.keyframe_pending &= !bit;
+        self.metrics.kf_sent.inc();
         let (mid, rid) = (p.mid, p.rids.get(usize::from(layer)).copied());
         let Some(sid) = p.session else {
             // A remote track: the origin router is asked over the link. The
             // request implies the layer is wanted: say so first, or the
             // origin answers with a keyframe it does not relay yet (the
             // demand would only follow at the next tick).
-            let bit = 1u32 << layer.min(31);
             if p.wanted & bit == 0 {
                 p.wanted |= bit;
                 let mask = p.wanted;

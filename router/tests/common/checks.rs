@@ -12,6 +12,21 @@ pub fn mid_of(subs: &[pb::Subscription], track: &pb::Track) -> str0m::media::Mid
     s.mid.as_str().into()
 }
 
+/// When simulated client `c` completed its first frame of `video`,
+/// subscribed as `subs`.
+pub fn first_frame_at(
+    sim: &kaskade_router::testkit::Sim,
+    c: usize,
+    subs: &[pb::Subscription],
+    video: &pb::Track,
+) -> std::time::Instant {
+    sim.clients[c]
+        .client
+        .received_on(mid_of(subs, video))
+        .and_then(|r| r.first_frame_at)
+        .expect("a first frame")
+}
+
 /// The track of `kind` among `tracks`.
 pub fn track(tracks: &[pb::Track], kind: pb::TrackKind) -> pb::Track {
     tracks
