@@ -77,6 +77,11 @@ pub struct ClientConfig {
     /// interval until one is complete. Off (`None`) by default so tests count only the
     /// PLIs they ask for.
     pub auto_keyframe_request: Option<Duration>,
+    /// Browser-like encoder: a keyframe request for a layer within this long
+    /// of the last one it honoured is ignored, as libwebrtc's encoder does
+    /// (300 ms, `kMinKeyframeSendIntervalMs`). Off (`None`) by default so
+    /// tests see every request answered.
+    pub keyframe_min_interval: Option<Duration>,
     /// Keep every received packet for [`Client::drain_tap`] (the load tester's
     /// per-packet measurements). Off by default.
     pub packet_tap: bool,
@@ -97,6 +102,7 @@ impl ClientConfig {
             packet_log_limit: 0,
             max_buffered_events: 1024,
             auto_keyframe_request: None,
+            keyframe_min_interval: None,
             packet_tap: false,
         }
     }
@@ -111,6 +117,13 @@ impl ClientConfig {
     /// [`Self::auto_keyframe_request`]).
     pub fn auto_keyframe_request(mut self, interval: Option<Duration>) -> Self {
         self.auto_keyframe_request = interval;
+        self
+    }
+
+    /// Ignores keyframe requests closer than `interval` to the last one
+    /// honoured, per layer (see [`Self::keyframe_min_interval`]).
+    pub fn keyframe_min_interval(mut self, interval: Option<Duration>) -> Self {
+        self.keyframe_min_interval = interval;
         self
     }
 
@@ -145,6 +158,10 @@ impl ClientConfig {
         self
     }
 }
+
+/// What libwebrtc's encoder keeps between two keyframes it makes on request
+/// (`kMinKeyframeSendIntervalMs`): Chrome ignores requests closer than this.
+pub const BROWSER_KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(300);
 
 /// Errors of the client API.
 #[derive(Debug, thiserror::Error)]
@@ -558,6 +575,8 @@ impl Client {
                     seq: u64::from(self.rng.random_range(0..30_000u32)),
                     ssrc: None,
                     packets_sent: 0,
+                    keyframe_honoured: None,
+                    keyframe_requests_ignored: 0,
                     bytes_sent: 0,
                     no_stream: 0,
                     paused: false,
@@ -783,7 +802,17 @@ impl Client {
                         *c += 1;
                     }
                     if let Some(s) = t.senders.get_mut(layer) {
-                        s.source.request_keyframe();
+                        let min = self.config.keyframe_min_interval;
+                        let too_soon = s
+                            .keyframe_honoured
+                            .zip(min)
+                            .is_some_and(|(t, min)| now.saturating_duration_since(t) < min);
+                        if too_soon {
+                            s.keyframe_requests_ignored += 1;
+                        } else {
+                            s.keyframe_honoured = Some(now);
+                            s.source.request_keyframe();
+                        }
                     }
                 }
                 self.push_event(ClientEvent::KeyframeRequest {
@@ -988,6 +1017,7 @@ impl Client {
                     packets_sent: s.map_or(0, |s| s.packets_sent),
                     bytes_sent: s.map_or(0, |s| s.bytes_sent),
                     no_stream: s.map_or(0, |s| s.no_stream),
+                    keyframe_requests_ignored: s.map_or(0, |s| s.keyframe_requests_ignored),
                     keyframe_requests: t.keyframe_requests[li],
                     source: s.map(|s| s.source.stats()).unwrap_or_default(),
                 }

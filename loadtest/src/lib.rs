@@ -59,7 +59,7 @@ pub mod publish;
 pub mod recv;
 pub mod udp;
 
-pub use client::{Client, ClientConfig, ClientError, ClientEvent};
+pub use client::{Client, ClientConfig, ClientError, ClientEvent, BROWSER_KEYFRAME_MIN_INTERVAL};
 pub use media::{MediaPacket, MediaSource, Probe, VideoLayer};
 pub use netsim::{Link, LinkKey, LinkStats, SimNet};
 pub use publish::{LayerStats, TrackId, TrackState, TrackStats, VideoCodec};

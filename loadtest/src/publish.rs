@@ -90,6 +90,10 @@ pub(crate) struct LayerSender {
     /// The str0m stream, once looked up.
     pub(crate) ssrc: Option<Ssrc>,
     pub(crate) packets_sent: u64,
+    /// When a keyframe request was last acted on.
+    pub(crate) keyframe_honoured: Option<Instant>,
+    /// Requests ignored as too soon after the last one honoured.
+    pub(crate) keyframe_requests_ignored: u64,
     pub(crate) bytes_sent: u64,
     /// Packets dropped because str0m had no stream for the mid/rid.
     pub(crate) no_stream: u64,
@@ -173,6 +177,9 @@ pub struct LayerStats {
     pub no_stream: u64,
     /// Keyframe requests (PLI/FIR) received for this layer.
     pub keyframe_requests: u64,
+    /// Of those, ignored as too soon after the last one honoured
+    /// (`ClientConfig::keyframe_min_interval`).
+    pub keyframe_requests_ignored: u64,
     /// What the source produced.
     pub source: SourceStats,
 }

@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kaskade_loadtest::{Client, ClientConfig, Link, MediaRecv, SimNet, TrackId, VideoCodec};
+use kaskade_loadtest::{
+    Client, ClientConfig, Link, MediaRecv, SimNet, TrackId, VideoCodec,
+    BROWSER_KEYFRAME_MIN_INTERVAL,
+};
 use str0m::media::{MediaKind, Mid};
 
 const RIDS: [&str; 3] = ["q", "h", "f"];
@@ -78,17 +81,18 @@ const B: usize = 1;
 
 /// A offers audio + video (`rids` simulcast), B answers, both connect.
 fn connected_pair(codec: VideoCodec, rids: &[&str], seed: u64) -> Pair {
-    connected_pair_with(codec, rids, seed, 0.0, None)
+    connected_pair_with(codec, rids, seed, 0.0, None, None)
 }
 
-/// Like [`connected_pair`] with `loss` on A → B from the start and B's automatic
-/// keyframe requests.
+/// Like [`connected_pair`] with `loss` on A → B from the start, B's automatic
+/// keyframe requests and A's minimum interval between keyframes on request.
 fn connected_pair_with(
     codec: VideoCodec,
     rids: &[&str],
     seed: u64,
     loss: f64,
     auto_pli: Option<Duration>,
+    keyframe_min: Option<Duration>,
 ) -> Pair {
     let t0 = Instant::now();
     let a_addr = addr("10.0.0.1:5000");
@@ -97,7 +101,8 @@ fn connected_pair_with(
         ClientConfig::new(a_addr, t0)
             .seed(seed)
             .video_codec(codec)
-            .packet_log(100_000),
+            .packet_log(100_000)
+            .keyframe_min_interval(keyframe_min),
         t0,
     )
     .expect("client a");
@@ -262,6 +267,38 @@ fn pli_reaches_the_publisher_layer_and_yields_a_keyframe() {
 }
 
 #[test]
+fn a_browser_like_publisher_ignores_keyframe_requests_closer_than_300_ms() {
+    let mut p = connected_pair_with(
+        VideoCodec::Vp8,
+        &RIDS,
+        5,
+        0.0,
+        None,
+        Some(BROWSER_KEYFRAME_MIN_INTERVAL),
+    );
+    p.sim.run_for(Duration::from_secs(1));
+    let vmid = p.video_mid;
+    let keyframes = |p: &Pair| recv(p, vmid).stream_by_rid("h").expect("h").keyframes;
+    assert_eq!(keyframes(&p), 1);
+    // Two requests 100 ms apart: the second is ignored.
+    for _ in 0..2 {
+        assert!(p.sim.clients[B].request_keyframe(vmid, Some("h".into())));
+        p.sim.run_for(Duration::from_millis(100));
+    }
+    p.sim.run_for(Duration::from_millis(150));
+    assert_eq!(keyframes(&p), 2, "one keyframe for two requests");
+    // 350 ms after the first: honoured.
+    assert!(p.sim.clients[B].request_keyframe(vmid, Some("h".into())));
+    p.sim.run_for(Duration::from_millis(200));
+    assert_eq!(keyframes(&p), 3);
+    let a = &p.sim.clients[A];
+    assert_eq!(a.keyframe_requests(p.video, Some("h")), 3);
+    let stats = a.track_stats(p.video).expect("stats");
+    assert_eq!(stats.layers[1].keyframe_requests_ignored, 1);
+    assert_eq!(stats.layers[1].source.requested_keyframes, 2);
+}
+
+#[test]
 fn nack_recovers_video_under_loss() {
     let mut p = connected_pair(VideoCodec::Vp8, &RIDS, 5);
     // Media flows cleanly first: NACK needs a sequence number reference (a receiver
@@ -329,7 +366,7 @@ fn h264_single_layer_arrives_keyframe_first() {
 #[test]
 fn loss_from_the_start_auto_keyframe_requests_get_every_layer_decoding() {
     let interval = Duration::from_millis(300);
-    let mut p = connected_pair_with(VideoCodec::Vp8, &RIDS, 11, 0.05, Some(interval));
+    let mut p = connected_pair_with(VideoCodec::Vp8, &RIDS, 11, 0.05, Some(interval), None);
     p.sim.run_for(Duration::from_secs(3));
     let video = recv(&p, p.video_mid);
     for rid in RIDS {

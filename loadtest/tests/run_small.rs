@@ -108,6 +108,10 @@ fn small_fan_out_against_a_started_kaskade() {
     assert!(f(run, "joins.join_time.p50_ms") < 5000.0);
     assert!(f(run, "joins.time_to_first_frame.count") >= 20.0);
     assert_eq!(f(run, "joins.no_first_frame"), 0.0);
+    // Publishers received the router's keyframe requests (and answer them
+    // like a browser: the ignored ones are counted, never more than received).
+    assert!(f(run, "media.keyframe_requests") >= 1.0);
+    assert!(f(run, "media.keyframe_requests_ignored") <= f(run, "media.keyframe_requests"));
     assert!(f(run, "cpu.router_cpu_secs") > 0.0);
     assert!(f(run, "cpu.router_forwarded") > 1000.0);
     assert!(f(run, "cpu.router_us_per_forwarded") > 0.0);

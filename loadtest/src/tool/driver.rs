@@ -218,6 +218,9 @@ pub struct ClientResult {
     pub tracks: Vec<TrackResult>,
     /// RTP packets sent (publishers).
     pub sent_packets: u64,
+    /// Keyframe requests received and, of those, ignored as too soon
+    /// (publishers).
+    pub keyframe_requests: (u64, u64),
 }
 
 type CallFn = Box<dyn FnOnce(&mut Slot) + Send>;
@@ -680,10 +683,20 @@ impl DriverThread {
                 last_error: slot.client.last_error().map(str::to_string),
                 tracks,
                 sent_packets: sent_packets(&slot.client),
+                keyframe_requests: keyframe_requests(&slot.client),
             });
         }
         out
     }
+}
+
+fn keyframe_requests(c: &Client) -> (u64, u64) {
+    (0..8)
+        .filter_map(|i| c.track_stats(kaskade_loadtest::TrackId(i)))
+        .flat_map(|t| t.layers)
+        .fold((0, 0), |(r, i), l| {
+            (r + l.keyframe_requests, i + l.keyframe_requests_ignored)
+        })
 }
 
 fn sent_packets(c: &Client) -> u64 {

@@ -134,6 +134,11 @@ pub struct MediaFigures {
     pub layer_switches: u64,
     /// RTP packets the publishers sent (all layers, whole run).
     pub published_packets: u64,
+    /// Keyframe requests the publishers received (whole run).
+    pub keyframe_requests: u64,
+    /// Of those, ignored like Chrome's encoder does (within 300 ms of the
+    /// last one acted on).
+    pub keyframe_requests_ignored: u64,
     /// Gaps in the publishers' packet indexes as received: loss plus what the SFU
     /// chose not to forward (layer switches, temporal layers). Context, not loss.
     pub probe_gaps: u64,
@@ -260,6 +265,11 @@ impl RunReport {
         for (reason, n) in &j.reasons {
             let _ = writeln!(o, "  failure  {n} × {reason}");
         }
+        let _ = writeln!(
+            o,
+            "keyframes  {} requests reached the publishers, {} ignored as under 300 ms apart",
+            m.keyframe_requests, m.keyframe_requests_ignored
+        );
         let layers: Vec<String> = m
             .rx_bps_layers
             .iter()

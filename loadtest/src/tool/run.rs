@@ -373,6 +373,8 @@ fn media_figures(
     let mut frozen = Duration::ZERO;
     let mut at_end: BTreeMap<String, u64> = BTreeMap::new();
     m.published_packets = clients.iter().map(|c| c.sent_packets).sum();
+    m.keyframe_requests = clients.iter().map(|c| c.keyframe_requests.0).sum();
+    m.keyframe_requests_ignored = clients.iter().map(|c| c.keyframe_requests.1).sum();
     for t in clients.iter().flat_map(|c| &c.tracks) {
         if t.packets > 0 {
             m.subscriptions_receiving += 1;

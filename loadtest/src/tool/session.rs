@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kaskade_loadtest::{Client, ClientConfig};
+use kaskade_loadtest::{Client, ClientConfig, BROWSER_KEYFRAME_MIN_INTERVAL};
 use serde::Serialize;
 
 use super::driver::{ClientId, Driver, NewClient};
@@ -167,7 +167,9 @@ impl Joins {
         let config = ClientConfig::new(addr, self.epoch)
             .seed(seed)
             .packet_tap(true)
-            .auto_keyframe_request(Some(Duration::from_millis(500)));
+            .auto_keyframe_request(Some(Duration::from_millis(500)))
+            // Publishers answer keyframe requests like Chrome's encoder.
+            .keyframe_min_interval(Some(BROWSER_KEYFRAME_MIN_INTERVAL));
         let now = Instant::now();
         let mut client = Client::new(config, now).map_err(|e| format!("client: {e}"))?;
         setup(&mut client);
