@@ -9,7 +9,7 @@
 //! kaskade side at N = 10. Environment:
 //!
 //! * `KASKADE_BENCH_RUNS` (default 5): timed runs per N.
-//! * `KASKADE_BENCH_SIZES` (default `1,10,100`): subscriber counts.
+//! * `KASKADE_BENCH_SIZES` (default `1,10,50,100`; 50 is scenario S1's fan-out): subscriber counts.
 //! * `KASKADE_BENCH_CALLGRIND=0`: skip the instruction counts.
 
 use kaskade_bench::fanout::FanOut;
@@ -42,7 +42,7 @@ fn sizes() -> Vec<usize> {
     std::env::var("KASKADE_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 10, 100])
+        .unwrap_or_else(|| vec![1, 10, 50, 100])
 }
 
 #[derive(Default)]
