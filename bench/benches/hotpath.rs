@@ -10,6 +10,8 @@
 //!
 //! * `KASKADE_BENCH_RUNS` (default 5): timed runs per N.
 //! * `KASKADE_BENCH_SIZES` (default `1,10,50,100`; 50 is scenario S1's fan-out): subscriber counts.
+//! * `KASKADE_BENCH_SUBSCRIBER=recvonly`: subscribers bootstrap with a
+//!   receive-only video line instead of a data channel (no SCTP).
 //! * `KASKADE_BENCH_CALLGRIND=0`: skip the instruction counts.
 
 use kaskade_bench::fanout::FanOut;
@@ -131,6 +133,14 @@ fn main() {
     println!();
     println!("CPU time (CLOCK_THREAD_CPUTIME_ID) per outgoing packet, ns: median [min–max] of {runs} runs");
     println!("ratio = kaskade / floor, per run, same process; \"+ send\" includes sendmmsg (batches of 32) to loopback sinks");
+    println!(
+        "subscribers bootstrap with {}",
+        if kaskade_bench::fanout::receive_only_bootstrap() {
+            "a receive-only video line (KASKADE_BENCH_SUBSCRIBER=recvonly)"
+        } else {
+            "a data channel"
+        }
+    );
     println!();
     println!("| N | kaskade core+send | floor core+send | ratio (+send) | kaskade core only | floor core only | ratio (core) |");
     println!("|---|---|---|---|---|---|---|");

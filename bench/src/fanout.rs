@@ -1,5 +1,6 @@
-//! The kaskade side: one publisher with one VP8 video track, N data-channel
-//! subscribers subscribed to it, all on one real worker core, driven by the
+//! The kaskade side: one publisher with one VP8 video track, N subscribers
+//! (bootstrapped with a data channel, or a receive-only line: see
+//! [`receive_only_bootstrap`]) subscribed to it, all on one real worker core, driven by the
 //! router's test kit (`kaskade_router::testkit::Sim`) on a virtual clock.
 //!
 //! Measuring: [`FanOut::record_publisher`] runs only the publisher for a
@@ -105,7 +106,13 @@ impl FanOut {
             .expect("the video track is published");
         for i in 0..n {
             let s = f.sim.add_client(|c| c.packet_log(0));
-            f.sim.clients[s].client.add_data_channel("bench");
+            if receive_only_bootstrap() {
+                f.sim.clients[s]
+                    .client
+                    .add_receiver(str0m::media::MediaKind::Video);
+            } else {
+                f.sim.clients[s].client.add_data_channel("bench");
+            }
             f.join(s, &format!("sub{i}"));
             f.subscribers.push(s);
         }
@@ -428,6 +435,13 @@ fn send(staged: &mut Vec<Datagram>, sinks: &mut Sinks) {
     }
     sinks.send(&batch[..staged.len()]);
     staged.clear();
+}
+
+/// Whether subscribers bootstrap with a receive-only video line instead of a
+/// data channel (`KASKADE_BENCH_SUBSCRIBER=recvonly`; default `datachannel`,
+/// the flow docs/api.md describes).
+pub fn receive_only_bootstrap() -> bool {
+    std::env::var("KASKADE_BENCH_SUBSCRIBER").is_ok_and(|v| v == "recvonly")
 }
 
 /// Datagrams the replay hands to the core per loop iteration

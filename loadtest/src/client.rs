@@ -257,6 +257,7 @@ fn random_string(rng: &mut SmallRng, n: usize) -> String {
 enum Queued {
     Track(TrackId),
     Channel(String),
+    Receiver(MediaKind),
 }
 
 /// A browser-like WebRTC peer. See the [module docs](self).
@@ -404,6 +405,13 @@ impl Client {
         self.queued.push(Queued::Channel(label.to_string()));
     }
 
+    /// Queues a receive-only media line for the next offer, as
+    /// `pc.addTransceiver(kind, {direction: "recvonly"})` does: a subscriber's
+    /// first offer can carry one instead of a data channel.
+    pub fn add_receiver(&mut self, kind: MediaKind) {
+        self.queued.push(Queued::Receiver(kind));
+    }
+
     fn queue_track(&mut self, track: LocalTrack) -> TrackId {
         let id = TrackId(self.tracks.len());
         self.tracks.push(track);
@@ -445,6 +453,9 @@ impl Client {
                 }
                 Queued::Channel(label) => {
                     self.channel.get_or_insert(api.add_channel(label));
+                }
+                Queued::Receiver(kind) => {
+                    api.add_media(kind, Direction::RecvOnly, None, None, None);
                 }
             }
         }

@@ -457,6 +457,16 @@ impl Sim {
         )
     }
 
+    /// Room "r" with a publisher whose tracks `publish` adds, joined (not
+    /// yet connected). Returns the publisher and its tracks.
+    pub fn publisher(&mut self, publish: impl FnOnce(&mut Client)) -> (usize, Vec<pb::Track>) {
+        self.create_room("r");
+        let publ = self.add_client(|c| c);
+        publish(&mut self.clients[publ].client);
+        let tracks = self.join("r", publ, "pub");
+        (publ, tracks)
+    }
+
     /// Room "r" with a publisher whose tracks `publish` adds and `n`
     /// data-channel subscribers, joined in that order (placed by the
     /// router) and connected; nobody subscribed yet. Returns the publisher,
@@ -466,10 +476,7 @@ impl Sim {
         n: usize,
         publish: impl FnOnce(&mut Client),
     ) -> (usize, Vec<pb::Track>, Vec<usize>) {
-        self.create_room("r");
-        let publ = self.add_client(|c| c);
-        publish(&mut self.clients[publ].client);
-        let tracks = self.join("r", publ, "pub");
+        let (publ, tracks) = self.publisher(publish);
         let subs: Vec<usize> = (0..n)
             .map(|i| {
                 let c = self.add_client(|c| c);

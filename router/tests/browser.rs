@@ -173,7 +173,8 @@ fn browser_publishes_and_subscribes() {
 /// (320x180, 640x360, 1280x720); `UpdateSubscription(max_spatial_layer)` to
 /// the lowest, the highest and the middle layer must each change the width
 /// of the frames the subscriber decodes, and `WatchEvents` must report a
-/// `LayerChanged` for a preference. Prints how long each switch took.
+/// `LayerChanged` for a preference. Prints how long each switch took. The
+/// subscriber bootstraps with a receive-only transceiver, not a data channel.
 #[test]
 fn browser_simulcast_layers_follow_update_subscription() {
     run_scenario(&["--scenario", "simulcast"]);

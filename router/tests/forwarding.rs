@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::checks::{first_frame_at, mid_of, track};
+use common::checks::{first_frame_at, mid_of, received, track};
 use common::{Pair, Sim, SimOptions};
 use kaskade_loadtest::{MediaRecv, VideoCodec};
 use kaskade_protocol::v1 as pb;
@@ -208,11 +208,7 @@ fn h264_is_forwarded_keyframe_first() {
     sim.run_for(Duration::from_millis(700));
     let subs = sim.subscribe(sub, &tracks);
     sim.run_for(Duration::from_secs(2));
-    let video = track(&tracks, pb::TrackKind::Video);
-    let r = sim.clients[sub]
-        .client
-        .received_on(mid_of(&subs, &video))
-        .expect("video");
+    let r = received(&sim, sub, &subs, &track(&tracks, pb::TrackKind::Video));
     assert_eq!(r.first_packet_keyframe, Some(true));
     assert_complete_in_order(r, "h264");
 }
@@ -528,4 +524,31 @@ fn a_shorter_keyframe_interval_serves_a_later_subscriber_sooner() {
         "the second waited {waited:?} with a 100 ms interval"
     );
     assert_eq!(keyframe_requests(&sim, publ) - before, 2);
+}
+
+/// A subscriber's first offer may carry a receive-only media line instead of
+/// a data channel (no SCTP association for the router to poll).
+#[test]
+fn a_subscriber_can_bootstrap_with_a_receive_only_line() {
+    let mut sim = Sim::new(1, 14);
+    let (publ, tracks) = sim.publisher(|c| {
+        c.add_audio();
+        c.add_video(&[]);
+    });
+    let sub = sim.add_client(|c| c);
+    sim.clients[sub].client.add_receiver(MediaKind::Video);
+    let published = sim.join("r", sub, "sub");
+    assert!(
+        published.is_empty(),
+        "a receive-only line publishes nothing"
+    );
+    sim.connect(&[publ, sub]);
+    let subs = sim.subscribe(sub, &tracks);
+    sim.run_for(Duration::from_secs(2));
+    let r = received(&sim, sub, &subs, &track(&tracks, pb::TrackKind::Video));
+    assert!(r.packets > 30, "{} video packets", r.packets);
+    assert_eq!(r.first_packet_keyframe, Some(true));
+    let a = received(&sim, sub, &subs, &track(&tracks, pb::TrackKind::Audio));
+    assert!(a.packets > 50, "{} audio packets", a.packets);
+    assert_eq!(sim.metric("kaskade_session_failures_total"), 0.0);
 }

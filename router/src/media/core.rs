@@ -358,6 +358,14 @@ impl WorkerCore {
         for sid in &dirty {
             if let Some(s) = self.sessions.get_mut(sid) {
                 s.dirty = false;
+                // str0m releases a written packet only from a timeout round
+                // (its pacer learns of the queue there). Fed before the
+                // drain, the round saves the drain a walk of str0m's tree
+                // that would only answer "timeout now".
+                if guarded(|| s.rtc.handle_input(Input::Timeout(now))).is_none() {
+                    self.fail_session(*sid);
+                    continue;
+                }
             }
             self.drain_session(now, *sid);
         }

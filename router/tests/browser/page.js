@@ -171,10 +171,7 @@
     }
   }
 
-  // opts.frameLog: hash every remote video frame (see watchFrames).
-  async function prepareSubscriber(opts = {}) {
-    document.getElementById('role').textContent = 'subscriber';
-    const pc = newPeerConnection('sub');
+  function prepareDataChannel(pc) {
     const dc = pc.createDataChannel('kaskade');
     state.dc = dc;
     dc.addEventListener('open', () => {
@@ -191,6 +188,20 @@
     });
     dc.addEventListener('close', () => log('datachannel close'));
     dc.addEventListener('error', (e) => log('datachannel error', String(e.error || e)));
+  }
+
+  // opts.frameLog: hash every remote video frame (see watchFrames).
+  // opts.bootstrap: 'datachannel' (default) or 'recvonly' (a receive-only
+  // video transceiver gives the first offer its transport instead).
+  async function prepareSubscriber(opts = {}) {
+    document.getElementById('role').textContent = 'subscriber';
+    const pc = newPeerConnection('sub');
+    if (opts.bootstrap === 'recvonly') {
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      log('bootstrap: receive-only video transceiver, no data channel');
+    } else {
+      prepareDataChannel(pc);
+    }
     pc.addEventListener('track', (e) => {
       const track = e.track;
       log('remote track', track.kind, 'mid', e.transceiver && e.transceiver.mid);

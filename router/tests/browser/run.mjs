@@ -486,8 +486,8 @@ async function startPublisher(ctx, { pub, call }, { simulcast = false } = {}) {
 // `label` names the subscriber in the log and the SDP dump, `frameLog` asks
 // the page to hash the frames it shows (page.js watchFrames).
 async function startSubscriber(ctx, { sub, call }, trackIds,
-  { participant = 'sub', label = 'subscriber', frameLog = false } = {}) {
-  const subOffer = await sub.evaluate((opts) => window.kaskade.prepareSubscriber(opts), { frameLog });
+  { participant = 'sub', label = 'subscriber', frameLog = false, bootstrap = 'datachannel' } = {}) {
+  const subOffer = await sub.evaluate((opts) => window.kaskade.prepareSubscriber(opts), { frameLog, bootstrap });
   describeOffer(`${label} offer`, subOffer.sdp, { all: false });
   const subSession = await call('SessionService', 'CreateSession', {
     room_id: ROOM_ID, participant_id: participant, sdp_offer: subOffer.sdp, metadata: '',
@@ -510,9 +510,12 @@ async function startSubscriber(ctx, { sub, call }, trackIds,
 
 // Media must flow: video frames decoded and (unless audio is false) audio
 // packets received, both above a floor and growing over two consecutive
-// polls (so not a single burst); and the data channel must have opened.
+// polls (so not a single burst); and (unless dataChannel is false) the data
+// channel must have opened.
 // `sub`/`subKey`: another subscriber page than ctx.pages.sub.
-async function waitForMedia(ctx, { audio: needAudio = true, line = progressLine, sub = ctx.pages.sub, subKey } = {}) {
+async function waitForMedia(ctx, {
+  audio: needAudio = true, dataChannel = true, line = progressLine, sub = ctx.pages.sub, subKey,
+} = {}) {
   const { pub } = ctx.pages;
   const mediaStart = Date.now();
   const deadline = mediaStart + MEDIA_TIMEOUT_MS;
@@ -525,7 +528,7 @@ async function waitForMedia(ctx, { audio: needAudio = true, line = progressLine,
     const frames = (s && s.inVideo && s.inVideo.framesDecoded) || 0;
     const audio = (s && s.inAudio && s.inAudio.packetsReceived) || 0;
     const audioOk = !needAudio || audio > 10;
-    const dcOpen = !!(s && s.dataChannelOpened);
+    const dcOpen = !dataChannel || !!(s && s.dataChannelOpened);
     if (Date.now() - lastProgress >= 3000) {
       log(line(p, s));
       lastProgress = Date.now();
@@ -828,8 +831,10 @@ async function simulcastScenario(ctx) {
     throw new Error(`the fake camera should capture 1280x720 for this test, it gives ${cam.width}x${cam.height}`);
   }
   const widths = [cam.width / 4, cam.width / 2, cam.width]; // the scaleResolutionDownBy of page.js
-  const subSession = await startSubscriber(ctx, room, [video.track_id]);
-  const media = await waitForMedia(ctx, { audio: false, line: simulcastLine });
+  // This subscriber bootstraps with a receive-only transceiver instead of a
+  // data channel (docs/api.md): the router must serve it the same way.
+  const subSession = await startSubscriber(ctx, room, [video.track_id], { bootstrap: 'recvonly' });
+  const media = await waitForMedia(ctx, { audio: false, dataChannel: false, line: simulcastLine });
   log(`video flowing after ${media.mediaSecs} s (${media.videoCodec})`);
 
   const results = [];

@@ -12,6 +12,19 @@ pub fn mid_of(subs: &[pb::Subscription], track: &pb::Track) -> str0m::media::Mid
     s.mid.as_str().into()
 }
 
+/// What simulated client `c`, subscribed as `subs`, received of `track`.
+pub fn received<'a>(
+    sim: &'a kaskade_router::testkit::Sim,
+    c: usize,
+    subs: &[pb::Subscription],
+    track: &pb::Track,
+) -> &'a MediaRecv {
+    sim.clients[c]
+        .client
+        .received_on(mid_of(subs, track))
+        .expect("media on the subscribed line")
+}
+
 /// When simulated client `c` completed its first frame of `video`,
 /// subscribed as `subs`.
 pub fn first_frame_at(
@@ -20,10 +33,8 @@ pub fn first_frame_at(
     subs: &[pb::Subscription],
     video: &pb::Track,
 ) -> std::time::Instant {
-    sim.clients[c]
-        .client
-        .received_on(mid_of(subs, video))
-        .and_then(|r| r.first_frame_at)
+    received(sim, c, subs, video)
+        .first_frame_at
         .expect("a first frame")
 }
 
