@@ -13,7 +13,7 @@ use super::janus::JanusSpec;
 use super::report::{comparison_table, medians, RunReport, TargetMedians};
 use super::router::find_router_bin;
 use super::run::{run_once, RunOpts};
-use super::scenario::{LayerPref, Scenario};
+use super::scenario::{Bootstrap, LayerPref, Scenario};
 use super::target::TargetSpec;
 use super::thresholds::{Thresholds, Violation};
 use super::units::{Dur, Frac, Rate};
@@ -76,6 +76,10 @@ pub struct Cli {
     /// Layer subscribers ask for: auto (router decides), low, mid, high.
     #[arg(long)]
     subscriber_layer: Option<LayerPref>,
+    /// What a kaskade subscriber's first offer carries: datachannel, or
+    /// recvonly (a receive-only video transceiver, no SCTP).
+    #[arg(long)]
+    subscriber_bootstrap: Option<Bootstrap>,
     /// Measured steady state (after ramp-up and warm-up), e.g. 30s.
     #[arg(long)]
     duration: Option<Dur>,
@@ -213,6 +217,7 @@ impl Cli {
         set!(subscribers);
         set!(layers);
         set!(subscriber_layer);
+        set!(subscriber_bootstrap);
         set!(duration);
         set!(warmup);
         set!(ramp_up);
@@ -512,8 +517,11 @@ mod tests {
             "low",
             "--layers",
             "a,b",
+            "--subscriber-bootstrap",
+            "recvonly",
         ]);
         let s = cli.scenario().unwrap();
+        assert_eq!(s.subscriber_bootstrap, Bootstrap::Recvonly);
         assert_eq!(s.subscribers, 7);
         assert_eq!(s.publishers, 1);
         assert_eq!(s.duration.0, std::time::Duration::from_secs(5));

@@ -10,6 +10,7 @@ use pb::session_service_client::SessionServiceClient;
 use tonic::transport::Channel;
 
 use super::driver::ClientId;
+use super::scenario::Bootstrap;
 use super::session::{step, JoinRecord, Joins, PubTrack, Publisher, Role};
 
 /// Control-API clients of one router.
@@ -163,9 +164,11 @@ impl Kaskade {
         index: u32,
         tracks: &[PubTrack],
     ) -> Result<(), String> {
+        let bootstrap = joins.scenario.subscriber_bootstrap;
         let (id, mut rec) = joins
-            .new_client(Role::Subscriber, room_idx, index, |c| {
-                c.add_data_channel("k");
+            .new_client(Role::Subscriber, room_idx, index, |c| match bootstrap {
+                Bootstrap::Datachannel => c.add_data_channel("k"),
+                Bootstrap::Recvonly => c.add_receiver(str0m::media::MediaKind::Video),
             })
             .await?;
         let res = async {

@@ -48,6 +48,30 @@ impl std::str::FromStr for LayerPref {
     }
 }
 
+/// What a kaskade subscriber's first offer carries to get a transport before
+/// anything is subscribed (docs/api.md). Janus subscribers answer Janus's
+/// offer and need neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Bootstrap {
+    /// A data channel (the flow docs/api.md shows first).
+    #[default]
+    Datachannel,
+    /// A receive-only video transceiver: no SCTP association.
+    Recvonly,
+}
+
+impl std::str::FromStr for Bootstrap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "datachannel" | "dc" => Ok(Bootstrap::Datachannel),
+            "recvonly" => Ok(Bootstrap::Recvonly),
+            _ => Err(format!("'{s}': expected datachannel or recvonly")),
+        }
+    }
+}
+
 /// Network impairment applied in user space to a share of the clients of one role.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -112,6 +136,8 @@ pub struct Scenario {
     pub layers: Vec<String>,
     /// Layer subscribers ask for.
     pub subscriber_layer: LayerPref,
+    /// What kaskade subscribers' first offer carries.
+    pub subscriber_bootstrap: Bootstrap,
     /// Measured steady state, after every join and the warm-up.
     pub duration: Dur,
     /// Time between the last join and the start of measurement.
@@ -140,6 +166,7 @@ impl Default for Scenario {
             video: true,
             layers: vec!["l".into(), "m".into(), "h".into()],
             subscriber_layer: LayerPref::High,
+            subscriber_bootstrap: Bootstrap::Datachannel,
             duration: Dur(Duration::from_secs(20)),
             warmup: Dur(Duration::from_secs(5)),
             ramp_up: 20.0,
@@ -273,8 +300,12 @@ impl Scenario {
         } else {
             String::new()
         };
+        let bootstrap = match self.subscriber_bootstrap {
+            Bootstrap::Datachannel => "",
+            Bootstrap::Recvonly => ", subscribers bootstrap recvonly",
+        };
         format!(
-            "{} room(s) × {who}{extra}, {media}, layer {:?}, {} measured",
+            "{} room(s) × {who}{extra}, {media}, layer {:?}{bootstrap}, {} measured",
             self.rooms, self.subscriber_layer, self.duration
         )
     }
