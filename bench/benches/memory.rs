@@ -16,8 +16,7 @@
 use kaskade_bench::alloc::{
     allocated_bytes, allocations, live_bytes, router_classes, with_router, TaggingAlloc, ROUTER,
 };
-use kaskade_bench::fanout::FanOut;
-use kaskade_router::testkit::SimOptions;
+use kaskade_bench::fanout::{self, FanOut};
 use std::time::Duration;
 
 #[global_allocator]
@@ -28,13 +27,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    let mut options = SimOptions::default();
-    if let Some(v) = std::env::var("KASKADE_BENCH_RTX_CACHE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        options.rtx_cache = v;
-    }
+    let options = fanout::options_from_env();
     let mut f = FanOut::connect_with(n, 11, options);
     let n_eff = f.subscribers.len();
     f.run_for(Duration::from_secs(1));

@@ -206,7 +206,7 @@ impl FanOut {
 
     /// [`FanOut::new`] on `workers` worker cores.
     pub fn new_on(workers: usize, subscribers: usize, seed: u64) -> Self {
-        let mut f = Self::connect_on(workers, subscribers, seed, SimOptions::default());
+        let mut f = Self::connect_on(workers, subscribers, seed, options_from_env());
         f.subscribe_all();
         f.wait_media();
         // Steady state: str0m's RTX caches (up to 1000 packets or 3 s per
@@ -435,6 +435,19 @@ fn send(staged: &mut Vec<Datagram>, sinks: &mut Sinks) {
     }
     sinks.send(&batch[..staged.len()]);
     staged.clear();
+}
+
+/// The router's options, with `KASKADE_BENCH_RTX_CACHE` as its
+/// `media.rtx_cache` when set.
+pub fn options_from_env() -> SimOptions {
+    let mut options = SimOptions::default();
+    if let Some(v) = std::env::var("KASKADE_BENCH_RTX_CACHE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        options.rtx_cache = v;
+    }
+    options
 }
 
 /// Whether subscribers bootstrap with a receive-only video line instead of a
