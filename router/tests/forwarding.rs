@@ -126,6 +126,19 @@ fn late_subscriber_gets_a_keyframe_first_and_quickly() {
     assert_complete_in_order(r, "video");
 }
 
+/// A video publisher and `n` subscribers (not subscribed), run to a point
+/// away from the publisher's periodic keyframes (every 3 s). Returns the
+/// publisher, its tracks, the subscribers and the keyframe requests it has
+/// had so far.
+fn quiet_video_room(sim: &mut Sim, n: usize) -> (usize, Vec<pb::Track>, Vec<usize>, u64) {
+    let (publ, tracks, subs) = sim.publisher_and_subscribers(n, |c| {
+        c.add_video(&[]);
+    });
+    sim.run_for(Duration::from_millis(1200));
+    let before = keyframe_requests(sim, publ);
+    (publ, tracks, subs, before)
+}
+
 fn keyframe_requests(sim: &Sim, client: usize) -> u64 {
     let c = &sim.clients[client].client;
     (0..4)
@@ -437,12 +450,7 @@ fn other_workers_get_a_packet_before_the_publishers_own_subscribers() {
 #[test]
 fn a_throttled_keyframe_request_is_sent_when_the_interval_ends() {
     let mut sim = Sim::new(1, 12);
-    let (publ, tracks, subs) = sim.publisher_and_subscribers(2, |c| {
-        c.add_video(&[]);
-    });
-    // Away from the publisher's periodic keyframes (every 3 s).
-    sim.run_for(Duration::from_millis(1200));
-    let before = keyframe_requests(&sim, publ);
+    let (publ, tracks, subs, before) = quiet_video_room(&mut sim, 2);
     let first = sim.subscribe(subs[0], &tracks);
     sim.run_for(Duration::from_millis(100));
     let t_second = sim.now;
@@ -468,12 +476,7 @@ fn a_throttled_keyframe_request_is_sent_when_the_interval_ends() {
 #[test]
 fn keyframe_requests_while_one_is_answered_are_coalesced() {
     let mut sim = Sim::new(1, 13);
-    let (publ, tracks, subs) = sim.publisher_and_subscribers(3, |c| {
-        c.add_video(&[]);
-    });
-    // Away from the publisher's periodic keyframes (every 3 s).
-    sim.run_for(Duration::from_millis(1200));
-    let before = keyframe_requests(&sim, publ);
+    let (publ, tracks, subs, before) = quiet_video_room(&mut sim, 3);
     // Three subscribers at once: each asks for a keyframe before the
     // publisher has answered the first request.
     let all: Vec<Vec<pb::Subscription>> = subs.iter().map(|s| sim.subscribe(*s, &tracks)).collect();
@@ -506,11 +509,7 @@ fn a_shorter_keyframe_interval_serves_a_later_subscriber_sooner() {
             ..Default::default()
         },
     );
-    let (publ, tracks, subs) = sim.publisher_and_subscribers(2, |c| {
-        c.add_video(&[]);
-    });
-    sim.run_for(Duration::from_millis(1200));
-    let before = keyframe_requests(&sim, publ);
+    let (publ, tracks, subs, before) = quiet_video_room(&mut sim, 2);
     sim.subscribe(subs[0], &tracks);
     sim.run_for(Duration::from_millis(150));
     let t_second = sim.now;

@@ -690,21 +690,21 @@ impl DriverThread {
     }
 }
 
-fn keyframe_requests(c: &Client) -> (u64, u64) {
+/// Counters of every layer the client sends (its local tracks).
+fn sent_layers(c: &Client) -> impl Iterator<Item = kaskade_loadtest::LayerStats> + '_ {
     (0..8)
         .filter_map(|i| c.track_stats(kaskade_loadtest::TrackId(i)))
         .flat_map(|t| t.layers)
-        .fold((0, 0), |(r, i), l| {
-            (r + l.keyframe_requests, i + l.keyframe_requests_ignored)
-        })
+}
+
+fn keyframe_requests(c: &Client) -> (u64, u64) {
+    sent_layers(c).fold((0, 0), |(r, i), l| {
+        (r + l.keyframe_requests, i + l.keyframe_requests_ignored)
+    })
 }
 
 fn sent_packets(c: &Client) -> u64 {
-    (0..8)
-        .filter_map(|i| c.track_stats(kaskade_loadtest::TrackId(i)))
-        .flat_map(|t| t.layers)
-        .map(|l| l.packets_sent)
-        .sum()
+    sent_layers(c).map(|l| l.packets_sent).sum()
 }
 
 #[allow(clippy::too_many_arguments)]
