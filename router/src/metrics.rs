@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Subscriber streams resynchronised at a keyframe, and stepped down a
     /// layer, because their worker's inbox was full and video was shed.
     pub overload_resyncs: IntCounter,
+    /// API requests refused by a limit, by limit.
+    pub limit_refusals: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,6 +111,15 @@ impl Metrics {
             "Keyframe requests: why asked (join, subscriber) and what became of them (sent, coalesced, throttled).",
             &["origin"],
         );
+        let limit_refusals = counter_vec(
+            &registry,
+            "kaskade_limit_refusals_total",
+            "API requests refused because a limit was reached or a field was too large, by limit.",
+            &["limit"],
+        );
+        for l in crate::control::limits::Limit::ALL {
+            limit_refusals.with_label_values(&[l.as_str()]);
+        }
         Self {
             registry,
             sessions,
@@ -121,6 +132,7 @@ impl Metrics {
             api_errors,
             keyframe_requests,
             overload_resyncs,
+            limit_refusals,
         }
     }
 

@@ -196,6 +196,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         Limits {
             max_rooms: cfg.max_rooms,
             max_sessions_per_room: cfg.max_sessions_per_room,
+            ..Limits::default()
         },
         Identity {
             node_id: cfg.node_id.clone(),

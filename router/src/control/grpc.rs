@@ -67,11 +67,11 @@ impl RoomService for Api {
 
     async fn list_rooms(
         &self,
-        _req: Request<pb::ListRoomsRequest>,
+        req: Request<pb::ListRoomsRequest>,
     ) -> Result<Response<pb::ListRoomsResponse>, Status> {
-        Ok(Response::new(pb::ListRoomsResponse {
-            rooms: self.control.list_rooms(),
-        }))
+        let r = req.into_inner();
+        let res = self.control.list_rooms(r.page_size, &r.page_token);
+        self.done("ListRooms", res)
     }
 
     async fn delete_room(
@@ -170,8 +170,8 @@ impl SessionService for Api {
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let room_id = req.into_inner().room_id;
-        let rx = match self.control.watch(&room_id) {
-            Ok(rx) => rx,
+        let watch = match self.control.watch(&room_id) {
+            Ok(w) => w,
             Err(e) => return self.done("WatchEvents", Err(e)),
         };
         let first = pb::Event {
@@ -182,7 +182,12 @@ impl SessionService for Api {
         // A watcher that falls more than the room's buffer behind misses
         // events (it can resync with GetRoom); it is never allowed to slow
         // the router down.
-        let rest = BroadcastStream::new(rx).filter_map(|r| r.ok().map(Ok));
+        let slot = watch.slot;
+        let rest = BroadcastStream::new(watch.events).filter_map(move |r| {
+            // The stream owns its slot of limits.max_watchers.
+            let _ = &slot;
+            r.ok().map(Ok)
+        });
         let stream = tokio_stream::once(Ok(first)).chain(rest);
         Ok(Response::new(Box::pin(stream)))
     }

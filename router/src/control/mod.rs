@@ -4,8 +4,10 @@
 pub mod error;
 pub mod grpc;
 pub mod hooks;
+pub mod limits;
 pub mod plane;
 pub mod registry;
+pub mod watch;
 
 pub use error::ApiError;
 pub use grpc::Api;

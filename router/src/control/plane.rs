@@ -5,6 +5,7 @@
 use super::error::{parse_id, ApiError};
 use super::hooks::CascadeHooks;
 use super::registry::{region_allowed, Registry, SessionState, SubState};
+use super::watch::{Watch, Watchers};
 use crate::media::command::{AnswerOk, Reply, SubscriptionUpdate};
 use crate::media::worker::WorkerHandle;
 use crate::media::{CloseReason, Command, TrackInfo, WorkerEvent, WorkerId};
@@ -14,26 +15,16 @@ use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
 use pb::event::Kind;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 mod remote;
 pub use remote::RemoteTrack;
 
-/// Largest SDP the API accepts.
-pub const MAX_SDP_BYTES: usize = 256 * 1024;
-/// Largest metadata blob the API accepts.
-pub const MAX_METADATA_BYTES: usize = 4096;
-/// Most tracks in one Subscribe/Unsubscribe call.
-pub const MAX_TRACKS_PER_CALL: usize = 256;
-
-/// Limits from the configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// `limits.max_rooms`
-    pub max_rooms: usize,
-    /// `limits.max_sessions_per_room`
-    pub max_sessions_per_room: usize,
-}
+pub use super::limits::Limits;
+use super::limits::{
+    echo, refuse, sdp_shape, Limit, DEFAULT_PAGE_SIZE, MAX_ALLOWED_REGIONS, MAX_METADATA_BYTES,
+    MAX_PAGE_BYTES, MAX_PAGE_SIZE, MAX_SDP_BYTES, MAX_TRACKS_PER_CALL,
+};
 
 /// This router's identity (for residency and the cascade).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +43,7 @@ pub struct Control {
     limits: Limits,
     identity: Identity,
     cascade: OnceLock<Arc<dyn CascadeHooks>>,
+    watchers: Watchers,
 }
 
 impl std::fmt::Debug for Control {
@@ -60,26 +52,30 @@ impl std::fmt::Debug for Control {
     }
 }
 
-fn check_sdp(field: &str, sdp: &str) -> Result<(), ApiError> {
+fn check_sdp(m: &Metrics, field: &str, sdp: &str) -> Result<(), ApiError> {
     if sdp.is_empty() {
         return Err(ApiError::InvalidArgument(format!("{field} is empty")));
     }
     if sdp.len() > MAX_SDP_BYTES {
-        return Err(ApiError::InvalidArgument(format!(
-            "{field} is larger than {MAX_SDP_BYTES} bytes"
-        )));
+        return Err(refuse(
+            m,
+            Limit::FieldSize,
+            ApiError::InvalidArgument(format!("{field} is larger than {MAX_SDP_BYTES} bytes")),
+        ));
     }
     Ok(())
 }
 
-fn parse_tracks(ids: &[String]) -> Result<Vec<TrackId>, ApiError> {
+fn parse_tracks(m: &Metrics, ids: &[String]) -> Result<Vec<TrackId>, ApiError> {
     if ids.is_empty() {
         return Err(ApiError::InvalidArgument("track_ids is empty".into()));
     }
     if ids.len() > MAX_TRACKS_PER_CALL {
-        return Err(ApiError::InvalidArgument(format!(
-            "more than {MAX_TRACKS_PER_CALL} track_ids"
-        )));
+        return Err(refuse(
+            m,
+            Limit::FieldSize,
+            ApiError::InvalidArgument(format!("more than {MAX_TRACKS_PER_CALL} track_ids")),
+        ));
     }
     let mut out = Vec::with_capacity(ids.len());
     for s in ids {
@@ -106,6 +102,7 @@ impl Control {
             limits,
             identity,
             cascade: OnceLock::new(),
+            watchers: Watchers::default(),
         }
     }
 
@@ -157,6 +154,78 @@ impl Control {
             .map_err(ApiError::from)
     }
 
+    /// Checks an offer's shape against the per-offer limits; returns how
+    /// many tracks it may publish.
+    fn check_offer(&self, sdp: &str) -> Result<usize, ApiError> {
+        let shape = sdp_shape(sdp);
+        let max = self.limits.max_media_lines;
+        if shape.media_lines > max {
+            return Err(refuse(
+                &self.metrics,
+                Limit::MediaLines,
+                ApiError::ResourceExhausted(format!(
+                    "the offer has {} media sections; at most {max} (limits.max_media_lines)",
+                    shape.media_lines
+                )),
+            ));
+        }
+        let max = self.limits.max_tracks_per_session;
+        if shape.sending > max {
+            return Err(refuse(
+                &self.metrics,
+                Limit::TracksPerSession,
+                ApiError::ResourceExhausted(format!(
+                    "the offer sends {} audio/video tracks; at most {max} per session (limits.max_tracks_per_session)",
+                    shape.sending
+                )),
+            ));
+        }
+        Ok(shape.sending)
+    }
+
+    /// Checks that the router can take a new session (or `new_tracks` more
+    /// tracks) within its total limits.
+    fn check_router_capacity(&self, reg: &Registry, new_tracks: usize) -> Result<(), ApiError> {
+        let l = &self.limits;
+        if new_tracks > 0 && reg.tracks.len() + new_tracks > l.max_tracks {
+            return Err(refuse(
+                &self.metrics,
+                Limit::Tracks,
+                ApiError::ResourceExhausted(format!(
+                    "this router holds its limit of {} tracks (limits.max_tracks)",
+                    l.max_tracks
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the limits on sessions before one is added.
+    fn check_session_capacity(&self, reg: &Registry) -> Result<(), ApiError> {
+        let l = &self.limits;
+        if reg.sessions.len() >= l.max_sessions {
+            return Err(refuse(
+                &self.metrics,
+                Limit::Sessions,
+                ApiError::ResourceExhausted(format!(
+                    "this router holds its limit of {} sessions (limits.max_sessions)",
+                    l.max_sessions
+                )),
+            ));
+        }
+        if reg.pending >= l.max_pending_sessions {
+            return Err(refuse(
+                &self.metrics,
+                Limit::PendingSessions,
+                ApiError::ResourceExhausted(format!(
+                    "{} sessions are waiting to connect, this router's limit (limits.max_pending_sessions)",
+                    l.max_pending_sessions
+                )),
+            ));
+        }
+        Ok(())
+    }
+
     // ----- rooms ------------------------------------------------------------
 
     /// `CreateRoom`
@@ -167,17 +236,28 @@ impl Control {
         allowed_regions: &[String],
     ) -> Result<pb::Room, ApiError> {
         let room = parse_id("room_id", room_id, RoomId::parse)?;
+        if allowed_regions.len() > MAX_ALLOWED_REGIONS {
+            return Err(refuse(
+                &self.metrics,
+                Limit::FieldSize,
+                ApiError::InvalidArgument(format!(
+                    "allowed_regions has {} entries; at most {MAX_ALLOWED_REGIONS}",
+                    allowed_regions.len()
+                )),
+            ));
+        }
         for r in allowed_regions {
             let name = r.strip_suffix('-').unwrap_or(r);
             if !crate::config::valid_name(name) {
                 return Err(ApiError::InvalidArgument(format!(
-                    "allowed_regions entry {r:?} is not a region name or a prefix ending in '-'"
+                    "allowed_regions entry {} is not a region name or a prefix ending in '-'",
+                    echo(r)
                 )));
             }
         }
         if !region_allowed(allowed_regions, &self.identity.region) {
             return Err(ApiError::PermissionDenied(format!(
-                "this router's region {:?} is outside the room's allowed regions {allowed_regions:?}",
+                "this router's region {:?} is outside the room's allowed regions",
                 self.identity.region
             )));
         }
@@ -196,10 +276,14 @@ impl Control {
             return Err(ApiError::AlreadyExists(format!("room {room} exists")));
         }
         if reg.rooms.len() >= self.limits.max_rooms {
-            return Err(ApiError::ResourceExhausted(format!(
-                "this router holds its limit of {} rooms",
-                self.limits.max_rooms
-            )));
+            return Err(refuse(
+                &self.metrics,
+                Limit::Rooms,
+                ApiError::ResourceExhausted(format!(
+                    "this router holds its limit of {} rooms (limits.max_rooms)",
+                    self.limits.max_rooms
+                )),
+            ));
         }
         let mut state = Registry::new_room(max, allowed_regions.to_vec());
         state
@@ -220,9 +304,56 @@ impl Control {
     }
 
     /// `ListRooms`
-    pub fn list_rooms(&self) -> Vec<pb::Room> {
+    pub fn list_rooms(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::ListRoomsResponse, ApiError> {
+        use prost::Message;
+        let size = match page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(parse_id("page_token", page_token, RoomId::parse)?)
+        };
         let reg = self.reg();
-        reg.rooms.keys().filter_map(|r| reg.room_pb(r)).collect()
+        let range = match &after {
+            Some(a) => reg
+                .rooms
+                .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => reg.rooms.range::<RoomId, _>(..),
+        };
+        let mut rooms = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for id in range.map(|(id, _)| id) {
+            if rooms.len() == size {
+                more = true;
+                break;
+            }
+            let Some(room) = reg.room_pb(id) else {
+                continue;
+            };
+            // Field tag, length prefix and the message.
+            let len = room.encoded_len() + 8;
+            if !rooms.is_empty() && bytes + len > MAX_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += len;
+            rooms.push(room);
+        }
+        let next_page_token = match rooms.last() {
+            Some(last) if more => last.room_id.clone(),
+            _ => String::new(),
+        };
+        Ok(pb::ListRoomsResponse {
+            rooms,
+            next_page_token,
+        })
     }
 
     /// `DeleteRoom`: closes every session, then removes the room.
@@ -254,15 +385,28 @@ impl Control {
         Ok(())
     }
 
-    /// `WatchEvents`: a receiver of the room's events.
-    pub fn watch(&self, room_id: &str) -> Result<broadcast::Receiver<pb::Event>, ApiError> {
+    /// `WatchEvents`: a receiver of the room's events, holding one of
+    /// `limits.max_watchers` slots while it lives.
+    pub fn watch(&self, room_id: &str) -> Result<Watch, ApiError> {
         let room = parse_id("room_id", room_id, RoomId::parse)?;
-        let reg = self.reg();
-        let r = reg
-            .rooms
-            .get(&room)
+        let slot = self
+            .watchers
+            .enter(self.limits.max_watchers)
+            .ok_or_else(|| {
+                refuse(
+                    &self.metrics,
+                    Limit::Watchers,
+                    ApiError::ResourceExhausted(format!(
+                        "{} event streams are open, this router's limit (limits.max_watchers)",
+                        self.limits.max_watchers
+                    )),
+                )
+            })?;
+        let events = self
+            .reg()
+            .watch(&room)
             .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?;
-        Ok(r.events.subscribe())
+        Ok(Watch { events, slot })
     }
 
     // ----- sessions ---------------------------------------------------------
@@ -274,12 +418,17 @@ impl Control {
     ) -> Result<pb::CreateSessionResponse, ApiError> {
         let room = parse_id("room_id", &req.room_id, RoomId::parse)?;
         let participant = parse_id("participant_id", &req.participant_id, ParticipantId::parse)?;
-        check_sdp("sdp_offer", &req.sdp_offer)?;
+        check_sdp(&self.metrics, "sdp_offer", &req.sdp_offer)?;
         if req.metadata.len() > MAX_METADATA_BYTES {
-            return Err(ApiError::InvalidArgument(format!(
-                "metadata is larger than {MAX_METADATA_BYTES} bytes"
-            )));
+            return Err(refuse(
+                &self.metrics,
+                Limit::FieldSize,
+                ApiError::InvalidArgument(format!(
+                    "metadata is larger than {MAX_METADATA_BYTES} bytes"
+                )),
+            ));
         }
+        let sending = self.check_offer(&req.sdp_offer)?;
         let (sid, worker) = {
             let mut reg = self.reg();
             let r = reg
@@ -292,11 +441,17 @@ impl Control {
                 )));
             }
             if r.participants.len() >= r.max_sessions as usize {
-                return Err(ApiError::ResourceExhausted(format!(
-                    "room {room} holds its limit of {} sessions",
-                    r.max_sessions
-                )));
+                return Err(refuse(
+                    &self.metrics,
+                    Limit::RoomSessions,
+                    ApiError::ResourceExhausted(format!(
+                        "room {room} holds its limit of {} sessions",
+                        r.max_sessions
+                    )),
+                ));
             }
+            self.check_session_capacity(&reg)?;
+            self.check_router_capacity(&reg, sending)?;
             let mut sid = SessionId(rand::random());
             while reg.sessions.contains_key(&sid) {
                 sid = SessionId(rand::random());
@@ -319,6 +474,7 @@ impl Control {
                     subs: Default::default(),
                 },
             );
+            reg.pending += 1;
             self.metrics.sessions.inc();
             (sid, worker)
         };
@@ -471,8 +627,16 @@ impl Control {
         &self,
         req: pb::RenegotiateRequest,
     ) -> Result<pb::RenegotiateResponse, ApiError> {
-        check_sdp("sdp_offer", &req.sdp_offer)?;
-        let (sid, worker) = Self::session_of(&self.reg(), &req.session_id)?;
+        check_sdp(&self.metrics, "sdp_offer", &req.sdp_offer)?;
+        let sending = self.check_offer(&req.sdp_offer)?;
+        let (sid, worker) = {
+            let reg = self.reg();
+            let (sid, worker) = Self::session_of(&reg, &req.session_id)?;
+            // Tracks the offer may add on top of those already published.
+            let published = reg.sessions[&sid].published.len();
+            self.check_router_capacity(&reg, sending.saturating_sub(published))?;
+            (sid, worker)
+        };
         let ok = self
             .call(worker, |reply| Command::Renegotiate {
                 session: sid,
@@ -494,11 +658,21 @@ impl Control {
         &self,
         req: pb::SubscribeRequest,
     ) -> Result<pb::SubscribeResponse, ApiError> {
-        let ids = parse_tracks(&req.track_ids)?;
+        let ids = parse_tracks(&self.metrics, &req.track_ids)?;
         let (sid, worker, infos) = {
             let reg = self.reg();
             let (sid, worker) = Self::session_of(&reg, &req.session_id)?;
             let s = &reg.sessions[&sid];
+            let max = self.limits.max_subscriptions_per_session;
+            if s.subs.len() + ids.len() > max {
+                return Err(refuse(
+                    &self.metrics,
+                    Limit::SubscriptionsPerSession,
+                    ApiError::ResourceExhausted(format!(
+                        "session {sid} would receive more than {max} tracks (limits.max_subscriptions_per_session)"
+                    )),
+                ));
+            }
             let mut infos = Vec::with_capacity(ids.len());
             for t in &ids {
                 let info = reg
@@ -565,7 +739,7 @@ impl Control {
         &self,
         req: pb::UnsubscribeRequest,
     ) -> Result<pb::UnsubscribeResponse, ApiError> {
-        let ids = parse_tracks(&req.track_ids)?;
+        let ids = parse_tracks(&self.metrics, &req.track_ids)?;
         let (sid, worker) = {
             let reg = self.reg();
             let (sid, worker) = Self::session_of(&reg, &req.session_id)?;
@@ -604,7 +778,7 @@ impl Control {
 
     /// `SetAnswer`
     pub async fn set_answer(&self, req: pb::SetAnswerRequest) -> Result<(), ApiError> {
-        check_sdp("sdp_answer", &req.sdp_answer)?;
+        check_sdp(&self.metrics, "sdp_answer", &req.sdp_answer)?;
         let (sid, worker) = Self::session_of(&self.reg(), &req.session_id)?;
         self.call(worker, |reply| Command::SetAnswer {
             session: sid,
@@ -763,6 +937,9 @@ impl Control {
     fn forget_session(&self, reg: &mut Registry, sid: SessionId) {
         if let Some(s) = reg.sessions.remove(&sid) {
             reg.load[s.worker.index()] = reg.load[s.worker.index()].saturating_sub(1);
+            if !s.connected {
+                reg.pending = reg.pending.saturating_sub(1);
+            }
             if let Some(r) = reg.rooms.get_mut(&s.room) {
                 r.participants.remove(&s.participant);
             }
@@ -808,8 +985,12 @@ impl Control {
                 let Some(s) = reg.sessions.get_mut(&session) else {
                     return;
                 };
+                let was_pending = !s.connected;
                 s.connected = true;
                 let room = s.room.clone();
+                if was_pending {
+                    reg.pending = reg.pending.saturating_sub(1);
+                }
                 reg.emit(
                     &room,
                     Kind::SessionConnected(pb::SessionConnected {
