@@ -11,9 +11,9 @@ temporary /etc/kaskade, and runs the DaemonSet's command. It checks that kaskade
 accepts the configuration (no exit 64), gets ready, answers /healthz and /readyz on
 the pod IP, and exits 0 on SIGTERM.
 
-On this shared machine the pod IP is a loopback address (127.0.0.0/8) and three values
-are overridden, each logged: media.port_start=0 and cascade.listen=<pod ip>:0 (the real
-ports may be taken), and no cascade peers (the overlay's are placeholder addresses,
+On this shared machine the pod IP is a loopback address (127.0.0.0/8) and four values
+are overridden, each logged: media.port_start=0, cascade.listen and http.listen on
+<pod ip>:0 (the real ports may be taken), and no cascade peers (the overlay's are placeholder addresses,
 which must not be dialled from here). The rest is the overlay's.
 A binary that predates the configuration keys the manifests use (`serve --help`
 does not mention KASKADE_SHUTDOWN_GRACE_PERIOD) is skipped with a note.
@@ -114,7 +114,7 @@ def main() -> int:
 
         env = {k: v.replace(MOUNT + "/", str(etc) + "/") for k, v in env.items()}
         overrides = {"KASKADE_MEDIA_PORT_START": "0", "KASKADE_CASCADE_LISTEN": f"{pod_ip}:0",
-                     "KASKADE_CASCADE_PEERS": ""}
+                     "KASKADE_HTTP_LISTEN": f"{pod_ip}:0", "KASKADE_CASCADE_PEERS": ""}
         for k, v in overrides.items():
             print(f"k8s config run: override {k}={v!r} (was {env.get(k, '<from kaskade.toml>')!r})")
         env.update(overrides)
