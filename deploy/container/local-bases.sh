@@ -30,6 +30,19 @@ SUITE=bookworm
 work="$(mktemp -d /tmp/kaskade-bases-XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 
+# Imports a root file system tar as TAG; the image TAG named before is removed if
+# nothing else uses it, so repeated runs leave no dangling images.
+import_as() { # TAG TAR --change...
+  local tag="$1" tar="$2" old
+  shift 2
+  old="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
+  podman import -q "$@" "$tar" "$tag" >/dev/null
+  if [ -n "$old" ] && [ "$old" != "$(podman image inspect --format '{{.Id}}' "$tag")" ]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+  fi
+  echo "$tag"
+}
+
 runtime() {
   local root="$work/rootfs" debs="$work/debs"
   mkdir -p "$root" "$debs"
@@ -58,12 +71,10 @@ EOF
   install -d -m 0700 -o 65532 -g 65532 "$root/home/nonroot"
   install -d -m 1777 "$root/tmp"
   tar -C "$root" --numeric-owner -cf "$work/rootfs.tar" .
-  podman import -q \
+  import_as "$RUNTIME_TAG" "$work/rootfs.tar" \
     --change 'USER 65532:65532' \
     --change 'WORKDIR /home/nonroot' \
-    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
-    "$work/rootfs.tar" "$RUNTIME_TAG" >/dev/null
-  echo "$RUNTIME_TAG"
+    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt'
 }
 
 builder() {
@@ -78,10 +89,8 @@ builder() {
   for tool in cargo rustc rustdoc; do ln -sf "/usr/local/rust/bin/$tool" "$root/usr/local/bin/$tool"; done
   rm -rf "${root:?}/var/cache/apt/archives"/*.deb "${root:?}/var/lib/apt/lists"/*
   tar -C "$root" --numeric-owner -cf "$work/rootfs.tar" .
-  podman import -q \
-    --change 'ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/bin:/usr/bin:/bin' \
-    "$work/rootfs.tar" "$BUILDER_TAG" >/dev/null
-  echo "$BUILDER_TAG"
+  import_as "$BUILDER_TAG" "$work/rootfs.tar" \
+    --change 'ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/bin:/usr/bin:/bin'
 }
 
 case "${1:-}" in
