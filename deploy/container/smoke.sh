@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the runtime stage of deploy/Containerfile around an already built kaskade
 # binary, and runs the image the way production does. Used by CI (.ci/run, stage
-# "image", after "build"), where a release build inside the container would cost ~15 more minutes.
+# "image", after "build"), where a release build inside the container would cost
+# another 15-30 minutes.
 #
 #   deploy/container/smoke.sh target/debug/kaskade
 #
@@ -14,7 +15,7 @@
 # has them) with a read-only root and no capabilities; SIGTERM (podman stop) reaches
 # kaskade as PID 1 and it exits 0.
 # RUNTIME_IMAGE=IMAGE uses that base instead (e.g. distroless, where a registry is
-# reachable). Needs root, podman and runc (crun cannot run containers on hosts with hybrid cgroups).
+# reachable). Needs root, podman and runc (crun refuses hosts with hybrid cgroups).
 set -euo pipefail
 
 BIN="${1:?usage: $0 PATH/TO/kaskade}"
@@ -53,9 +54,9 @@ ok "built $IMAGE ($(podman image inspect "$IMAGE" --format '{{.Size}}') bytes) f
 # ---- the image's configuration
 cfg="$(podman image inspect "$IMAGE" --format '{{.Config.User}}|{{json .Config.Entrypoint}}|{{json .Config.Cmd}}|{{.Config.StopSignal}}')"
 [ "$cfg" = '65532:65532|["/usr/local/bin/kaskade"]|["serve"]|SIGTERM' ] || fail "image config: $cfg"
+exposed="$(podman image inspect "$IMAGE" --format '{{json .Config.ExposedPorts}}')"
 for port in 50051/tcp 9464/tcp 7000/udp 40000-40007/udp; do
-  podman image inspect "$IMAGE" --format '{{json .Config.ExposedPorts}}' | grep -q "\"$port\"" \
-    || fail "port $port is not exposed"
+  [[ "$exposed" == *"\"$port\""* ]] || fail "port $port is not exposed: $exposed"
 done
 ok "user 65532, entrypoint kaskade, SIGTERM, ports exposed"
 
