@@ -193,11 +193,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     let plane = Arc::new(Control::new(
         handles,
         metrics.clone(),
-        Limits {
-            max_rooms: cfg.max_rooms,
-            max_sessions_per_room: cfg.max_sessions_per_room,
-            ..Limits::default()
-        },
+        Limits::from(&cfg.config.limits),
         Identity {
             node_id: cfg.node_id.clone(),
             region: cfg.region.clone(),

@@ -76,6 +76,37 @@ config_keys! {
             env "KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM", flag "limits-max-sessions-per-room",
             value "N",
             rule Rule::Range(1, 1_000_000);
+        /// Sessions on this router.
+        max_sessions: usize = 10_000,
+            env "KASKADE_LIMITS_MAX_SESSIONS", flag "limits-max-sessions", value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// Sessions created but not yet connected (each holds a WebRTC stack for up to 30 s).
+        max_pending_sessions: usize = 1_000,
+            env "KASKADE_LIMITS_MAX_PENDING_SESSIONS", flag "limits-max-pending-sessions",
+            value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// Published tracks on this router, tracks relayed from other routers included.
+        max_tracks: usize = 20_000,
+            env "KASKADE_LIMITS_MAX_TRACKS", flag "limits-max-tracks", value "N",
+            rule Rule::Range(1, 10_000_000);
+        /// Audio and video tracks one session may publish.
+        max_tracks_per_session: usize = 16,
+            env "KASKADE_LIMITS_MAX_TRACKS_PER_SESSION", flag "limits-max-tracks-per-session",
+            value "N",
+            rule Rule::Range(1, 1024);
+        /// Tracks one session may subscribe to.
+        max_subscriptions_per_session: usize = 512,
+            env "KASKADE_LIMITS_MAX_SUBSCRIPTIONS_PER_SESSION",
+            flag "limits-max-subscriptions-per-session", value "N",
+            rule Rule::Range(1, 10_000);
+        /// Media sections (m= lines) in one SDP offer.
+        max_media_lines: usize = 600,
+            env "KASKADE_LIMITS_MAX_MEDIA_LINES", flag "limits-max-media-lines", value "N",
+            rule Rule::Range(1, 20_000);
+        /// WatchEvents streams open at once.
+        max_watchers: usize = 1_000,
+            env "KASKADE_LIMITS_MAX_WATCHERS", flag "limits-max-watchers", value "N",
+            rule Rule::Range(1, 100_000);
     }
 
     /// `[log]`: logging.

@@ -49,17 +49,24 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The defaults of the `limits.*` keys.
     fn default() -> Self {
+        Self::from(&crate::config::LimitsConfig::default())
+    }
+}
+
+impl From<&crate::config::LimitsConfig> for Limits {
+    fn from(c: &crate::config::LimitsConfig) -> Self {
         Self {
-            max_rooms: 10_000,
-            max_sessions_per_room: 100,
-            max_sessions: 10_000,
-            max_pending_sessions: 1_000,
-            max_tracks: 20_000,
-            max_tracks_per_session: 16,
-            max_subscriptions_per_session: 512,
-            max_media_lines: 600,
-            max_watchers: 1_000,
+            max_rooms: c.max_rooms,
+            max_sessions_per_room: c.max_sessions_per_room as usize,
+            max_sessions: c.max_sessions,
+            max_pending_sessions: c.max_pending_sessions,
+            max_tracks: c.max_tracks,
+            max_tracks_per_session: c.max_tracks_per_session,
+            max_subscriptions_per_session: c.max_subscriptions_per_session,
+            max_media_lines: c.max_media_lines,
+            max_watchers: c.max_watchers,
         }
     }
 }
@@ -216,6 +223,16 @@ mod tests {
         );
         assert_eq!(sdp_shape(""), SdpShape::default());
         assert_eq!(sdp_shape("m=").media_lines, 1);
+    }
+
+    #[test]
+    fn limits_come_from_the_limits_keys() {
+        let mut c = crate::config::LimitsConfig::default();
+        c.max_watchers = 3;
+        c.max_sessions_per_room = 7;
+        let l = Limits::from(&c);
+        assert_eq!((l.max_watchers, l.max_sessions_per_room), (3, 7));
+        assert_eq!(Limits::default().max_tracks_per_session, 16);
     }
 
     #[test]
