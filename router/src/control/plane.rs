@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{broadcast, oneshot};
 
 mod remote;
+mod speakers;
 pub use remote::RemoteTrack;
 
 /// Largest SDP the API accepts.
@@ -249,13 +250,18 @@ impl Control {
             .map(|r| r.remote_tracks.clone())
             .unwrap_or_default();
         self.unpublish(&mut reg, &remote);
+        reg.speakers.forget_room(&room);
         reg.rooms.remove(&room);
         self.metrics.rooms.set(reg.rooms.len() as i64);
         Ok(())
     }
 
-    /// `WatchEvents`: a receiver of the room's events.
+    /// `WatchEvents`: a receiver of the room's events, or (empty `room_id`)
+    /// of every room's.
     pub fn watch(&self, room_id: &str) -> Result<broadcast::Receiver<pb::Event>, ApiError> {
+        if room_id.is_empty() {
+            return Ok(self.reg().router_events.subscribe());
+        }
         let room = parse_id("room_id", room_id, RoomId::parse)?;
         let reg = self.reg();
         let r = reg
@@ -426,6 +432,7 @@ impl Control {
             for w in &self.workers {
                 let _ = w.send(Command::TrackGone { track: t });
             }
+            reg.speakers.forget(&info.room, t);
             reg.emit(
                 &info.room,
                 Kind::TrackUnpublished(pb::TrackUnpublished {
@@ -779,6 +786,7 @@ impl Control {
         let room = s.room.clone();
         let published = s.published.clone();
         let worker = s.worker;
+        let (participant_id, metadata) = (s.participant.to_string(), s.metadata.clone());
         let subs: Vec<(TrackId, SubState)> =
             s.subs.iter().map(|(t, st)| (*t, st.clone())).collect();
         self.unpublish(reg, &published);
@@ -796,6 +804,8 @@ impl Control {
             Kind::SessionClosed(pb::SessionClosed {
                 session_id: sid.to_string(),
                 reason: reason.as_str().into(),
+                participant_id,
+                metadata,
             }),
         );
     }
@@ -810,12 +820,12 @@ impl Control {
                 };
                 s.connected = true;
                 let room = s.room.clone();
-                reg.emit(
-                    &room,
-                    Kind::SessionConnected(pb::SessionConnected {
-                        session_id: session.to_string(),
-                    }),
-                );
+                let ev = pb::SessionConnected {
+                    session_id: session.to_string(),
+                    participant_id: s.participant.to_string(),
+                    metadata: s.metadata.clone(),
+                };
+                reg.emit(&room, Kind::SessionConnected(ev));
             }
             WorkerEvent::LayerChanged {
                 session,
@@ -875,6 +885,9 @@ impl Control {
                 if let Some(h) = self.hooks() {
                     h.link_layers(track, layers);
                 }
+            }
+            WorkerEvent::AudioLevel { track, level, at } => {
+                speakers::on_audio_level(&mut reg, track, level, at)
             }
             WorkerEvent::Closed { session, reason } => {
                 tracing::info!(session = %session, reason = reason.as_str(), "session closed by the media plane");

@@ -76,6 +76,10 @@ pub struct Registry {
     pub tracks: HashMap<TrackId, Arc<TrackInfo>>,
     /// Sessions per worker.
     pub load: Vec<usize>,
+    /// Every room's events, for router-wide watchers.
+    pub router_events: super::events::RouterEvents,
+    /// Active speakers per room.
+    pub speakers: super::speakers::Speakers,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -123,12 +127,14 @@ impl Registry {
     /// Sends an event to the room's watchers.
     pub fn emit(&self, room: &RoomId, kind: pb::event::Kind) {
         if let Some(r) = self.rooms.get(room) {
-            // No watchers is fine.
-            let _ = r.events.send(pb::Event {
+            let ev = pb::Event {
                 room_id: room.to_string(),
                 at_unix_ms: unix_ms(),
                 kind: Some(kind),
-            });
+            };
+            self.router_events.send(&ev);
+            // No watchers is fine.
+            let _ = r.events.send(ev);
         }
     }
 
