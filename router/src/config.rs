@@ -32,6 +32,154 @@ pub struct Config {
     pub node: NodeConfig,
     /// Links to other routers.
     pub cascade: CascadeConfig,
+    /// The HTTP listener (demo app, kaskade.js).
+    pub http: HttpConfig,
+    /// Event webhooks.
+    pub webhooks: WebhooksConfig,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `http.listen`: the demo app, `kaskade.js` and the demo signalling;
+    /// empty disables it. Loopback only until room-scoped tokens exist.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// `webhooks.urls`: `http://` URLs each event is POSTed to; empty: off.
+    pub urls: Vec<String>,
+    /// `webhooks.events`: only these event kinds; empty: every kind.
+    pub events: Vec<String>,
+    /// `webhooks.key_id`: the id of the key that signs the bodies (sent
+    /// with each request so a receiver can pick the secret).
+    pub key_id: String,
+    /// `webhooks.secret`: the signing secret (HMAC-SHA256); required with
+    /// `urls`. Prefer `KASKADE_WEBHOOKS_SECRET` to a file.
+    pub secret: String,
+    /// `webhooks.queue`: events held per URL while its receiver is slow or
+    /// down; beyond that new events are dropped and counted.
+    pub queue: usize,
+    /// `webhooks.timeout_ms`: how long one delivery attempt may take.
+    pub timeout_ms: u64,
+    /// `webhooks.participant_data`: include participant ids and metadata
+    /// in the bodies (off: ids of sessions and tracks only).
+    pub participant_data: bool,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            events: Vec::new(),
+            key_id: String::new(),
+            secret: String::new(),
+            queue: 1000,
+            timeout_ms: 5000,
+            participant_data: false,
+        }
+    }
+}
+
+/// Validated `[webhooks]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhooksResolved {
+    /// Where each event goes.
+    pub urls: Vec<hyper::Uri>,
+    /// Event kinds sent (empty: all).
+    pub events: Vec<String>,
+    /// Signing key id.
+    pub key_id: String,
+    /// Signing secret.
+    pub secret: String,
+    /// Per-URL queue.
+    pub queue: usize,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Participant ids and metadata in bodies.
+    pub participant_data: bool,
+}
+
+impl std::fmt::Debug for WebhooksResolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("WebhooksResolved")
+            .field("urls", &self.urls.len())
+            .field("key_id", &self.key_id)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhooksConfig {
+    fn resolve(&self) -> Result<Option<WebhooksResolved>, ConfigError> {
+        if self.urls.is_empty() {
+            return Ok(None);
+        }
+        let mut urls = Vec::new();
+        for u in &self.urls {
+            let uri: hyper::Uri = u.parse().map_err(|_| ConfigError::Value {
+                key: "webhooks.urls",
+                reason: format!("{u:?} is not a URL"),
+            })?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(ConfigError::Value {
+                    key: "webhooks.urls",
+                    reason: format!(
+                        "{u:?}: only http:// URLs for now (put a TLS-terminating relay in front of an https receiver)"
+                    ),
+                });
+            }
+            urls.push(uri);
+        }
+        if let Err(e) = crate::control::events::EventFilter::parse(&self.events) {
+            return Err(ConfigError::Value {
+                key: "webhooks.events",
+                reason: e.to_string(),
+            });
+        }
+        if self.secret.len() < 16 {
+            return Err(ConfigError::Value {
+                key: "webhooks.secret",
+                reason:
+                    "must be set (at least 16 bytes) when webhooks.urls is: every body is signed"
+                        .into(),
+            });
+        }
+        if self.queue == 0 || self.queue > 1_000_000 {
+            return Err(ConfigError::Value {
+                key: "webhooks.queue",
+                reason: "must be between 1 and 1000000".into(),
+            });
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            return Err(ConfigError::Value {
+                key: "webhooks.timeout_ms",
+                reason: "must be between 100 and 60000".into(),
+            });
+        }
+        Ok(Some(WebhooksResolved {
+            urls,
+            events: self.events.clone(),
+            key_id: self.key_id.clone(),
+            secret: self.secret.clone(),
+            queue: self.queue,
+            timeout: Duration::from_millis(self.timeout_ms),
+            participant_data: self.participant_data,
+        }))
+    }
 }
 
 /// `[node]`
@@ -242,6 +390,8 @@ pub struct Overrides {
     pub cascade_key: Option<String>,
     /// `--peer` (repeatable) / `KASKADE_CASCADE_PEERS` (comma-separated)
     pub cascade_peers: Option<Vec<String>>,
+    /// `--http-listen`
+    pub http_listen: Option<String>,
 }
 
 /// The resolved, validated configuration the daemon runs with.
@@ -279,6 +429,10 @@ pub struct Resolved {
     pub region: String,
     /// Cascade settings, if cascading is enabled.
     pub cascade: Option<CascadeResolved>,
+    /// HTTP listen address (demo app, kaskade.js), if enabled.
+    pub http_listen: Option<SocketAddr>,
+    /// Webhooks, if configured.
+    pub webhooks: Option<WebhooksResolved>,
 }
 
 /// A peer router from `cascade.peers`.
@@ -358,8 +512,10 @@ impl Config {
                     .filter(|p| !p.is_empty())
                     .collect()
             }),
+            http_listen: get("KASKADE_HTTP_LISTEN"),
         };
         self.apply(&o)?;
+        self.apply_webhooks_env(&get)?;
         if let Some(v) = get("KASKADE_LIMITS_MAX_ROOMS") {
             self.limits.max_rooms = parse_num("limits.max_rooms", &v)?;
         }
@@ -369,8 +525,47 @@ impl Config {
         Ok(())
     }
 
+    /// `KASKADE_WEBHOOKS_*`: URLs and kinds comma-separated.
+    fn apply_webhooks_env(
+        &mut self,
+        get: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect()
+        };
+        let w = &mut self.webhooks;
+        if let Some(v) = get("KASKADE_WEBHOOKS_URLS") {
+            w.urls = list(v);
+        }
+        if let Some(v) = get("KASKADE_WEBHOOKS_EVENTS") {
+            w.events = list(v);
+        }
+        if let Some(v) = get("KASKADE_WEBHOOKS_KEY_ID") {
+            w.key_id = v;
+        }
+        if let Some(v) = get("KASKADE_WEBHOOKS_SECRET") {
+            w.secret = v;
+        }
+        if let Some(v) = get("KASKADE_WEBHOOKS_QUEUE") {
+            w.queue = parse_num("webhooks.queue", &v)?;
+        }
+        if let Some(v) = get("KASKADE_WEBHOOKS_TIMEOUT_MS") {
+            w.timeout_ms = parse_num("webhooks.timeout_ms", &v)?;
+        }
+        if let Some(v) = get("KASKADE_WEBHOOKS_PARTICIPANT_DATA") {
+            w.participant_data = parse_bool("webhooks.participant_data", &v)?;
+        }
+        Ok(())
+    }
+
     /// Applies overrides (from flags or the environment).
     pub fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(v) = &o.http_listen {
+            self.http.listen = v.clone();
+        }
         if let Some(v) = &o.control_listen {
             self.control.listen = v.clone();
         }
@@ -551,6 +746,23 @@ impl Config {
             });
         }
         let cascade = self.resolve_cascade()?;
+        let http_listen = if self.http.listen.is_empty() {
+            None
+        } else {
+            let a = parse_sock("http.listen", &self.http.listen)?;
+            if !a.ip().is_loopback() {
+                return Err(ConfigError::Value {
+                    key: "http.listen",
+                    reason: format!(
+                        "{a} is not a loopback address: the demo app and its signalling have no \
+                         authentication yet, so they are served on 127.0.0.1 or ::1 only \
+                         (set http.listen to \"\" to turn the listener off)"
+                    ),
+                });
+            }
+            Some(a)
+        };
+        let webhooks = self.webhooks.resolve()?;
         Ok(Resolved {
             control_listen,
             metrics_listen,
@@ -568,6 +780,8 @@ impl Config {
             node_id: self.node.id.clone(),
             region: self.node.region.clone(),
             cascade,
+            http_listen,
+            webhooks,
         })
     }
 
@@ -628,6 +842,17 @@ fn parse_sock(key: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+fn parse_bool(key: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Value {
+            key,
+            reason: format!("{v:?} is not a boolean"),
+        }),
+    }
+}
+
 fn parse_num<T: std::str::FromStr>(key: &'static str, v: &str) -> Result<T, ConfigError> {
     v.trim().parse().map_err(|_| ConfigError::Value {
         key,
@@ -663,6 +888,8 @@ impl Resolved {
             node_id: "local".into(),
             region: String::new(),
             cascade: None,
+            http_listen: None,
+            webhooks: None,
         }
     }
 }
@@ -821,6 +1048,53 @@ mod tests {
             Config::default().resolve(1).unwrap().rtx_cache,
             crate::media::rtc::DEFAULT_RTX_CACHE
         );
+    }
+
+    #[test]
+    fn http_listen_is_loopback_only_and_can_be_off() {
+        let r = Config::default().resolve(1).unwrap();
+        assert_eq!(r.http_listen, Some("127.0.0.1:8080".parse().unwrap()));
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "KASKADE_HTTP_LISTEN").then(|| "[::1]:0".into()))
+            .unwrap();
+        assert_eq!(
+            c.resolve(1).unwrap().http_listen,
+            Some("[::1]:0".parse().unwrap())
+        );
+        c.http.listen = "0.0.0.0:8080".into();
+        assert!(refuses(&c, "http.listen"));
+        c.http.listen = String::new();
+        assert_eq!(c.resolve(1).unwrap().http_listen, None);
+    }
+
+    #[test]
+    fn webhooks_need_http_urls_a_secret_and_known_kinds() {
+        let mut c = Config::from_toml(
+            "[webhooks]\nurls = [\"http://127.0.0.1:9000/hook\"]\nkey_id = \"k1\"\nevents = [\"session_closed\"]\n",
+        )
+        .unwrap();
+        assert!(refuses(&c, "webhooks.secret"));
+        c.apply_env(|k| (k == "KASKADE_WEBHOOKS_SECRET").then(|| "0123456789abcdef".into()))
+            .unwrap();
+        let w = c.resolve(1).unwrap().webhooks.unwrap();
+        assert_eq!(w.urls.len(), 1);
+        assert_eq!(w.queue, 1000);
+        assert!(!w.participant_data);
+        assert!(
+            !format!("{w:?}").contains("0123456789abcdef"),
+            "no secret in Debug"
+        );
+        c.webhooks.events = vec!["session_closd".into()];
+        assert!(refuses(&c, "webhooks.events"));
+        c.webhooks.events.clear();
+        c.webhooks.urls = vec!["https://hooks.example/x".into()];
+        assert!(refuses(&c, "webhooks.urls"));
+        c.webhooks.urls.clear();
+        assert_eq!(c.resolve(1).unwrap().webhooks, None);
+        let e = c
+            .apply_env(|k| (k == "KASKADE_WEBHOOKS_PARTICIPANT_DATA").then(|| "maybe".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("webhooks.participant_data"));
     }
 
     #[test]

@@ -146,6 +146,10 @@ struct ServeArgs {
     /// A peer router, node_id=host:port (cascade.peers; repeatable).
     #[arg(long = "peer", value_name = "ID=ADDR")]
     peers: Vec<String>,
+    /// HTTP listen address of the demo app and kaskade.js, loopback only;
+    /// empty to disable (http.listen).
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
 }
 
 fn load(args: &ServeArgs) -> Result<Resolved, String> {
@@ -174,6 +178,7 @@ fn load(args: &ServeArgs) -> Result<Resolved, String> {
         cascade_cert: args.cascade_cert.clone(),
         cascade_key: args.cascade_key.clone(),
         cascade_peers: (!args.peers.is_empty()).then(|| args.peers.clone()),
+        http_listen: args.http_listen.clone(),
     })
     .map_err(|e| e.to_string())?;
     let cores = std::thread::available_parallelism()
