@@ -41,7 +41,7 @@ impl Control {
         reg.speakers.poll_timeout()
     }
 
-    /// Polls the speakers every [`SPEAKER_POLL`] until `stop` turns true.
+    /// Polls the speakers every 50 ms until `stop` turns true.
     pub async fn drive_speakers(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut every = tokio::time::interval(SPEAKER_POLL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
