@@ -176,3 +176,74 @@ fn a_non_loopback_http_listen_is_refused_with_exit_64() {
     assert!(err.contains("http.listen"), "{err}");
     assert!(err.contains("loopback"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_watch_events_without_a_room_streams_every_room_through_its_filter() {
+    use kaskade_protocol::v1 as pb;
+    use pb::session_service_client::SessionServiceClient;
+    let (r, _metrics, _c) = start().await;
+    let mut api = SessionServiceClient::connect(format!("http://{}", r.control))
+        .await
+        .unwrap();
+    let bad = api
+        .watch_events(pb::WatchEventsRequest {
+            room_id: String::new(),
+            kinds: vec!["session_conected".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad.message().contains("session_conected"),
+        "{}",
+        bad.message()
+    );
+    let mut stream = api
+        .watch_events(pb::WatchEventsRequest {
+            room_id: String::new(),
+            kinds: vec!["track_published".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(first.kind, Some(pb::event::Kind::Watching(_))));
+    for room in ["one", "two"] {
+        r.plane.create_room(room, 0, &[]).unwrap();
+        let now = std::time::Instant::now();
+        let mut c = kaskade_loadtest::Client::new(
+            kaskade_loadtest::ClientConfig::new("127.0.0.1:9".parse().unwrap(), now),
+            now,
+        )
+        .unwrap();
+        c.add_audio();
+        let s = r
+            .plane
+            .create_session(pb::CreateSessionRequest {
+                room_id: room.into(),
+                participant_id: "p".into(),
+                sdp_offer: c.create_offer().unwrap(),
+                metadata: String::new(),
+            })
+            .await
+            .unwrap();
+        r.plane.close_session(&s.session_id).await.unwrap();
+    }
+    // Only the two track_published (the unpublish and close events are filtered out).
+    let mut rooms = Vec::new();
+    for _ in 0..2 {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(ev.kind, Some(pb::event::Kind::TrackPublished(_))),
+            "{ev:?}"
+        );
+        rooms.push(ev.room_id);
+    }
+    assert_eq!(rooms, ["one", "two"]);
+    drop((stream, api));
+    r.shutdown().await;
+}
