@@ -113,15 +113,20 @@ async fn join_and_leave(running: &Running, room: &str, who: &str) {
     running.plane.close_session(&resp.session_id).await.unwrap();
 }
 
-async fn wait_for(r: &Receiver, n: usize) -> Vec<Got> {
+/// What the receiver got, once `enough` says so (or after 20 s, as it is).
+async fn wait_until(r: &Receiver, enough: impl Fn(&[Got]) -> bool) -> Vec<Got> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let got = r.got.lock().unwrap().clone();
-        if got.len() >= n || Instant::now() > deadline {
+        if enough(&got) || Instant::now() > deadline {
             return got;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn wait_for(r: &Receiver, n: usize) -> Vec<Got> {
+    wait_until(r, |g| g.len() >= n).await
 }
 
 fn metric(m: &Metrics, name: &str) -> f64 {
@@ -249,23 +254,13 @@ async fn a_receiver_that_is_down_costs_a_bounded_queue_and_counted_drops() {
     rx.fail_next.store(0, Ordering::SeqCst);
     let got = wait_for(&rx, 1).await;
     let first = got[0].id.clone();
-    let delivered = {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok: Vec<Got> = rx
-                .got
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|g| g.answered == 200)
-                .cloned()
-                .collect();
-            if ok.len() >= 2 || Instant::now() > deadline {
-                break ok;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let ok = |g: &[Got]| {
+        g.iter()
+            .filter(|g| g.answered == 200)
+            .cloned()
+            .collect::<Vec<_>>()
     };
+    let delivered = ok(&wait_until(&rx, |g| ok(g).len() >= 2).await);
     assert_eq!(delivered.len(), 2, "{delivered:#?}");
     assert_eq!(delivered[0].id, first);
     assert!(delivered[0].body.contains("trackPublished"));
