@@ -182,6 +182,9 @@ pub async fn serve(
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) {
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!("demo app: open http://{a}/?room=test in two browser tabs");
+    }
     let app = router(plane, metrics);
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
