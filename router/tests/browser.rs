@@ -216,8 +216,11 @@ fn browser_subscriber_on_another_router_decodes_video() {
 /// first's tracks, the first is told of the second's); picking "low" in
 /// one page's layer picker must bring the decoded width down to the lowest
 /// simulcast layer and the tile must show the router's layer 0 (from
-/// `layer_changed` over the demo's event stream); the leaver's tile must
-/// go from the other page.
+/// `layer_changed` over the demo's event stream); a tile must be
+/// highlighted as speaking (Chromium's fake microphone beeps; the
+/// audio-level extension, the router's speaker detection and
+/// `active_speakers_changed` end to end); the leaver's tile must go from
+/// the other page.
 #[test]
 fn browser_demo_app_pages_see_each_other_and_pick_a_layer() {
     run_scenario(&["--scenario", "demo"]);

@@ -1154,8 +1154,9 @@ async function cascadeScenario(ctx) {
 // /?room=NAME&name=..., which joins at once through the demo signalling
 // and kaskade.js. Each must decode the other's camera; bob picks "low" for
 // alice's tile and its decoded width must drop to the lowest simulcast
-// layer (a quarter of the capture); bob leaves and alice's tile for him
-// must go.
+// layer (a quarter of the capture); a speaker must be highlighted (the
+// fake microphone's beeps, through the audio-level extension); bob leaves
+// and alice's tile for him must go.
 
 const DEMO_TOP_S = Number(process.env.KASKADE_E2E_TOP_LAYER_S || 45);
 const DEMO_SWITCH_S = Number(process.env.KASKADE_E2E_SWITCH_S || 20);
@@ -1224,6 +1225,19 @@ async function demoScenario(ctx) {
   }
   const mediaSecs = ((Date.now() - mediaStart) / 1000).toFixed(1);
   log(`both pages decode: alice sees bob ${seen.a.width}x${seen.a.height}, bob sees alice ${seen.b.width}x${seen.b.height}`);
+
+  // Chromium's fake microphone beeps: its audio-level header extension must
+  // make the router announce speakers, which the page highlights.
+  const speakStart = Date.now();
+  let speaking = [];
+  while (speaking.length === 0) {
+    if (Date.now() - speakStart > 15_000) {
+      throw new Error('no tile on bob\'s page was highlighted as speaking within 15 s (active_speakers_changed never named anyone)');
+    }
+    await sleep(200);
+    speaking = await bob.evaluate(() => [...document.querySelectorAll('.tile.speaking')].map((t) => t.dataset.key));
+  }
+  log(`bob's page highlights ${speaking.length} speaking tile(s) after ${Date.now() - speakStart} ms`);
 
   // The lowest layer is a quarter of alice's capture; wait until bob gets more than that.
   const capture = await alice.evaluate(() => {

@@ -289,10 +289,12 @@ export class KaskadeSession extends EventTarget {
       try {
         resp = await this._call('Subscribe', { sessionId: this.sessionId, trackIds: sub });
       } catch (e) {
-        // A track that went away meanwhile fails the whole call: retry without it.
-        if (e && e.code === 'NOT_FOUND' && sub.length > 1) {
-          for (const id of sub) if (this.tracks.has(id)) this._wantSub.add(id);
-          await sleep(50);
+        // A track that went away meanwhile fails the whole call (the router
+        // names it): forget it and subscribe to the others.
+        const gone = e && e.code === 'NOT_FOUND' && /track (TR[0-9A-Fa-f]+)/.exec(e.message || '');
+        if (gone && sub.includes(gone[1])) {
+          this.tracks.delete(gone[1]);
+          for (const id of sub) if (id !== gone[1]) this._wantSub.add(id);
           return this._flush();
         }
         throw e;
