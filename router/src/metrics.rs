@@ -31,6 +31,12 @@ pub struct Metrics {
     pub overload_resyncs: IntCounter,
     /// API requests refused by a limit, by limit.
     pub limit_refusals: IntCounterVec,
+    /// HTTP requests (demo app, kaskade.js, demo signalling), by route and status.
+    pub http_requests: IntCounterVec,
+    /// Webhook delivery attempts, by outcome (delivered, retried, failed).
+    pub webhook_deliveries: IntCounterVec,
+    /// Webhook events dropped: a receiver's queue was full (down or slow).
+    pub webhook_dropped: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -120,7 +126,26 @@ impl Metrics {
         for l in crate::control::limits::Limit::ALL {
             limit_refusals.with_label_values(&[l.as_str()]);
         }
+        let http_requests = counter_vec(
+            &registry,
+            "kaskade_http_requests_total",
+            "HTTP requests on http.listen, by route and status code.",
+            &["route", "code"],
+        );
+        let webhook_deliveries = counter_vec(
+            &registry,
+            "kaskade_webhook_deliveries_total",
+            "Webhook delivery attempts: delivered, retried (failed, tried again later) or failed (given up).",
+            &["outcome"],
+        );
+        let webhook_dropped = counter(
+            "kaskade_webhook_dropped_total",
+            "Webhook events dropped because a receiver's queue was full (it is down or slow).",
+        );
         Self {
+            http_requests,
+            webhook_deliveries,
+            webhook_dropped,
             registry,
             sessions,
             rooms,

@@ -510,6 +510,7 @@ fn residency_refuses_links_on_both_sides() {
     let mut events = rt
         .block_on(a.sessions.watch_events(pb::WatchEventsRequest {
             room_id: "de".into(),
+            ..Default::default()
         }))
         .unwrap()
         .into_inner();

@@ -53,6 +53,9 @@ impl RouterProcess {
                 "0",
                 "--workers",
                 &workers.to_string(),
+                // No demo app (its default port may be taken).
+                "--http-listen",
+                "",
             ])
             .env_remove("KASKADE_CONTROL_LISTEN")
             .env_remove("KASKADE_METRICS_LISTEN")

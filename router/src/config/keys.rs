@@ -109,6 +109,48 @@ config_keys! {
             rule Rule::Range(1, 100_000);
     }
 
+    /// `[http]`: the HTTP listener (demo app, kaskade.js, demo signalling).
+    [http] HttpConfig {
+        /// HTTP listen address of the demo app, kaskade.js and the demo signalling;
+        /// loopback only (the demo has no authentication yet); empty disables it.
+        listen: String = "127.0.0.1:8080".into(),
+            env "KASKADE_HTTP_LISTEN", flag "http-listen", value "ADDR",
+            rule Rule::SocketAddrOrOff;
+    }
+
+    /// `[webhooks]`: an HTTP POST per event.
+    [webhooks] WebhooksConfig {
+        /// http:// URLs each event is POSTed to (flag repeatable, env comma-separated); empty: off.
+        urls: Vec<String> = Vec::new(),
+            env "KASKADE_WEBHOOKS_URLS", flag "webhooks-url", value "URL",
+            rule Rule::Any;
+        /// Only these event kinds (e.g. session_closed); empty: every kind.
+        events: Vec<String> = Vec::new(),
+            env "KASKADE_WEBHOOKS_EVENTS", flag "webhooks-event", value "KIND",
+            rule Rule::Any;
+        /// The id of the key that signs the bodies, sent with each request.
+        key_id: String = String::new(),
+            env "KASKADE_WEBHOOKS_KEY_ID", flag "webhooks-key-id", value "ID",
+            rule Rule::Any;
+        /// The signing secret (HMAC-SHA256), at least 16 bytes; required with urls.
+        secret: String = String::new(),
+            env "KASKADE_WEBHOOKS_SECRET", flag "webhooks-secret", value "SECRET",
+            rule Rule::Any;
+        /// Events held per URL while its receiver is slow or down; beyond, dropped and counted.
+        queue: usize = 1000,
+            env "KASKADE_WEBHOOKS_QUEUE", flag "webhooks-queue", value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// How long one delivery attempt may take, in ms.
+        timeout_ms: u64 = 5000,
+            env "KASKADE_WEBHOOKS_TIMEOUT_MS", flag "webhooks-timeout-ms", value "MS",
+            rule Rule::Range(100, 60_000);
+        /// Include participant ids and metadata in the bodies: true or false.
+        participant_data: bool = false,
+            env "KASKADE_WEBHOOKS_PARTICIPANT_DATA", flag "webhooks-participant-data",
+            value "BOOL",
+            rule Rule::Any;
+    }
+
     /// `[log]`: logging.
     [log] LogConfig {
         /// Log filter, RUST_LOG syntax (e.g. info,kaskade_router=debug).

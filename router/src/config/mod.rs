@@ -30,7 +30,7 @@ mod tests;
 
 pub use cli::KeyArgs;
 pub use keys::*;
-pub use resolve::{CascadeResolved, PeerAddr, Resolved};
+pub use resolve::{CascadeResolved, PeerAddr, Resolved, WebhooksResolved};
 pub use table::{Cli, Key};
 pub use value::{valid_name, Rule, Setting, Span};
 

@@ -42,6 +42,10 @@ pub struct Resolved {
     pub region: String,
     /// Cascade settings, if cascading is enabled.
     pub cascade: Option<CascadeResolved>,
+    /// HTTP listen address (demo app, kaskade.js), if enabled.
+    pub http_listen: Option<SocketAddr>,
+    /// Webhooks, if configured.
+    pub webhooks: Option<WebhooksResolved>,
     /// Every key as validated: read keys without a field above here.
     pub config: Config,
 }
@@ -134,6 +138,24 @@ impl Config {
             ));
         }
         let cascade = self.resolve_cascade()?;
+        let http_listen = match self.http.listen.as_str() {
+            "" => None,
+            v => {
+                let a = sock("http.listen", v)?;
+                if !a.ip().is_loopback() {
+                    return Err(value(
+                        "http.listen",
+                        format!(
+                            "{a} is not a loopback address: the demo app and its signalling have no \
+                             authentication yet, so they are served on 127.0.0.1 or ::1 only \
+                             (set http.listen to \"\" to turn the listener off)"
+                        ),
+                    ));
+                }
+                Some(a)
+            }
+        };
+        let webhooks = self.resolve_webhooks()?;
         Ok(Resolved {
             control_listen,
             metrics_listen,
@@ -151,6 +173,8 @@ impl Config {
             node_id: self.node.id.clone(),
             region: self.node.region.clone(),
             cascade,
+            http_listen,
+            webhooks,
             config: self.clone(),
         })
     }
@@ -195,6 +219,78 @@ impl Config {
     }
 }
 
+/// Validated `[webhooks]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhooksResolved {
+    /// Where each event goes.
+    pub urls: Vec<hyper::Uri>,
+    /// Event kinds sent (empty: all).
+    pub events: Vec<String>,
+    /// Signing key id.
+    pub key_id: String,
+    /// Signing secret.
+    pub secret: String,
+    /// Per-URL queue.
+    pub queue: usize,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Participant ids and metadata in bodies.
+    pub participant_data: bool,
+}
+
+impl std::fmt::Debug for WebhooksResolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("WebhooksResolved")
+            .field("urls", &self.urls.len())
+            .field("key_id", &self.key_id)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    fn resolve_webhooks(&self) -> Result<Option<WebhooksResolved>, ConfigError> {
+        let w = &self.webhooks;
+        if w.urls.is_empty() {
+            return Ok(None);
+        }
+        let mut urls = Vec::new();
+        for u in &w.urls {
+            let uri: hyper::Uri = u
+                .parse()
+                .map_err(|_| value("webhooks.urls", format!("{u:?} is not a URL")))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(value(
+                    "webhooks.urls",
+                    format!(
+                        "{u:?}: only http:// URLs for now (put a TLS-terminating relay in front of an https receiver)"
+                    ),
+                ));
+            }
+            urls.push(uri);
+        }
+        if let Err(e) = crate::control::events::EventFilter::parse(&w.events) {
+            return Err(value("webhooks.events", e.to_string()));
+        }
+        if w.secret.len() < 16 {
+            return Err(value(
+                "webhooks.secret",
+                "must be set (at least 16 bytes) when webhooks.urls is: every body is signed",
+            ));
+        }
+        Ok(Some(WebhooksResolved {
+            urls,
+            events: w.events.clone(),
+            key_id: w.key_id.clone(),
+            secret: w.secret.clone(),
+            queue: w.queue,
+            timeout: Duration::from_millis(w.timeout_ms),
+            participant_data: w.participant_data,
+        }))
+    }
+}
+
 impl Resolved {
     /// The resolved defaults, for tests and embedding.
     pub fn defaults_for_test() -> Self {
@@ -204,11 +300,13 @@ impl Resolved {
             .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
     }
 
-    /// Loopback, ephemeral ports everywhere, no metrics: what tests use.
+    /// Loopback, ephemeral ports everywhere, no metrics and no HTTP
+    /// listener: what tests use.
     pub fn ephemeral(workers: usize) -> Self {
         let mut c = Config::default();
         c.control.listen = "127.0.0.1:0".into();
         c.metrics.listen = String::new();
+        c.http.listen = String::new();
         c.media.port_start = 0;
         c.media.workers = workers.clamp(1, 1024);
         c.validate(workers)

@@ -262,3 +262,49 @@ fn example_config_has_every_key_in_its_section() {
     let c = Config::from_toml(&text).expect("deploy/kaskade.toml parses");
     c.validate(2).expect("deploy/kaskade.toml is valid");
 }
+
+#[test]
+fn http_listen_is_loopback_only_and_can_be_off() {
+    let r = Config::default().validate(1).unwrap();
+    assert_eq!(r.http_listen, Some("127.0.0.1:8080".parse().unwrap()));
+    let mut c = Config::default();
+    c.apply(&args(&[("http.listen", "[::1]:0")]), None).unwrap();
+    assert_eq!(
+        c.validate(1).unwrap().http_listen,
+        Some("[::1]:0".parse().unwrap())
+    );
+    c.http.listen = "0.0.0.0:8080".into();
+    assert!(refuses(&c, "http.listen"));
+    c.http.listen = String::new();
+    assert_eq!(c.validate(1).unwrap().http_listen, None);
+}
+
+#[test]
+fn webhooks_need_http_urls_a_secret_and_known_kinds() {
+    let mut c = Config::from_toml(
+        "[webhooks]\nurls = [\"http://127.0.0.1:9000/hook\"]\nkey_id = \"k1\"\nevents = [\"session_closed\"]\n",
+    )
+    .unwrap();
+    assert!(refuses(&c, "webhooks.secret"));
+    c.apply(&args(&[("webhooks.secret", "0123456789abcdef")]), None)
+        .unwrap();
+    let w = c.validate(1).unwrap().webhooks.unwrap();
+    assert_eq!(w.urls.len(), 1);
+    assert_eq!(w.queue, 1000);
+    assert!(!w.participant_data);
+    assert!(
+        !format!("{w:?}").contains("0123456789abcdef"),
+        "no secret in Debug"
+    );
+    c.webhooks.events = vec!["session_closd".into()];
+    assert!(refuses(&c, "webhooks.events"));
+    c.webhooks.events.clear();
+    c.webhooks.urls = vec!["https://hooks.example/x".into()];
+    assert!(refuses(&c, "webhooks.urls"));
+    c.webhooks.urls.clear();
+    assert_eq!(c.validate(1).unwrap().webhooks, None);
+    let e = c
+        .apply(&args(&[("webhooks.participant_data", "maybe")]), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("webhooks.participant_data"), "{e}");
+}

@@ -1,13 +1,13 @@
 //! The tonic services: thin adapters from gRPC to [`Control`].
 
 use super::error::ApiError;
+use super::events::{watch_stream, EventFilter};
 use super::plane::Control;
 use kaskade_protocol::v1 as pb;
 use pb::room_service_server::RoomService;
 use pb::session_service_server::SessionService;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -169,26 +169,22 @@ impl SessionService for Api {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let room_id = req.into_inner().room_id;
-        let watch = match self.control.watch(&room_id) {
-            Ok(w) => w,
+        let req = req.into_inner();
+        let watch =
+            EventFilter::parse(&req.kinds).and_then(|f| Ok((f, self.control.watch(&req.room_id)?)));
+        let (filter, watch) = match watch {
+            Ok(v) => v,
             Err(e) => return self.done("WatchEvents", Err(e)),
         };
-        let first = pb::Event {
-            room_id: room_id.clone(),
-            at_unix_ms: super::registry::unix_ms(),
-            kind: Some(pb::event::Kind::Watching(pb::Watching {})),
-        };
-        // A watcher that falls more than the room's buffer behind misses
-        // events (it can resync with GetRoom); it is never allowed to slow
-        // the router down.
+        // A watcher that falls more than the buffer behind misses events
+        // (told by an events_dropped marker; it can resync with GetRoom); it
+        // is never allowed to slow the router down. The stream owns its slot
+        // of limits.max_watchers.
         let slot = watch.slot;
-        let rest = BroadcastStream::new(watch.events).filter_map(move |r| {
-            // The stream owns its slot of limits.max_watchers.
+        let stream = watch_stream(&req.room_id, watch.events, filter).map(move |ev| {
             let _ = &slot;
-            r.ok().map(Ok)
+            Ok(ev)
         });
-        let stream = tokio_stream::once(Ok(first)).chain(rest);
         Ok(Response::new(Box::pin(stream)))
     }
 }

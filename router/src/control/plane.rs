@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::oneshot;
 
 mod remote;
+mod speakers;
 pub use remote::RemoteTrack;
 
 pub use super::limits::Limits;
@@ -380,15 +381,21 @@ impl Control {
             .map(|r| r.remote_tracks.clone())
             .unwrap_or_default();
         self.unpublish(&mut reg, &remote);
+        reg.speakers.forget_room(&room);
         reg.rooms.remove(&room);
         self.metrics.rooms.set(reg.rooms.len() as i64);
         Ok(())
     }
 
-    /// `WatchEvents`: a receiver of the room's events, holding one of
-    /// `limits.max_watchers` slots while it lives.
+    /// `WatchEvents`: a receiver of the room's events, or (empty
+    /// `room_id`) of every room's, holding one of `limits.max_watchers`
+    /// slots while it lives.
     pub fn watch(&self, room_id: &str) -> Result<Watch, ApiError> {
-        let room = parse_id("room_id", room_id, RoomId::parse)?;
+        let room = if room_id.is_empty() {
+            None
+        } else {
+            Some(parse_id("room_id", room_id, RoomId::parse)?)
+        };
         let slot = self
             .watchers
             .enter(self.limits.max_watchers)
@@ -402,10 +409,13 @@ impl Control {
                     )),
                 )
             })?;
-        let events = self
-            .reg()
-            .watch(&room)
-            .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?;
+        let events = match room {
+            None => self.reg().router_events.subscribe(),
+            Some(room) => self
+                .reg()
+                .watch(&room)
+                .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?,
+        };
         Ok(Watch { events, slot })
     }
 
@@ -582,6 +592,7 @@ impl Control {
             for w in &self.workers {
                 let _ = w.send(Command::TrackGone { track: t });
             }
+            reg.speakers.forget(&info.room, t);
             reg.emit(
                 &info.room,
                 Kind::TrackUnpublished(pb::TrackUnpublished {
@@ -956,6 +967,7 @@ impl Control {
         let room = s.room.clone();
         let published = s.published.clone();
         let worker = s.worker;
+        let (participant_id, metadata) = (s.participant.to_string(), s.metadata.clone());
         let subs: Vec<(TrackId, SubState)> =
             s.subs.iter().map(|(t, st)| (*t, st.clone())).collect();
         self.unpublish(reg, &published);
@@ -973,6 +985,8 @@ impl Control {
             Kind::SessionClosed(pb::SessionClosed {
                 session_id: sid.to_string(),
                 reason: reason.as_str().into(),
+                participant_id,
+                metadata,
             }),
         );
     }
@@ -988,15 +1002,15 @@ impl Control {
                 let was_pending = !s.connected;
                 s.connected = true;
                 let room = s.room.clone();
+                let ev = pb::SessionConnected {
+                    session_id: session.to_string(),
+                    participant_id: s.participant.to_string(),
+                    metadata: s.metadata.clone(),
+                };
                 if was_pending {
                     reg.pending = reg.pending.saturating_sub(1);
                 }
-                reg.emit(
-                    &room,
-                    Kind::SessionConnected(pb::SessionConnected {
-                        session_id: session.to_string(),
-                    }),
-                );
+                reg.emit(&room, Kind::SessionConnected(ev));
             }
             WorkerEvent::LayerChanged {
                 session,
@@ -1056,6 +1070,9 @@ impl Control {
                 if let Some(h) = self.hooks() {
                     h.link_layers(track, layers);
                 }
+            }
+            WorkerEvent::AudioLevel { track, level, at } => {
+                speakers::on_audio_level(&mut reg, track, level, at)
             }
             WorkerEvent::Closed { session, reason } => {
                 tracing::info!(session = %session, reason = reason.as_str(), "session closed by the media plane");

@@ -82,6 +82,10 @@ pub struct Registry {
     pub load: Vec<usize>,
     /// Sessions not yet connected (created, or still being created).
     pub pending: usize,
+    /// Every room's events, for router-wide watchers.
+    pub router_events: super::events::RouterEvents,
+    /// Active speakers per room.
+    pub speakers: super::speakers::Speakers,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -141,6 +145,12 @@ impl Registry {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
+        let ev = pb::Event {
+            room_id: room.to_string(),
+            at_unix_ms: unix_ms(),
+            kind: Some(kind),
+        };
+        self.router_events.send(&ev);
         let Some(tx) = &r.events else {
             return;
         };
@@ -149,11 +159,7 @@ impl Registry {
             r.events = None;
             return;
         }
-        let _ = tx.send(pb::Event {
-            room_id: room.to_string(),
-            at_unix_ms: unix_ms(),
-            kind: Some(kind),
-        });
+        let _ = tx.send(ev);
     }
 
     /// The API view of a track.
