@@ -227,9 +227,11 @@ mod tests {
 
     #[test]
     fn limits_come_from_the_limits_keys() {
-        let mut c = crate::config::LimitsConfig::default();
-        c.max_watchers = 3;
-        c.max_sessions_per_room = 7;
+        let c = crate::config::LimitsConfig {
+            max_watchers: 3,
+            max_sessions_per_room: 7,
+            ..Default::default()
+        };
         let l = Limits::from(&c);
         assert_eq!((l.max_watchers, l.max_sessions_per_room), (3, 7));
         assert_eq!(Limits::default().max_tracks_per_session, 16);
