@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kaskade_protocol::cascade::datagram::{self as wire, MediaHeader};
+use kaskade_protocol::cascade::fragment::{Fragmenter, Reassembler};
+use kaskade_protocol::cascade::framing::{self, FrameReader};
 use kaskade_router::cascade::cert::{self, NodeIdentity};
 use kaskade_router::cascade::tls;
-use kaskade_router::cascade::wire::{self, Fragmenter, FrameReader, MediaHeader, Reassembler};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -172,7 +174,7 @@ async fn linked_routers_know_each_other_and_exchange_media_and_frames() {
                 frames.push(&chunk.bytes);
             };
             let mut reply = Vec::new();
-            wire::write_frame(&mut reply, &[b"echo: ", &frame[..]].concat()).unwrap();
+            framing::write_frame(&mut reply, &[b"echo: ", &frame[..]].concat()).unwrap();
             send.write_all(&reply).await.unwrap();
             send.finish().unwrap();
             conn.closed().await;
@@ -227,7 +229,7 @@ async fn linked_routers_know_each_other_and_exchange_media_and_frames() {
     // A control frame on a bidirectional stream, read back through partial reads.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut frame = Vec::new();
-    wire::write_frame(&mut frame, b"subscribe track 7").unwrap();
+    framing::write_frame(&mut frame, b"subscribe track 7").unwrap();
     send.write_all(&frame).await.unwrap();
     let mut frames = FrameReader::new();
     let reply = timeout(T, async {

@@ -5,7 +5,6 @@
 
 use super::media::{self, LinkCounters, Route, RxUpdate, TxUpdate};
 use super::tls;
-use super::wire::{write_frame, FrameReader};
 use super::NodeIdentity;
 use crate::config::{CascadeResolved, PeerAddr};
 use crate::control::registry::region_allowed;
@@ -16,6 +15,8 @@ use crate::media::types::LinkId;
 use crate::media::{MediaPacket, TrackInfo};
 
 use kaskade_protocol::cascade as cpb;
+use kaskade_protocol::cascade::close::CloseCode;
+use kaskade_protocol::cascade::framing::{write_frame, FrameReader};
 use kaskade_protocol::v1 as pb;
 use kaskade_protocol::{RoomId, TrackId};
 use prost::Message;
@@ -27,8 +28,6 @@ use std::time::Duration;
 use str0m::media::{MediaKind, Rid};
 use tokio::sync::{mpsc, oneshot};
 
-/// Link protocol version.
-const VERSION: u32 = 1;
 /// How long remote tracks stay (paused) after their link went down.
 const DOWN_GRACE: Duration = Duration::from_secs(30);
 /// Longest wait between two dial attempts.
@@ -304,7 +303,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, cmd: mpsc::UnboundedSender<Cmd>)
                 return;
             };
             let Ok(identity) = tls::peer_identity(&conn) else {
-                conn.close(1u32.into(), b"identity");
+                close(&conn, CloseCode::Identity);
                 return;
             };
             let Ok(Ok((send, recv))) =
@@ -321,6 +320,14 @@ async fn accept_loop(endpoint: quinn::Endpoint, cmd: mpsc::UnboundedSender<Cmd>)
             });
         });
     }
+}
+
+/// Closes a link connection, saying why.
+fn close(conn: &quinn::Connection, code: CloseCode) {
+    conn.close(
+        quinn::VarInt::from_u32(code.code()),
+        code.reason().as_bytes(),
+    );
 }
 
 fn frame(msg: cpb::frame::Msg) -> cpb::Frame {
@@ -552,7 +559,7 @@ impl Manager {
     ) {
         let id = identity.node_id.clone();
         if id == self.me.node_id {
-            conn.close(2u32.into(), b"self");
+            close(&conn, CloseCode::SelfLink);
             return;
         }
         let me = self.me.node_id.clone();
@@ -562,11 +569,11 @@ impl Manager {
             // smaller node id, on both sides alike.
             let keep_new = if dialed { me < id } else { id < me };
             if !keep_new {
-                conn.close(3u32.into(), b"duplicate");
+                close(&conn, CloseCode::Duplicate);
                 return;
             }
             if let Some(old) = p.conn.take() {
-                old.close(3u32.into(), b"duplicate");
+                close(&old, CloseCode::Duplicate);
             }
             // Requests sent on the replaced connection go again on the new one.
             let pending: Vec<_> = p.pending.drain().collect();
@@ -609,7 +616,7 @@ impl Manager {
             counters,
         ));
         let _ = ftx.send(frame(cpb::frame::Msg::Hello(cpb::Hello {
-            version: VERSION,
+            version: cpb::LINK_VERSION,
             node_id: self.me.node_id.clone(),
             region: self.me.region.clone(),
         })));
@@ -888,10 +895,10 @@ impl Manager {
         use cpb::frame::Msg;
         match msg {
             Msg::Hello(h) => {
-                if h.node_id != peer || h.version != VERSION {
+                if h.node_id != peer || h.version != cpb::LINK_VERSION {
                     tracing::warn!(peer, "cascade: hello does not match the certificate");
                     if let Some(c) = self.peers.get(peer).and_then(|p| p.conn.clone()) {
-                        c.close(4u32.into(), b"hello");
+                        close(&c, CloseCode::Hello);
                     }
                 }
             }
@@ -990,8 +997,10 @@ impl Manager {
                 self.control
                     .ingest(info.worker, vec![BusMsg::RemoteLayers { track: t, layers }]);
             }
+            // Rooms that link themselves: not in this version of the manager yet.
+            Msg::HostedRooms(_) => {}
             Msg::Codec(c) => {
-                let Ok(params) = serde_json::from_str(&c.payload_params) else {
+                let Some(Ok(params)) = c.params.as_ref().map(super::codec::from_wire) else {
                     tracing::warn!(peer, "cascade: unreadable codec");
                     return;
                 };
@@ -1153,7 +1162,7 @@ async fn connect(
         .ok()?;
     let identity = tls::peer_identity(&conn).ok()?;
     if identity.node_id != peer {
-        conn.close(1u32.into(), b"identity");
+        close(&conn, CloseCode::Identity);
         return None;
     }
     let (send, recv) = conn.open_bi().await.ok()?;

@@ -3,13 +3,14 @@
 //! receiving task of each link (datagrams → packets of remote tracks into
 //! their home worker, with gap detection that asks for retransmission).
 
-use super::wire::{self, Fragmenter, MediaHeader, Reassembler};
 use crate::control::Control;
 use crate::media::bus::BusMsg;
 use crate::media::types::LinkId;
 use crate::media::{MediaPacket, WorkerId};
 use bytes::Bytes;
 use kaskade_protocol::cascade as cpb;
+use kaskade_protocol::cascade::datagram::{self as wire, MediaHeader};
+use kaskade_protocol::cascade::fragment::{Fragmenter, Reassembler};
 use kaskade_protocol::TrackId;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,13 +165,14 @@ fn send_packet(l: &mut TxLink, pkt: &MediaPacket, out: &mut Vec<Bytes>) {
         let Some(frames) = l.frames.as_ref() else {
             return;
         };
-        let Ok(json) = serde_json::to_string(&pkt.params) else {
+        let Some(params) = super::codec::to_wire(&pkt.params) else {
+            l.counters.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };
         let _ = frames.send(cpb::Frame {
             msg: Some(cpb::frame::Msg::Codec(cpb::Codec {
                 link_track: num,
-                payload_params: json,
+                params: Some(params),
             })),
         });
         l.codec.insert(num, pkt.params.pt());
