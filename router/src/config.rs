@@ -67,6 +67,9 @@ pub struct CascadeConfig {
     pub key: String,
     /// `cascade.peers`: other routers, `node_id=host:port`.
     pub peers: Vec<String>,
+    /// `cascade.auto_link`: link rooms that this router and a peer both host, without
+    /// `LinkRoom` (unset: on).
+    pub auto_link: Option<bool>,
 }
 
 /// `[control]`
@@ -242,6 +245,8 @@ pub struct Overrides {
     pub cascade_key: Option<String>,
     /// `--peer` (repeatable) / `KASKADE_CASCADE_PEERS` (comma-separated)
     pub cascade_peers: Option<Vec<String>>,
+    /// `--cascade-auto-link`
+    pub cascade_auto_link: Option<String>,
 }
 
 /// The resolved, validated configuration the daemon runs with.
@@ -303,6 +308,8 @@ pub struct CascadeResolved {
     pub key: std::path::PathBuf,
     /// Known peers.
     pub peers: Vec<PeerAddr>,
+    /// Link rooms hosted on both ends of a link without `LinkRoom`.
+    pub auto_link: bool,
 }
 
 /// Whether a node id or region name is well formed: lowercase letters,
@@ -358,6 +365,7 @@ impl Config {
                     .filter(|p| !p.is_empty())
                     .collect()
             }),
+            cascade_auto_link: get("KASKADE_CASCADE_AUTO_LINK"),
         };
         self.apply(&o)?;
         if let Some(v) = get("KASKADE_LIMITS_MAX_ROOMS") {
@@ -421,6 +429,18 @@ impl Config {
         }
         if let Some(v) = &o.cascade_peers {
             self.cascade.peers = v.clone();
+        }
+        if let Some(v) = &o.cascade_auto_link {
+            self.cascade.auto_link = Some(match v.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::Value {
+                        key: "cascade.auto_link",
+                        reason: format!("{v:?} is not a boolean"),
+                    })
+                }
+            });
         }
         if let Some(v) = &o.log_ips {
             self.log.ips = match v.as_str() {
@@ -617,6 +637,7 @@ impl Config {
             cert: file("cascade.cert", &c.cert)?,
             key: file("cascade.key", &c.key)?,
             peers,
+            auto_link: c.auto_link.unwrap_or(true),
         }))
     }
 }

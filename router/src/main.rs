@@ -146,6 +146,9 @@ struct ServeArgs {
     /// A peer router, node_id=host:port (cascade.peers; repeatable).
     #[arg(long = "peer", value_name = "ID=ADDR")]
     peers: Vec<String>,
+    /// Link rooms hosted here and on a peer without LinkRoom: true or false (cascade.auto_link).
+    #[arg(long, value_name = "BOOL")]
+    cascade_auto_link: Option<String>,
 }
 
 fn load(args: &ServeArgs) -> Result<Resolved, String> {
@@ -174,6 +177,7 @@ fn load(args: &ServeArgs) -> Result<Resolved, String> {
         cascade_cert: args.cascade_cert.clone(),
         cascade_key: args.cascade_key.clone(),
         cascade_peers: (!args.peers.is_empty()).then(|| args.peers.clone()),
+        cascade_auto_link: args.cascade_auto_link.clone(),
     })
     .map_err(|e| e.to_string())?;
     let cores = std::thread::available_parallelism()

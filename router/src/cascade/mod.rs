@@ -16,8 +16,11 @@
 pub mod api;
 pub mod cert;
 pub mod codec;
+pub mod link;
 pub mod manager;
-pub mod media;
+pub mod relay;
+#[cfg(any(test, feature = "testkit"))]
+pub mod sim;
 pub mod tls;
 
 pub use cert::{identity_of, CertError, NodeIdentity};
