@@ -48,8 +48,11 @@ pub(super) struct Peer {
     pub(super) next_out: u32,
     /// Its numbers (this connection) → our remote tracks.
     pub(super) inbound: BTreeMap<u32, TrackId>,
-    /// `LinkRoom` sent, waiting for its reply: the API calls to answer (none for automatic).
-    pub(super) pending: BTreeMap<RoomId, Vec<RequestId>>,
+    /// `LinkRoom` sent, waiting for its reply: the API calls to answer, each with the
+    /// instant it is answered `UNAVAILABLE` if no reply came (none for automatic links).
+    pub(super) pending: BTreeMap<RoomId, Vec<(RequestId, Instant)>>,
+    /// Rooms linked on this connection (their `LinkChanged` up was said).
+    pub(super) up_rooms: BTreeSet<RoomId>,
     /// `LinkRoom` calls waiting for a connection, with their deadline.
     pub(super) waiting: Vec<(RoomId, RequestId, Instant)>,
     /// Its `LinkRoom` requests waiting for the control plane to make the room.
@@ -79,6 +82,7 @@ impl Peer {
             next_out: 1,
             inbound: BTreeMap::new(),
             pending: BTreeMap::new(),
+            up_rooms: BTreeSet::new(),
             waiting: Vec::new(),
             ensuring: BTreeSet::new(),
             kf_guard: HashMap::new(),
@@ -107,7 +111,8 @@ impl Peer {
             _ => None,
         };
         let waiting = self.waiting.iter().map(|(_, _, at)| *at).min();
-        [dial, self.grace_until, waiting]
+        let asked = self.pending.values().flatten().map(|(_, at)| *at).min();
+        [dial, self.grace_until, waiting, asked]
             .into_iter()
             .flatten()
             .min()
@@ -122,6 +127,7 @@ impl Peer {
         self.inbound.clear();
         self.hosts.clear();
         self.advertised.clear();
+        self.up_rooms.clear();
         self.kf_guard.clear();
     }
 }
@@ -262,7 +268,6 @@ impl LinkControl {
     /// Everything that ends with a connection. `broken`: the link is down (not replaced by a
     /// duplicate), so its rooms are reported down and its tracks get the grace period.
     fn connection_lost(&mut self, now: Instant, id: &NodeId, broken: bool) {
-        let timeout = self.cfg.link_timeout;
         let grace = self.cfg.down_grace;
         let Some(p) = self.peers.get_mut(id) else {
             return;
@@ -272,16 +277,18 @@ impl LinkControl {
         };
         let link = p.link;
         let relayed: Vec<TrackId> = p.out.keys().copied().collect();
-        let pending: Vec<(RoomId, Vec<RequestId>)> =
+        // Calls waiting for a reply wait for the next connection (a duplicate replaced is
+        // routine), or give up at their deadline.
+        let pending: Vec<(RoomId, Vec<(RequestId, Instant)>)> =
             std::mem::take(&mut p.pending).into_iter().collect();
         for (room, reqs) in pending {
-            for req in reqs {
-                p.waiting.push((room.clone(), req, now + timeout));
+            for (req, at) in reqs {
+                p.waiting.push((room.clone(), req, at));
             }
         }
         p.ensuring.clear();
+        let (rooms, region) = (std::mem::take(&mut p.up_rooms), p.region.clone());
         p.clear_connection();
-        let (rooms, region) = (p.rooms.clone(), p.region.clone());
         if broken {
             p.grace_until = Some(now + grace);
         }
@@ -345,6 +352,17 @@ impl LinkControl {
             }
             keep
         });
+        // Calls whose `LinkRoom` got no reply in time are answered; the request stays, so a
+        // late reply still links the room.
+        for reqs in p.pending.values_mut() {
+            reqs.retain(|(req, at)| {
+                let keep = *at > now;
+                if !keep {
+                    expired.push(*req);
+                }
+                keep
+            });
+        }
         for req in expired {
             self.out.push_back(Output::Reply {
                 req,

@@ -127,7 +127,7 @@ impl LinkControl {
                 }),
             );
         }
-        self.request_link(&peer, &room, Some(req));
+        self.request_link(&peer, &room, Some((req, deadline)));
     }
 
     /// `UnlinkRoom` from the API.
@@ -151,7 +151,12 @@ impl LinkControl {
     }
 
     /// Sends `LinkRoom` for `room` (once per room until answered), recording who waits.
-    pub(super) fn request_link(&mut self, peer: &NodeId, room: &RoomId, req: Option<RequestId>) {
+    pub(super) fn request_link(
+        &mut self,
+        peer: &NodeId,
+        room: &RoomId,
+        req: Option<(RequestId, Instant)>,
+    ) {
         let policy = self.rooms.get(room).cloned().unwrap_or_default();
         let me = self.me.node_id.clone();
         let p = self.peer(peer);
@@ -216,13 +221,12 @@ impl LinkControl {
         let asked = self.peer(peer).ensuring.remove(&room);
         match result {
             Ok(policy) => {
-                let new = !self.rooms.contains_key(&room);
-                self.rooms.insert(room.clone(), policy);
+                let new = self.rooms.insert(room.clone(), policy).is_none();
+                if let (true, Some(conn)) = (asked, conn) {
+                    self.accept_link(peer, conn, room.clone());
+                }
                 if new {
                     self.advertise(&room);
-                }
-                if let (true, Some(conn)) = (asked, conn) {
-                    self.accept_link(peer, conn, room);
                 }
             }
             Err(reason) => {
@@ -282,7 +286,7 @@ impl LinkControl {
             if self.rooms.contains_key(&room) {
                 self.room_linked(peer, &room);
             }
-            for req in reqs {
+            for (req, _) in reqs {
                 self.out.push_back(Output::Reply {
                     req,
                     result: Ok(RouterRef {
@@ -301,7 +305,7 @@ impl LinkControl {
                 reason: reason.clone(),
                 decided_by: Decider::Peer,
             });
-            for req in reqs {
+            for (req, _) in reqs {
                 self.out.push_back(Output::Reply {
                     req,
                     result: Err(ApiError::PermissionDenied(format!(
@@ -327,6 +331,9 @@ impl LinkControl {
     fn room_linked(&mut self, peer: &NodeId, room: &RoomId) {
         let p = self.peer(peer);
         p.rooms.insert(room.clone());
+        if !p.up_rooms.insert(room.clone()) {
+            return; // both asked at once: linked already
+        }
         let region = p.region.clone();
         self.out.push_back(Output::LinkChanged {
             room: room.clone(),
@@ -360,13 +367,16 @@ impl LinkControl {
         for t in ours {
             self.forget_announcement(peer, t);
         }
-        let region = self.peer(peer).region.clone();
-        self.out.push_back(Output::LinkChanged {
-            room: room.clone(),
-            peer: peer.clone(),
-            region,
-            up: false,
-        });
+        let p = self.peer(peer);
+        if p.up_rooms.remove(room) {
+            let region = p.region.clone();
+            self.out.push_back(Output::LinkChanged {
+                room: room.clone(),
+                peer: peer.clone(),
+                region,
+                up: false,
+            });
+        }
     }
 
     // ----- rooms that link themselves ---------------------------------------

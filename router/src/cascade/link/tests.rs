@@ -411,3 +411,40 @@ fn a_flood_of_keyframe_requests_passes_one_per_interval() {
 use crate::control::ApiError;
 use crate::media::TrackInfo;
 use str0m::media::MediaKind;
+
+#[test]
+fn a_link_room_call_without_reply_is_answered_and_a_late_reply_still_links() {
+    let t0 = Instant::now();
+    let mut m = machine("ams", &["fra"], t0);
+    let r = RoomId::parse("r").unwrap();
+    m.room_created(r.clone(), vec![]);
+    let conn = connect(&mut m, t0, "fra", true);
+    drain(&mut m);
+    m.link_room(t0, r.clone(), "fra".into(), RequestId(1));
+    assert!(matches!(frames(&drain(&mut m))[..], [Msg::LinkRoom(_)]));
+    let deadline = t0 + LinkConfig::default().link_timeout;
+    assert_eq!(m.poll_timeout(), Some(deadline));
+    m.handle_timeout(deadline);
+    assert!(matches!(
+        drain(&mut m)[..],
+        [Output::Reply {
+            req: RequestId(1),
+            result: Err(ApiError::Unavailable(_))
+        }]
+    ));
+    m.handle_frame(
+        deadline,
+        &"fra".into(),
+        conn,
+        Msg::LinkRoomReply(cpb::LinkRoomReply {
+            room_id: "r".into(),
+            accepted: true,
+            reason: String::new(),
+        }),
+    );
+    let out = drain(&mut m);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::LinkChanged { up: true, .. })));
+    assert_eq!(m.links()[0].rooms, [r]);
+}

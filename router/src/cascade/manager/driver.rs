@@ -131,11 +131,16 @@ impl Manager {
             Cmd::RoomCreated(room, policy) => m.room_created(room, policy),
             Cmd::RoomDeleted(room) => m.room_deleted(&room),
             Cmd::TrackPublished(info) => m.track_published(&info),
-            Cmd::TrackUnpublished(track) => m.track_unpublished(track),
+            Cmd::TrackUnpublished(track) => {
+                self.homes.remove(&track);
+                self.machine.track_unpublished(track);
+            }
             Cmd::RemoteDemand(track, mask) => m.remote_demand(track, mask),
             Cmd::RemoteKeyframe(track, layer) => m.remote_keyframe(track, layer),
             Cmd::LinkLayers(track, layers) => m.link_layers(track, &layers),
             Cmd::LinkRoom { room, peer, reply } => {
+                // Calls whose caller gave up are not kept.
+                self.calls.retain(|_, r| !r.is_closed());
                 let req = RequestId(self.next_call);
                 self.next_call += 1;
                 self.calls.insert(req, reply);
