@@ -2,10 +2,10 @@
 //!
 //! - One **manager task** owns the [`LinkControl`](crate::cascade::link::LinkControl) machine.
 //!   Connections (dialled or accepted), control frames, the control plane's hooks and the
-//!   API's calls all arrive as [`Cmd`]s on one channel; the manager hands them to the machine,
+//!   API's calls all arrive as commands on one channel; the manager hands them to the machine,
 //!   sleeps until its `poll_timeout`, and carries out its outputs (send a frame, dial, close,
 //!   publish a remote track, answer a call, tell the relay tasks a track number).
-//! - **Connection tasks** ([`conn`]) accept and dial, and read and write the control stream.
+//! - **Connection tasks** (`conn`) accept and dial, and read and write the control stream.
 //! - **Relay tasks** ([`relay`]) run the relay machines: one sending task for every link, one
 //!   receiving task per connection.
 //!
