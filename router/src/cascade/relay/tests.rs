@@ -29,7 +29,10 @@ fn send(
     max: usize,
 ) -> (Vec<cpb::CodecParams>, Vec<Bytes>) {
     for s in seqs {
-        tx.handle_packet(&packet(TRACK, MediaKind::Video, 0, s, len), Some(max));
+        tx.handle_packet(
+            &packet(Instant::now(), TRACK, MediaKind::Video, 0, s, len),
+            Some(max),
+        );
     }
     drain(tx)
 }
@@ -188,8 +191,14 @@ fn a_batch_per_home_worker_and_nothing_for_unknown_numbers() {
     tx.map(TRACK, Some(NUM));
     tx.map(other, Some(2));
     for s in 1..=3 {
-        tx.handle_packet(&packet(TRACK, MediaKind::Video, 0, s, 10), Some(1200));
-        tx.handle_packet(&packet(other, MediaKind::Audio, 0, s, 10), Some(1200));
+        tx.handle_packet(
+            &packet(Instant::now(), TRACK, MediaKind::Video, 0, s, 10),
+            Some(1200),
+        );
+        tx.handle_packet(
+            &packet(Instant::now(), other, MediaKind::Audio, 0, s, 10),
+            Some(1200),
+        );
     }
     let (codecs, dgs) = drain(&mut tx);
     let mut rx = RelayRx::new();
@@ -225,11 +234,17 @@ fn a_batch_per_home_worker_and_nothing_for_unknown_numbers() {
 fn a_link_that_is_down_drops_and_counts() {
     let mut tx = RelayTx::new();
     tx.map(TRACK, Some(NUM));
-    tx.handle_packet(&packet(TRACK, MediaKind::Video, 0, 1, 10), None);
+    tx.handle_packet(
+        &packet(Instant::now(), TRACK, MediaKind::Video, 0, 1, 10),
+        None,
+    );
     assert_eq!(tx.stats().dropped, 1);
     assert!(tx.poll_output().is_none());
     // Unannounced tracks are not this link's business.
-    tx.handle_packet(&packet(TrackId(99), MediaKind::Video, 0, 1, 10), Some(1200));
+    tx.handle_packet(
+        &packet(Instant::now(), TrackId(99), MediaKind::Video, 0, 1, 10),
+        Some(1200),
+    );
     assert_eq!(tx.stats().packets, 1);
     // A new connection starts afresh: the codec is sent again.
     tx.reset();

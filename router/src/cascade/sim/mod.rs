@@ -486,7 +486,7 @@ impl Cluster {
                     continue;
                 }
                 for layer in 0..layers {
-                    let pkt = packet(track, kind, layer, seq, len);
+                    let pkt = packet(now, track, kind, layer, seq, len);
                     self.nodes[node].relay(now, &mut self.net, &mut self.rng, &pkt);
                 }
             }

@@ -389,8 +389,15 @@ impl Node {
     }
 }
 
-/// A packet as a publisher's worker would hand it to the cascade.
-pub fn packet(track: TrackId, kind: MediaKind, layer: u8, seq: u64, len: usize) -> MediaPacket {
+/// A packet as a publisher's worker would hand it to the cascade, received at `at`.
+pub fn packet(
+    at: Instant,
+    track: TrackId,
+    kind: MediaKind,
+    layer: u8,
+    seq: u64,
+    len: usize,
+) -> MediaPacket {
     use str0m::format::{Codec, CodecSpec, FormatParams, PayloadParams};
     use str0m::media::Frequency;
     let (codec, clock_rate, channels) = match kind {
@@ -418,7 +425,7 @@ pub fn packet(track: TrackId, kind: MediaKind, layer: u8, seq: u64, len: usize) 
         keyframe: seq % 100 == 1,
         audio_level: None,
         voice_activity: None,
-        arrival: Instant::now(),
+        arrival: at,
         vp8: None,
         payload: Arc::from(vec![0x10u8; len]),
     }
