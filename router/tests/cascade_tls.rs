@@ -525,3 +525,25 @@ async fn a_refused_handshake_is_counted_on_both_sides() {
     assert!(fra.cascade.list_links().await.is_empty(), "no link on fra");
     assert!(ber.cascade.list_links().await.iter().all(|l| !l.up));
 }
+
+#[test]
+fn certificate_files_are_checked_before_anything_is_bound() {
+    use kaskade_router::cascade::manager::check_files;
+    use kaskade_router::config::CascadeResolved;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cert::write_dev_cluster(d, &ids(&["fra:eu-de-fra", "ams:eu-nl-ams"]), false).unwrap();
+    let cfg = |node: &str| CascadeResolved {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ca: d.join("ca.pem"),
+        cert: d.join(format!("{node}.pem")),
+        key: d.join(format!("{node}.key")),
+        peers: Vec::new(),
+        auto_link: true,
+    };
+    check_files(&cfg("fra"), "fra", "eu-de-fra").unwrap();
+    let e = check_files(&cfg("ams"), "fra", "eu-de-fra").unwrap_err();
+    assert!(e.to_string().contains("\"ams\""), "{e}");
+    let e = check_files(&cfg("ber"), "ber", "eu-de-ber").unwrap_err();
+    assert!(e.to_string().contains("cannot read"), "{e}");
+}

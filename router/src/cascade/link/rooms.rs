@@ -32,6 +32,9 @@ use kaskade_protocol::cascade as cpb;
 use kaskade_protocol::RoomId;
 use std::time::Instant;
 
+/// Room ids per `HostedRooms` frame (at most 128 bytes each: well under the frame limit).
+const HOSTED_PER_FRAME: usize = 2048;
+
 impl LinkControl {
     /// A room was created here with this policy.
     pub fn room_created(&mut self, room: RoomId, policy: Vec<String>) {
@@ -398,15 +401,22 @@ impl LinkControl {
         let region = self.peer(peer).region.clone();
         let rooms = self.rooms_allowed_for(&region);
         self.peer(peer).advertised = rooms.iter().cloned().collect();
-        self.send(
-            peer,
-            conn,
-            cpb::frame::Msg::HostedRooms(cpb::HostedRooms {
-                reset: true,
-                added: rooms.iter().map(|r| r.to_string()).collect(),
-                removed: Vec::new(),
-            }),
-        );
+        // In frames of a bounded size (room ids are at most 128 bytes); the first resets.
+        let mut chunks: Vec<&[RoomId]> = rooms.chunks(HOSTED_PER_FRAME).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            self.send(
+                peer,
+                conn,
+                cpb::frame::Msg::HostedRooms(cpb::HostedRooms {
+                    reset: i == 0,
+                    added: chunk.iter().map(|r| r.to_string()).collect(),
+                    removed: Vec::new(),
+                }),
+            );
+        }
     }
 
     /// A room is hosted here now: every connected peer it may reach is told, and the room is

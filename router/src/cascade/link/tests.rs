@@ -448,3 +448,31 @@ fn a_link_room_call_without_reply_is_answered_and_a_late_reply_still_links() {
         .any(|o| matches!(o, Output::LinkChanged { up: true, .. })));
     assert_eq!(m.links()[0].rooms, [r]);
 }
+
+#[test]
+fn many_hosted_rooms_are_told_in_frames_of_bounded_size() {
+    let t0 = Instant::now();
+    let mut m = machine("ams", &["fra"], t0);
+    for i in 0..5000 {
+        m.room_created(RoomId::parse(&format!("room-{i:04}")).unwrap(), vec![]);
+    }
+    connect(&mut m, t0, "fra", true);
+    let out = drain(&mut m);
+    let told: Vec<&cpb::HostedRooms> = frames(&out)
+        .into_iter()
+        .filter_map(|f| match f {
+            Msg::HostedRooms(h) => Some(h),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told.len(), 3);
+    assert!(told[0].reset && !told[1].reset && !told[2].reset);
+    assert_eq!(told.iter().map(|h| h.added.len()).sum::<usize>(), 5000);
+    for h in told {
+        let bytes = prost::Message::encoded_len(h);
+        assert!(
+            bytes < kaskade_protocol::cascade::framing::MAX_FRAME_LEN / 2,
+            "{bytes}"
+        );
+    }
+}

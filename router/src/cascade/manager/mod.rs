@@ -257,6 +257,27 @@ impl CascadeHandle {
     }
 }
 
+/// Checks the cascade's certificate files without binding anything: they can be read, the
+/// certificate chains to the CA, and it is this router's (`node_id` in `region`). For
+/// validating the configuration before any port is taken (a wrong certificate is a
+/// configuration error); [`start`] checks the same again.
+pub fn check_files(
+    cfg: &CascadeResolved,
+    node_id: &str,
+    region: &str,
+) -> Result<(), CascadeStartError> {
+    let files = TlsFiles {
+        ca: cfg.ca.clone(),
+        cert: cfg.cert.clone(),
+        key: cfg.key.clone(),
+    };
+    let own = NodeIdentity {
+        node_id: node_id.into(),
+        region: region.into(),
+    };
+    files.load(Some(&own)).map(|_| ())
+}
+
 /// Packets of local tracks the media workers hand to the cascade.
 pub type RelayQueue = mpsc::Receiver<(LinkId, Arc<MediaPacket>)>;
 
