@@ -198,5 +198,9 @@ config_keys! {
         peers: Vec<String> = Vec::new(),
             env "KASKADE_CASCADE_PEERS", flag "peer", value "ID=ADDR",
             rule Rule::Any;
+        /// Link rooms that this router and a peer both host, without LinkRoom: true or false.
+        auto_link: bool = true,
+            env "KASKADE_CASCADE_AUTO_LINK", flag "cascade-auto-link", value "BOOL",
+            rule Rule::Any;
     }
 }

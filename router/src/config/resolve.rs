@@ -72,6 +72,8 @@ pub struct CascadeResolved {
     pub key: PathBuf,
     /// Known peers.
     pub peers: Vec<PeerAddr>,
+    /// Link rooms hosted on both ends of a link without `LinkRoom`.
+    pub auto_link: bool,
 }
 
 fn value(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -215,6 +217,7 @@ impl Config {
             cert: file("cascade.cert", &c.cert)?,
             key: file("cascade.key", &c.key)?,
             peers,
+            auto_link: c.auto_link,
         }))
     }
 }

@@ -292,6 +292,9 @@ impl Control {
             .insert(self.identity.node_id.clone(), self.identity.region.clone());
         reg.rooms.insert(room.clone(), state);
         self.metrics.rooms.set(reg.rooms.len() as i64);
+        if let Some(h) = self.hooks() {
+            h.room_created(&room, allowed_regions);
+        }
         reg.room_pb(&room)
             .ok_or_else(|| ApiError::Internal("room vanished".into()))
     }
