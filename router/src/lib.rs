@@ -4,8 +4,11 @@
 pub mod cascade;
 pub mod config;
 pub mod control;
+pub mod drain;
+pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod ops_metrics;
 pub mod server;
 #[cfg(feature = "testkit")]
 pub mod testkit;

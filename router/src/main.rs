@@ -218,25 +218,46 @@ fn serve(args: &ServeArgs) -> ExitCode {
         let _ = writeln!(out, "{}", running.ready_line());
         let _ = out.flush();
         drop(out);
-        wait_for_signal().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        run_until_stopped(&running).await;
         tracing::info!("stopping");
         running.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// Serves until a drain ends. SIGTERM or SIGINT starts a drain (a second
+/// one stops at once); SIGHUP reloads certificates.
+async fn run_until_stopped(running: &kaskade_router::server::Running) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
-        // Without signal handlers, Ctrl-C still ends the process.
-        std::future::pending::<()>().await;
+        // Without signal handlers, the default actions end the process.
+        running.drained().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let drained = running.drained();
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            _ = &mut drained => return,
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = hup.recv() => {
+                match running.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous certificates stay in use"),
+                }
+                continue;
+            }
+        }
+        if running.lifecycle.is_draining() {
+            tracing::warn!("second stop signal: closing every session now");
+            return;
+        }
+        running.start_drain().await;
     }
 }

@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Subscriber streams resynchronised at a keyframe, and stepped down a
     /// layer, because their worker's inbox was full and video was shed.
     pub overload_resyncs: IntCounter,
+    /// Process, build, drain, auth and control-listener metrics.
+    pub ops: crate::ops_metrics::OpsMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,7 +111,9 @@ impl Metrics {
             "Keyframe requests: why asked (join, subscriber) and what became of them (sent, coalesced, throttled).",
             &["origin"],
         );
+        let ops = crate::ops_metrics::OpsMetrics::new(&registry);
         Self {
+            ops,
             registry,
             sessions,
             rooms,

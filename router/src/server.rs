@@ -4,17 +4,18 @@
 
 use crate::config::Resolved;
 use crate::control::{Api, Control, Identity, Limits};
+use crate::drain::{Lifecycle, RouterApi};
 use crate::media::worker::{PreparedWorker, WorkerHandle};
 use crate::media::{RtcFactory, WorkerCore, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
 use kaskade_protocol::v1::cascade_service_server::CascadeServiceServer;
 use kaskade_protocol::v1::room_service_server::RoomServiceServer;
+use kaskade_protocol::v1::router_service_server::RouterServiceServer;
 use kaskade_protocol::v1::session_service_server::SessionServiceServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -57,6 +58,8 @@ pub struct Running {
     pub cascade: Option<SocketAddr>,
     /// The control plane.
     pub plane: Arc<Control>,
+    /// Serving or draining.
+    pub lifecycle: Arc<Lifecycle>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     grpc: tokio::task::JoinHandle<()>,
@@ -88,6 +91,26 @@ impl Running {
             self.control,
             media.join(",")
         )
+    }
+
+    /// Starts draining (SIGTERM, `RouterService.Drain`): see [`crate::drain`].
+    pub async fn start_drain(&self) -> kaskade_protocol::v1::DrainResponse {
+        self.lifecycle.start_drain().await
+    }
+
+    /// Resolves once a drain has started and ended (every session closed,
+    /// or the grace period over and the rest closed).
+    pub async fn drained(&self) {
+        self.lifecycle.run_drain().await
+    }
+
+    /// Reloads what can change while the router runs (SIGHUP): the control
+    /// API's TLS certificates. New connections get the new configuration;
+    /// open connections and sessions are untouched.
+    pub fn reload(&self) -> Result<(), String> {
+        // CASCADE: the cascade branch reloads its certificates here, e.g.
+        // `if let Some(c) = &self.cascade_handle { c.reload()?; }`.
+        Ok(())
     }
 
     /// Stops accepting API calls, closes every session, joins the workers.
@@ -223,15 +246,26 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     let cascade_addr = cascade.as_ref().map(|h| h.local_addr);
     let cascade_api = crate::cascade::api::CascadeApi::new(cascade, metrics.clone());
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    if let Some(l) = metrics_listener {
-        tokio::spawn(serve_metrics(l, metrics.clone(), stop_rx.clone()));
-    }
-
     let api = Api::new(plane.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<RoomServiceServer<Api>>().await;
     health.set_serving::<SessionServiceServer<Api>>().await;
+    let lifecycle = Arc::new(Lifecycle::new(
+        cfg.config.shutdown.grace_period.0,
+        plane.clone(),
+        metrics.clone(),
+        health,
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(l) = metrics_listener {
+        let mut stop = stop_rx.clone();
+        let routes = crate::http::routes(metrics.clone(), lifecycle.clone());
+        tokio::spawn(crate::http::serve(l, routes, async move {
+            let _ = stop.wait_for(|v| *v).await;
+        }));
+    }
+    let router_api = RouterServiceServer::new(RouterApi::new(lifecycle.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kaskade_protocol::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -246,6 +280,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             .add_service(RoomServiceServer::new(api.clone()))
             .add_service(SessionServiceServer::new(api))
             .add_service(CascadeServiceServer::new(cascade_api))
+            .add_service(router_api)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|v| *v).await;
             })
@@ -261,6 +296,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         metrics: metrics_addr,
         media,
         plane,
+        lifecycle,
         stop: stop_tx,
         threads,
         grpc,
@@ -284,52 +320,6 @@ fn nodelay_incoming(
             })
         },
     )
-}
-
-/// A minimal HTTP/1.1 endpoint: `GET /metrics` answers the text exposition.
-async fn serve_metrics(listener: TcpListener, metrics: Metrics, mut stop: watch::Receiver<bool>) {
-    loop {
-        let conn = tokio::select! {
-            c = listener.accept() => c,
-            _ = stop.wait_for(|v| *v) => return,
-        };
-        let Ok((mut sock, _)) = conn else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    let m = sock.read(&mut buf[n..]).await?;
-                    if m == 0 {
-                        break;
-                    }
-                    n += m;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let req = &buf[..n];
-            let (status, body) = if req.starts_with(b"GET /metrics ") {
-                ("200 OK", metrics.render())
-            } else {
-                ("404 Not Found", "not found: try /metrics\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
-    }
 }
 
 #[cfg(test)]

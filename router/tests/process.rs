@@ -34,7 +34,8 @@ fn binary_forwards_media_between_str0m_clients() {
         .enable_all()
         .build()
         .unwrap();
-    let router = Daemon::start(&rt, &[]);
+    // A short drain: the clients stop when the test ends.
+    let router = Daemon::start(&rt, &["--shutdown-grace-period".into(), "1s".into()]);
     assert_eq!(router.media.len(), 2);
     let (mut rooms, mut sessions) = (router.rooms.clone(), router.sessions.clone());
     rt.block_on(rooms.create_room(pb::CreateRoomRequest {

@@ -8,7 +8,8 @@
 //! docs/operations.md and deploy/kaskade.toml (a test checks that too).
 
 use super::table::config_keys;
-use super::value::Rule;
+use super::value::{Rule, Span};
+use std::time::Duration;
 
 /// Largest `media.keyframe_interval_ms`: longer would leave a subscriber
 /// whose keyframe request was lost without a picture for that long.
@@ -125,5 +126,14 @@ config_keys! {
         peers: Vec<String> = Vec::new(),
             env "KASKADE_CASCADE_PEERS", flag "peer", value "ID=ADDR",
             rule Rule::Any;
+    }
+
+    /// `[shutdown]`: draining on SIGTERM or RouterService.Drain.
+    [shutdown] ShutdownConfig {
+        /// How long open sessions may go on once the router drains; then they are
+        /// closed and the router exits. 0 closes them at once.
+        grace_period: Span = Span::secs(300),
+            env "KASKADE_SHUTDOWN_GRACE_PERIOD", flag "shutdown-grace-period", value "DURATION",
+            rule Rule::Between(Duration::ZERO, Duration::from_secs(24 * 3600));
     }
 }

@@ -41,6 +41,7 @@ use std::path::Path;
 /// name ending in `_` is a prefix.
 const TOOL_ENV: &[&str] = &[
     "KASKADE_BENCH_",
+    "KASKADE_BUILD_",
     "KASKADE_LOADTEST_",
     "KASKADE_TEST_",
     "KASKADE_BIN",

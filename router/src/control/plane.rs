@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::{broadcast, oneshot};
 
+mod drain;
 mod remote;
 pub use remote::RemoteTrack;
 
@@ -52,6 +53,8 @@ pub struct Control {
     limits: Limits,
     identity: Identity,
     cascade: OnceLock<Arc<dyn CascadeHooks>>,
+    /// Set once the router drains: no new rooms or sessions (see `drain.rs`).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Control {
@@ -106,6 +109,7 @@ impl Control {
             limits,
             identity,
             cascade: OnceLock::new(),
+            draining: Default::default(),
         }
     }
 
@@ -166,6 +170,7 @@ impl Control {
         max_sessions: u32,
         allowed_regions: &[String],
     ) -> Result<pb::Room, ApiError> {
+        self.refuse_if_draining("room")?;
         let room = parse_id("room_id", room_id, RoomId::parse)?;
         for r in allowed_regions {
             let name = r.strip_suffix('-').unwrap_or(r);
@@ -272,6 +277,7 @@ impl Control {
         &self,
         req: pb::CreateSessionRequest,
     ) -> Result<pb::CreateSessionResponse, ApiError> {
+        self.refuse_if_draining("session")?;
         let room = parse_id("room_id", &req.room_id, RoomId::parse)?;
         let participant = parse_id("participant_id", &req.participant_id, ParticipantId::parse)?;
         check_sdp("sdp_offer", &req.sdp_offer)?;
