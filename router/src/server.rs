@@ -2,8 +2,11 @@
 //! server and the metrics endpoint. Used by `main` and by the tests, which
 //! start whole routers in-process or as processes.
 
+use crate::auth::grpc::AuthLayer;
 use crate::config::Resolved;
 use crate::control::{Api, Control, Identity, Limits};
+use crate::control_listener::{ListenerLimits, TlsState};
+use crate::control_tls::TlsFiles;
 use crate::drain::{Lifecycle, RouterApi};
 use crate::media::worker::{PreparedWorker, WorkerHandle};
 use crate::media::{RtcFactory, WorkerCore, WorkerId};
@@ -18,6 +21,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+
+/// A peer that does not answer an HTTP/2 keepalive ping within this is
+/// disconnected.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +48,10 @@ pub enum StartError {
     /// The cascade could not start.
     #[error("{0}")]
     Cascade(String),
+    /// Files the configuration names are unusable (TLS, cascade
+    /// certificates): found before any port is bound.
+    #[error("{0}")]
+    Config(String),
     /// gRPC reflection setup failed.
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(String),
@@ -60,6 +71,7 @@ pub struct Running {
     pub plane: Arc<Control>,
     /// Serving or draining.
     pub lifecycle: Arc<Lifecycle>,
+    tls: Option<Arc<TlsState>>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     grpc: tokio::task::JoinHandle<()>,
@@ -108,6 +120,9 @@ impl Running {
     /// API's TLS certificates. New connections get the new configuration;
     /// open connections and sessions are untouched.
     pub fn reload(&self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            tls.reload()?;
+        }
         // CASCADE: the cascade branch reloads its certificates here, e.g.
         // `if let Some(c) = &self.cascade_handle { c.reload()?; }`.
         Ok(())
@@ -130,6 +145,7 @@ impl Running {
 
 /// Starts a router with a resolved configuration. Must run inside a tokio runtime.
 pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartError> {
+    let tls = preflight(cfg).map_err(StartError::Config)?;
     let factory = RtcFactory::new()
         .map_err(|e| StartError::Crypto(e.to_string()))?
         .with_rtx_cache(cfg.rtx_cache);
@@ -271,10 +287,26 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let incoming = nodelay_incoming(grpc_listener);
+    let c = &cfg.config.control;
+    let conns = crate::control_listener::spawn(
+        grpc_listener,
+        ListenerLimits {
+            max_connections: c.max_connections,
+            idle_timeout: c.idle_timeout.0,
+        },
+        tls.clone(),
+        metrics.ops.clone(),
+    );
+    let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(conns);
+    let auth = AuthLayer::new(Arc::new(cfg.api_keys.clone()), &metrics);
+    let (keepalive, streams) = (c.keepalive_interval.0, c.max_concurrent_streams);
     let mut stop = stop_rx;
     let grpc = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(Some(streams))
+            .layer(auth)
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(RoomServiceServer::new(api.clone()))
@@ -297,46 +329,51 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         media,
         plane,
         lifecycle,
+        tls,
         stop: stop_tx,
         threads,
         grpc,
     })
 }
 
-/// The control API's accepted connections, with `TCP_NODELAY` set on each.
-/// tonic's own `tcp_nodelay` is ignored with `serve_with_incoming`; without
-/// it Nagle holds a response's last frames until the client's delayed ACK
-/// (up to 40 ms per call).
-fn nodelay_incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            conn.inspect(|s| {
-                if let Err(e) = s.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY on a control connection");
-                }
-            })
-        },
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn control_connections_are_accepted_with_nodelay() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut incoming = std::pin::pin!(nodelay_incoming(listener));
-        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let accepted = tokio_stream::StreamExt::next(&mut incoming)
-            .await
-            .expect("a connection")
-            .expect("accepted");
-        assert!(accepted.nodelay().unwrap(), "Nagle is off for the API");
-        drop(client);
+/// Checks the files the configuration names, before any port is bound:
+/// the control API's TLS files (loaded, and returned) and the cascade's
+/// certificates (readable, chaining to the cluster CA, and carrying this
+/// router's node id and region; issue 15, defect 6).
+pub fn preflight(cfg: &Resolved) -> Result<Option<Arc<TlsState>>, String> {
+    let tls = match TlsFiles::from_config(&cfg.config.control) {
+        Err((key, reason)) => return Err(format!("invalid value for {key}: {reason}")),
+        Ok(None) => None,
+        Ok(Some(files)) => Some(Arc::new(TlsState::load(files)?)),
+    };
+    if let Some(c) = &cfg.cascade {
+        let read = |key: &str, p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("{key} {}: {e}", p.display()))
+        };
+        let (ca, cert, key) = (
+            read("cascade.ca", &c.ca)?,
+            read("cascade.cert", &c.cert)?,
+            read("cascade.key", &c.key)?,
+        );
+        let id = crate::cascade::cert::identity_of_pem(&cert)
+            .map_err(|e| format!("cascade.cert {}: {e}", c.cert.display()))?;
+        if id.node_id != cfg.node_id || id.region != cfg.region {
+            return Err(format!(
+                "cascade.cert {} is for node {:?} in region {:?}, but node.id/node.region are {:?}/{:?}",
+                c.cert.display(),
+                id.node_id,
+                id.region,
+                cfg.node_id,
+                cfg.region
+            ));
+        }
+        crate::cascade::tls::endpoint_configs(&ca, &cert, &key).map_err(|e| {
+            format!(
+                "cascade.cert {} / cascade.ca {}: {e}",
+                c.cert.display(),
+                c.ca.display()
+            )
+        })?;
     }
+    Ok(tls)
 }

@@ -86,7 +86,9 @@ impl Eq for ApiKey {}
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.keys.iter().map(|k| &k.id)).finish()
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| &k.id))
+            .finish()
     }
 }
 
@@ -230,7 +232,10 @@ mod tests {
             id: "x".into(),
             sha256: "abc".into(),
         }];
-        assert!(matches!(KeySet::build(&bad, None), Err(KeyError::BadDigest(_))));
+        assert!(matches!(
+            KeySet::build(&bad, None),
+            Err(KeyError::BadDigest(_))
+        ));
         assert!(KeySet::build(&[], Some(" , ")).unwrap().is_empty());
     }
 }

@@ -49,7 +49,7 @@ const TOOL_ENV: &[&str] = &[
 ];
 
 /// `KASKADE_*` variables the daemon reads that are not plain keys.
-pub const EXTRA_ENV: &[&str] = &[];
+pub const EXTRA_ENV: &[&str] = &[crate::auth::API_KEYS_ENV];
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

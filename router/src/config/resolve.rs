@@ -42,6 +42,8 @@ pub struct Resolved {
     pub region: String,
     /// Cascade settings, if cascading is enabled.
     pub cascade: Option<CascadeResolved>,
+    /// API keys (`api.keys` and `KASKADE_API_KEYS`); empty: the API is open.
+    pub api_keys: crate::auth::KeySet,
     /// Every key as validated: read keys without a field above here.
     pub config: Config,
 }
@@ -151,6 +153,8 @@ impl Config {
             node_id: self.node.id.clone(),
             region: self.node.region.clone(),
             cascade,
+            api_keys: crate::auth::KeySet::build(&self.api.keys, None)
+                .map_err(|e| value("api.keys", e.to_string()))?,
             config: self.clone(),
         })
     }
@@ -196,6 +200,32 @@ impl Config {
 }
 
 impl Resolved {
+    /// Adds the keys of `KASKADE_API_KEYS` (`env`), then refuses a control
+    /// listener off loopback without keys unless `insecure_no_auth`.
+    pub fn with_api_keys(
+        mut self,
+        env: Option<&str>,
+        insecure_no_auth: bool,
+    ) -> Result<Self, ConfigError> {
+        if env.is_some_and(|e| !e.trim().is_empty()) {
+            self.api_keys = crate::auth::KeySet::build(&self.config.api.keys, env)
+                .map_err(|e| value(crate::auth::API_KEYS_ENV, e.to_string()))?;
+        }
+        if self.api_keys.is_empty() && !self.control_listen.ip().is_loopback() && !insecure_no_auth
+        {
+            return Err(value(
+                "api.keys",
+                format!(
+                    "control.listen {} is reachable from other hosts and no API key is set: \
+                     set {} (id:secret) or api.keys, or pass --insecure-no-auth",
+                    self.control_listen,
+                    crate::auth::API_KEYS_ENV
+                ),
+            ));
+        }
+        Ok(self)
+    }
+
     /// The resolved defaults, for tests and embedding.
     pub fn defaults_for_test() -> Self {
         let mut c = Config::default();
