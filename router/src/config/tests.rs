@@ -241,13 +241,14 @@ fn example_config_has_every_key_in_its_section() {
     let mut section = String::new();
     let mut seen = std::collections::HashSet::new();
     for line in text.lines() {
-        let l = line.trim();
+        // Keys may be commented out (`# key = ...`) when they need files.
+        let l = line.trim().trim_start_matches('#').trim();
         if let Some(s) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
             section = s.trim_matches(['[', ']']).to_string();
+            // An array of tables (`[[api.keys]]`) is the key itself.
+            seen.insert(section.clone());
             continue;
         }
-        // Keys may be commented out (`# key = ...`) when they need files.
-        let l = l.trim_start_matches('#').trim_start();
         if let Some((k, _)) = l.split_once('=') {
             seen.insert(format!("{section}.{}", k.trim()));
         }
