@@ -549,3 +549,41 @@ fn cascade_certificate_of_another_node_or_cluster_exits_64_before_binding() {
     };
     drop(out_ok);
 }
+
+#[test]
+fn token_command_mints_a_token_the_library_verifies() {
+    use kaskade_router::auth::token::{verify, Grant};
+    use kaskade_router::auth::KeySet;
+    let keys = format!("backend:{SECRET}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+        .args([
+            "token",
+            "--key",
+            "backend",
+            "--room",
+            "standup",
+            "--publish",
+            "--ttl",
+            "10m",
+        ])
+        .env("KASKADE_API_KEYS", &keys)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let set = KeySet::build(&[], Some(&keys)).unwrap();
+    let now = std::time::SystemTime::now();
+    let claims = verify(&set, token.trim(), "standup", Grant::Publish, now).unwrap();
+    assert!(claims.exp >= claims.iat + 599);
+    assert!(verify(&set, token.trim(), "standup", Grant::Subscribe, now).is_err());
+    let out = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+        .args(["token", "--key", "nobody", "--room", "r", "--publish"])
+        .env("KASKADE_API_KEYS", &keys)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
