@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/kaskade/v1/room.proto",
         "proto/kaskade/v1/session.proto",
         "proto/kaskade/v1/cascade.proto",
+        "proto/kaskade/v1/router.proto",
         "proto/kaskade/cascade/v1/link.proto",
     ];
     println!("cargo:rerun-if-changed=build.rs");

@@ -1,11 +1,17 @@
 //! kaskade: a WebRTC media router (SFU) for integrators who bring their own
 //! signalling. See `docs/architecture.md` for the shape of the code.
 
+pub mod auth;
 pub mod cascade;
 pub mod config;
 pub mod control;
+pub mod control_listener;
+pub mod control_tls;
+pub mod drain;
+pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod ops_metrics;
 pub mod server;
 #[cfg(feature = "testkit")]
 pub mod testkit;

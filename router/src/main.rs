@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use kaskade_router::cascade::NodeIdentity;
 use kaskade_router::config::{Config, KeyArgs, Resolved};
 use kaskade_router::metrics::Metrics;
+use kaskade_router::server::StartError;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,30 @@ enum Cmd {
     /// Certificates for links between routers (a cluster CA, node certificates).
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Mints a room token (JWT, HS256) with an API key from KASKADE_API_KEYS.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// Id of the API key that signs it (its secret comes from KASKADE_API_KEYS).
+    #[arg(long)]
+    key: String,
+    /// The room the token is for.
+    #[arg(long)]
+    room: String,
+    /// Grant: may publish.
+    #[arg(long)]
+    publish: bool,
+    /// Grant: may subscribe.
+    #[arg(long)]
+    subscribe: bool,
+    /// Participant id the client should take (the `sub` claim).
+    #[arg(long)]
+    participant: Option<String>,
+    /// How long it is valid, e.g. 10m or 1h.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,6 +117,9 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Allow a control listener reachable from other hosts without API keys.
+    #[arg(long)]
+    insecure_no_auth: bool,
     /// Every config key as a flag, each with its KASKADE_* variable.
     #[command(flatten)]
     keys: KeyArgs,
@@ -118,7 +146,10 @@ fn load(args: &ServeArgs) -> Result<Resolved, String> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    cfg.validate(cores).map_err(|e| e.to_string())
+    let api_keys = std::env::var(kaskade_router::auth::API_KEYS_ENV).ok();
+    cfg.validate(cores)
+        .and_then(|r| r.with_api_keys(api_keys.as_deref(), args.insecure_no_auth))
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -136,7 +167,39 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Serve(args) => serve(&args),
         Cmd::Cert(c) => cert(c),
+        Cmd::Token(t) => token(&t),
     }
+}
+
+fn token(t: &TokenArgs) -> ExitCode {
+    use kaskade_router::auth::{token, KeySet, API_KEYS_ENV};
+    let env = std::env::var(API_KEYS_ENV).unwrap_or_default();
+    let keys = match KeySet::build(&[], Some(&env)) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("kaskade token: {API_KEYS_ENV}: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(secret) = keys.get(&t.key).and_then(|k| k.secret()) else {
+        eprintln!(
+            "kaskade token: no key {:?} in {API_KEYS_ENV} (id:secret,...)",
+            t.key
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    if !t.publish && !t.subscribe {
+        eprintln!("kaskade token: grant something: --publish and/or --subscribe");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let claims = token::Claims {
+        publish: t.publish,
+        subscribe: t.subscribe,
+        sub: t.participant.clone(),
+        ..token::Claims::new(&t.room, std::time::SystemTime::now(), t.ttl)
+    };
+    println!("{}", token::mint(&t.key, secret, &claims));
+    ExitCode::SUCCESS
 }
 
 fn cert(c: CertCmd) -> ExitCode {
@@ -204,11 +267,16 @@ fn serve(args: &ServeArgs) -> ExitCode {
     rt.block_on(async move {
         let running = match kaskade_router::server::start(&cfg, Metrics::new()).await {
             Ok(r) => r,
+            Err(e @ StartError::Config(_)) => {
+                eprintln!("kaskade: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             Err(e) => {
                 eprintln!("kaskade: {e}");
                 return ExitCode::FAILURE;
             }
         };
+        log_access(&cfg);
         tracing::info!(
             control = %running.control,
             workers = running.media.len(),
@@ -218,25 +286,72 @@ fn serve(args: &ServeArgs) -> ExitCode {
         let _ = writeln!(out, "{}", running.ready_line());
         let _ = out.flush();
         drop(out);
-        wait_for_signal().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        run_until_stopped(&running).await;
         tracing::info!("stopping");
         running.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal() {
+/// One line on who can reach the control API.
+fn log_access(cfg: &Resolved) {
+    let tls = match (
+        cfg.config.control.tls_cert.is_empty(),
+        cfg.config.control.tls_client_ca.is_empty(),
+    ) {
+        (true, _) => "plaintext",
+        (false, true) => "TLS",
+        (false, false) => "mutual TLS",
+    };
+    let scope = if cfg.control_listen.ip().is_loopback() {
+        "loopback only"
+    } else {
+        "reachable from other hosts"
+    };
+    if cfg.api_keys.is_empty() {
+        tracing::warn!(
+            "control API: {tls}, {scope}, no API keys: anyone who reaches {} may call it (set {} to require keys)",
+            cfg.control_listen,
+            kaskade_router::auth::API_KEYS_ENV
+        );
+    } else {
+        tracing::info!(keys = ?cfg.api_keys, "control API: {tls}, {scope}, API key required");
+    }
+}
+
+/// Serves until a drain ends. SIGTERM or SIGINT starts a drain (a second
+/// one stops at once); SIGHUP reloads certificates.
+async fn run_until_stopped(running: &kaskade_router::server::Running) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
-        // Without signal handlers, Ctrl-C still ends the process.
-        std::future::pending::<()>().await;
+        // Without signal handlers, the default actions end the process.
+        running.drained().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let drained = running.drained();
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            _ = &mut drained => return,
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = hup.recv() => {
+                match running.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous certificates stay in use"),
+                }
+                continue;
+            }
+        }
+        if running.lifecycle.is_draining() {
+            tracing::warn!("second stop signal: closing every session now");
+            return;
+        }
+        running.start_drain().await;
     }
 }

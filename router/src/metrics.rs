@@ -37,6 +37,8 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// Webhook events dropped: a receiver's queue was full (down or slow).
     pub webhook_dropped: IntCounter,
+    /// Process, build, drain, auth and control-listener metrics.
+    pub ops: crate::ops_metrics::OpsMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -142,7 +144,9 @@ impl Metrics {
             "kaskade_webhook_dropped_total",
             "Webhook events dropped because a receiver's queue was full (it is down or slow).",
         );
+        let ops = crate::ops_metrics::OpsMetrics::new(&registry);
         Self {
+            ops,
             http_requests,
             webhook_deliveries,
             webhook_dropped,

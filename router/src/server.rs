@@ -2,21 +2,29 @@
 //! server and the metrics endpoint. Used by `main` and by the tests, which
 //! start whole routers in-process or as processes.
 
+use crate::auth::grpc::AuthLayer;
 use crate::config::Resolved;
 use crate::control::{Api, Control, Identity, Limits};
+use crate::control_listener::{ListenerLimits, TlsState};
+use crate::control_tls::TlsFiles;
+use crate::drain::{Lifecycle, RouterApi};
 use crate::media::worker::{PreparedWorker, WorkerHandle};
 use crate::media::{RtcFactory, WorkerCore, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
 use kaskade_protocol::v1::cascade_service_server::CascadeServiceServer;
 use kaskade_protocol::v1::room_service_server::RoomServiceServer;
+use kaskade_protocol::v1::router_service_server::RouterServiceServer;
 use kaskade_protocol::v1::session_service_server::SessionServiceServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+
+/// A peer that does not answer an HTTP/2 keepalive ping within this is
+/// disconnected.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +48,10 @@ pub enum StartError {
     /// The cascade could not start.
     #[error("{0}")]
     Cascade(String),
+    /// Files the configuration names are unusable (TLS, cascade
+    /// certificates): found before any port is bound.
+    #[error("{0}")]
+    Config(String),
     /// gRPC reflection setup failed.
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(String),
@@ -59,6 +71,9 @@ pub struct Running {
     pub http: Option<SocketAddr>,
     /// The control plane.
     pub plane: Arc<Control>,
+    /// Serving or draining.
+    pub lifecycle: Arc<Lifecycle>,
+    tls: Option<Arc<TlsState>>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     grpc: tokio::task::JoinHandle<()>,
@@ -96,6 +111,29 @@ impl Running {
         )
     }
 
+    /// Starts draining (SIGTERM, `RouterService.Drain`): see [`crate::drain`].
+    pub async fn start_drain(&self) -> kaskade_protocol::v1::DrainResponse {
+        self.lifecycle.start_drain().await
+    }
+
+    /// Resolves once a drain has started and ended (every session closed,
+    /// or the grace period over and the rest closed).
+    pub async fn drained(&self) {
+        self.lifecycle.run_drain().await
+    }
+
+    /// Reloads what can change while the router runs (SIGHUP): the control
+    /// API's TLS certificates. New connections get the new configuration;
+    /// open connections and sessions are untouched.
+    pub fn reload(&self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            tls.reload()?;
+        }
+        // CASCADE: the cascade branch reloads its certificates here, e.g.
+        // `if let Some(c) = &self.cascade_handle { c.reload()?; }`.
+        Ok(())
+    }
+
     /// Stops accepting API calls, closes every session, joins the workers.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -113,6 +151,7 @@ impl Running {
 
 /// Starts a router with a resolved configuration. Must run inside a tokio runtime.
 pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartError> {
+    let tls = preflight(cfg).map_err(StartError::Config)?;
     let factory = RtcFactory::new()
         .map_err(|e| StartError::Crypto(e.to_string()))?
         .with_rtx_cache(cfg.rtx_cache);
@@ -239,9 +278,24 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     let cascade_addr = cascade.as_ref().map(|h| h.local_addr);
     let cascade_api = crate::cascade::api::CascadeApi::new(cascade, metrics.clone());
 
+    let api = Api::new(plane.clone());
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<RoomServiceServer<Api>>().await;
+    health.set_serving::<SessionServiceServer<Api>>().await;
+    let lifecycle = Arc::new(Lifecycle::new(
+        cfg.config.shutdown.grace_period.0,
+        plane.clone(),
+        metrics.clone(),
+        health,
+    ));
+
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(l) = metrics_listener {
-        tokio::spawn(serve_metrics(l, metrics.clone(), stop_rx.clone()));
+        let mut stop = stop_rx.clone();
+        let routes = crate::http::routes(metrics.clone(), lifecycle.clone());
+        tokio::spawn(crate::http::serve(l, routes, async move {
+            let _ = stop.wait_for(|v| *v).await;
+        }));
     }
     if let Some(l) = http_listener {
         let web = crate::web::serve(l, plane.clone(), metrics.clone(), stop_rx.clone());
@@ -251,25 +305,38 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         crate::webhooks::start(w, &plane, &metrics, stop_rx.clone());
     }
     tokio::spawn(plane.clone().drive_speakers(stop_rx.clone()));
-
-    let api = Api::new(plane.clone());
-    let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<RoomServiceServer<Api>>().await;
-    health.set_serving::<SessionServiceServer<Api>>().await;
+    let router_api = RouterServiceServer::new(RouterApi::new(lifecycle.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(kaskade_protocol::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let incoming = nodelay_incoming(grpc_listener);
+    let c = &cfg.config.control;
+    let conns = crate::control_listener::spawn(
+        grpc_listener,
+        ListenerLimits {
+            max_connections: c.max_connections,
+            idle_timeout: c.idle_timeout.0,
+        },
+        tls.clone(),
+        metrics.ops.clone(),
+    );
+    let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(conns);
+    let auth = AuthLayer::new(Arc::new(cfg.api_keys.clone()), &metrics);
+    let (keepalive, streams) = (c.keepalive_interval.0, c.max_concurrent_streams);
     let mut stop = stop_rx;
     let grpc = tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(Some(streams))
+            .layer(auth)
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(RoomServiceServer::new(api.clone()))
             .add_service(SessionServiceServer::new(api))
             .add_service(CascadeServiceServer::new(cascade_api))
+            .add_service(router_api)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|v| *v).await;
             })
@@ -286,92 +353,52 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         metrics: metrics_addr,
         media,
         plane,
+        lifecycle,
+        tls,
         stop: stop_tx,
         threads,
         grpc,
     })
 }
 
-/// The control API's accepted connections, with `TCP_NODELAY` set on each.
-/// tonic's own `tcp_nodelay` is ignored with `serve_with_incoming`; without
-/// it Nagle holds a response's last frames until the client's delayed ACK
-/// (up to 40 ms per call).
-fn nodelay_incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            conn.inspect(|s| {
-                if let Err(e) = s.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY on a control connection");
-                }
-            })
-        },
-    )
-}
-
-/// A minimal HTTP/1.1 endpoint: `GET /metrics` answers the text exposition.
-async fn serve_metrics(listener: TcpListener, metrics: Metrics, mut stop: watch::Receiver<bool>) {
-    loop {
-        let conn = tokio::select! {
-            c = listener.accept() => c,
-            _ = stop.wait_for(|v| *v) => return,
+/// Checks the files the configuration names, before any port is bound:
+/// the control API's TLS files (loaded, and returned) and the cascade's
+/// certificates (readable, chaining to the cluster CA, and carrying this
+/// router's node id and region; issue 15, defect 6).
+pub fn preflight(cfg: &Resolved) -> Result<Option<Arc<TlsState>>, String> {
+    let tls = match TlsFiles::from_config(&cfg.config.control) {
+        Err((key, reason)) => return Err(format!("invalid value for {key}: {reason}")),
+        Ok(None) => None,
+        Ok(Some(files)) => Some(Arc::new(TlsState::load(files)?)),
+    };
+    if let Some(c) = &cfg.cascade {
+        let read = |key: &str, p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("{key} {}: {e}", p.display()))
         };
-        let Ok((mut sock, _)) = conn else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    let m = sock.read(&mut buf[n..]).await?;
-                    if m == 0 {
-                        break;
-                    }
-                    n += m;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
-            }
-            let req = &buf[..n];
-            let (status, body) = if req.starts_with(b"GET /metrics ") {
-                ("200 OK", metrics.render())
-            } else {
-                ("404 Not Found", "not found: try /metrics\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
+        let (ca, cert, key) = (
+            read("cascade.ca", &c.ca)?,
+            read("cascade.cert", &c.cert)?,
+            read("cascade.key", &c.key)?,
+        );
+        let id = crate::cascade::cert::identity_of_pem(&cert)
+            .map_err(|e| format!("cascade.cert {}: {e}", c.cert.display()))?;
+        if id.node_id != cfg.node_id || id.region != cfg.region {
+            return Err(format!(
+                "cascade.cert {} is for node {:?} in region {:?}, but node.id/node.region are {:?}/{:?}",
+                c.cert.display(),
+                id.node_id,
+                id.region,
+                cfg.node_id,
+                cfg.region
+            ));
+        }
+        crate::cascade::tls::endpoint_configs(&ca, &cert, &key).map_err(|e| {
+            format!(
+                "cascade.cert {} / cascade.ca {}: {e}",
+                c.cert.display(),
+                c.ca.display()
+            )
+        })?;
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn control_connections_are_accepted_with_nodelay() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut incoming = std::pin::pin!(nodelay_incoming(listener));
-        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let accepted = tokio_stream::StreamExt::next(&mut incoming)
-            .await
-            .expect("a connection")
-            .expect("accepted");
-        assert!(accepted.nodelay().unwrap(), "Nagle is off for the API");
-        drop(client);
-    }
+    Ok(tls)
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 fn scrape(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
@@ -34,7 +34,8 @@ fn binary_forwards_media_between_str0m_clients() {
         .enable_all()
         .build()
         .unwrap();
-    let router = Daemon::start(&rt, &[]);
+    // A short drain: the clients stop when the test ends.
+    let router = Daemon::start(&rt, &["--shutdown-grace-period".into(), "1s".into()]);
     assert_eq!(router.media.len(), 2);
     let (mut rooms, mut sessions) = (router.rooms.clone(), router.sessions.clone());
     rt.block_on(rooms.create_room(pb::CreateRoomRequest {
@@ -246,6 +247,7 @@ fn serve_outcome(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaskade"));
     cmd.args(["serve", "--control-listen", "127.0.0.1:0"])
         .args(["--metrics-listen", "", "--media-port-start", "0"])
+        .args(["--http-listen", ""])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -301,7 +303,14 @@ fn flags_override_environment_and_rust_log_is_honoured() {
         "--metrics-listen",
         "",
     ])
-    .args(["--media-port-start", "0", "--workers", "1"])
+    .args([
+        "--media-port-start",
+        "0",
+        "--workers",
+        "1",
+        "--http-listen",
+        "",
+    ])
     .env("KASKADE_MEDIA_WORKERS", "3")
     .env("RUST_LOG", "kaskade=debug,kaskade_router=debug")
     .env_remove("KASKADE_LOG_LEVEL")

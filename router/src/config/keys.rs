@@ -8,7 +8,8 @@
 //! docs/operations.md and deploy/kaskade.toml (a test checks that too).
 
 use super::table::config_keys;
-use super::value::Rule;
+use super::value::{Rule, Span};
+use std::time::Duration;
 
 /// Largest `media.keyframe_interval_ms`: longer would leave a subscriber
 /// whose keyframe request was lost without a picture for that long.
@@ -21,6 +22,47 @@ config_keys! {
         listen: String = "127.0.0.1:50051".into(),
             env "KASKADE_CONTROL_LISTEN", flag "control-listen", value "ADDR",
             rule Rule::SocketAddr;
+        /// TLS certificate chain (PEM) of the control API; with control.tls_key it
+        /// turns TLS on. Reloaded on SIGHUP.
+        tls_cert: String = String::new(),
+            env "KASKADE_CONTROL_TLS_CERT", flag "control-tls-cert", value "FILE",
+            rule Rule::Any;
+        /// TLS private key (PEM) of the control API.
+        tls_key: String = String::new(),
+            env "KASKADE_CONTROL_TLS_KEY", flag "control-tls-key", value "FILE",
+            rule Rule::Any;
+        /// CA (PEM) that client certificates must chain to; set, it turns on mutual TLS.
+        tls_client_ca: String = String::new(),
+            env "KASKADE_CONTROL_TLS_CLIENT_CA", flag "control-tls-client-ca", value "FILE",
+            rule Rule::Any;
+        /// Most control connections open at once; more are closed as they come.
+        max_connections: usize = 1024,
+            env "KASKADE_CONTROL_MAX_CONNECTIONS", flag "control-max-connections", value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// Most concurrent gRPC calls (HTTP/2 streams) on one connection.
+        max_concurrent_streams: u32 = 256,
+            env "KASKADE_CONTROL_MAX_CONCURRENT_STREAMS", flag "control-max-concurrent-streams",
+            value "N",
+            rule Rule::Range(1, 65536);
+        /// A connection that sends nothing for this long is closed (an idle HTTP/2
+        /// client answers keepalive pings, so it stays).
+        idle_timeout: Span = Span::secs(120),
+            env "KASKADE_CONTROL_IDLE_TIMEOUT", flag "control-idle-timeout", value "DURATION",
+            rule Rule::Between(Duration::from_secs(1), Duration::from_secs(24 * 3600));
+        /// Interval of HTTP/2 keepalive pings; a peer that does not answer one within
+        /// 20 s is disconnected.
+        keepalive_interval: Span = Span::secs(30),
+            env "KASKADE_CONTROL_KEEPALIVE_INTERVAL", flag "control-keepalive-interval",
+            value "DURATION",
+            rule Rule::Between(Duration::from_secs(1), Duration::from_secs(3600));
+    }
+
+    /// `[api]`: who may call the control API.
+    [api] ApiConfig {
+        /// API keys as [[api.keys]] tables of id and sha256 (the SHA-256 of the secret in
+        /// hex), so the file holds no secret. KASKADE_API_KEYS adds keys as id:secret pairs.
+        keys: Vec<crate::auth::ApiKeyEntry> = Vec::new(),
+            rule Rule::Any;
     }
 
     /// `[metrics]`: the Prometheus and health endpoint.
@@ -202,5 +244,14 @@ config_keys! {
         auto_link: bool = true,
             env "KASKADE_CASCADE_AUTO_LINK", flag "cascade-auto-link", value "BOOL",
             rule Rule::Any;
+    }
+
+    /// `[shutdown]`: draining on SIGTERM or RouterService.Drain.
+    [shutdown] ShutdownConfig {
+        /// How long open sessions may go on once the router drains; then they are
+        /// closed and the router exits. 0 closes them at once.
+        grace_period: Span = Span::secs(300),
+            env "KASKADE_SHUTDOWN_GRACE_PERIOD", flag "shutdown-grace-period", value "DURATION",
+            rule Rule::Between(Duration::ZERO, Duration::from_secs(24 * 3600));
     }
 }

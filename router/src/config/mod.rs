@@ -41,6 +41,7 @@ use std::path::Path;
 /// name ending in `_` is a prefix.
 const TOOL_ENV: &[&str] = &[
     "KASKADE_BENCH_",
+    "KASKADE_BUILD_",
     "KASKADE_LOADTEST_",
     "KASKADE_TEST_",
     "KASKADE_BIN",
@@ -48,7 +49,7 @@ const TOOL_ENV: &[&str] = &[
 ];
 
 /// `KASKADE_*` variables the daemon reads that are not plain keys.
-pub const EXTRA_ENV: &[&str] = &[];
+pub const EXTRA_ENV: &[&str] = &[crate::auth::API_KEYS_ENV];
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -46,6 +46,8 @@ pub struct Resolved {
     pub http_listen: Option<SocketAddr>,
     /// Webhooks, if configured.
     pub webhooks: Option<WebhooksResolved>,
+    /// API keys (`api.keys` and `KASKADE_API_KEYS`); empty: the API is open.
+    pub api_keys: crate::auth::KeySet,
     /// Every key as validated: read keys without a field above here.
     pub config: Config,
 }
@@ -177,6 +179,8 @@ impl Config {
             cascade,
             http_listen,
             webhooks,
+            api_keys: crate::auth::KeySet::build(&self.api.keys, None)
+                .map_err(|e| value("api.keys", e.to_string()))?,
             config: self.clone(),
         })
     }
@@ -276,11 +280,15 @@ impl Config {
         if let Err(e) = crate::control::events::EventFilter::parse(&w.events) {
             return Err(value("webhooks.events", e.to_string()));
         }
-        if w.secret.len() < 16 {
+        if w.secret.is_empty() && w.key_id.is_empty() {
             return Err(value(
-                "webhooks.secret",
-                "must be set (at least 16 bytes) when webhooks.urls is: every body is signed",
+                "webhooks.key_id",
+                "every body is signed: name an API key (its secret from KASKADE_API_KEYS) \
+                 or set webhooks.secret",
             ));
+        }
+        if !w.secret.is_empty() && w.secret.len() < 16 {
+            return Err(value("webhooks.secret", "must be at least 16 bytes"));
         }
         Ok(Some(WebhooksResolved {
             urls,
@@ -295,6 +303,52 @@ impl Config {
 }
 
 impl Resolved {
+    /// Adds the keys of `KASKADE_API_KEYS` (`env`), then refuses a control
+    /// listener off loopback without keys unless `insecure_no_auth`.
+    pub fn with_api_keys(
+        mut self,
+        env: Option<&str>,
+        insecure_no_auth: bool,
+    ) -> Result<Self, ConfigError> {
+        if env.is_some_and(|e| !e.trim().is_empty()) {
+            self.api_keys = crate::auth::KeySet::build(&self.config.api.keys, env)
+                .map_err(|e| value(crate::auth::API_KEYS_ENV, e.to_string()))?;
+        }
+        if let Some(w) = self.webhooks.as_mut().filter(|w| w.secret.is_empty()) {
+            // Signed with the secret of the API key webhooks.key_id names.
+            let key = self.api_keys.get(&w.key_id).ok_or_else(|| {
+                value(
+                    "webhooks.key_id",
+                    format!("{:?} is not an API key", w.key_id),
+                )
+            })?;
+            let secret = key.secret().ok_or_else(|| {
+                value(
+                    "webhooks.key_id",
+                    format!(
+                        "API key {:?} has no secret here (api.keys holds only hashes): give it in {}",
+                        w.key_id,
+                        crate::auth::API_KEYS_ENV
+                    ),
+                )
+            })?;
+            w.secret = String::from_utf8_lossy(secret).into_owned();
+        }
+        if self.api_keys.is_empty() && !self.control_listen.ip().is_loopback() && !insecure_no_auth
+        {
+            return Err(value(
+                "api.keys",
+                format!(
+                    "control.listen {} is reachable from other hosts and no API key is set: \
+                     set {} (id:secret) or api.keys, or pass --insecure-no-auth",
+                    self.control_listen,
+                    crate::auth::API_KEYS_ENV
+                ),
+            ));
+        }
+        Ok(self)
+    }
+
     /// The resolved defaults, for tests and embedding.
     pub fn defaults_for_test() -> Self {
         let mut c = Config::default();

@@ -241,13 +241,14 @@ fn example_config_has_every_key_in_its_section() {
     let mut section = String::new();
     let mut seen = std::collections::HashSet::new();
     for line in text.lines() {
-        let l = line.trim();
+        // Keys may be commented out (`# key = ...`) when they need files.
+        let l = line.trim().trim_start_matches('#').trim();
         if let Some(s) = l.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
             section = s.trim_matches(['[', ']']).to_string();
+            // An array of tables (`[[api.keys]]`) is the key itself.
+            seen.insert(section.clone());
             continue;
         }
-        // Keys may be commented out (`# key = ...`) when they need files.
-        let l = l.trim_start_matches('#').trim_start();
         if let Some((k, _)) = l.split_once('=') {
             seen.insert(format!("{section}.{}", k.trim()));
         }
@@ -285,6 +286,23 @@ fn webhooks_need_http_urls_a_secret_and_known_kinds() {
         "[webhooks]\nurls = [\"http://127.0.0.1:9000/hook\"]\nkey_id = \"k1\"\nevents = [\"session_closed\"]\n",
     )
     .unwrap();
+    // Signed with the secret of the API key named by key_id.
+    let r = c
+        .validate(1)
+        .unwrap()
+        .with_api_keys(Some("k1:0123456789abcdef0123"), false)
+        .unwrap();
+    assert_eq!(r.webhooks.unwrap().secret, "0123456789abcdef0123");
+    let e = c
+        .validate(1)
+        .unwrap()
+        .with_api_keys(Some("k2:0123456789abcdef0123"), false)
+        .unwrap_err();
+    assert!(e.to_string().contains("webhooks.key_id"), "{e}");
+    c.webhooks.key_id.clear();
+    assert!(refuses(&c, "webhooks.key_id"));
+    c.apply(&args(&[("webhooks.secret", "short")]), None)
+        .unwrap();
     assert!(refuses(&c, "webhooks.secret"));
     c.apply(&args(&[("webhooks.secret", "0123456789abcdef")]), None)
         .unwrap();

@@ -189,6 +189,18 @@ impl Setting for Vec<String> {
     }
 }
 
+impl Setting for Vec<crate::auth::ApiKeyEntry> {
+    fn set(&mut self, _raw: &[String], _rule: &Rule) -> Result<(), String> {
+        Err("is set in the file, or as id:secret pairs in KASKADE_API_KEYS".into())
+    }
+    fn check(&self, _rule: &Rule) -> Result<(), String> {
+        Ok(())
+    }
+    fn show(&self) -> String {
+        "[]".into()
+    }
+}
+
 /// A duration written the human way (`30s`, `5m`, `1h 30m`), in the file, in
 /// the environment and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

@@ -59,6 +59,7 @@ pub const KIND_NAMES: &[&str] = &[
     "link_refused",
     "active_speakers_changed",
     "events_dropped",
+    "draining",
 ];
 
 /// The API name of an event's kind.
@@ -76,6 +77,7 @@ pub fn kind_name(kind: &Kind) -> &'static str {
         Kind::LinkRefused(_) => "link_refused",
         Kind::ActiveSpeakersChanged(_) => "active_speakers_changed",
         Kind::EventsDropped(_) => "events_dropped",
+        Kind::Draining(_) => "draining",
     }
 }
 

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::oneshot;
 
+mod drain;
 mod remote;
 mod speakers;
 pub use remote::RemoteTrack;
@@ -45,6 +46,8 @@ pub struct Control {
     identity: Identity,
     cascade: OnceLock<Arc<dyn CascadeHooks>>,
     watchers: Watchers,
+    /// Set once the router drains: no new rooms or sessions (see `drain.rs`).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Control {
@@ -104,6 +107,7 @@ impl Control {
             identity,
             cascade: OnceLock::new(),
             watchers: Watchers::default(),
+            draining: Default::default(),
         }
     }
 
@@ -236,6 +240,7 @@ impl Control {
         max_sessions: u32,
         allowed_regions: &[String],
     ) -> Result<pb::Room, ApiError> {
+        self.refuse_if_draining("room")?;
         let room = parse_id("room_id", room_id, RoomId::parse)?;
         if allowed_regions.len() > MAX_ALLOWED_REGIONS {
             return Err(refuse(
@@ -429,6 +434,7 @@ impl Control {
         &self,
         req: pb::CreateSessionRequest,
     ) -> Result<pb::CreateSessionResponse, ApiError> {
+        self.refuse_if_draining("session")?;
         let room = parse_id("room_id", &req.room_id, RoomId::parse)?;
         let participant = parse_id("participant_id", &req.participant_id, ParticipantId::parse)?;
         check_sdp(&self.metrics, "sdp_offer", &req.sdp_offer)?;

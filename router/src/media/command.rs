@@ -222,6 +222,8 @@ pub enum CloseReason {
     Internal,
     /// The router shuts down.
     Shutdown,
+    /// The router drained and its grace period ran out.
+    Drained,
 }
 
 impl CloseReason {
@@ -232,6 +234,7 @@ impl CloseReason {
             CloseReason::IceTimeout => "ice timeout",
             CloseReason::Internal => "internal error",
             CloseReason::Shutdown => "router shutdown",
+            CloseReason::Drained => "router drained: grace period over",
         }
     }
 }

@@ -149,6 +149,7 @@ fn kind_body(kind: &Kind) -> Value {
             })).collect::<Vec<_>>(),
         }),
         Kind::EventsDropped(e) => json!({ "count": e.count.to_string() }),
+        Kind::Draining(e) => json!({ "deadlineUnixMs": e.deadline_unix_ms.to_string() }),
     }
 }
 
