@@ -341,7 +341,7 @@ async fn run_until_stopped(running: &kaskade_router::server::Running) {
             _ = term.recv() => {}
             _ = int.recv() => {}
             _ = hup.recv() => {
-                match running.reload() {
+                match running.reload().await {
                     Ok(()) => tracing::info!("SIGHUP: certificates reloaded"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: reload failed; the previous certificates stay in use"),
                 }

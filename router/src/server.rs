@@ -74,6 +74,7 @@ pub struct Running {
     /// Serving or draining.
     pub lifecycle: Arc<Lifecycle>,
     tls: Option<Arc<TlsState>>,
+    cascade_handle: Option<crate::cascade::manager::CascadeHandle>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     grpc: tokio::task::JoinHandle<()>,
@@ -123,15 +124,19 @@ impl Running {
     }
 
     /// Reloads what can change while the router runs (SIGHUP): the control
-    /// API's TLS certificates. New connections get the new configuration;
-    /// open connections and sessions are untouched.
-    pub fn reload(&self) -> Result<(), String> {
-        if let Some(tls) = &self.tls {
-            tls.reload()?;
-        }
-        // CASCADE: the cascade branch reloads its certificates here, e.g.
-        // `if let Some(c) = &self.cascade_handle { c.reload()?; }`.
-        Ok(())
+    /// API's TLS certificates and the cascade's. New connections get the
+    /// new configuration; open connections, links and sessions are
+    /// untouched. Both are tried; the first error is returned.
+    pub async fn reload(&self) -> Result<(), String> {
+        let control = match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        };
+        let cascade = match &self.cascade_handle {
+            Some(c) => c.reload_tls().await.map_err(|e| format!("cascade: {e}")),
+            None => Ok(()),
+        };
+        control.and(cascade)
     }
 
     /// Stops accepting API calls, closes every session, joins the workers.
@@ -276,6 +281,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         _ => None,
     };
     let cascade_addr = cascade.as_ref().map(|h| h.local_addr);
+    let cascade_handle = cascade.clone();
     let cascade_api = crate::cascade::api::CascadeApi::new(cascade, metrics.clone());
 
     let api = Api::new(plane.clone());
@@ -355,6 +361,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         plane,
         lifecycle,
         tls,
+        cascade_handle,
         stop: stop_tx,
         threads,
         grpc,

@@ -592,3 +592,96 @@ fn token_command_mints_a_token_the_library_verifies() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// SIGHUP reloads the cascade's certificates too: a certificate of another
+/// node put in place of this one's is refused (the link certificates stay
+/// as they were, the router goes on), and this node's own files load.
+#[test]
+fn sighup_reloads_cascade_certificates_and_refuses_another_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let ok = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+        .args(["cert", "dev-cluster", "--node", "fra:eu-de-fra"])
+        .args(["--node", "ams:eu-nl-ams", "--out"])
+        .arg(&cluster)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let (cert, key) = (dir.path().join("node.pem"), dir.path().join("node.key"));
+    let put = |node: &str| {
+        std::fs::copy(cluster.join(format!("{node}.pem")), &cert).unwrap();
+        std::fs::copy(cluster.join(format!("{node}.key")), &key).unwrap();
+    };
+    put("fra");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+        .args([
+            "serve",
+            "--http-listen",
+            "",
+            "--control-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--metrics-listen",
+            "",
+            "--media-port-start",
+            "0",
+            "--workers",
+            "1",
+        ])
+        .args(["--node-id", "fra", "--region", "eu-de-fra"])
+        .args(["--cascade-listen", "127.0.0.1:0", "--cascade-ca"])
+        .arg(cluster.join("ca.pem"))
+        .arg("--cascade-cert")
+        .arg(&cert)
+        .arg("--cascade-key")
+        .arg(&key)
+        .env_remove("KASKADE_API_KEYS")
+        .env("KASKADE_LOG_LEVEL", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with("KASKADE_READY "), "{ready:?}");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| {
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+                if l.contains(what) {
+                    return l;
+                }
+            }
+        }
+        panic!("no log line with {what:?}");
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    put("ams");
+    hup();
+    let refused = wait_for("SIGHUP: reload failed");
+    assert!(refused.contains("cascade"), "{refused}");
+    put("fra");
+    hup();
+    wait_for("SIGHUP: certificates reloaded");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let _ = child.kill();
+    let _ = child.wait();
+}
