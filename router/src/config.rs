@@ -104,6 +104,10 @@ pub struct MediaConfig {
     /// `media.keyframe_interval_ms`: minimum time between two keyframe
     /// requests to one publisher layer.
     pub keyframe_interval_ms: u64,
+    /// `media.room_share`: the expected load (in streams) up to which a
+    /// room's sessions share a worker; 0 places every session on the least
+    /// loaded worker (see `media::placement`).
+    pub room_share: u32,
 }
 
 /// `[limits]`
@@ -152,6 +156,7 @@ impl Default for MediaConfig {
             bus_queue: 1024,
             rtx_cache: crate::media::rtc::DEFAULT_RTX_CACHE,
             keyframe_interval_ms: DEFAULT_KEYFRAME_INTERVAL_MS,
+            room_share: crate::media::placement::ROOM_SHARE_STREAMS,
         }
     }
 }
@@ -224,6 +229,8 @@ pub struct Overrides {
     pub media_rtx_cache: Option<String>,
     /// `--keyframe-interval-ms`
     pub media_keyframe_interval_ms: Option<String>,
+    /// `--room-share`
+    pub media_room_share: Option<String>,
     /// `--log-level`
     pub log_level: Option<String>,
     /// `--log-ips`
@@ -265,6 +272,8 @@ pub struct Resolved {
     pub rtx_cache: usize,
     /// Minimum time between two keyframe requests to one publisher layer.
     pub keyframe_interval: Duration,
+    /// How sessions are placed on workers.
+    pub placement: crate::media::placement::Policy,
     /// Room limit.
     pub max_rooms: usize,
     /// Sessions per room limit.
@@ -344,6 +353,7 @@ impl Config {
             media_bus_queue: get("KASKADE_MEDIA_BUS_QUEUE"),
             media_rtx_cache: get("KASKADE_MEDIA_RTX_CACHE"),
             media_keyframe_interval_ms: get("KASKADE_MEDIA_KEYFRAME_INTERVAL_MS"),
+            media_room_share: get("KASKADE_MEDIA_ROOM_SHARE"),
             log_level: get("KASKADE_LOG_LEVEL"),
             log_ips: get("KASKADE_LOG_IPS"),
             node_id: get("KASKADE_NODE_ID"),
@@ -397,6 +407,9 @@ impl Config {
         }
         if let Some(v) = &o.media_keyframe_interval_ms {
             self.media.keyframe_interval_ms = parse_num("media.keyframe_interval_ms", v)?;
+        }
+        if let Some(v) = &o.media_room_share {
+            self.media.room_share = parse_num("media.room_share", v)?;
         }
         if let Some(v) = &o.log_level {
             self.log.level = v.clone();
@@ -561,6 +574,10 @@ impl Config {
             bus_queue: self.media.bus_queue,
             rtx_cache: self.media.rtx_cache,
             keyframe_interval: Duration::from_millis(self.media.keyframe_interval_ms),
+            placement: match self.media.room_share {
+                0 => crate::media::placement::Policy::LeastLoaded,
+                share => crate::media::placement::Policy::Rooms { share },
+            },
             max_rooms: self.limits.max_rooms,
             max_sessions_per_room: self.limits.max_sessions_per_room,
             log_level: self.log.level.clone(),
@@ -656,6 +673,7 @@ impl Resolved {
             bus_queue: 1024,
             rtx_cache: crate::media::rtc::DEFAULT_RTX_CACHE,
             keyframe_interval: Duration::from_millis(DEFAULT_KEYFRAME_INTERVAL_MS),
+            placement: crate::media::placement::Policy::default(),
             max_rooms: 10_000,
             max_sessions_per_room: 100,
             log_level: "info".into(),
@@ -782,6 +800,23 @@ mod tests {
     /// Whether resolving `c` fails on `key`.
     fn refuses(c: &Config, key: &str) -> bool {
         c.resolve(1).is_err_and(|e| e.to_string().contains(key))
+    }
+
+    #[test]
+    fn room_share_sets_the_placement() {
+        use crate::media::placement::{Policy, ROOM_SHARE_STREAMS};
+        let c = Config::default();
+        assert_eq!(
+            c.resolve(1).unwrap().placement,
+            Policy::Rooms {
+                share: ROOM_SHARE_STREAMS
+            }
+        );
+        let mut c = Config::from_toml("[media]\nroom_share = 40\n").unwrap();
+        assert_eq!(c.resolve(1).unwrap().placement, Policy::Rooms { share: 40 });
+        c.apply_env(|k| (k == "KASKADE_MEDIA_ROOM_SHARE").then(|| "0".to_string()))
+            .unwrap();
+        assert_eq!(c.resolve(1).unwrap().placement, Policy::LeastLoaded);
     }
 
     #[test]

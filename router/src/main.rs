@@ -119,6 +119,10 @@ struct ServeArgs {
     /// ms (media.keyframe_interval_ms).
     #[arg(long, value_name = "MS")]
     keyframe_interval_ms: Option<String>,
+    /// Expected load, in streams, up to which a room's sessions share one
+    /// media worker; 0 spreads every session (media.room_share).
+    #[arg(long, value_name = "STREAMS")]
+    room_share: Option<String>,
     /// Log filter, e.g. info or kaskade=debug (log.level).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -165,6 +169,7 @@ fn load(args: &ServeArgs) -> Result<Resolved, String> {
         media_bus_queue: args.bus_queue.clone(),
         media_rtx_cache: args.rtx_cache.clone(),
         media_keyframe_interval_ms: args.keyframe_interval_ms.clone(),
+        media_room_share: args.room_share.clone(),
         log_level: args.log_level.clone(),
         log_ips: args.log_ips.clone(),
         node_id: args.node_id.clone(),

@@ -122,3 +122,31 @@ fn a_str0m_panic_closes_only_that_session() {
     }
     assert!(closed, "watchers were told");
 }
+
+/// A STUN message cut short counts as `malformed`, whoever sends it (not
+/// as `unknown_source`, which is for well-formed packets from strangers).
+#[test]
+fn truncated_stun_counts_as_malformed() {
+    let mut sim = Sim::new(1, 13);
+    sim.pump();
+    let malformed = "kaskade_datagrams_dropped_total{reason=\"malformed\"}";
+    let unknown = "kaskade_datagrams_dropped_total{reason=\"unknown_source\"}";
+    let (m0, u0) = (sim.metric(malformed), sim.metric(unknown));
+    let stranger: SocketAddr = "127.0.9.9:9999".parse().unwrap();
+    // A binding request announcing 8 bytes of attributes it does not carry,
+    // and the same cut inside its header.
+    let mut stun = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[7u8; 12]);
+    let now = sim.now;
+    sim.workers[0].core.handle_datagram(now, stranger, &stun);
+    sim.workers[0]
+        .core
+        .handle_datagram(now, stranger, &stun[..10]);
+    // A well-formed packet that is not STUN from a stranger stays unknown.
+    sim.workers[0]
+        .core
+        .handle_datagram(now, stranger, &[0x80; 40]);
+    sim.pump();
+    assert_eq!(sim.metric(malformed) - m0, 2.0);
+    assert_eq!(sim.metric(unknown) - u0, 1.0);
+}
