@@ -4,10 +4,11 @@
 //!
 //! `cargo bench -p kaskade-bench --bench scenario`. Environment:
 //!
-//! * `KASKADE_BENCH_SHAPES` (default `fanout6,meet5x5w1,meet5x5w2,fanout50`):
-//!   `fanout<N>[w<W>]` (1 publisher → N subscribers on the top layer) or
-//!   `meet<R>x<S>[w<W>]` (R meetings of S participants, middle layer), on W
-//!   workers (default 1).
+//! * `KASKADE_BENCH_SHAPES` (default `fanout6,meet5x5w1,meet5x5w2,meet5x5w2s,fanout50`):
+//!   `fanout<N>[w<W>][s]` (1 publisher → N subscribers on the top layer) or
+//!   `meet<R>x<S>[w<W>][s]` (R meetings of S participants, middle layer), on
+//!   W workers (default 1); a trailing `s` spreads every session over the
+//!   least loaded worker (the placement before rooms were kept together).
 //! * `KASKADE_BENCH_RUNS` (default 5): timed windows per shape.
 //! * `KASKADE_BENCH_WINDOW_MS` (default 3000): virtual time per window.
 //! * `KASKADE_BENCH_CALLGRIND=0`: skip the instruction counts (one window per
@@ -29,7 +30,20 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn parse_shape(s: &str) -> Option<(String, Shape)> {
+fn parse_shape(name: &str) -> Option<(String, Shape)> {
+    let (s, spread) = match name.strip_suffix('s') {
+        Some(rest) => (rest, true),
+        None => (name, false),
+    };
+    let (mut name, mut shape) = parse_plain(s)?;
+    if spread {
+        shape.placement = kaskade_router::media::placement::Policy::LeastLoaded;
+        name.push('s');
+    }
+    Some((name, shape))
+}
+
+fn parse_plain(s: &str) -> Option<(String, Shape)> {
     let (body, workers) = match s.rsplit_once('w') {
         Some((b, w)) if !b.is_empty() && w.chars().all(|c| c.is_ascii_digit()) && !w.is_empty() => {
             (b, w.parse().ok()?)
@@ -48,7 +62,7 @@ fn parse_shape(s: &str) -> Option<(String, Shape)> {
 
 fn shapes() -> Vec<(String, Shape)> {
     std::env::var("KASKADE_BENCH_SHAPES")
-        .unwrap_or_else(|_| "fanout6,meet5x5w1,meet5x5w2,fanout50".into())
+        .unwrap_or_else(|_| "fanout6,meet5x5w1,meet5x5w2,meet5x5w2s,fanout50".into())
         .split(',')
         .filter_map(|s| parse_shape(s.trim()))
         .collect()

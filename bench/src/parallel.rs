@@ -7,6 +7,7 @@
 //! room spreads over cores.
 
 use crate::fanout::{FanOut, Outflow, Recorded, ReplayPort};
+use crate::measure::thread_cpu;
 use crate::net::Sinks;
 use kaskade_router::media::drive::{Drive, Port};
 use kaskade_router::media::types::{LinkId, MediaPacket};
@@ -59,16 +60,28 @@ impl Port for BusPort<'_> {
     }
 }
 
+/// What one parallel replay cost.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// RTP packets sent to subscribers.
+    pub packets: u64,
+    /// Wall time until every worker was done.
+    pub wall: Duration,
+    /// Thread CPU time of each worker (index = worker; 0 = the publisher's).
+    pub cpu: Vec<Duration>,
+    /// RTP packets each worker sent.
+    pub per_worker: Vec<u64>,
+}
+
 /// Replays `rec` into worker 0 (the publisher's) on this thread while every
 /// other worker runs on a thread of its own, fed through channels. Each
-/// worker sends to its own `sinks[i]`. Returns the RTP packets sent to
-/// subscribers and the wall time until every worker was done.
+/// worker sends to its own `sinks[i]`.
 pub fn replay(
     f: &mut FanOut,
     rec: &[Recorded],
     window_end: Instant,
     sinks: &mut [Sinks],
-) -> (u64, Duration) {
+) -> Replay {
     let publisher = f.publisher;
     let n = f.sim.workers.len();
     assert!(sinks.len() >= n, "one set of sinks per worker");
@@ -84,7 +97,7 @@ pub fn replay(
     }
     let (sinks0, sinks_rest) = sinks.split_at_mut(1);
     let start = Instant::now();
-    let total = std::thread::scope(|s| {
+    let (mine, theirs) = std::thread::scope(|s| {
         let mut others = Vec::new();
         for (i, ((w, rx), sinks)) in rest
             .iter_mut()
@@ -95,6 +108,7 @@ pub fn replay(
             let core = &mut w.core;
             let mut drive = Drive::new(i as u16 + 1, n, &metrics);
             others.push(s.spawn(move || {
+                let cpu0 = thread_cpu();
                 let mut port = BusPort {
                     now: Instant::now(),
                     pending: None,
@@ -107,9 +121,10 @@ pub fn replay(
                     drive.turn(core, &mut port, true);
                 }
                 port.out.finish(Some(port.sinks));
-                port.out.rtp
+                (port.out.rtp, thread_cpu() - cpu0)
             }));
         }
+        let cpu0 = thread_cpu();
         let mut drive = Drive::new(0, n, &metrics);
         let mut port = ReplayPort::new(rec, publisher, Some(&mut sinks0[0])).with_peers(peers);
         while port.next < rec.len() {
@@ -117,12 +132,20 @@ pub fn replay(
             drive.turn(core0, &mut port, true);
         }
         let (rtp, _events) = port.finish();
-        rtp + others
+        let mine = (rtp, thread_cpu() - cpu0);
+        let theirs: Vec<(u64, Duration)> = others
             .into_iter()
             .map(|h| h.join().expect("worker thread"))
-            .sum::<u64>()
+            .collect();
+        (mine, theirs)
     });
     let wall = start.elapsed();
     f.sim.now = window_end;
-    (total, wall)
+    let all: Vec<(u64, Duration)> = std::iter::once(mine).chain(theirs).collect();
+    Replay {
+        packets: all.iter().map(|(p, _)| p).sum(),
+        wall,
+        cpu: all.iter().map(|(_, c)| *c).collect(),
+        per_worker: all.iter().map(|(p, _)| *p).collect(),
+    }
 }

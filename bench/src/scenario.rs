@@ -17,7 +17,8 @@
 use crate::measure::{callgrind, thread_cpu};
 use kaskade_loadtest::BROWSER_KEYFRAME_MIN_INTERVAL;
 use kaskade_protocol::v1 as pb;
-use kaskade_router::testkit::Sim;
+use kaskade_router::media::placement::Policy;
+use kaskade_router::testkit::{Sim, SimOptions};
 use std::cell::Cell;
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ pub struct Shape {
     pub meeting: bool,
     /// The spatial layer subscribers ask for (0 low .. 2 high).
     pub layer: u32,
+    /// How the router places sessions (the production default: rooms kept
+    /// together while they fit a share of a worker).
+    pub placement: Policy,
 }
 
 impl Shape {
@@ -52,6 +56,7 @@ impl Shape {
             subscribers: n,
             meeting: false,
             layer: 2,
+            placement: Policy::default(),
         }
     }
 
@@ -66,6 +71,7 @@ impl Shape {
             subscribers: 0,
             meeting: true,
             layer: 1,
+            placement: Policy::default(),
         }
     }
 }
@@ -132,7 +138,14 @@ impl Scenario {
     /// preference and runs `warmup` of virtual time (bandwidth estimation
     /// climbs to the asked layer).
     pub fn new(shape: Shape, seed: u64, warmup: Duration) -> Self {
-        let mut sim = Sim::new(shape.workers, seed);
+        let mut sim = Sim::with_options(
+            shape.workers,
+            seed,
+            SimOptions {
+                placement: shape.placement,
+                ..Default::default()
+            },
+        );
         sim.router_mark = mark;
         let client = |sim: &mut Sim| {
             sim.add_client(|c| {

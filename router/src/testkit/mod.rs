@@ -269,6 +269,7 @@ impl Sim {
             events,
             now,
             inboxes,
+            router_mark,
             ..
         } = self;
         let w = &mut workers[i];
@@ -280,6 +281,7 @@ impl Sim {
             net,
             control,
             events,
+            mark: *router_mark,
         };
         w.drive.turn(&mut w.core, &mut port, timers)
     }

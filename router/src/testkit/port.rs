@@ -33,6 +33,8 @@ pub(super) struct SimPort<'a> {
     pub(super) net: &'a mut SimNet,
     pub(super) control: &'a Control,
     pub(super) events: &'a mut Vec<WorkerEvent>,
+    /// `Sim::router_mark`: the simulated network's own work is not the router's.
+    pub(super) mark: fn(bool),
 }
 
 impl Port for SimPort<'_> {
@@ -41,6 +43,8 @@ impl Port for SimPort<'_> {
     }
 
     fn recv(&mut self, buf: &mut RecvBatch) -> usize {
+        // The kernel's copy into the receive buffers, in production.
+        (self.mark)(false);
         while buf.len() < BATCH {
             let Some(d) = self.io.inbound.pop_front() else {
                 break;
@@ -48,6 +52,7 @@ impl Port for SimPort<'_> {
             // Too long for the receive buffers: lost, as the kernel would truncate it.
             let _ = buf.push(d.src, &d.data);
         }
+        (self.mark)(true);
         buf.len()
     }
 
@@ -63,6 +68,8 @@ impl Port for SimPort<'_> {
     }
 
     fn send(&mut self, out: &mut Vec<Datagram>) -> usize {
+        // The kernel's send, in production.
+        (self.mark)(false);
         for d in out.drain(..) {
             self.net.send(
                 self.now,
@@ -73,6 +80,7 @@ impl Port for SimPort<'_> {
                 },
             );
         }
+        (self.mark)(true);
         0
     }
 
