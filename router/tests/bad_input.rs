@@ -150,3 +150,47 @@ fn truncated_stun_counts_as_malformed() {
     assert_eq!(sim.metric(malformed) - m0, 2.0);
     assert_eq!(sim.metric(unknown) - u0, 1.0);
 }
+
+/// A session whose peer never sends a datagram is closed by the connect
+/// timeout (or earlier, when str0m's ICE gives up) and counted as a join
+/// failure at the `timeout` step.
+#[test]
+fn a_session_nobody_connects_to_is_a_join_failure() {
+    let mut sim = Sim::new(1, 14);
+    sim.create_room("r");
+    let mut events = sim.control.watch("r").unwrap();
+    // A browser that makes an offer and then goes away.
+    let mut gone = kaskade_loadtest::Client::new(
+        kaskade_loadtest::ClientConfig::new(common::client_addr(99), sim.t0).seed(7),
+        sim.now,
+    )
+    .unwrap();
+    gone.add_audio();
+    let control = sim.control.clone();
+    let resp = sim
+        .api(
+            control.create_session(kaskade_protocol::v1::CreateSessionRequest {
+                room_id: "r".into(),
+                participant_id: "ghost".into(),
+                sdp_offer: gone.create_offer().unwrap(),
+                metadata: String::new(),
+            }),
+        )
+        .unwrap();
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.metric("kaskade_join_failures_total"), 0.0);
+    // Closed within the connect timeout (30 s).
+    sim.run_for(Duration::from_secs(21));
+    assert_eq!(
+        sim.metric("kaskade_join_failures_total{step=\"timeout\"}"),
+        1.0
+    );
+    assert!(sim.control.get_session(&resp.session_id).is_err());
+    let mut closed = false;
+    while let Ok(e) = events.try_recv() {
+        if let Some(kaskade_protocol::v1::event::Kind::SessionClosed(c)) = e.kind {
+            closed |= c.session_id == resp.session_id && c.reason == "ice timeout";
+        }
+    }
+    assert!(closed, "watchers were told");
+}
