@@ -197,61 +197,20 @@ fn out_dir() -> PathBuf {
 /// Runs this binary under callgrind (instrumenting only the measured
 /// regions), then reads each region's instruction total.
 fn instructions(sizes: &[usize]) {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        println!("\n(valgrind not found: no instruction counts)");
-        return;
-    }
     let dir = out_dir();
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("callgrind output directory");
-    let exe = std::env::current_exe().expect("own path");
-    let base = dir.join("callgrind.out");
     let sizes_arg = sizes
         .iter()
         .map(usize::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let t = std::time::Instant::now();
-    let status = Command::new("valgrind")
-        .args([
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            "--collect-atstart=no",
-            "--dump-instr=no",
-            &format!("--callgrind-out-file={}", base.display()),
-        ])
-        .arg(&exe)
-        .env(CHILD_ENV, "1")
-        .env("KASKADE_BENCH_SIZES", &sizes_arg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !status.is_ok_and(|s| s.success()) {
-        println!("\n(callgrind run failed: no instruction counts)");
+    let env = [
+        (CHILD_ENV, "1".to_string()),
+        ("KASKADE_BENCH_SIZES", sizes_arg),
+    ];
+    if !kaskade_bench::measure::callgrind_child(&dir, &env, false) {
         return;
     }
-    eprintln!("callgrind child took {:.0} s", t.elapsed().as_secs_f64());
-    let mut regions = Vec::new();
-    for e in std::fs::read_dir(&dir)
-        .expect("read callgrind output")
-        .flatten()
-    {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        let label = text
-            .lines()
-            .find_map(|l| l.strip_prefix("desc: Trigger: Client Request: "))
-            .map(str::to_string);
-        let total = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("totals: ")
-                    .or_else(|| l.strip_prefix("summary: "))
-            })
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
-        if let (Some(label), Some(total)) = (label, total) {
-            regions.push((label, total, e.path()));
-        }
-    }
+    let regions = kaskade_bench::measure::callgrind_dumps(&dir);
     // Labels: "<side> n=<N> packets=<P>".
     let per_packet = |side: &str, n: usize| -> Option<(f64, PathBuf)> {
         regions.iter().find_map(|(label, total, path)| {

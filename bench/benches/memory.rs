@@ -45,9 +45,9 @@ fn main() {
     let per_track = (b - a) as f64 / n_eff as f64;
 
     // Router allocations while forwarding at steady state.
-    let (c0, bytes0, p0) = (allocations(ROUTER), allocated_bytes(ROUTER), f.rtp_out);
+    let (c0, bytes0, p0) = (allocations(ROUTER), allocated_bytes(ROUTER), f.forwarded());
     f.run_for(Duration::from_secs(2));
-    let (c1, bytes1, p1) = (allocations(ROUTER), allocated_bytes(ROUTER), f.rtp_out);
+    let (c1, bytes1, p1) = (allocations(ROUTER), allocated_bytes(ROUTER), f.forwarded());
     let packets = (p1 - p0).max(1);
 
     let cfg = with_router(str0m::RtcConfig::new);

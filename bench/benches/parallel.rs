@@ -23,8 +23,9 @@ fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
         .unwrap_or_else(|| default.to_vec())
 }
 
-/// Wall ns per outgoing packet, one value per run.
-fn run(workers: usize, n: usize, runs: usize) -> (usize, Vec<f64>) {
+/// Wall ns per outgoing packet, one value per run; and per worker, CPU ns
+/// per packet it sent (medians over the runs).
+fn run(workers: usize, n: usize, runs: usize) -> (usize, Vec<f64>, Vec<f64>) {
     let mut f = FanOut::new_on(workers, n, 7);
     let n_eff = f.subscribers.len();
     let mut sinks: Vec<Sinks> = (0..workers)
@@ -38,14 +39,19 @@ fn run(workers: usize, n: usize, runs: usize) -> (usize, Vec<f64>) {
     parallel::replay(&mut f, &rec, end, &mut sinks);
     f.run_for(RESYNC);
     let mut out = Vec::new();
+    let mut per_worker: Vec<Vec<f64>> = vec![Vec::new(); workers];
     for _ in 0..runs {
         let rec = f.record_publisher(window);
         let end = f.sim.now + window;
-        let (packets, wall) = parallel::replay(&mut f, &rec, end, &mut sinks);
-        out.push(wall.as_nanos() as f64 / packets.max(1) as f64);
+        let r = parallel::replay(&mut f, &rec, end, &mut sinks);
+        out.push(r.wall.as_nanos() as f64 / r.packets.max(1) as f64);
+        for (w, v) in per_worker.iter_mut().enumerate() {
+            v.push(r.cpu[w].as_nanos() as f64 / r.per_worker[w].max(1) as f64);
+        }
         f.run_for(RESYNC);
     }
-    (n_eff, out)
+    let cpu = per_worker.iter().map(|v| Summary::of(v).median).collect();
+    (n_eff, out, cpu)
 }
 
 fn main() {
@@ -56,17 +62,17 @@ fn main() {
     println!("Wall ns per outgoing packet, median [min–max] of {runs} runs; one room, the");
     println!("publisher on worker 0, subscribers spread by the router; core + sendmmsg to loopback sinks");
     println!();
-    println!("| N | 1 worker | 2 workers | speed-up | one packet to all N, 1 worker | 2 workers |");
-    println!("|---|---|---|---|---|---|");
+    println!("| N | 1 worker | 2 workers | speed-up | one packet to all N, 1 worker | 2 workers | 2 workers: CPU ns per own packet, publisher's worker / other |");
+    println!("|---|---|---|---|---|---|---|");
     for n in sizes {
-        let (n1, one) = run(1, n, runs);
-        let (n2, two) = run(2, n, runs);
+        let (n1, one, _) = run(1, n, runs);
+        let (n2, two, cpu) = run(2, n, runs);
         assert_eq!(n1, n2);
         let (a, b) = (Summary::of(&one), Summary::of(&two));
         let speedup: Vec<f64> = one.iter().zip(&two).map(|(x, y)| x / y).collect();
         let s = Summary::of(&speedup);
         println!(
-            "| {n1} | {:.0} [{:.0}–{:.0}] | {:.0} [{:.0}–{:.0}] | {:.2}× [{:.2}–{:.2}] | {:.2} ms | {:.2} ms |",
+            "| {n1} | {:.0} [{:.0}–{:.0}] | {:.0} [{:.0}–{:.0}] | {:.2}× [{:.2}–{:.2}] | {:.2} ms | {:.2} ms | {:.0} / {:.0} |",
             a.median,
             a.min,
             a.max,
@@ -78,6 +84,8 @@ fn main() {
             s.max,
             a.median * n1 as f64 / 1e6,
             b.median * n1 as f64 / 1e6,
+            cpu[0],
+            cpu[1],
         );
     }
 }

@@ -20,6 +20,7 @@ pub const OTHER: usize = 0;
 
 thread_local! {
     static CONTEXT: Cell<u8> = const { Cell::new(OTHER as u8) };
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
 }
 
 static LIVE: [AtomicI64; 2] = [AtomicI64::new(0), AtomicI64::new(0)];
@@ -48,6 +49,22 @@ pub fn with_router<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     CONTEXT.with(|c| c.set(prev));
     r
+}
+
+/// `Sim::router_mark` for the allocation accounts: between an outermost
+/// `true` and its `false`, allocations go to the router.
+pub fn router_mark(enter: bool) {
+    let depth = DEPTH.with(|d| {
+        let v = if enter {
+            d.get() + 1
+        } else {
+            d.get().saturating_sub(1)
+        };
+        d.set(v);
+        v
+    });
+    let account = if depth > 0 { ROUTER } else { OTHER };
+    CONTEXT.with(|c| c.set(account as u8));
 }
 
 /// Bytes currently allocated on an account (requested sizes, prefixes not included).

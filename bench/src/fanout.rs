@@ -5,21 +5,28 @@
 //!
 //! Measuring: [`FanOut::record_publisher`] runs only the publisher for a
 //! window of virtual time and keeps the datagrams it sends to the router;
-//! [`FanOut::replay`] then feeds them to the worker core in a tight loop
-//! (with its timers), like the mio driver does, and drains the core's
-//! transmits: dropped ("core only") or sent with `sendmmsg` in batches of 32
-//! to loopback sinks ("core + send"). Nothing else runs inside the measured
+//! [`FanOut::replay`] then feeds them to the worker core through the
+//! router's own drive loop (`kaskade_router::media::drive`, the mio
+//! worker's loop), one datagram per turn, and its transmits go out:
+//! dropped ("core only") or sent with `sendmmsg` in batches of 32 to
+//! loopback sinks ("core + send"). Nothing else runs inside the measured
 //! loop: the subscribers do not receive that window's packets, so their own
 //! work (and their RTCP) is not counted. [`FanOut::run_for`] resynchronises
-//! everyone afterwards.
+//! everyone afterwards (the test kit's loop, router work marked for the
+//! tagging allocator).
 
-use crate::alloc::with_router;
+use crate::alloc::{router_mark, with_router};
 use crate::net::{Sinks, MAX_BATCH};
-use kaskade_loadtest::{Datagram as NetDatagram, VideoLayer};
+use kaskade_loadtest::VideoLayer;
 use kaskade_protocol::v1 as pb;
-use kaskade_router::media::{Datagram, WorkerCore};
+use kaskade_router::media::drive::{Drive, Port};
+use kaskade_router::media::types::{LinkId, MediaPacket};
+use kaskade_router::media::udp::{RecvBatch, BATCH};
+use kaskade_router::media::{BusBatch, Command, Datagram, WorkerEvent};
+use kaskade_router::metrics::WorkerMetrics;
 use kaskade_router::testkit::{client_addr, Sim, SimOptions};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use str0m::media::Mid;
 
@@ -42,7 +49,7 @@ pub fn is_rtp(b: &[u8]) -> bool {
 }
 
 /// A publisher's datagram to the router, with the virtual time it was sent.
-pub type Recorded = (Instant, NetDatagram);
+pub type Recorded = (Instant, kaskade_loadtest::Datagram);
 
 /// The scenario.
 pub struct FanOut {
@@ -58,9 +65,8 @@ pub struct FanOut {
     pub mids: Vec<Mid>,
     /// Room size limit of the router under test (sessions per room).
     pub room_limit: usize,
-    scratch: Vec<Datagram>,
-    /// RTP packets the worker sent to subscribers outside measured windows.
-    pub rtp_out: u64,
+    /// The drive loop of the replays (worker 0's).
+    drive: Drive,
 }
 
 impl FanOut {
@@ -77,10 +83,13 @@ impl FanOut {
     }
 
     /// [`FanOut::connect_with`] on `workers` worker cores: the router places
-    /// the sessions (least loaded first), so the publisher is on worker 0
-    /// and the subscribers are spread evenly.
+    /// the sessions (the test kit's least-loaded placement unless `options`
+    /// say otherwise), so the publisher is on worker 0 and the subscribers
+    /// are spread evenly.
     pub fn connect_on(workers: usize, subscribers: usize, seed: u64, options: SimOptions) -> Self {
         let mut sim = Sim::with_options(workers, seed, options);
+        sim.router_mark = router_mark;
+        let drive = Drive::new(0, workers, &WorkerMetrics::new(&sim.metrics));
         with_router(|| sim.create_room("bench"));
         let room = sim.control.get_room("bench").expect("the room exists");
         let room_limit = room.max_sessions as usize;
@@ -96,8 +105,7 @@ impl FanOut {
             track: pb::Track::default(),
             mids: Vec::new(),
             room_limit,
-            scratch: Vec::new(),
-            rtp_out: 0,
+            drive,
         };
         let tracks = f.join(publisher, "pub");
         f.track = tracks
@@ -215,100 +223,15 @@ impl FanOut {
         f
     }
 
-    // ----- the simulation loop (as `Sim::run_for`), router calls marked ----
-
-    /// Lets the worker write what it holds for its subscribers (router
-    /// work), then moves its transmits into the network (not router work).
-    fn flush_worker(&mut self) {
-        let now = self.sim.now;
-        let base = client_port_base();
-        for w in 0..self.sim.workers.len() {
-            let core = &mut self.sim.workers[w].core;
-            with_router(|| core.flush(now));
-            let src = self.sim.workers[w].addr;
-            self.scratch
-                .append(&mut self.sim.workers[w].core.outputs().transmits);
-            for d in self.scratch.drain(..) {
-                if d.dst.port() != base + self.publisher as u16 && is_rtp(&d.data) {
-                    self.rtp_out += 1;
-                }
-                self.sim.net.send(
-                    now,
-                    NetDatagram {
-                        src,
-                        dst: d.dst,
-                        data: d.data,
-                    },
-                );
-            }
-        }
-        let sim = &mut self.sim;
-        with_router(|| sim.pump());
-    }
-
-    fn step(&mut self) {
-        let now = self.sim.now;
-        for w in 0..self.sim.workers.len() {
-            let core = &mut self.sim.workers[w].core;
-            if core.poll_timeout().is_some_and(|t| t <= now) {
-                with_router(|| core.handle_timeout(now));
-            }
-        }
-        self.flush_worker();
-        for i in 0..self.sim.clients.len() {
-            let c = &mut self.sim.clients[i].client;
-            c.handle_timeout(now);
-            c.tick(now);
-            while let Some(d) = c.poll_transmit() {
-                self.sim.net.send(now, d);
-            }
-        }
-        let mut out = Vec::new();
-        while let Some(d) = self.sim.net.poll_deliver(now) {
-            if let Some(w) = self.sim.workers.iter().position(|w| w.addr == d.dst) {
-                let core = &mut self.sim.workers[w].core;
-                with_router(|| core.handle_datagram(now, d.src, &d.data));
-                self.flush_worker();
-            } else if let Some(c) = self
-                .sim
-                .clients
-                .iter_mut()
-                .find(|c| c.client.local_addr() == d.dst)
-            {
-                c.client.handle_receive(now, d.src, &d.data);
-                c.client.drain_transmits(&mut out);
-                for d in out.drain(..) {
-                    self.sim.net.send(now, d);
-                }
-            }
-        }
-    }
-
-    /// Advances the virtual clock by `d`, running everyone (as `Sim::run_for`).
+    /// Advances the virtual clock by `d`, running everyone (the test kit's
+    /// loop, router work marked for the tagging allocator).
     pub fn run_for(&mut self, d: Duration) {
-        let end = self.sim.now + d;
-        while self.sim.now < end {
-            self.step();
-            let mut next = end;
-            for w in &self.sim.workers {
-                if let Some(t) = w.core.poll_timeout() {
-                    next = next.min(t);
-                }
-            }
-            for c in &self.sim.clients {
-                next = next.min(c.client.next_timeout());
-            }
-            if let Some(t) = self.sim.net.next_delivery() {
-                next = next.min(t);
-            }
-            self.sim.now = next
-                .max(self.sim.now + Duration::from_micros(200))
-                .min(end.max(self.sim.now));
-            if self.sim.now >= end {
-                self.step();
-                break;
-            }
-        }
+        self.sim.run_for(d);
+    }
+
+    /// RTP packets the router forwarded to subscribers so far.
+    pub fn forwarded(&self) -> u64 {
+        self.sim.metric("kaskade_rtp_packets_forwarded_total") as u64
     }
 
     // ----- measured windows -------------------------------------------------
@@ -336,35 +259,28 @@ impl FanOut {
         out
     }
 
-    /// Feeds recorded datagrams to the worker core as the mio driver would,
-    /// in bursts of [`replay_burst`] datagrams (timers checked before each
-    /// burst, subscribers flushed after it; 1 = an idle worker that sees one
-    /// datagram per loop, larger = a busy one that reads many), draining its
-    /// transmits after each: sent to `sinks` in `sendmmsg` batches of 32, or dropped. Returns
-    /// the RTP packets sent to subscribers. Afterwards `sim.now` is the end
-    /// of the window; call [`Self::run_for`] to let everyone catch up.
+    /// Feeds recorded datagrams to worker 0 through the router's drive loop
+    /// ([`Drive::turn`], as the mio thread runs it), [`replay_burst`]
+    /// datagrams per turn (1 = an idle worker that sees one datagram per
+    /// loop; more = a busy one that reads many), its transmits sent to
+    /// `sinks` in `sendmmsg` batches of 32, or dropped. Returns the RTP
+    /// packets sent to subscribers. Afterwards `sim.now` is the end of the
+    /// window; call [`Self::run_for`] to let everyone catch up.
     pub fn replay(
         &mut self,
         rec: &[Recorded],
         window_end: Instant,
         sinks: Option<&mut Sinks>,
     ) -> u64 {
-        let burst = replay_burst();
-        let mut out = Outflow::new(self.publisher);
+        let mut port = ReplayPort::new(rec, self.publisher, sinks);
         let core = &mut self.sim.workers[0].core;
-        let mut sinks = sinks;
-        let mut rtp = 0u64;
-        for (i, (at, d)) in rec.iter().enumerate() {
-            if i % burst == 0 && core.poll_timeout().is_some_and(|t| t <= *at) {
-                core.handle_timeout(*at);
-            }
-            core.handle_datagram(*at, d.src, &d.data);
-            if (i + 1) % burst == 0 || i + 1 == rec.len() {
-                core.flush(*at);
-            }
-            rtp += out.take(core, sinks.as_deref_mut());
+        while port.next < rec.len() {
+            self.drive.turn(core, &mut port, true);
         }
-        out.finish(sinks);
+        let (rtp, events) = port.finish();
+        for ev in events {
+            self.sim.control.on_worker_event(ev);
+        }
         self.sim.now = window_end;
         rtp
     }
@@ -375,12 +291,14 @@ impl FanOut {
     }
 }
 
-/// Moves a worker core's transmits out after each step of a replay: to
-/// loopback sinks in `sendmmsg` batches of [`MAX_BATCH`] ("core + send"), or
-/// dropped ("core only"); counts the RTP packets that went to subscribers.
+/// Where a replay's transmits go: to loopback sinks in `sendmmsg` batches of
+/// [`MAX_BATCH`] ("core + send"), or dropped ("core only"); counts the RTP
+/// packets that went to subscribers.
 pub struct Outflow {
     staged: Vec<Datagram>,
     publisher_port: u16,
+    /// RTP packets to subscribers so far.
+    pub rtp: u64,
 }
 
 impl Outflow {
@@ -389,22 +307,23 @@ impl Outflow {
         Self {
             staged: Vec::with_capacity(2 * MAX_BATCH),
             publisher_port: client_port_base() + publisher as u16,
+            rtp: 0,
         }
     }
 
-    /// Drains `core`'s transmits; returns the RTP packets to subscribers.
-    pub fn take(&mut self, core: &mut WorkerCore, sinks: Option<&mut Sinks>) -> u64 {
-        let mut rtp = 0;
-        let to_subscriber = |t: &Datagram| t.dst.port() != self.publisher_port && is_rtp(&t.data);
+    /// Takes the transmits out of `out` (emptied).
+    pub fn take(&mut self, out: &mut Vec<Datagram>, sinks: Option<&mut Sinks>) {
+        let publisher_port = self.publisher_port;
+        let to_subscriber = |t: &Datagram| t.dst.port() != publisher_port && is_rtp(&t.data);
         match sinks {
             None => {
-                for t in core.outputs().transmits.drain(..) {
-                    rtp += u64::from(to_subscriber(&t));
+                for t in out.drain(..) {
+                    self.rtp += u64::from(to_subscriber(&t));
                 }
             }
             Some(sinks) => {
-                for t in core.outputs().transmits.drain(..) {
-                    rtp += u64::from(to_subscriber(&t));
+                for t in out.drain(..) {
+                    self.rtp += u64::from(to_subscriber(&t));
                     self.staged.push(t);
                     if self.staged.len() == MAX_BATCH {
                         send(&mut self.staged, sinks);
@@ -412,7 +331,6 @@ impl Outflow {
                 }
             }
         }
-        rtp
     }
 
     /// Sends what is still staged.
@@ -421,6 +339,112 @@ impl Outflow {
             Some(sinks) if !self.staged.is_empty() => send(&mut self.staged, sinks),
             _ => self.staged.clear(),
         }
+    }
+}
+
+/// Worker 0 as the drive loop sees it during a replay: the recorded
+/// datagrams in, at their recorded times; transmits to the sinks (or
+/// dropped); events kept for the control plane; no other worker.
+pub struct ReplayPort<'a> {
+    rec: &'a [Recorded],
+    /// The next recorded datagram.
+    pub next: usize,
+    burst: usize,
+    now: Instant,
+    out: Outflow,
+    sinks: Option<&'a mut Sinks>,
+    events: Vec<WorkerEvent>,
+    /// Inboxes of the other workers (index = worker), with the batch's time.
+    peers: Vec<Option<crossbeam_channel::Sender<(Instant, BusBatch)>>>,
+}
+
+impl<'a> ReplayPort<'a> {
+    /// A replay of `rec` whose publisher is client `publisher`.
+    pub fn new(rec: &'a [Recorded], publisher: usize, sinks: Option<&'a mut Sinks>) -> Self {
+        Self {
+            rec,
+            next: 0,
+            burst: replay_burst().min(BATCH),
+            now: rec.first().map_or_else(Instant::now, |(t, _)| *t),
+            out: Outflow::new(publisher),
+            sinks,
+            events: Vec::new(),
+            peers: Vec::new(),
+        }
+    }
+
+    /// Hands bus batches for worker `i` to `peers[i]` (unbounded channels to
+    /// worker threads; the receivers live until the replay ends).
+    pub fn with_peers(
+        mut self,
+        peers: Vec<Option<crossbeam_channel::Sender<(Instant, BusBatch)>>>,
+    ) -> Self {
+        self.peers = peers;
+        self
+    }
+
+    /// Sends what is staged; returns the RTP packets sent to subscribers
+    /// and the events for the control plane.
+    pub fn finish(mut self) -> (u64, Vec<WorkerEvent>) {
+        self.out.finish(self.sinks.as_deref_mut());
+        (self.out.rtp, self.events)
+    }
+
+    /// The outflow (its RTP count).
+    pub fn outflow(&self) -> &Outflow {
+        &self.out
+    }
+
+    /// Sets the time of the next turn (for a worker fed from elsewhere).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+}
+
+impl Port for ReplayPort<'_> {
+    fn now(&mut self) -> Instant {
+        self.now
+    }
+
+    fn recv(&mut self, buf: &mut RecvBatch) -> usize {
+        // One burst per turn: a turn reads the next batch only after a full one.
+        if buf.is_empty() && self.next < self.rec.len() {
+            self.now = self.rec[self.next].0;
+            for (_, d) in &self.rec[self.next..(self.next + self.burst).min(self.rec.len())] {
+                buf.push(d.src, &d.data);
+                self.next += 1;
+            }
+        }
+        buf.len()
+    }
+
+    fn command(&mut self) -> Option<Command> {
+        None
+    }
+
+    fn bus(&mut self) -> Option<BusBatch> {
+        None
+    }
+
+    fn send(&mut self, out: &mut Vec<Datagram>) -> usize {
+        self.out.take(out, self.sinks.as_deref_mut());
+        0
+    }
+
+    fn offer(&self, dst: usize, batch: BusBatch) -> Result<(), BusBatch> {
+        if let Some(Some(tx)) = self.peers.get(dst) {
+            // Unbounded, and the receiver outlives the replay.
+            let _ = tx.send((self.now, batch));
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, ev: WorkerEvent) {
+        self.events.push(ev);
+    }
+
+    fn relay(&mut self, _link: LinkId, _pkt: Arc<MediaPacket>) -> bool {
+        true
     }
 }
 

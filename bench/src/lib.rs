@@ -7,6 +7,8 @@
 //!   subscribed video track at steady state, router allocations per packet.
 //! * `cargo bench -p kaskade-bench --bench parallel`: one room on 1 and on 2
 //!   worker cores, each on its own thread; wall time per outgoing packet.
+//! * `cargo bench -p kaskade-bench --bench scenario`: whole simulated rooms
+//!   (1 → 6, meetings); router CPU and instructions per forwarded packet.
 //!
 //! See `docs/benchmarks.md` for the method and the figures.
 
@@ -16,3 +18,4 @@ pub mod floor;
 pub mod measure;
 pub mod net;
 pub mod parallel;
+pub mod scenario;

@@ -85,6 +85,77 @@ pub fn measure(f: impl FnOnce() -> u64) -> Cost {
     Cost { cpu, wall, packets }
 }
 
+/// Runs this executable again under callgrind as a child (with `env` set,
+/// nothing collected outside the regions it marks; with `instr_atstart`
+/// false, nothing instrumented either), its dumps going to `dir` (emptied
+/// first). False, with a note printed, when valgrind is missing or the run
+/// failed.
+pub fn callgrind_child(dir: &std::path::Path, env: &[(&str, String)], instr_atstart: bool) -> bool {
+    use std::process::{Command, Stdio};
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        println!("\n(valgrind not found: no instruction counts)");
+        return false;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("callgrind output directory");
+    let exe = std::env::current_exe().expect("own path");
+    let t = std::time::Instant::now();
+    let status = Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            if instr_atstart {
+                "--instr-atstart=yes"
+            } else {
+                "--instr-atstart=no"
+            },
+            "--collect-atstart=no",
+            "--dump-instr=no",
+            &format!(
+                "--callgrind-out-file={}",
+                dir.join("callgrind.out").display()
+            ),
+        ])
+        .arg(&exe)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        println!("\n(callgrind run failed: no instruction counts)");
+        return false;
+    }
+    eprintln!("callgrind child took {:.0} s", t.elapsed().as_secs_f64());
+    true
+}
+
+/// The dumps of a [`callgrind_child`] run: label (the client request's),
+/// total instructions and file, sorted by label.
+pub fn callgrind_dumps(dir: &std::path::Path) -> Vec<(String, u64, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .expect("read callgrind output")
+        .flatten()
+    {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let label = text
+            .lines()
+            .find_map(|l| l.strip_prefix("desc: Trigger: Client Request: "))
+            .map(str::to_string);
+        let total = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("totals: ")
+                    .or_else(|| l.strip_prefix("summary: "))
+            })
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+        if let (Some(label), Some(total)) = (label, total) {
+            out.push((label, total, e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Median, minimum and maximum of a sample.
 #[derive(Debug, Clone, Copy)]
 pub struct Summary {
@@ -165,6 +236,18 @@ pub mod callgrind {
     #[cfg(not(target_arch = "x86_64"))]
     fn request(_req: usize, _arg1: usize) -> usize {
         0
+    }
+
+    /// Switches collection on or off (`CALLGRIND_TOGGLE_COLLECT`): cheap,
+    /// for marking many short regions in an instrumented run.
+    pub fn toggle_collect() {
+        request(TOGGLE_COLLECT, 0);
+    }
+
+    /// Dumps the counts collected so far under `label` and zeroes them.
+    pub fn dump(label: &str) {
+        let label = std::ffi::CString::new(label).expect("label without NUL");
+        request(DUMP_STATS_AT, label.as_ptr() as usize);
     }
 
     /// Whether the process runs under valgrind.

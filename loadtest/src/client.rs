@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use kaskade_protocol::drain::Drained;
 use rand::distr::Alphanumeric;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -29,7 +30,7 @@ use str0m::media::{Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::RtcError;
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc, RtcConfig};
 
 use crate::media::{source_tag, H264Source, MediaSource, OpusSource, VideoLayer, Vp8Source};
 use crate::publish::{LayerSender, LayerStats, LocalTrack, Source, TrackStats};
@@ -43,7 +44,7 @@ pub const H264_PROFILE_LEVEL_ID: u32 = 0x0042_e01f;
 
 /// How many times a drain feeds `Input::Timeout(now)` while str0m keeps reporting a
 /// timeout at or before `now`.
-const MAX_TIMEOUT_ROUNDS: u32 = 4;
+const MAX_TIMEOUT_ROUNDS: usize = 4;
 
 /// Configuration of a [`Client`].
 #[derive(Debug, Clone)]
@@ -275,6 +276,8 @@ pub struct Client {
     channel_open: bool,
 
     transmits: VecDeque<Datagram>,
+    /// str0m events of the drain under way (kept for its allocation).
+    scratch_events: Vec<Event>,
     events: VecDeque<ClientEvent>,
     events_dropped: u64,
 
@@ -352,6 +355,7 @@ impl Client {
             channel: None,
             channel_open: false,
             transmits: VecDeque::new(),
+            scratch_events: Vec::new(),
             events: VecDeque::new(),
             events_dropped: 0,
             connected: false,
@@ -724,36 +728,27 @@ impl Client {
         self.last_error = Some(e.to_string());
     }
 
-    /// Drains `poll_output` to its timeout. str0m often answers a mutation (a written
-    /// RTP packet, a received datagram) with a timeout equal to `now`: the output is
-    /// produced by the next `Input::Timeout(now)`, so feed it right away (bounded).
+    /// Drains `poll_output` to its timeout (`kaskade_protocol::drain::drain`, the same
+    /// drive-loop contract as the router's sessions): transmits are queued,
+    /// events handled once the drain is done.
     fn drain(&mut self, now: Instant) {
         let mut consecutive_errors = 0;
-        let mut rounds = 0;
+        let mut events = std::mem::take(&mut self.scratch_events);
         loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
+            let rounds = if self.closed { 0 } else { MAX_TIMEOUT_ROUNDS };
+            let transmits = &mut self.transmits;
+            let r = kaskade_protocol::drain::drain(&mut self.rtc, now, rounds, |out| match out {
+                Drained::Transmit(t) => transmits.push_back(Datagram {
+                    src: t.source,
+                    dst: t.destination,
+                    data: t.contents.into(),
+                }),
+                Drained::Event(e) => events.push(e),
+            });
+            match r {
+                Ok(t) => {
                     self.rtc_timeout = t;
-                    if t > now || rounds >= MAX_TIMEOUT_ROUNDS || self.closed {
-                        break;
-                    }
-                    rounds += 1;
-                    if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
-                        self.record_error(e);
-                        break;
-                    }
-                }
-                Ok(Output::Transmit(t)) => {
-                    consecutive_errors = 0;
-                    self.transmits.push_back(Datagram {
-                        src: t.source,
-                        dst: t.destination,
-                        data: t.contents.into(),
-                    });
-                }
-                Ok(Output::Event(e)) => {
-                    consecutive_errors = 0;
-                    self.handle_event(now, e);
+                    break;
                 }
                 Err(e) => {
                     self.record_error(e);
@@ -766,6 +761,10 @@ impl Client {
                 }
             }
         }
+        for e in events.drain(..) {
+            self.handle_event(now, e);
+        }
+        self.scratch_events = events;
     }
 
     fn push_event(&mut self, e: ClientEvent) {

@@ -3,6 +3,8 @@
 //! frames, the media datagram codec, fragmentation and stream framing); and
 //! the id newtypes shared by the router, the load tester and the tests.
 
+#[cfg(feature = "str0m")]
+pub mod drain;
 pub mod ids;
 
 /// Generated code of the `kaskade.v1` protobuf package.

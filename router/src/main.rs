@@ -265,6 +265,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Handlers first: a signal sent as soon as the ready line is out (or
+        // during start-up) must find them, not the default action (SIGHUP
+        // would end the process).
+        let signals = Signals::install();
         let running = match kaskade_router::server::start(&cfg, Metrics::new()).await {
             Ok(r) => r,
             Err(e @ StartError::Config(_)) => {
@@ -287,7 +291,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         let _ = out.flush();
         drop(out);
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        run_until_stopped(&running).await;
+        run_until_stopped(&running, signals).await;
         tracing::info!("stopping");
         running.shutdown().await;
         ExitCode::SUCCESS
@@ -320,16 +324,35 @@ fn log_access(cfg: &Resolved) {
     }
 }
 
+/// The stop and reload signals, listened to from start-up on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// `None` if the handlers cannot be installed (the default actions then
+    /// end the process).
+    fn install() -> Option<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Self {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+}
+
 /// Serves until a drain ends. SIGTERM or SIGINT starts a drain (a second
 /// one stops at once); SIGHUP reloads certificates.
-async fn run_until_stopped(running: &kaskade_router::server::Running) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        // Without signal handlers, the default actions end the process.
+async fn run_until_stopped(running: &kaskade_router::server::Running, signals: Option<Signals>) {
+    let Some(Signals {
+        mut term,
+        mut int,
+        mut hup,
+    }) = signals
+    else {
         running.drained().await;
         return;
     };

@@ -1,7 +1,10 @@
 //! Prometheus metrics: one registry created at start-up and passed down.
 //! No per-participant (room, session, track) labels, ever.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Every metric the router exports.
 #[derive(Clone)]
@@ -39,6 +42,18 @@ pub struct Metrics {
     pub webhook_dropped: IntCounter,
     /// Process, build, drain, auth and control-listener metrics.
     pub ops: crate::ops_metrics::OpsMetrics,
+    /// Datagrams in and out of each media worker.
+    pub worker_packets: IntCounterVec,
+    /// Bytes in and out of each media worker.
+    pub worker_bytes: IntCounterVec,
+    /// How late each worker served a due timer.
+    pub worker_loop_lag: HistogramVec,
+    /// Batches waiting in each worker's fan-out inbox.
+    pub bus_queue_depth: IntGaugeVec,
+    /// Sessions that never connected, by how far they got.
+    pub join_failures: IntCounterVec,
+    /// Workers a room's sessions are on, at each placement.
+    pub room_workers: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,6 +160,60 @@ impl Metrics {
             "Webhook events dropped because a receiver's queue was full (it is down or slow).",
         );
         let ops = crate::ops_metrics::OpsMetrics::new(&registry);
+        let worker_packets = counter_vec(
+            &registry,
+            "kaskade_worker_packets_total",
+            "Datagrams a media worker received (direction=in) and sent (out).",
+            &["worker", "direction"],
+        );
+        let worker_bytes = counter_vec(
+            &registry,
+            "kaskade_worker_bytes_total",
+            "Bytes of the datagrams a media worker received (direction=in) and sent (out).",
+            &["worker", "direction"],
+        );
+        let worker_loop_lag = HistogramVec::new(
+            HistogramOpts::new(
+                "kaskade_worker_loop_lag_seconds",
+                "How late a media worker served a timer that was due (a busy worker serves them late).",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["worker"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        registry
+            .register(Box::new(worker_loop_lag.clone()))
+            .unwrap_or_else(|e| unreachable!("metric registered once: {e}"));
+        let bus_queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "kaskade_bus_queue_depth",
+                "Batches waiting in a media worker's fan-out inbox (of media.bus_queue).",
+            ),
+            &["worker"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        registry
+            .register(Box::new(bus_queue_depth.clone()))
+            .unwrap_or_else(|e| unreachable!("metric registered once: {e}"));
+        let join_failures = counter_vec(
+            &registry,
+            "kaskade_join_failures_total",
+            "Sessions closed before they connected, by how far they got: timeout (no datagram from the peer), ice (ICE never connected), dtls (ICE connected, DTLS did not complete).",
+            &["step"],
+        );
+        let room_workers = Histogram::with_opts(
+            HistogramOpts::new(
+                "kaskade_room_workers",
+                "Media workers a room's sessions are on, observed at each session placement.",
+            )
+            .buckets(vec![1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0]),
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        registry
+            .register(Box::new(room_workers.clone()))
+            .unwrap_or_else(|e| unreachable!("metric registered once: {e}"));
         Self {
             ops,
             http_requests,
@@ -162,6 +231,12 @@ impl Metrics {
             keyframe_requests,
             overload_resyncs,
             limit_refusals,
+            worker_packets,
+            worker_bytes,
+            worker_loop_lag,
+            bus_queue_depth,
+            join_failures,
+            room_workers,
         }
     }
 
@@ -216,6 +291,33 @@ pub struct WorkerMetrics {
     /// Subscriber streams resynchronised (and stepped down) after video
     /// was shed on the bus.
     pub overload_resync: IntCounter,
+    /// Sessions that never connected: no datagram from the peer.
+    pub join_timeout: IntCounter,
+    /// Sessions that never connected: ICE did not.
+    pub join_ice: IntCounter,
+    /// Sessions that never connected: DTLS did not.
+    pub join_dtls: IntCounter,
+    worker_packets: IntCounterVec,
+    worker_bytes: IntCounterVec,
+    worker_loop_lag: HistogramVec,
+    bus_queue_depth: IntGaugeVec,
+}
+
+/// The metrics of one worker's input and output, labelled with its index.
+#[derive(Clone)]
+pub struct WorkerIoMetrics {
+    /// Datagrams received.
+    pub packets_in: IntCounter,
+    /// Datagrams sent.
+    pub packets_out: IntCounter,
+    /// Bytes received.
+    pub bytes_in: IntCounter,
+    /// Bytes sent.
+    pub bytes_out: IntCounter,
+    /// Lateness of due timers.
+    pub loop_lag: Histogram,
+    /// Batches waiting in the inbox.
+    pub bus_queue_depth: IntGauge,
 }
 
 impl WorkerMetrics {
@@ -238,6 +340,26 @@ impl WorkerMetrics {
             kf_coalesced: m.keyframe_requests.with_label_values(&["coalesced"]),
             kf_sent: m.keyframe_requests.with_label_values(&["sent"]),
             overload_resync: m.overload_resyncs.clone(),
+            join_timeout: m.join_failures.with_label_values(&["timeout"]),
+            join_ice: m.join_failures.with_label_values(&["ice"]),
+            join_dtls: m.join_failures.with_label_values(&["dtls"]),
+            worker_packets: m.worker_packets.clone(),
+            worker_bytes: m.worker_bytes.clone(),
+            worker_loop_lag: m.worker_loop_lag.clone(),
+            bus_queue_depth: m.bus_queue_depth.clone(),
+        }
+    }
+
+    /// The input and output metrics of worker `index`.
+    pub fn io(&self, index: u16) -> WorkerIoMetrics {
+        let w = index.to_string();
+        WorkerIoMetrics {
+            packets_in: self.worker_packets.with_label_values(&[&w, "in"]),
+            packets_out: self.worker_packets.with_label_values(&[&w, "out"]),
+            bytes_in: self.worker_bytes.with_label_values(&[&w, "in"]),
+            bytes_out: self.worker_bytes.with_label_values(&[&w, "out"]),
+            loop_lag: self.worker_loop_lag.with_label_values(&[&w]),
+            bus_queue_depth: self.bus_queue_depth.with_label_values(&[&w]),
         }
     }
 }

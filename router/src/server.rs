@@ -262,6 +262,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             region: cfg.region.clone(),
         },
     ));
+    plane.set_placement(cfg.placement);
     {
         let plane = plane.clone();
         tokio::spawn(async move {

@@ -227,3 +227,75 @@ fn delete_room_closes_its_sessions() {
     let sid = sim.clients[a].session.clone().unwrap();
     assert_eq!(code(sim.control.get_session(&sid)).0, Code::NotFound);
 }
+
+/// An SDP error says where the SDP went wrong and nothing more: str0m's
+/// parser positions are heap addresses (`PointerOffset(0x7f…)`), which
+/// would reveal the daemon's memory layout.
+#[test]
+fn sdp_errors_name_the_line_and_reveal_no_address() {
+    let mut sim = Sim::new(1, 7);
+    sim.create_room("r");
+    let (c, msg) = code(create(&mut sim, "r", "p", "v=0\r\nthis is not sdp"));
+    assert_eq!(c, Code::InvalidArgument);
+    assert!(
+        !msg.contains("0x") && !msg.contains("PointerOffset"),
+        "no address in {msg:?}"
+    );
+    assert!(msg.contains("line 2"), "{msg}");
+    assert!(msg.len() < 100, "short: {msg:?}");
+}
+
+/// A `SetAnswer` the router refuses leaves its offer pending: the corrected
+/// answer completes the subscription and media flows.
+#[test]
+fn a_refused_answer_keeps_the_offer_for_a_corrected_one() {
+    let mut sim = Sim::new(1, 8);
+    let (_publ, tracks, subs) = sim.publisher_and_subscribers(1, |c| {
+        c.add_audio();
+        c.add_video(&[]);
+    });
+    let s = subs[0];
+    let sid = sim.clients[s].session.clone().unwrap();
+    let control = sim.control.clone();
+    let offer = sim
+        .api(control.subscribe(pb::SubscribeRequest {
+            session_id: sid.clone(),
+            track_ids: tracks.iter().map(|t| t.track_id.clone()).collect(),
+        }))
+        .unwrap();
+    let good = sim.clients[s]
+        .client
+        .accept_offer(&offer.sdp_offer)
+        .unwrap();
+    let without_fingerprint: String = good
+        .split_inclusive("\r\n")
+        .filter(|l| !l.starts_with("a=fingerprint"))
+        .collect();
+    let last_section_cut = good[..good.rfind("m=").unwrap()].to_string();
+    for (bad, what) in [
+        (offer.sdp_offer.clone(), "the router's own offer"),
+        (without_fingerprint, "no fingerprint"),
+        (last_section_cut, "an m-line missing"),
+    ] {
+        let r = sim.api(control.set_answer(pb::SetAnswerRequest {
+            session_id: sid.clone(),
+            sdp_answer: bad,
+        }));
+        let (c, msg) = code(r);
+        assert_eq!(c, Code::InvalidArgument, "{what}: {msg}");
+        assert!(!msg.contains("0x"), "{what}: {msg}");
+    }
+    sim.api(control.set_answer(pb::SetAnswerRequest {
+        session_id: sid,
+        sdp_answer: good,
+    }))
+    .expect("the corrected answer completes the offer");
+    sim.run_for(std::time::Duration::from_secs(2));
+    let received: u64 = sim.clients[s]
+        .client
+        .received()
+        .iter()
+        .map(|r| r.packets)
+        .sum();
+    assert!(received > 50, "media flows: {received} packets");
+}

@@ -122,3 +122,75 @@ fn a_str0m_panic_closes_only_that_session() {
     }
     assert!(closed, "watchers were told");
 }
+
+/// A STUN message cut short counts as `malformed`, whoever sends it (not
+/// as `unknown_source`, which is for well-formed packets from strangers).
+#[test]
+fn truncated_stun_counts_as_malformed() {
+    let mut sim = Sim::new(1, 13);
+    sim.pump();
+    let malformed = "kaskade_datagrams_dropped_total{reason=\"malformed\"}";
+    let unknown = "kaskade_datagrams_dropped_total{reason=\"unknown_source\"}";
+    let (m0, u0) = (sim.metric(malformed), sim.metric(unknown));
+    let stranger: SocketAddr = "127.0.9.9:9999".parse().unwrap();
+    // A binding request announcing 8 bytes of attributes it does not carry,
+    // and the same cut inside its header.
+    let mut stun = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[7u8; 12]);
+    let now = sim.now;
+    sim.workers[0].core.handle_datagram(now, stranger, &stun);
+    sim.workers[0]
+        .core
+        .handle_datagram(now, stranger, &stun[..10]);
+    // A well-formed packet that is not STUN from a stranger stays unknown.
+    sim.workers[0]
+        .core
+        .handle_datagram(now, stranger, &[0x80; 40]);
+    sim.pump();
+    assert_eq!(sim.metric(malformed) - m0, 2.0);
+    assert_eq!(sim.metric(unknown) - u0, 1.0);
+}
+
+/// A session whose peer never sends a datagram is closed by the connect
+/// timeout (or earlier, when str0m's ICE gives up) and counted as a join
+/// failure at the `timeout` step.
+#[test]
+fn a_session_nobody_connects_to_is_a_join_failure() {
+    let mut sim = Sim::new(1, 14);
+    sim.create_room("r");
+    let mut events = sim.control.watch("r").unwrap().events;
+    // A browser that makes an offer and then goes away.
+    let mut gone = kaskade_loadtest::Client::new(
+        kaskade_loadtest::ClientConfig::new(common::client_addr(99), sim.t0).seed(7),
+        sim.now,
+    )
+    .unwrap();
+    gone.add_audio();
+    let control = sim.control.clone();
+    let resp = sim
+        .api(
+            control.create_session(kaskade_protocol::v1::CreateSessionRequest {
+                room_id: "r".into(),
+                participant_id: "ghost".into(),
+                sdp_offer: gone.create_offer().unwrap(),
+                metadata: String::new(),
+            }),
+        )
+        .unwrap();
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.metric("kaskade_join_failures_total"), 0.0);
+    // Closed within the connect timeout (30 s).
+    sim.run_for(Duration::from_secs(21));
+    assert_eq!(
+        sim.metric("kaskade_join_failures_total{step=\"timeout\"}"),
+        1.0
+    );
+    assert!(sim.control.get_session(&resp.session_id).is_err());
+    let mut closed = false;
+    while let Ok(e) = events.try_recv() {
+        if let Some(kaskade_protocol::v1::event::Kind::SessionClosed(c)) = e.kind {
+            closed |= c.session_id == resp.session_id && c.reason == "ice timeout";
+        }
+    }
+    assert!(closed, "watchers were told");
+}

@@ -34,8 +34,18 @@ fn binary_forwards_media_between_str0m_clients() {
         .enable_all()
         .build()
         .unwrap();
-    // A short drain: the clients stop when the test ends.
-    let router = Daemon::start(&rt, &["--shutdown-grace-period".into(), "1s".into()]);
+    // A short drain: the clients stop when the test ends. Every session on
+    // the least loaded worker (a room of two would otherwise share one):
+    // the path between workers, in the binary.
+    let router = Daemon::start(
+        &rt,
+        &[
+            "--shutdown-grace-period".into(),
+            "1s".into(),
+            "--media-room-share".into(),
+            "0".into(),
+        ],
+    );
     assert_eq!(router.media.len(), 2);
     let (mut rooms, mut sessions) = (router.rooms.clone(), router.sessions.clone());
     rt.block_on(rooms.create_room(pb::CreateRoomRequest {

@@ -10,6 +10,39 @@ use kaskade_router::media::WorkerEvent;
 use std::time::Duration;
 use str0m::media::MediaKind;
 
+/// Room "r" with alice's video relayed from router "fra" (with these rids).
+fn remote_video(
+    sim: &mut Sim,
+    origin_track_id: &str,
+    rids: &[&str],
+) -> std::sync::Arc<kaskade_router::media::TrackInfo> {
+    sim.create_room("r");
+    let info = sim
+        .control
+        .add_remote_track(RemoteTrack {
+            room: kaskade_protocol::RoomId::parse("r").unwrap(),
+            path: vec!["fra".into()],
+            origin_track_id: origin_track_id.into(),
+            participant: "alice".into(),
+            kind: MediaKind::Video,
+            rids: rids.iter().map(|r| (*r).into()).collect(),
+        })
+        .expect("room exists");
+    sim.pump();
+    info
+}
+
+/// Connects `sub`, forgets the events so far and subscribes it to `info`.
+fn connect_and_subscribe(sim: &mut Sim, sub: usize, info: &kaskade_router::media::TrackInfo) {
+    sim.connect(&[sub]);
+    sim.events.clear();
+    let track = pb::Track {
+        track_id: info.id.to_string(),
+        ..Default::default()
+    };
+    sim.subscribe(sub, &[track]);
+}
+
 /// A subscriber's first keyframe request for a remote track goes out after
 /// a demand that includes the requested layer. The origin relays only
 /// demanded layers: a keyframe it sent before the demand arrived would be
@@ -18,29 +51,11 @@ use str0m::media::MediaKind;
 #[test]
 fn a_remote_keyframe_request_follows_a_demand_for_its_layer() {
     let mut sim = Sim::new(2, 21);
-    sim.create_room("r");
-    let info = sim
-        .control
-        .add_remote_track(RemoteTrack {
-            room: kaskade_protocol::RoomId::parse("r").unwrap(),
-            path: vec!["fra".into()],
-            origin_track_id: "TR0000000000000001".into(),
-            participant: "alice".into(),
-            kind: MediaKind::Video,
-            rids: vec!["l".into(), "m".into(), "h".into()],
-        })
-        .expect("room exists");
-    sim.pump();
+    let info = remote_video(&mut sim, "TR0000000000000001", &["l", "m", "h"]);
     let sub = sim.add_client(|c| c);
     sim.clients[sub].client.add_data_channel("k");
     sim.join("r", sub, "bob");
-    sim.connect(&[sub]);
-    sim.events.clear();
-    let track = pb::Track {
-        track_id: info.id.to_string(),
-        ..Default::default()
-    };
-    sim.subscribe(sub, &[track]);
+    connect_and_subscribe(&mut sim, sub, &info);
     sim.run_for(Duration::from_millis(50));
 
     let mut demanded = 0u32;
@@ -61,5 +76,84 @@ fn a_remote_keyframe_request_follows_a_demand_for_its_layer() {
     assert!(
         requests >= 1,
         "the subscriber's keyframe was asked for over the link"
+    );
+}
+
+/// A subscriber waiting for a keyframe of a remote track asks again every
+/// 350 ms while delta frames arrive, also from a worker other than the
+/// track's home worker: each retry reaches the origin router. (A remote
+/// track's id is a hash of its origin; no worker can be read from it.)
+#[test]
+fn keyframe_retries_for_a_remote_track_reach_its_origin_from_any_worker() {
+    use kaskade_router::media::{BusMsg, MediaPacket};
+    use std::sync::Arc;
+    use str0m::format::{Codec, CodecSpec, FormatParams, PayloadParams};
+    use str0m::media::Frequency;
+
+    let mut sim = Sim::new(2, 23);
+    let info = remote_video(&mut sim, "TR0000000000000002", &[]);
+    // Another room's session takes a worker, so the subscriber lands on the
+    // one that is not the track's home.
+    sim.create_room("x");
+    let filler = sim.add_client(|c| c);
+    sim.clients[filler].client.add_data_channel("k");
+    sim.join("x", filler, "filler");
+    let sub = sim.add_client(|c| c);
+    sim.clients[sub].client.add_data_channel("k");
+    sim.join("r", sub, "bob");
+    let sid = sim.clients[sub].session.clone().unwrap();
+    let sub_worker = sim
+        .control
+        .get_session(&sid)
+        .unwrap()
+        .session
+        .unwrap()
+        .worker;
+    assert_ne!(
+        sub_worker,
+        u32::from(info.worker.0),
+        "the subscriber is not on the track's home worker"
+    );
+    connect_and_subscribe(&mut sim, sub, &info);
+
+    // Delta frames only (the origin never answers), 30 a second, for 2 s.
+    let params = PayloadParams::new(
+        96.into(),
+        None,
+        CodecSpec {
+            codec: Codec::Vp8,
+            clock_rate: Frequency::NINETY_KHZ,
+            channels: None,
+            format: FormatParams::default(),
+        },
+    );
+    for i in 0..60u32 {
+        let pkt = MediaPacket {
+            track: info.id,
+            kind: MediaKind::Video,
+            layer: 0,
+            params,
+            seq: u64::from(i) + 1,
+            rtp_time: i * 3000,
+            marker: true,
+            keyframe: false,
+            audio_level: None,
+            voice_activity: None,
+            arrival: sim.now,
+            vp8: None,
+            payload: Arc::from(vec![0x90u8, 0x80, 0x00, 0x01, 0x01, 0x02, 0x03]),
+        };
+        sim.control
+            .ingest(info.worker, vec![BusMsg::Ingest(Arc::new(pkt))]);
+        sim.run_for(Duration::from_millis(33));
+    }
+    let requests = sim
+        .events
+        .iter()
+        .filter(|e| matches!(e, WorkerEvent::RemoteKeyframe { track, .. } if *track == info.id))
+        .count();
+    assert!(
+        requests >= 4,
+        "the first request and the retries every ~350 ms reached the origin: {requests}"
     );
 }

@@ -105,6 +105,11 @@ config_keys! {
             crate::media::core::PUBLISHER_KEYFRAME_INTERVAL.as_millis() as u64,
             env "KASKADE_MEDIA_KEYFRAME_INTERVAL_MS", flag "keyframe-interval-ms", value "MS",
             rule Rule::Range(0, MAX_KEYFRAME_INTERVAL_MS);
+        /// Expected load, in streams (sessions x sources), up to which a room's
+        /// sessions share one worker; 0 places every session on the least loaded worker.
+        room_share: u32 = crate::media::placement::ROOM_SHARE_STREAMS,
+            env "KASKADE_MEDIA_ROOM_SHARE", flag "media-room-share", value "STREAMS",
+            rule Rule::Range(0, 1_000_000);
     }
 
     /// `[limits]`: what the API lets integrators create.

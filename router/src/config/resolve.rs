@@ -42,6 +42,8 @@ pub struct Resolved {
     pub region: String,
     /// Cascade settings, if cascading is enabled.
     pub cascade: Option<CascadeResolved>,
+    /// How sessions are placed on workers.
+    pub placement: crate::media::placement::Policy,
     /// HTTP listen address (demo app, kaskade.js), if enabled.
     pub http_listen: Option<SocketAddr>,
     /// Webhooks, if configured.
@@ -177,6 +179,10 @@ impl Config {
             node_id: self.node.id.clone(),
             region: self.node.region.clone(),
             cascade,
+            placement: match self.media.room_share {
+                0 => crate::media::placement::Policy::LeastLoaded,
+                share => crate::media::placement::Policy::Rooms { share },
+            },
             http_listen,
             webhooks,
             api_keys: crate::auth::KeySet::build(&self.api.keys, None)

@@ -326,3 +326,22 @@ fn webhooks_need_http_urls_a_secret_and_known_kinds() {
         .unwrap_err();
     assert!(e.to_string().contains("webhooks.participant_data"), "{e}");
 }
+
+#[test]
+fn room_share_sets_the_placement() {
+    use crate::media::placement::{Policy, ROOM_SHARE_STREAMS};
+    let c = Config::default();
+    assert_eq!(
+        c.validate(1).unwrap().placement,
+        Policy::Rooms {
+            share: ROOM_SHARE_STREAMS
+        }
+    );
+    let mut c = Config::from_toml("[media]\nroom_share = 40\n").unwrap();
+    assert_eq!(
+        c.validate(1).unwrap().placement,
+        Policy::Rooms { share: 40 }
+    );
+    c.apply(&args(&[("media.room_share", "0")]), None).unwrap();
+    assert_eq!(c.validate(1).unwrap().placement, Policy::LeastLoaded);
+}

@@ -95,6 +95,8 @@ pub enum Limit {
     Watchers,
     /// A field larger than the API accepts (ids, SDP, metadata, lists).
     FieldSize,
+    /// Every media worker is overloaded (placement).
+    Overloaded,
 }
 
 impl Limit {
@@ -111,11 +113,12 @@ impl Limit {
             Limit::MediaLines => "media_lines",
             Limit::Watchers => "watchers",
             Limit::FieldSize => "field_size",
+            Limit::Overloaded => "overloaded",
         }
     }
 
     /// Every limit, for pre-registering the metric's series.
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 11] = [
         Limit::Rooms,
         Limit::RoomSessions,
         Limit::Sessions,
@@ -126,6 +129,7 @@ impl Limit {
         Limit::MediaLines,
         Limit::Watchers,
         Limit::FieldSize,
+        Limit::Overloaded,
     ];
 }
 

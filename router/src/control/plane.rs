@@ -111,6 +111,11 @@ impl Control {
         }
     }
 
+    /// How sessions are placed on workers (`media.room_share`).
+    pub fn set_placement(&self, policy: crate::media::placement::Policy) {
+        self.reg().placement = policy;
+    }
+
     /// This router's identity.
     pub fn identity(&self) -> &Identity {
         &self.identity
@@ -475,7 +480,16 @@ impl Control {
             while reg.sessions.contains_key(&sid) {
                 sid = SessionId(rand::random());
             }
-            let worker = reg.pick_worker();
+            let overloaded: Vec<bool> = self.workers.iter().map(|w| w.load.overloaded()).collect();
+            let worker = reg.place_session(&room, &overloaded).ok_or_else(|| {
+                refuse(
+                    &self.metrics,
+                    Limit::Overloaded,
+                    ApiError::ResourceExhausted(
+                        "every media worker is overloaded; try another router".into(),
+                    ),
+                )
+            })?;
             reg.load[worker.index()] += 1;
             if let Some(r) = reg.rooms.get_mut(&room) {
                 r.participants.insert(participant.clone(), sid);
@@ -495,6 +509,9 @@ impl Control {
             );
             reg.pending += 1;
             self.metrics.sessions.inc();
+            self.metrics
+                .room_workers
+                .observe(reg.room_workers(&room).len() as f64);
             (sid, worker)
         };
         let res = self

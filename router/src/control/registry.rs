@@ -2,6 +2,7 @@
 //! subscribes to what. Plain data behind one mutex of the control plane
 //! (never on the packet path, never held across an await).
 
+use crate::media::placement::{self, Policy, WorkerView};
 use crate::media::{TrackInfo, WorkerId};
 use kaskade_protocol::v1 as pb;
 use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
@@ -86,6 +87,8 @@ pub struct Registry {
     pub router_events: super::events::RouterEvents,
     /// Active speakers per room.
     pub speakers: super::speakers::Speakers,
+    /// How sessions are placed on workers.
+    pub placement: Policy,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -126,6 +129,59 @@ impl Registry {
                 .get_or_insert_with(|| broadcast::channel(ROOM_EVENT_BUFFER).0)
                 .subscribe(),
         )
+    }
+
+    /// The worker for a new session of `room` (`media::placement`), or
+    /// `None` when every worker is overloaded.
+    pub fn place_session(&self, room: &RoomId, overloaded: &[bool]) -> Option<WorkerId> {
+        let mut views: Vec<WorkerView> = self
+            .load
+            .iter()
+            .enumerate()
+            .map(|(i, n)| WorkerView {
+                sessions: *n as u32,
+                room_sessions: 0,
+                overloaded: overloaded.get(i).copied().unwrap_or(false),
+            })
+            .collect();
+        let mut sources = 0;
+        if let Some(r) = self.rooms.get(room) {
+            for s in r
+                .participants
+                .values()
+                .filter_map(|sid| self.sessions.get(sid))
+            {
+                if let Some(v) = views.get_mut(s.worker.index()) {
+                    v.room_sessions += 1;
+                }
+                sources += u32::from(!s.published.is_empty());
+            }
+            let mut remote: Vec<SessionId> = r
+                .remote_tracks
+                .iter()
+                .filter_map(|t| self.tracks.get(t).map(|i| i.session))
+                .collect();
+            remote.sort_unstable();
+            remote.dedup();
+            sources += remote.len() as u32;
+        }
+        placement::place(self.placement, &views, sources)
+    }
+
+    /// The workers a room's sessions are on, lowest first.
+    pub fn room_workers(&self, room: &RoomId) -> Vec<u32> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let mut w: Vec<u32> = r
+            .participants
+            .values()
+            .filter_map(|sid| self.sessions.get(sid))
+            .map(|s| u32::from(s.worker.0))
+            .collect();
+        w.sort_unstable();
+        w.dedup();
+        w
     }
 
     /// The least loaded worker (lowest index on ties).
@@ -226,6 +282,7 @@ impl Registry {
             allowed_regions: r.allowed_regions.clone(),
             reached: refs(&r.reached),
             linked: refs(&r.linked),
+            workers: self.room_workers(id),
         })
     }
 

@@ -1,6 +1,20 @@
 //! Messages between media workers. A batch of them is one channel message
 //! and one wake-up of the destination worker.
+//!
+//! # Ingest: media from outside a worker
+//!
+//! Anything that produces packets of a track outside the worker that fans
+//! it out (today the cascade: tracks relayed from other routers) hands them
+//! to the track's home worker as [`BusMsg::Ingest`] in a [`BusBatch`], the
+//! same way one worker hands media to another: one batch per burst of
+//! input, one wake-up, never blocking (a full inbox refuses the batch; the
+//! caller counts it). The home worker treats an ingested packet like one
+//! its own publisher sent: it meters it, routes it to the workers and links
+//! that need its layer, and writes it to its own subscribers. The layer
+//! state of such a track comes the same way ([`BusMsg::RemoteLayers`]).
+//! `MediaPacket::layer` stays a raw `u8` on this interface.
 
+use super::layer::{Layer, LayerMask};
 use super::select::LayerState;
 use super::types::{MediaPacket, WorkerId};
 use kaskade_protocol::TrackId;
@@ -34,15 +48,15 @@ pub enum BusMsg {
         track: TrackId,
         /// The worker whose subscribers these are.
         worker: WorkerId,
-        /// Bit per layer.
-        mask: u32,
+        /// The layers.
+        mask: LayerMask,
     },
     /// A subscriber on another worker needs a keyframe of this track and layer.
     KeyframeRequest {
         /// The track (published on the destination worker).
         track: TrackId,
-        /// The simulcast layer index.
-        layer: u8,
+        /// The simulcast layer.
+        layer: Layer,
     },
     /// Video of this track was shed because the destination's inbox was
     /// full: its subscribers there resume at a keyframe and their layer
@@ -50,8 +64,8 @@ pub enum BusMsg {
     Overload {
         /// The track whose packets were dropped.
         track: TrackId,
-        /// The layers that lost packets (bit per layer).
-        layers: u32,
+        /// The layers that lost packets.
+        layers: LayerMask,
     },
 }
 
@@ -94,12 +108,12 @@ pub struct Shed {
 /// never blocks.
 pub fn shed(refused: BusBatch, kept: &mut BusBatch) -> Shed {
     let mut out = Shed::default();
-    let mut notes: Vec<(TrackId, u32)> = Vec::new();
+    let mut notes: Vec<(TrackId, LayerMask)> = Vec::new();
     for m in refused {
         if m.is_droppable() {
             out.video += 1;
             if let BusMsg::Media(p) | BusMsg::Ingest(p) = &m {
-                let bit = 1u32 << p.layer.min(31);
+                let bit = LayerMask::of(p.layer());
                 match notes.iter_mut().find(|(t, _)| *t == p.track) {
                     Some((_, mask)) => *mask |= bit,
                     None => notes.push((p.track, bit)),
@@ -235,7 +249,7 @@ mod tests {
             pkt(MediaKind::Audio),
             BusMsg::KeyframeRequest {
                 track: TrackId(1),
-                layer: 0,
+                layer: Layer::BASE,
             },
             pkt(MediaKind::Video),
         ];
@@ -248,8 +262,8 @@ mod tests {
             kept[2],
             BusMsg::Overload {
                 track: TrackId(1),
-                layers: 0b1
-            }
+                layers
+            } if layers == LayerMask::of(Layer::BASE)
         ));
     }
 
@@ -278,7 +292,7 @@ mod tests {
             &mut kept,
         );
         assert_eq!(kept.len(), 1);
-        assert!(matches!(kept[0], BusMsg::Overload { layers: 0b101, .. }));
+        assert!(matches!(kept[0], BusMsg::Overload { layers, .. } if layers.bits() == 0b101));
     }
 
     #[test]
@@ -292,7 +306,7 @@ mod tests {
             if i % 100 == 0 {
                 b.push(BusMsg::KeyframeRequest {
                     track: TrackId(1),
-                    layer: 0,
+                    layer: Layer::BASE,
                 });
             }
             let (_, s) = out.hand_over(1, &mut b, &tx);

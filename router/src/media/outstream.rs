@@ -2,6 +2,7 @@
 //! keyframes, temporal-layer filtering, header rewriting (sequence numbers,
 //! timestamps, VP8 picture ids) and the write into str0m.
 
+use super::layer::{Layer, LayerMask};
 use super::rewrite::{SeqRewriter, TsRewriter};
 use super::select::{Preference, Reason, Selector};
 use super::types::{MediaPacket, TrackInfo, WorkerId};
@@ -32,10 +33,10 @@ pub enum Forwarded {
 /// A switch of the forwarded layer, to report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Switch {
-    /// Layer forwarded before (index into the publisher's layers).
-    pub old: Option<u8>,
+    /// Layer forwarded before.
+    pub old: Option<Layer>,
     /// Layer forwarded now.
-    pub new: Option<u8>,
+    pub new: Option<Layer>,
     /// Why.
     pub reason: Reason,
 }
@@ -62,7 +63,7 @@ pub struct OutStream {
     /// Layer selection state.
     pub selector: Selector,
     /// The layer forwarded now.
-    pub current: Option<u8>,
+    pub current: Option<Layer>,
     /// Why the target last changed (reported when the switch happens).
     pub target_reason: Reason,
     /// Last time a keyframe was asked for on this stream's behalf.
@@ -89,7 +90,7 @@ impl OutStream {
     pub fn new(track: &TrackInfo, mid: Mid, seq_start: u16, ts_start: u32) -> Self {
         let mut selector = Selector::default();
         if track.kind == MediaKind::Audio {
-            selector.target = Some(0);
+            selector.target = Some(Layer::BASE);
         }
         Self {
             track: track.id,
@@ -117,17 +118,16 @@ impl OutStream {
     }
 
     /// The layer wanted now.
-    pub fn target(&self) -> Option<u8> {
+    pub fn target(&self) -> Option<Layer> {
         self.selector.target
     }
 
-    /// Layers this stream needs from the publisher (bit per layer).
-    pub fn demand_mask(&self) -> u32 {
+    /// Layers this stream needs from the publisher.
+    pub fn demand_mask(&self) -> LayerMask {
         if !self.active || self.gone {
-            return 0;
+            return LayerMask::NONE;
         }
-        let bit = |l: Option<u8>| l.map_or(0, |l| 1u32 << l.min(31));
-        bit(self.current) | bit(self.target())
+        LayerMask::of_opt(self.current) | LayerMask::of_opt(self.target())
     }
 
     /// Whether a keyframe request is due for this stream now.
@@ -181,8 +181,9 @@ impl OutStream {
             return Forwarded::Skipped;
         }
         let target = self.target();
+        let layer = pkt.layer();
         if self.resync {
-            if target != Some(pkt.layer) {
+            if target != Some(layer) {
                 return Forwarded::Skipped;
             }
             if !pkt.keyframe {
@@ -194,7 +195,7 @@ impl OutStream {
             }
             self.resync = false;
             self.switch_to(pkt);
-        } else if target == Some(pkt.layer) && self.current != target {
+        } else if target == Some(layer) && self.current != target {
             // Switch to the target layer, on a keyframe (audio: at once).
             if self.kind == MediaKind::Video && !pkt.keyframe {
                 return if self.keyframe_request_due(now) {
@@ -204,7 +205,7 @@ impl OutStream {
                 };
             }
             self.switch_to(pkt);
-        } else if self.current != Some(pkt.layer) {
+        } else if self.current != Some(layer) {
             return Forwarded::Skipped;
         }
         let vp8 = pkt.vp8.as_ref();
@@ -272,13 +273,14 @@ impl OutStream {
         }
         // A keyframe depends on nothing: every temporal layer may follow.
         self.temporal_cap = self.pref.max_temporal;
-        if self.kind == MediaKind::Video && self.current != Some(pkt.layer) {
+        let layer = pkt.layer();
+        if self.kind == MediaKind::Video && self.current != Some(layer) {
             self.switches.push(Switch {
                 old: self.current,
-                new: Some(pkt.layer),
+                new: Some(layer),
                 reason: self.target_reason,
             });
         }
-        self.current = Some(pkt.layer);
+        self.current = Some(layer);
     }
 }

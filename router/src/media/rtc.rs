@@ -16,15 +16,15 @@ use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 pub const INITIAL_ESTIMATE_KBPS: u64 = 800;
 
 /// Packets each outgoing video stream keeps to answer NACKs (str0m's
-/// default is 1000). The cache holds a ~430-byte record per packet (the
+/// default is 1000). The cache holds a ~450-byte record per packet (the
 /// payload itself is shared with every other subscriber), so it is most of
-/// a subscribed video track's memory. At the top layer of a typical
-/// simulcast (1.5 Mbit/s, ~160 packets/s) 512 packets are 3.2 s, so str0m's
-/// 3 s age limit binds first; at 2 Mbit/s they are 2.5 s, still far beyond
-/// any NACK round trip worth repairing. A 1080p keyframe (~100 packets)
-/// fits five times. Configurable as `media.rtx_cache`; the memory figures
-/// are in docs/benchmarks.md.
-pub const DEFAULT_RTX_CACHE: usize = 512;
+/// a subscribed video track's memory, and in a large fan-out every write
+/// lands in a cold slot of it. 128 packets hold 0.85 s of a 1.5 Mbit/s top
+/// layer (~150 packets/s), 0.5 s at 2.5 Mbit/s and 2.5 s of a 500 kbit/s
+/// middle layer: a NACK round trip and a retry on paths up to ~250 ms RTT.
+/// A subscribed video track then costs ~200 kB (512 packets: 370 kB).
+/// Configurable as `media.rtx_cache`; the figures are in docs/benchmarks.md.
+pub const DEFAULT_RTX_CACHE: usize = 128;
 
 /// Why an `Rtc` could not be built.
 #[derive(Debug, thiserror::Error)]

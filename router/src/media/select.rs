@@ -7,6 +7,7 @@
 //! after the share has held above the next layer's rate (with headroom) for
 //! a while.
 
+use super::layer::Layer;
 use std::time::{Duration, Instant};
 
 /// How long the share must stay above the next layer's rate before moving up.
@@ -94,15 +95,15 @@ impl Reason {
 
 /// Layers (indices into the publisher's layer list) ordered lowest first:
 /// by resolution where known, else by measured rate, else as offered.
-pub fn rank(layers: &[LayerState]) -> Vec<u8> {
-    let mut idx: Vec<u8> = (0..layers.len() as u8).collect();
+pub fn rank(layers: &[LayerState]) -> Vec<Layer> {
+    let mut idx: Vec<Layer> = Layer::all(layers.len()).collect();
     let all_sized = layers.iter().all(|l| l.width > 0);
     idx.sort_by_key(|i| {
-        let l = &layers[usize::from(*i)];
+        let l = &layers[i.index()];
         if all_sized {
-            (u64::from(l.width) * u64::from(l.height), u64::from(*i))
+            (u64::from(l.width) * u64::from(l.height), i.get())
         } else {
-            (0, u64::from(*i))
+            (0, i.get())
         }
     });
     idx
@@ -113,8 +114,8 @@ const NOMINAL_RATES: [u64; 3] = [150_000, 500_000, 1_500_000];
 
 /// A layer's measured rate, or a typical one for its rank while nothing
 /// has been measured yet (the first selection happens before any packet).
-pub fn rate_of(layers: &[LayerState], ranked: &[u8], r: usize) -> u64 {
-    let measured = layers[usize::from(ranked[r])].bitrate;
+pub fn rate_of(layers: &[LayerState], ranked: &[Layer], r: usize) -> u64 {
+    let measured = layers[ranked[r].index()].bitrate;
     if measured > 0 {
         return measured;
     }
@@ -123,7 +124,7 @@ pub fn rate_of(layers: &[LayerState], ranked: &[u8], r: usize) -> u64 {
 }
 
 /// The layer a subscriber may have at most by preference (a layer index).
-fn preferred_cap(pref: &Preference, layers: &[LayerState], ranked: &[u8]) -> Option<usize> {
+fn preferred_cap(pref: &Preference, layers: &[LayerState], ranked: &[Layer]) -> Option<usize> {
     if ranked.is_empty() {
         return None;
     }
@@ -134,7 +135,7 @@ fn preferred_cap(pref: &Preference, layers: &[LayerState], ranked: &[u8]) -> Opt
             let n = ranked.len();
             let mut best = 0;
             for (r, i) in ranked.iter().enumerate() {
-                let l = &layers[usize::from(*i)];
+                let l = &layers[i.index()];
                 let (lw, lh) = if l.width > 0 {
                     (u32::from(l.width), u32::from(l.height))
                 } else {
@@ -154,8 +155,8 @@ fn preferred_cap(pref: &Preference, layers: &[LayerState], ranked: &[u8]) -> Opt
 /// The per-subscription selection state (hysteresis).
 #[derive(Debug, Clone, Default)]
 pub struct Selector {
-    /// The chosen layer (index into the publisher's layers).
-    pub target: Option<u8>,
+    /// The chosen layer.
+    pub target: Option<Layer>,
     /// Since when the share has fitted the next layer up.
     up_since: Option<Instant>,
     /// The preference cap (a rank) at the last update.
@@ -176,13 +177,13 @@ impl Selector {
         pref: &Preference,
         layers: &[LayerState],
         share: Option<u64>,
-    ) -> Option<(Option<u8>, Reason)> {
+    ) -> Option<(Option<Layer>, Reason)> {
         let ranked = rank(layers);
         let new = self.choose(now, pref, layers, &ranked, share);
         if new.0 == self.target {
             return None;
         }
-        let pos = |t: Option<u8>| t.and_then(|t| ranked.iter().position(|i| *i == t));
+        let pos = |t: Option<Layer>| t.and_then(|t| ranked.iter().position(|i| *i == t));
         if pos(new.0) > pos(self.target) {
             self.up_at = Some(now);
         }
@@ -210,9 +211,9 @@ impl Selector {
         now: Instant,
         pref: &Preference,
         layers: &[LayerState],
-        ranked: &[u8],
+        ranked: &[Layer],
         share: Option<u64>,
-    ) -> (Option<u8>, Reason) {
+    ) -> (Option<Layer>, Reason) {
         if pref.paused {
             self.last_cap = None;
             return (None, Reason::Paused);
@@ -226,7 +227,7 @@ impl Selector {
             self.overload = None;
         }
         let cap = self.overload.map_or(pref_cap, |(o, _)| o.min(pref_cap));
-        let active = |r: usize| layers[usize::from(ranked[r])].active;
+        let active = |r: usize| layers[ranked[r].index()].active;
         let fits = |r: usize, headroom: f64| match share {
             None => true,
             Some(s) => (rate_of(layers, ranked, r) as f64) * headroom <= s as f64,
@@ -320,6 +321,10 @@ pub fn split(estimate: u64, tracks: &[(u32, bool)]) -> Vec<u64> {
 mod tests {
     use super::*;
 
+    fn layer(i: u8) -> Option<Layer> {
+        Some(Layer::new(i))
+    }
+
     fn three(active: [bool; 3]) -> Vec<LayerState> {
         let rates = [150_000, 500_000, 1_500_000];
         let sizes = [(320, 180), (640, 360), (1280, 720)];
@@ -338,9 +343,9 @@ mod tests {
         let t = Instant::now();
         let mut s = Selector::default();
         let r = s.update(t, &Preference::default(), &three([true; 3]), None);
-        assert_eq!(r, Some((Some(2), Reason::Preference)));
+        assert_eq!(r, Some((layer(2), Reason::Preference)));
         let r = s.update(t, &Preference::default(), &three([true, true, false]), None);
-        assert_eq!(r, Some((Some(1), Reason::LayerGone)));
+        assert_eq!(r, Some((layer(1), Reason::LayerGone)));
     }
 
     #[test]
@@ -351,12 +356,18 @@ mod tests {
             max_layer: 0,
             ..Default::default()
         };
-        assert_eq!(s.update(t, &p, &three([true; 3]), None).unwrap().0, Some(0));
+        assert_eq!(
+            s.update(t, &p, &three([true; 3]), None).unwrap().0,
+            layer(0)
+        );
         let p = Preference {
             max_size: Some((700, 400)),
             ..Default::default()
         };
-        assert_eq!(s.update(t, &p, &three([true; 3]), None).unwrap().0, Some(1));
+        assert_eq!(
+            s.update(t, &p, &three([true; 3]), None).unwrap().0,
+            layer(1)
+        );
         let p = Preference {
             paused: true,
             ..Default::default()
@@ -374,10 +385,10 @@ mod tests {
         let l = three([true; 3]);
         let mut s = Selector::default();
         s.update(t0, &p, &l, Some(3_000_000));
-        assert_eq!(s.target, Some(2));
+        assert_eq!(s.target, layer(2));
         // Estimate drops below the top layer: down at once.
         let r = s.update(t0 + Duration::from_millis(10), &p, &l, Some(1_000_000));
-        assert_eq!(r, Some((Some(1), Reason::Bandwidth)));
+        assert_eq!(r, Some((layer(1), Reason::Bandwidth)));
         // Estimate recovers: not yet ...
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(s.update(t1, &p, &l, Some(2_000_000)), None);
@@ -396,7 +407,7 @@ mod tests {
         );
         // ... and after holding long enough it moves up.
         let r = s.update(t1 + Duration::from_millis(2900), &p, &l, Some(2_000_000));
-        assert_eq!(r.map(|r| r.0), Some(Some(2)));
+        assert_eq!(r.map(|r| r.0), Some(layer(2)));
     }
 
     #[test]
@@ -406,10 +417,10 @@ mod tests {
         let l = three([true; 3]);
         let mut s = Selector::default();
         s.update(t0, &p, &l, Some(1_000_000));
-        assert_eq!(s.target, Some(1));
+        assert_eq!(s.target, layer(1));
         s.update(t0 + Duration::from_millis(100), &p, &l, Some(2_000_000));
         s.update(t0 + Duration::from_millis(1700), &p, &l, Some(2_000_000));
-        assert_eq!(s.target, Some(2), "moved up");
+        assert_eq!(s.target, layer(2), "moved up");
         // The keyframe that started the layer makes it look 1.7 Mbps.
         let mut spiky = l.clone();
         spiky[2].bitrate = 1_700_000;
@@ -421,7 +432,7 @@ mod tests {
         );
         // A clearly short share still moves down at once.
         let r = s.update(t + Duration::from_millis(10), &p, &spiky, Some(1_000_000));
-        assert_eq!(r, Some((Some(1), Reason::Bandwidth)));
+        assert_eq!(r, Some((layer(1), Reason::Bandwidth)));
     }
 
     #[test]
@@ -433,15 +444,15 @@ mod tests {
         s.update(t0, &p, &l, Some(100_000));
         assert_eq!(
             s.target,
-            Some(0),
+            layer(0),
             "nothing fits: lowest rather than nothing"
         );
         s.update(t0 + Duration::from_millis(100), &p, &l, Some(5_000_000));
         let r = s.update(t0 + Duration::from_secs(2), &p, &l, Some(5_000_000));
-        assert_eq!(r.unwrap().0, Some(1));
+        assert_eq!(r.unwrap().0, layer(1));
         s.update(t0 + Duration::from_millis(2100), &p, &l, Some(5_000_000));
         let r = s.update(t0 + Duration::from_secs(4), &p, &l, Some(5_000_000));
-        assert_eq!(r.unwrap().0, Some(2));
+        assert_eq!(r.unwrap().0, layer(2));
     }
 
     #[test]
@@ -451,14 +462,14 @@ mod tests {
         let l = three([true; 3]);
         let mut s = Selector::default();
         s.update(t0, &p, &l, Some(5_000_000));
-        assert_eq!(s.target, Some(2));
+        assert_eq!(s.target, layer(2));
         s.overload(t0, &l);
         let r = s.update(t0, &p, &l, Some(5_000_000));
-        assert_eq!(r, Some((Some(1), Reason::Overload)));
+        assert_eq!(r, Some((layer(1), Reason::Overload)));
         // A second overload while held steps down again.
         s.overload(t0 + Duration::from_millis(500), &l);
         let r = s.update(t0 + Duration::from_millis(500), &p, &l, Some(5_000_000));
-        assert_eq!(r, Some((Some(0), Reason::Overload)));
+        assert_eq!(r, Some((layer(0), Reason::Overload)));
         // Held while the overload lasts, however much bandwidth there is.
         let t1 = t0 + Duration::from_millis(500) + OVERLOAD_HOLD;
         assert_eq!(
@@ -468,7 +479,7 @@ mod tests {
         // Then one layer at a time, like any bandwidth-driven climb.
         assert_eq!(s.update(t1, &p, &l, Some(5_000_000)), None);
         let r = s.update(t1 + UPGRADE_HOLD, &p, &l, Some(5_000_000));
-        assert_eq!(r, Some((Some(1), Reason::Bandwidth)));
+        assert_eq!(r, Some((layer(1), Reason::Bandwidth)));
         // The lowest layer has nowhere to go: an overload there changes nothing.
         let mut low = Selector::default();
         let pl = Preference {
@@ -484,9 +495,9 @@ mod tests {
     fn ranks_by_resolution_whatever_the_offer_order() {
         let mut l = three([true; 3]);
         l.reverse();
-        assert_eq!(rank(&l), vec![2, 1, 0]);
+        assert_eq!(rank(&l), [2, 1, 0].map(Layer::new));
         let no_size: Vec<LayerState> = l.iter().map(|x| LayerState { width: 0, ..*x }).collect();
-        assert_eq!(rank(&no_size), vec![0, 1, 2]);
+        assert_eq!(rank(&no_size), [0, 1, 2].map(Layer::new));
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub struct MediaPacket {
     pub track: TrackId,
     /// Audio or video.
     pub kind: MediaKind,
-    /// Simulcast layer index (position of the rid in [`TrackInfo::rids`]; 0 without simulcast).
+    /// Simulcast layer index (position of the rid in [`TrackInfo::rids`]; 0
+    /// without simulcast). Raw, as the cascade builds it; see [`MediaPacket::layer`].
     pub layer: u8,
     /// The publisher's codec parameters for the packet's payload type.
     pub params: PayloadParams,
@@ -82,4 +83,11 @@ pub struct MediaPacket {
     pub vp8: Option<(super::vp8::Vp8Info, str0m::rtp::Vp8Descriptor)>,
     /// The RTP payload (header stripped, SRTP removed).
     pub payload: Arc<[u8]>,
+}
+
+impl MediaPacket {
+    /// Its simulcast layer.
+    pub fn layer(&self) -> super::layer::Layer {
+        super::layer::Layer::new(self.layer)
+    }
 }

@@ -10,6 +10,77 @@ use std::os::fd::RawFd;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
+
+/// Socket buffers a media worker asks for: a burst of keyframes to many
+/// subscribers must not overflow the kernel's default (about 200 KiB).
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+
+/// A media worker's socket: bound, non-blocking, with large buffers.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let sock = std::net::UdpSocket::bind(addr)?;
+    sock.set_nonblocking(true)?;
+    grow_buffers(&sock);
+    Ok(sock)
+}
+
+/// Enlarges the socket's buffers; with privileges past `net.core.*mem_max`.
+fn grow_buffers(sock: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    for (force, normal) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let v = SOCKET_BUFFER;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is a live socket owned by `sock`; `v` outlives the
+        // calls and `len` is its size. Failure only leaves the default size.
+        let ok = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                force,
+                (&v as *const libc::c_int).cast(),
+                len,
+            )
+        };
+        if ok != 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    normal,
+                    (&v as *const libc::c_int).cast(),
+                    len,
+                )
+            };
+        }
+    }
+}
+
+/// Reads up to [`BATCH`] datagrams into `buf` without blocking; 0 when none
+/// was read. `more` says whether the socket may hold more (it is cleared
+/// once a read comes back short or would block). Errors that concern one
+/// peer (ICMP errors surface here on Linux) and interruptions are retried a
+/// few times, then left for the next call with `more` set.
+pub fn recv_some(fd: RawFd, buf: &mut RecvBatch, more: &mut bool) -> usize {
+    for _ in 0..4 {
+        match buf.recv(fd) {
+            Ok(n) => {
+                *more = n == BATCH;
+                return n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *more = false;
+                return 0;
+            }
+            Err(_) => {}
+        }
+    }
+    *more = true;
+    0
+}
 /// Largest datagram received whole; longer ones are dropped (WebRTC keeps
 /// datagrams under the path MTU, about 1200 bytes).
 pub const MAX_DATAGRAM: usize = 2048;
@@ -242,6 +313,45 @@ impl RecvBatch {
         Ok(self.n)
     }
 
+    /// Datagrams held (from the last receive, or pushed).
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Forgets what it holds.
+    pub fn clear(&mut self) {
+        self.n = 0;
+    }
+
+    /// Adds a datagram as if it had been received (a simulated network
+    /// fills the batch this way); false when full or too long.
+    pub fn push(&mut self, src: SocketAddr, data: &[u8]) -> bool {
+        if self.n == BATCH || data.len() > MAX_DATAGRAM {
+            return false;
+        }
+        let i = self.n;
+        let (raw, len) = to_raw(src);
+        // SAFETY: sockaddr_storage is large and aligned enough for either
+        // address type, and the first `len` bytes of `raw` are the address.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&raw as *const RawAddr).cast::<u8>(),
+                (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast::<u8>(),
+                len as usize,
+            );
+        }
+        self.bufs[i][..data.len()].copy_from_slice(data);
+        self.lens[i] = data.len();
+        self.flags[i] = 0;
+        self.n += 1;
+        true
+    }
+
     /// Datagram `i` of the last receive: its source and bytes. `None` for
     /// one that was truncated or has an unknown address family.
     pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
@@ -292,6 +402,21 @@ mod tests {
         // An IPv6 destination on an IPv4 socket is refused by the kernel.
         let out = send_batch(a.as_raw_fd(), [(to, &m[..]), (v6, &m[..]), (to, &m[..])]);
         assert_eq!((out.sent, out.failed), (2, 1));
+    }
+
+    #[test]
+    fn pushed_datagrams_read_back_like_received_ones() {
+        let mut rb = RecvBatch::new();
+        let v4: SocketAddr = "10.1.2.3:4000".parse().unwrap();
+        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 9));
+        assert!(rb.push(v4, b"one"));
+        assert!(rb.push(v6, b"two"));
+        assert_eq!(rb.len(), 2);
+        assert_eq!(rb.get(0), Some((v4, &b"one"[..])));
+        assert_eq!(rb.get(1), Some((v6, &b"two"[..])));
+        rb.clear();
+        assert!(rb.is_empty());
+        assert!(!rb.push(v4, &[0; MAX_DATAGRAM + 1]));
     }
 
     #[test]

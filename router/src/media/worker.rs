@@ -1,12 +1,15 @@
-//! The mio driver of one media worker: the only code that touches the UDP
-//! socket and the clock. Everything it reads goes into the [`WorkerCore`];
-//! everything the core outputs goes out here.
+//! The mio thread of one media worker: the only code that touches its
+//! socket (through `media::udp`) and the clock. It sleeps in `epoll` until
+//! input or the core's next timeout, then runs one turn of the drive loop
+//! (`media::drive`), which does everything else.
 
-use super::bus::{BusBatch, Outbox};
+use super::bus::BusBatch;
 use super::command::{Command, WorkerEvent};
 use super::core::WorkerCore;
+use super::drive::{Drive, Port};
+use super::session::Datagram;
 use super::types::{LinkId, MediaPacket, WorkerId};
-use super::udp::{send_batch, RecvBatch, BATCH};
+use super::udp::{recv_some, send_batch, RecvBatch};
 use crate::metrics::WorkerMetrics;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::UdpSocket;
@@ -14,6 +17,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,12 +25,35 @@ use tokio::sync::mpsc::UnboundedSender;
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
-/// Datagrams read in one go before the worker looks at its other inputs.
-const READ_BURST: usize = 256;
-/// Transmits collected before they are sent (in `sendmmsg` batches).
-const SEND_AT: usize = 2 * BATCH;
 /// Longest sleep when no session has a deadline.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// A worker busy for more than this part of a second (in thousandths) is
+/// overloaded: no new session is placed on it.
+pub const OVERLOADED_PERMILLE: u32 = 900;
+
+/// How busy a worker is, as its thread measures it (written once a second,
+/// read by the control plane when it places a session).
+#[derive(Debug, Default)]
+pub struct WorkerLoad {
+    busy_permille: AtomicU32,
+}
+
+impl WorkerLoad {
+    /// The part of the last second the worker spent working, in thousandths.
+    pub fn busy_permille(&self) -> u32 {
+        self.busy_permille.load(Ordering::Relaxed)
+    }
+
+    /// Records how busy the worker was.
+    pub fn set_busy_permille(&self, v: u32) {
+        self.busy_permille.store(v.min(1000), Ordering::Relaxed);
+    }
+
+    /// Whether no new session should be placed on the worker.
+    pub fn overloaded(&self) -> bool {
+        self.busy_permille() > OVERLOADED_PERMILLE
+    }
+}
 
 /// What the control plane and the other workers hold of a worker.
 #[derive(Clone)]
@@ -41,6 +68,8 @@ pub struct WorkerHandle {
     pub waker: Arc<Waker>,
     /// The address its socket is bound to.
     pub bound: SocketAddr,
+    /// How busy it is.
+    pub load: Arc<WorkerLoad>,
 }
 
 impl std::fmt::Debug for WorkerHandle {
@@ -73,9 +102,7 @@ impl PreparedWorker {
     /// Binds the socket and creates the poll, waker and channels.
     pub fn new(id: WorkerId, bind: SocketAddr, bus_capacity: usize) -> std::io::Result<Self> {
         let poll = Poll::new()?;
-        let std_sock = std::net::UdpSocket::bind(bind)?;
-        std_sock.set_nonblocking(true)?;
-        grow_buffers(&std_sock);
+        let std_sock = super::udp::bind(bind)?;
         let bound = std_sock.local_addr()?;
         let mut socket = UdpSocket::from_std(std_sock);
         poll.registry()
@@ -94,6 +121,7 @@ impl PreparedWorker {
                 bus: bus_tx,
                 waker,
                 bound,
+                load: Arc::default(),
             },
         })
     }
@@ -106,224 +134,148 @@ impl PreparedWorker {
     /// Starts the worker thread.
     pub fn spawn(
         self,
-        core: WorkerCore,
+        mut core: WorkerCore,
         peers: Vec<WorkerHandle>,
         events: UnboundedSender<(WorkerId, WorkerEvent)>,
         metrics: WorkerMetrics,
         relay: Option<RelaySender>,
     ) -> std::io::Result<JoinHandle<()>> {
-        let name = format!("kaskade-media-{}", self.handle.id.0);
-        let n_peers = peers.len();
+        let id = self.handle.id;
+        let name = format!("kaskade-media-{}", id.0);
+        let mut drive = Drive::new(id.0, peers.len(), &metrics);
+        let load = self.handle.load.clone();
+        let mut poll = self.poll;
         std::thread::Builder::new().name(name).spawn(move || {
-            let mut driver = Driver {
-                poll: self.poll,
+            let mut port = MioPort {
                 socket: self.socket,
+                readable: true,
                 commands: self.commands,
                 bus: self.bus,
-                core,
                 peers,
                 events,
-                outbox: Outbox::new(n_peers),
-                metrics,
+                id,
                 relay,
             };
-            driver.run();
+            run(&mut poll, &mut core, &mut drive, &mut port, &load);
         })
     }
-}
-
-struct Driver {
-    poll: Poll,
-    socket: UdpSocket,
-    commands: Receiver<Command>,
-    bus: Receiver<BusBatch>,
-    core: WorkerCore,
-    peers: Vec<WorkerHandle>,
-    events: UnboundedSender<(WorkerId, WorkerEvent)>,
-    metrics: WorkerMetrics,
-    relay: Option<RelaySender>,
-    /// Per peer worker: audio and control a full inbox refused.
-    outbox: Outbox,
 }
 
 /// Where a worker hands packets of local tracks relayed to other routers.
 pub type RelaySender = tokio::sync::mpsc::Sender<(LinkId, Arc<MediaPacket>)>;
 
-impl Driver {
-    fn run(&mut self) {
-        let mut events = Events::with_capacity(64);
-        let mut buf = RecvBatch::new();
-        let mut more_to_read = true;
-        loop {
-            let timeout = if more_to_read {
-                Duration::ZERO
-            } else {
-                self.core
-                    .poll_timeout()
-                    .map(|t| t.saturating_duration_since(Instant::now()))
-                    .unwrap_or(IDLE_POLL)
-                    .min(IDLE_POLL)
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != ErrorKind::Interrupted {
-                    tracing::error!(worker = %self.core.id(), error = %e, "poll failed; worker stops");
-                    return;
-                }
-            }
-            for ev in events.iter() {
-                if ev.token() == SOCKET {
-                    more_to_read = true;
-                }
-            }
-            if more_to_read {
-                more_to_read = self.read_socket(&mut buf);
-            }
-            let now = Instant::now();
-            while let Ok(cmd) = self.commands.try_recv() {
-                let shutdown = matches!(cmd, Command::Shutdown);
-                self.core.handle_command(now, cmd);
-                if shutdown {
-                    self.flush();
-                    return;
-                }
-            }
-            while let Ok(batch) = self.bus.try_recv() {
-                self.core.handle_bus(now, batch);
-            }
-            self.hand_over_bus();
-            self.core.flush(now);
-            if self.core.poll_timeout().is_some_and(|t| t <= now) {
-                self.core.handle_timeout(now);
-            }
-            self.flush();
-        }
-    }
-
-    /// Reads up to a burst of datagrams (`recvmmsg`, [`BATCH`] per call);
-    /// true if more may be waiting.
-    fn read_socket(&mut self, buf: &mut RecvBatch) -> bool {
-        let fd = self.socket.as_raw_fd();
-        for _ in 0..READ_BURST / BATCH {
-            match buf.recv(fd) {
-                Ok(n) => {
-                    let now = Instant::now();
-                    for i in 0..n {
-                        match buf.get(i) {
-                            Some((src, data)) => self.core.handle_datagram(now, src, data),
-                            None => self.metrics.drop_malformed.inc(),
-                        }
-                    }
-                    // The other workers get the batch's media first and fan it
-                    // out while this one writes to its own subscribers.
-                    self.hand_over_bus();
-                    self.core.flush(now);
-                    if self.core.outputs().transmits.len() >= SEND_AT {
-                        self.flush_transmits();
-                    }
-                    if n < BATCH {
-                        return false;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // ICMP errors (e.g. connection refused from a departed peer)
-                // surface here on Linux; they concern one peer only.
-                Err(_) => {}
+/// The loop: sleep until input or the next timeout, one turn, again.
+fn run(
+    poll: &mut Poll,
+    core: &mut WorkerCore,
+    drive: &mut Drive,
+    port: &mut MioPort,
+    load: &WorkerLoad,
+) {
+    let mut events = Events::with_capacity(64);
+    let mut window = Instant::now();
+    let mut idle = Duration::ZERO;
+    loop {
+        let timeout = if port.readable {
+            Duration::ZERO
+        } else {
+            core.poll_timeout()
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(IDLE_POLL)
+                .min(IDLE_POLL)
+        };
+        let slept = Instant::now();
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != ErrorKind::Interrupted {
+                tracing::error!(worker = %core.id(), error = %e, "poll failed; worker stops");
+                return;
             }
         }
-        true
-    }
-
-    /// Sends what the core produced, in `sendmmsg` batches.
-    fn flush_transmits(&mut self) {
-        let fd = self.socket.as_raw_fd();
-        let out = self.core.outputs();
-        if out.transmits.is_empty() {
+        idle += slept.elapsed();
+        port.readable |= events.iter().any(|ev| ev.token() == SOCKET);
+        if drive.turn(core, port, true).stop {
             return;
         }
-        let sent = send_batch(fd, out.transmits.iter().map(|d| (d.dst, d.data.as_slice())));
-        out.transmits.clear();
-        if sent.failed > 0 {
-            tracing::debug!(failed = sent.failed, "sends failed");
-            self.metrics.drop_send.inc_by(sent.failed as u64);
-        }
-    }
-
-    /// Hands each other worker what the core produced for it (one batch and
-    /// one wake-up per worker), never blocking.
-    fn hand_over_bus(&mut self) {
-        let out = self.core.outputs();
-        for (i, batch) in out.bus.iter_mut().enumerate() {
-            let Some(peer) = self.peers.get(i) else {
-                batch.clear();
-                continue;
-            };
-            // Never blocks: a full inbox sheds video and keeps the rest.
-            let (sent, shed) = self.outbox.hand_over(i, batch, &peer.bus);
-            if sent {
-                let _ = peer.waker.wake();
-            }
-            self.metrics.bus_drop_video.inc_by(shed.video);
-            self.metrics.bus_drop_other.inc_by(shed.other);
-        }
-    }
-
-    fn flush(&mut self) {
-        self.flush_transmits();
-        self.hand_over_bus();
-        let id = self.core.id();
-        let out = self.core.outputs();
-        for ev in out.events.drain(..) {
-            let _ = self.events.send((id, ev));
-        }
-        for (link, pkt) in out.links.drain(..) {
-            let sent = self
-                .relay
-                .as_ref()
-                .is_some_and(|r| r.try_send((link, pkt)).is_ok());
-            if !sent {
-                self.metrics.bus_drop_video.inc();
-            }
+        // How busy the last second was, for placement.
+        let elapsed = window.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let busy = elapsed.saturating_sub(idle).as_millis() * 1000 / elapsed.as_millis().max(1);
+            load.set_busy_permille(busy as u32);
+            window = Instant::now();
+            idle = Duration::ZERO;
         }
     }
 }
 
-/// Socket buffers a media worker asks for: a burst of keyframes to many
-/// subscribers must not overflow the kernel's default (about 200 KiB).
-const SOCKET_BUFFER: libc::c_int = 4 << 20;
+/// The worker's socket, channels and peers, as the drive loop sees them.
+struct MioPort {
+    socket: UdpSocket,
+    /// The socket may hold datagrams (mio reports readiness once, edge-triggered).
+    readable: bool,
+    commands: Receiver<Command>,
+    bus: Receiver<BusBatch>,
+    peers: Vec<WorkerHandle>,
+    events: UnboundedSender<(WorkerId, WorkerEvent)>,
+    id: WorkerId,
+    relay: Option<RelaySender>,
+}
 
-/// Enlarges the socket's buffers; with privileges past `net.core.*mem_max`.
-fn grow_buffers(sock: &std::net::UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let fd = sock.as_raw_fd();
-    for (force, normal) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        let v = SOCKET_BUFFER;
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `fd` is a live socket owned by `sock`; `v` outlives the
-        // calls and `len` is its size. Failure only leaves the default size.
-        let ok = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                force,
-                (&v as *const libc::c_int).cast(),
-                len,
-            )
-        };
-        if ok != 0 {
-            // SAFETY: as above.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    normal,
-                    (&v as *const libc::c_int).cast(),
-                    len,
-                )
-            };
+impl Port for MioPort {
+    fn now(&mut self) -> Instant {
+        Instant::now()
+    }
+
+    fn recv(&mut self, buf: &mut RecvBatch) -> usize {
+        if !self.readable {
+            return 0;
         }
+        recv_some(self.socket.as_raw_fd(), buf, &mut self.readable)
+    }
+
+    fn command(&mut self) -> Option<Command> {
+        self.commands.try_recv().ok()
+    }
+
+    fn bus(&mut self) -> Option<BusBatch> {
+        self.bus.try_recv().ok()
+    }
+
+    fn send(&mut self, out: &mut Vec<Datagram>) -> usize {
+        let sent = send_batch(
+            self.socket.as_raw_fd(),
+            out.iter().map(|d| (d.dst, d.data.as_slice())),
+        );
+        if sent.failed > 0 {
+            tracing::debug!(failed = sent.failed, "sends failed");
+        }
+        sent.failed
+    }
+
+    fn offer(&self, dst: usize, batch: BusBatch) -> Result<(), BusBatch> {
+        let Some(peer) = self.peers.get(dst) else {
+            return Ok(());
+        };
+        let r = peer.bus.try_send(batch).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(b)
+            | crossbeam_channel::TrySendError::Disconnected(b) => b,
+        });
+        if r.is_ok() {
+            let _ = peer.waker.wake();
+        }
+        r
+    }
+
+    fn event(&mut self, ev: WorkerEvent) {
+        let _ = self.events.send((self.id, ev));
+    }
+
+    fn relay(&mut self, link: LinkId, pkt: Arc<MediaPacket>) -> bool {
+        self.relay
+            .as_ref()
+            .is_some_and(|r| r.try_send((link, pkt)).is_ok())
+    }
+
+    fn inbox_depth(&self) -> usize {
+        self.bus.len()
     }
 }

@@ -4,13 +4,22 @@
 //! router's tests and by the benchmarks.
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
+mod port;
+mod rooms;
+
+pub use rooms::{Pair, Room};
+
 use crate::control::{Control, Identity, Limits};
-use crate::media::bus::Outbox;
-use crate::media::worker::WorkerHandle;
-use crate::media::{BusBatch, Command, RtcFactory, WorkerCore, WorkerEvent, WorkerId};
+use crate::media::drive::{Drive, Turn};
+use crate::media::placement::Policy;
+use crate::media::worker::{WorkerHandle, WorkerLoad};
+use crate::media::{BusBatch, RtcFactory, WorkerCore, WorkerEvent, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
-use kaskade_loadtest::{Client, ClientConfig, Datagram as NetDatagram, SimNet};
+use crossbeam_channel::Sender;
+use kaskade_loadtest::{Client, ClientConfig, SimNet};
 use kaskade_protocol::v1 as pb;
+use port::{SimIo, SimPort};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -18,18 +27,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// One simulated worker: its core and the receiving end of its command channel.
+/// One simulated worker: its core, driven by the production drive loop.
 pub struct SimWorker {
     pub core: WorkerCore,
     pub addr: SocketAddr,
-    commands: crossbeam_channel::Receiver<Command>,
-    /// Its bounded bus inbox, the same kind of channel as in production.
-    bus: crossbeam_channel::Receiver<BusBatch>,
-    inbox: crossbeam_channel::Sender<BusBatch>,
-    /// What it sends to the others, with the production overload policy.
-    outbox: Outbox,
-    /// Until then it reads nothing from its inbox (a worker fallen behind).
-    stalled_until: Option<Instant>,
+    io: SimIo,
+    drive: Drive,
     _poll: mio::Poll,
 }
 
@@ -52,6 +55,10 @@ pub struct SimOptions {
     pub keyframe_interval: Duration,
     /// The control plane's limits.
     pub limits: Limits,
+    /// How sessions are placed on workers. Unlike production, the default
+    /// here is [`Policy::LeastLoaded`]: every session on the least loaded
+    /// worker, so tests of paths across workers get them with few sessions.
+    pub placement: Policy,
 }
 
 impl Default for SimOptions {
@@ -65,6 +72,7 @@ impl Default for SimOptions {
                 max_sessions_per_room: 1001,
                 ..Limits::default()
             },
+            placement: Policy::LeastLoaded,
         }
     }
 }
@@ -78,6 +86,13 @@ pub struct Sim {
     pub control: Arc<Control>,
     pub metrics: Metrics,
     pub events: Vec<WorkerEvent>,
+    /// Called with `true` when the simulation enters router code (the
+    /// worker cores, the control plane) and `false` when it leaves; nested
+    /// calls nest. Benchmarks count the router's own work with it (callgrind
+    /// collection, allocation accounts). A no-op by default.
+    pub router_mark: fn(bool),
+    inboxes: Vec<Sender<BusBatch>>,
+    loads: Vec<Arc<WorkerLoad>>,
     seed: u64,
 }
 
@@ -117,24 +132,31 @@ impl Sim {
             .with_rtx_cache(options.rtx_cache);
         let mut sim_workers = Vec::new();
         let mut handles = Vec::new();
+        let mut inboxes = Vec::new();
+        let mut loads = Vec::new();
         for i in 0..workers {
             let poll = mio::Poll::new().expect("mio poll");
             let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).expect("waker"));
             let (ctx, crx) = crossbeam_channel::unbounded();
             let (btx, brx) = crossbeam_channel::bounded(capacity);
+            let load = Arc::new(WorkerLoad::default());
             handles.push(WorkerHandle {
                 id: WorkerId(i as u16),
                 commands: ctx,
                 bus: btx.clone(),
                 waker,
                 bound: worker_addr(i),
+                load: load.clone(),
             });
+            inboxes.push(btx);
+            loads.push(load);
+            let wm = WorkerMetrics::new(&metrics);
             let core = WorkerCore::new(
                 WorkerId(i as u16),
                 workers,
                 worker_addr(i),
                 factory.clone(),
-                WorkerMetrics::new(&metrics),
+                wm.clone(),
                 seed.wrapping_add(i as u64),
                 t0,
             )
@@ -142,11 +164,13 @@ impl Sim {
             sim_workers.push(SimWorker {
                 core,
                 addr: worker_addr(i),
-                commands: crx,
-                bus: brx,
-                inbox: btx,
-                outbox: Outbox::new(workers),
-                stalled_until: None,
+                io: SimIo {
+                    commands: crx,
+                    bus: brx,
+                    inbound: VecDeque::new(),
+                    stalled_until: None,
+                },
+                drive: Drive::new(i as u16, workers, &wm),
                 _poll: poll,
             });
         }
@@ -159,6 +183,7 @@ impl Sim {
                 region: "eu-sim-1".into(),
             },
         ));
+        control.set_placement(options.placement);
         Sim {
             t0,
             now: t0,
@@ -168,6 +193,9 @@ impl Sim {
             control,
             metrics,
             events: Vec::new(),
+            router_mark: |_| {},
+            inboxes,
+            loads,
             seed,
         }
     }
@@ -195,7 +223,10 @@ impl Sim {
         let mut fut = pin!(fut);
         let mut cx = Context::from_waker(Waker::noop());
         for _ in 0..1000 {
-            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            (self.router_mark)(true);
+            let polled = fut.as_mut().poll(&mut cx);
+            (self.router_mark)(false);
+            if let Poll::Ready(v) = polled {
                 self.pump();
                 return v;
             }
@@ -204,80 +235,76 @@ impl Sim {
         panic!("API call did not complete");
     }
 
-    /// Delivers pending commands, bus batches, transmits and events.
+    /// Turns every worker's drive loop (without timers) until nothing moves:
+    /// commands, bus batches, datagrams delivered to them, their outputs.
     pub fn pump(&mut self) {
+        (self.router_mark)(true);
+        self.turn_all(false);
+        (self.router_mark)(false);
+    }
+
+    /// Turns every worker until nothing moves; the first round serves due
+    /// timers if `timers`. Then folds their counters into the metrics, so
+    /// tests read exact figures.
+    fn turn_all(&mut self, timers: bool) {
+        let mut timers = timers;
         loop {
             let mut progressed = false;
-            for w in &mut self.workers {
-                w.core.flush(self.now);
+            for i in 0..self.workers.len() {
+                progressed |= self.turn(i, timers).progressed;
             }
-            for w in 0..self.workers.len() {
-                while let Ok(cmd) = self.workers[w].commands.try_recv() {
-                    let now = self.now;
-                    self.workers[w].core.handle_command(now, cmd);
-                    progressed = true;
-                }
-            }
-            for w in 0..self.workers.len() {
-                let src = self.workers[w].addr;
-                let out = self.workers[w].core.outputs();
-                for d in out.transmits.drain(..) {
-                    self.net.send(
-                        self.now,
-                        NetDatagram {
-                            src,
-                            dst: d.dst,
-                            data: d.data,
-                        },
-                    );
-                }
-                let mut batches: Vec<BusBatch> = out.bus.iter_mut().map(std::mem::take).collect();
-                let events: Vec<WorkerEvent> = out.events.drain(..).collect();
-                for (dst, batch) in batches.iter_mut().enumerate() {
-                    if dst >= self.workers.len() {
-                        continue;
-                    }
-                    let inbox = self.workers[dst].inbox.clone();
-                    let (_, shed) = self.workers[w].outbox.hand_over(dst, batch, &inbox);
-                    self.metrics
-                        .bus_dropped
-                        .with_label_values(&["video"])
-                        .inc_by(shed.video);
-                    self.metrics
-                        .bus_dropped
-                        .with_label_values(&["other"])
-                        .inc_by(shed.other);
-                }
-                for ev in events {
-                    self.events.push(ev.clone());
-                    self.control.on_worker_event(ev);
-                    progressed = true;
-                }
-            }
-            for w in &mut self.workers {
-                if w.stalled_until.is_some_and(|t| self.now < t) {
-                    continue;
-                }
-                while let Ok(batch) = w.bus.try_recv() {
-                    w.core.handle_bus(self.now, batch);
-                    progressed = true;
-                }
-            }
+            timers = false;
             if !progressed {
-                return;
+                break;
             }
         }
+        for w in &mut self.workers {
+            let depth = w.io.bus.len();
+            w.drive.fold(&w.core, depth);
+        }
+    }
+
+    /// One turn of worker `i`'s drive loop.
+    fn turn(&mut self, i: usize, timers: bool) -> Turn {
+        let Sim {
+            workers,
+            net,
+            control,
+            events,
+            now,
+            inboxes,
+            router_mark,
+            ..
+        } = self;
+        let w = &mut workers[i];
+        let mut port = SimPort {
+            now: *now,
+            addr: w.addr,
+            io: &mut w.io,
+            inboxes,
+            net,
+            control,
+            events,
+            mark: *router_mark,
+        };
+        w.drive.turn(&mut w.core, &mut port, timers)
     }
 
     /// Worker `w` reads nothing from its bus inbox for `d` (it has fallen
     /// behind); the others keep sending to it.
     pub fn stall(&mut self, w: usize, d: Duration) {
-        self.workers[w].stalled_until = Some(self.now + d);
+        self.workers[w].io.stalled_until = Some(self.now + d);
     }
 
     /// Batches waiting in worker `w`'s inbox.
     pub fn inbox_len(&self, w: usize) -> usize {
-        self.workers[w].bus.len()
+        self.workers[w].io.bus.len()
+    }
+
+    /// Marks worker `w` overloaded (as its thread would when busy): no new
+    /// session is placed on it.
+    pub fn set_overloaded(&mut self, w: usize, overloaded: bool) {
+        self.loads[w].set_busy_permille(if overloaded { 1000 } else { 0 });
     }
 
     fn client_by_addr(&mut self, a: SocketAddr) -> Option<&mut Client> {
@@ -329,12 +356,9 @@ impl Sim {
 
     fn step(&mut self) {
         let now = self.now;
-        for w in &mut self.workers {
-            if w.core.poll_timeout().is_some_and(|t| t <= now) {
-                w.core.handle_timeout(now);
-            }
-        }
-        self.pump();
+        (self.router_mark)(true);
+        self.turn_all(true);
+        (self.router_mark)(false);
         for i in 0..self.clients.len() {
             let c = &mut self.clients[i].client;
             c.handle_timeout(now);
@@ -345,7 +369,7 @@ impl Sim {
         }
         while let Some(d) = self.net.poll_deliver(now) {
             if let Some(w) = self.workers.iter_mut().find(|w| w.addr == d.dst) {
-                w.core.handle_datagram(now, d.src, &d.data);
+                w.io.inbound.push_back(d);
                 self.pump();
             } else if let Some(c) = self.client_by_addr(d.dst) {
                 c.handle_receive(now, d.src, &d.data);
@@ -428,191 +452,5 @@ impl Sim {
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
-    }
-}
-
-/// A publisher and one subscriber in room "r" (see [`Sim::pair`]).
-pub struct Pair {
-    pub publ: usize,
-    pub sub: usize,
-    /// What the publisher published.
-    pub tracks: Vec<pb::Track>,
-    /// The subscriber's subscriptions to all of it.
-    pub subs: Vec<pb::Subscription>,
-}
-
-impl Sim {
-    /// A router with `workers` workers, a publisher whose tracks `publish`
-    /// adds and one data-channel subscriber, in room "r", connected, the
-    /// subscriber subscribed to everything published.
-    pub fn pair(workers: usize, seed: u64, publish: impl FnOnce(&mut Client)) -> (Sim, Pair) {
-        let mut sim = Sim::new(workers, seed);
-        let (publ, tracks, subs) = sim.publisher_and_subscribers(1, publish);
-        let sub = subs[0];
-        let subs = sim.subscribe(sub, &tracks);
-        (
-            sim,
-            Pair {
-                publ,
-                sub,
-                tracks,
-                subs,
-            },
-        )
-    }
-
-    /// Room "r" with a publisher whose tracks `publish` adds, joined (not
-    /// yet connected). Returns the publisher and its tracks.
-    pub fn publisher(&mut self, publish: impl FnOnce(&mut Client)) -> (usize, Vec<pb::Track>) {
-        self.create_room("r");
-        let publ = self.add_client(|c| c);
-        publish(&mut self.clients[publ].client);
-        let tracks = self.join("r", publ, "pub");
-        (publ, tracks)
-    }
-
-    /// Room "r" with a publisher whose tracks `publish` adds and `n`
-    /// data-channel subscribers, joined in that order (placed by the
-    /// router) and connected; nobody subscribed yet. Returns the publisher,
-    /// its tracks and the subscribers.
-    pub fn publisher_and_subscribers(
-        &mut self,
-        n: usize,
-        publish: impl FnOnce(&mut Client),
-    ) -> (usize, Vec<pb::Track>, Vec<usize>) {
-        let (publ, tracks) = self.publisher(publish);
-        let subs: Vec<usize> = (0..n)
-            .map(|i| {
-                let c = self.add_client(|c| c);
-                self.clients[c].client.add_data_channel("k");
-                self.join("r", c, &format!("s{i}"));
-                c
-            })
-            .collect();
-        let mut all = subs.clone();
-        all.push(publ);
-        self.connect(&all);
-        (publ, tracks, subs)
-    }
-}
-
-/// A room with one publisher and subscribers, all connected and subscribed.
-pub struct Room {
-    pub sim: Sim,
-    pub publ: usize,
-    pub subs: Vec<usize>,
-    /// Each subscriber's media line of the video track.
-    pub mids: Vec<str0m::media::Mid>,
-    pub video: pb::Track,
-    pub events: tokio::sync::broadcast::Receiver<pb::Event>,
-}
-
-impl Room {
-    /// One publisher of a video track with the given simulcast rids (none:
-    /// a single layer) and `subscribers` data-channel-only subscribers,
-    /// connected and subscribed to the video track, on `workers` workers.
-    pub fn video(workers: usize, rids: &[&str], subscribers: usize, seed: u64) -> Room {
-        Room::video_with(
-            workers,
-            rids,
-            subscribers,
-            seed,
-            kaskade_loadtest::VideoCodec::Vp8,
-        )
-    }
-
-    /// [`Room::video`] with the given video codec for every client.
-    pub fn video_with(
-        workers: usize,
-        rids: &[&str],
-        subscribers: usize,
-        seed: u64,
-        codec: kaskade_loadtest::VideoCodec,
-    ) -> Room {
-        let mut sim = Sim::new(workers, seed);
-        sim.create_room("r");
-        let events = sim.control.watch("r").expect("room exists").events;
-        let publ = sim.add_client(|c| c.video_codec(codec));
-        sim.clients[publ].client.add_video(rids);
-        let tracks = sim.join("r", publ, "pub");
-        let subs: Vec<usize> = (0..subscribers)
-            .map(|_| sim.add_client(|c| c.video_codec(codec)))
-            .collect();
-        for (i, s) in subs.iter().enumerate() {
-            sim.clients[*s].client.add_data_channel("k");
-            sim.join("r", *s, &format!("s{i}"));
-        }
-        let mut all = subs.clone();
-        all.push(publ);
-        sim.connect(&all);
-        let mut mids = Vec::new();
-        for s in &subs {
-            let m = sim.subscribe(*s, &tracks);
-            mids.push(str0m::media::Mid::from(m[0].mid.as_str()));
-        }
-        Room {
-            sim,
-            publ,
-            subs,
-            mids,
-            video: tracks[0].clone(),
-            events,
-        }
-    }
-
-    /// Sets preferences of subscriber `sub` through the real control plane.
-    pub fn update(
-        &mut self,
-        sub: usize,
-        f: impl FnOnce(&mut pb::UpdateSubscriptionRequest),
-    ) -> pb::SubscriptionState {
-        let mut req = pb::UpdateSubscriptionRequest {
-            session_id: self.sim.clients[self.subs[sub]]
-                .session
-                .clone()
-                .expect("joined"),
-            track_id: self.video.track_id.clone(),
-            ..Default::default()
-        };
-        f(&mut req);
-        let control = self.sim.control.clone();
-        self.sim
-            .api(control.update_subscription(req))
-            .expect("update subscription")
-            .subscription
-            .expect("subscription state")
-    }
-
-    /// The simulcast layer (0 = lowest) of the newest packet subscriber
-    /// `sub` received, by sequence number (late retransmissions don't count).
-    pub fn layer(&self, sub: usize) -> Option<u8> {
-        let r = self.sim.clients[self.subs[sub]]
-            .client
-            .received_on(self.mids[sub])?;
-        r.log
-            .iter()
-            .rev()
-            .take(30)
-            .max_by_key(|p| p.seq)
-            .and_then(|p| p.probe.as_ref())
-            .map(|p| kaskade_loadtest::media::split_source_tag(p.source_tag).2)
-    }
-
-    /// Runs until subscriber `sub` receives `pred`'s layer; how long it took.
-    pub fn wait_layer(
-        &mut self,
-        sub: usize,
-        limit: Duration,
-        pred: impl Fn(u8) -> bool,
-    ) -> Option<Duration> {
-        let t0 = self.sim.now;
-        let end = t0 + limit;
-        while self.sim.now < end {
-            if self.layer(sub).is_some_and(&pred) {
-                return Some(self.sim.now - t0);
-            }
-            self.sim.run_for(Duration::from_millis(5));
-        }
-        None
     }
 }

@@ -1,46 +1,14 @@
-//! One participant's peer connection on a worker: the str0m `Rtc`, what it
-//! publishes, and its outgoing (subscribed) streams.
+//! Offer/answer of a session: the browser's offers, the router's offers
+//! for subscriptions, and the browser's answers to those.
 
-use super::command::MediaError;
-use super::outstream::OutStream;
-use super::types::TrackInfo;
-use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use super::Session;
+use crate::media::command::MediaError;
+use crate::media::outstream::OutStream;
+use crate::media::types::TrackInfo;
+use kaskade_protocol::TrackId;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, Mid, Rid, Rids};
-use str0m::rtp::Ssrc;
-use str0m::{Event, Input, Output, Rtc};
-
-/// How long a session may take to connect after creation.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long ICE may stay disconnected before the session is closed.
-pub const DISCONNECT_GRACE: Duration = Duration::from_secs(10);
-
-/// Immediate `Input::Timeout(now)` rounds one drain may feed.
-const MAX_TIMEOUT_ROUNDS: usize = 8;
-
-/// A datagram to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Datagram {
-    /// Where to.
-    pub dst: SocketAddr,
-    /// The bytes.
-    pub data: Vec<u8>,
-}
-
-/// A track this session publishes.
-#[derive(Debug, Clone)]
-pub struct PubTrack {
-    /// Router-assigned id.
-    pub id: TrackId,
-    /// Audio or video.
-    pub kind: MediaKind,
-    /// Simulcast rids (empty without simulcast).
-    pub rids: Vec<Rid>,
-}
 
 /// A media line that started carrying media from the browser.
 pub type NewLine = (Mid, MediaKind, Vec<Rid>);
@@ -49,130 +17,89 @@ pub type NewLine = (Mid, MediaKind, Vec<Rid>);
 pub struct Pending {
     /// str0m's half of the negotiation.
     pub offer: SdpPendingOffer,
+    /// The mids of the offer's m-lines, in order: an answer lists the same.
+    mids: Vec<Mid>,
 }
 
-/// One participant.
-pub struct Session {
-    /// Its id.
-    pub id: SessionId,
-    /// Its room.
-    pub room: RoomId,
-    /// Its participant.
-    pub participant: ParticipantId,
-    /// The WebRTC stack.
-    pub rtc: Rtc,
-    /// Local ICE ufrag (routes the first STUN packet here).
-    pub ufrag: String,
-    /// Remote addresses seen for this session.
-    pub addrs: Vec<SocketAddr>,
-    /// When the session was created.
-    pub created: Instant,
-    /// ICE + DTLS up at least once.
-    pub connected: bool,
-    /// Since when ICE is disconnected.
-    pub disconnected_since: Option<Instant>,
-    /// The router's unanswered offer.
-    pub pending: Option<Pending>,
-    /// Published tracks by media line.
-    pub published: HashMap<Mid, PubTrack>,
-    /// Incoming SSRC → (track, layer), resolved once per SSRC.
-    pub ssrc_map: HashMap<Ssrc, (TrackId, u8)>,
-    /// Outgoing streams by track.
-    pub outs: HashMap<TrackId, OutStream>,
-    /// Outgoing media line → track.
-    pub out_mids: HashMap<Mid, TrackId>,
-    /// str0m's next timeout.
-    pub next_timeout: Instant,
-    /// The latest egress bandwidth estimate (bits per second), if any.
-    pub estimate: Option<u64>,
-    /// Packets were written since the last drain.
-    pub dirty: bool,
+impl Pending {
+    fn new(offer: &SdpOffer, pending: SdpPendingOffer) -> Self {
+        // The router's own offer: every m-line has its mid.
+        let mids = offer.media_lines.iter().map(|m| m.mid()).collect();
+        Self {
+            offer: pending,
+            mids,
+        }
+    }
+
+    /// Checks an answer for what str0m would refuse only after consuming
+    /// the pending offer (or, for a missing fingerprint, after closing the
+    /// connection), so that a refused answer leaves the offer pending and a
+    /// corrected one can follow.
+    fn check(&self, answer: &SdpAnswer) -> Result<(), &'static str> {
+        if answer.session.ice_lite() {
+            return Err("the answer is ICE-lite like the router (is it the router's own offer?)");
+        }
+        if answer
+            .media_lines
+            .iter()
+            .any(|m| m.check_consistent().is_some())
+        {
+            return Err("an m-line of the answer is inconsistent (a missing or repeated a=mid?)");
+        }
+        let mids = answer.media_lines.iter().map(|m| m.mid());
+        if !mids.eq(self.mids.iter().copied()) {
+            return Err("the answer's m-lines are not the offer's (same mids in the same order)");
+        }
+        let creds = answer.session.ice_creds().is_some()
+            || answer.media_lines.iter().any(|m| m.ice_creds().is_some());
+        if !creds {
+            return Err("the answer has no a=ice-ufrag and a=ice-pwd");
+        }
+        let fingerprint = answer.session.fingerprint().is_some()
+            || answer.media_lines.iter().any(|m| m.fingerprint().is_some());
+        if !fingerprint {
+            return Err("the answer has no a=fingerprint");
+        }
+        Ok(())
+    }
+}
+
+/// A short reason for an SDP that str0m refused, without str0m's parser
+/// positions: those are heap addresses (`PointerOffset(0x7f…)`), which
+/// would reveal the process's memory layout. A parse error is located by
+/// its line in `sdp` instead.
+pub fn sdp_error(sdp: &str, e: &dyn std::fmt::Display) -> MediaError {
+    let text = e.to_string();
+    let reason = match text.find("PointerOffset(0x") {
+        Some(at) => {
+            let hex: String = text[at + "PointerOffset(0x".len()..]
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect();
+            let base = sdp.as_ptr() as usize;
+            let line = usize::from_str_radix(&hex, 16)
+                .ok()
+                .and_then(|addr| addr.checked_sub(base))
+                .filter(|off| *off <= sdp.len())
+                .map(|off| {
+                    sdp.as_bytes()[..off]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
+                });
+            match line {
+                Some(l) => format!("does not parse (line {l})"),
+                None => "does not parse".to_string(),
+            }
+        }
+        // str0m's other reasons are short fixed texts, some naming a mid.
+        None => text.chars().take(160).collect(),
+    };
+    MediaError::BadSdp(reason)
 }
 
 impl Session {
-    /// Wraps a freshly built `Rtc`.
-    pub fn new(
-        id: SessionId,
-        room: RoomId,
-        participant: ParticipantId,
-        rtc: Rtc,
-        ufrag: String,
-        now: Instant,
-    ) -> Self {
-        Self {
-            id,
-            room,
-            participant,
-            rtc,
-            ufrag,
-            addrs: Vec::new(),
-            created: now,
-            connected: false,
-            disconnected_since: None,
-            pending: None,
-            published: HashMap::new(),
-            ssrc_map: HashMap::new(),
-            outs: HashMap::new(),
-            out_mids: HashMap::new(),
-            next_timeout: now,
-            // str0m starts from this estimate; its first report follows.
-            estimate: Some(super::rtc::INITIAL_ESTIMATE_KBPS * 1000),
-            dirty: false,
-        }
-    }
-
-    /// When the worker must call in next (str0m's timeout or our own ICE deadlines).
-    pub fn deadline(&self) -> Instant {
-        let mut t = self.next_timeout;
-        if !self.connected {
-            t = t.min(self.created + CONNECT_TIMEOUT);
-        }
-        if let Some(since) = self.disconnected_since {
-            t = t.min(since + DISCONNECT_GRACE);
-        }
-        t
-    }
-
-    /// Whether our own ICE deadlines say the session is dead.
-    pub fn timed_out(&self, now: Instant) -> bool {
-        (!self.connected && now >= self.created + CONNECT_TIMEOUT)
-            || self
-                .disconnected_since
-                .is_some_and(|s| now >= s + DISCONNECT_GRACE)
-            || !self.rtc.is_alive()
-    }
-
-    /// Drains str0m's outputs (the drive-loop contract): transmits to `tx`,
-    /// events to `events`. str0m often answers a mutation (an accepted
-    /// offer, a written packet) with a timeout of `now`; the output then
-    /// comes from `Input::Timeout(now)`, so that is fed at once (bounded).
-    pub fn drain(
-        &mut self,
-        now: Instant,
-        tx: &mut Vec<Datagram>,
-        events: &mut Vec<Event>,
-    ) -> Result<(), str0m::RtcError> {
-        let mut rounds = 0;
-        loop {
-            match self.rtc.poll_output()? {
-                Output::Timeout(t) => {
-                    if t <= now && rounds < MAX_TIMEOUT_ROUNDS {
-                        rounds += 1;
-                        self.rtc.handle_input(Input::Timeout(now))?;
-                        continue;
-                    }
-                    self.next_timeout = t;
-                    return Ok(());
-                }
-                Output::Transmit(t) => tx.push(Datagram {
-                    dst: t.destination,
-                    data: t.contents.into(),
-                }),
-                Output::Event(e) => events.push(e),
-            }
-        }
-    }
-
     /// Accepts a browser offer; returns the answer SDP and the audio/video
     /// media lines of the offer (str0m reports `MediaAdded` only once DTLS
     /// is up, too late for the API's answer, so the lines are read here).
@@ -183,13 +110,12 @@ impl Session {
                 "the router's own offer is pending: answer it with SetAnswer first",
             ));
         }
-        let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let parsed = SdpOffer::from_sdp_string(offer).map_err(|e| sdp_error(offer, &e))?;
         let answer = self
             .rtc
             .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+            .accept_offer(parsed)
+            .map_err(|e| sdp_error(offer, &e))?;
         Ok((answer.to_sdp_string(), mids))
     }
 
@@ -257,7 +183,7 @@ impl Session {
                 "already subscribed to every track asked for",
             ));
         };
-        self.pending = Some(Pending { offer: pending });
+        self.pending = Some(Pending::new(&offer, pending));
         let mut out = Vec::with_capacity(mids.len());
         for (t, mid) in mids {
             let (seq, ts) = stream_start();
@@ -289,7 +215,7 @@ impl Session {
                 self.out_mids.remove(&o.mid);
             }
         }
-        self.pending = Some(Pending { offer: pending });
+        self.pending = Some(Pending::new(&offer, pending));
         Ok(offer.to_sdp_string())
     }
 
@@ -301,18 +227,26 @@ impl Session {
                 "no router offer is pending: SetAnswer follows Subscribe or Unsubscribe",
             ));
         };
-        let answer = match SdpAnswer::from_sdp_string(answer) {
+        let checked = SdpAnswer::from_sdp_string(answer)
+            .map_err(|e| sdp_error(answer, &e))
+            .and_then(|a| match pending.check(&a) {
+                Ok(()) => Ok(a),
+                Err(reason) => Err(MediaError::BadSdp(reason.to_string())),
+            });
+        let parsed = match checked {
             Ok(a) => a,
             Err(e) => {
                 // Keep the offer pending so a corrected answer can follow.
                 self.pending = Some(pending);
-                return Err(MediaError::BadSdp(e.to_string()));
+                return Err(e);
             }
         };
+        // What str0m refuses past these checks consumes the offer (str0m
+        // takes it by value): the new streams then stay inactive.
         self.rtc
             .sdp_api()
-            .accept_answer(pending.offer, answer)
-            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+            .accept_answer(pending.offer, parsed)
+            .map_err(|e| sdp_error(answer, &e))?;
         let mut activated = Vec::new();
         for (id, o) in self.outs.iter_mut() {
             if !o.active {
