@@ -266,8 +266,24 @@ impl Cli {
     }
 
     /// The targets, in the order runs take turns.
-    pub fn targets(&self) -> Result<Vec<TargetSpec>, String> {
+    pub fn targets(&self, scn: &Scenario) -> Result<Vec<TargetSpec>, String> {
         let mut v = vec![];
+        if scn.cascade.is_active() {
+            if self.compare || self.target == TargetKind::Janus || self.control.is_some() {
+                return Err("a cascade runs on kaskade routers this tool starts: \
+                            no --compare, --target janus or --control"
+                    .into());
+            }
+            let bin = find_router_bin(self.router_bin.as_deref())?;
+            return Ok(self
+                .workers
+                .iter()
+                .map(|w| TargetSpec::KaskadeCascade {
+                    bin: bin.clone(),
+                    workers: *w,
+                })
+                .collect());
+        }
         let kaskade = self.compare || self.target == TargetKind::Kaskade;
         let janus = self.compare || self.target == TargetKind::Janus;
         if kaskade {
@@ -319,14 +335,7 @@ struct Machine {
 
 impl Machine {
     fn probe() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split(':').nth(1))
-            .map_or("unknown".into(), |s| s.trim().to_string());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map_or("unknown".into(), |s| s.trim().to_string());
+        let (cpu_model, kernel) = super::procfs::machine();
         Machine {
             nproc: std::thread::available_parallelism().map_or(1, usize::from),
             cpu_model,
@@ -345,6 +354,7 @@ struct JsonReport<'a> {
     tool: &'static str,
     version: &'static str,
     command: Vec<String>,
+    date: String,
     machine: &'a Machine,
     scenario: &'a Scenario,
     thresholds: &'a Thresholds,
@@ -391,7 +401,7 @@ pub fn main() -> ExitCode {
             }
         }
     }
-    let targets = match cli.targets() {
+    let targets = match cli.targets(&scn) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("kaskade-loadtest: {e}");
@@ -430,6 +440,7 @@ pub fn main() -> ExitCode {
         cli.repeat.max(1),
         machine.line()
     );
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut runs = vec![];
     let mut run_errors = vec![];
     for rep in 0..cli.repeat.max(1) {
@@ -463,10 +474,18 @@ pub fn main() -> ExitCode {
         );
     }
     let passed = violations.is_empty() && run_errors.is_empty();
+    let command: Vec<String> = std::env::args().collect();
+    let meta = html::Meta {
+        command: command.join(" "),
+        date: date.clone(),
+        machine: machine.line(),
+        thresholds_set: !th.is_empty(),
+    };
     let json = JsonReport {
         tool: "kaskade-loadtest",
         version: env!("CARGO_PKG_VERSION"),
-        command: std::env::args().collect(),
+        command,
+        date,
         machine: &machine,
         scenario: &scn,
         thresholds: &th,
@@ -476,7 +495,7 @@ pub fn main() -> ExitCode {
         comparison_markdown: table,
         runs: &runs,
     };
-    let page = html::page(&runs, &meds, &violations, &machine.line());
+    let page = html::page(&runs, &meds, &violations, &meta);
     match write_reports(&cli.out, &json, &page) {
         Ok((j, h)) => eprintln!("reports: {} {}", j.display(), h.display()),
         Err(e) => eprintln!("kaskade-loadtest: writing reports: {e}"),
