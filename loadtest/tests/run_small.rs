@@ -126,6 +126,97 @@ fn small_fan_out_against_a_started_kaskade() {
         "the media workers' CPU is reported per thread: {threads:?}"
     );
     assert!(run["series"].as_array().unwrap().len() >= 5);
+    assert!(
+        run["series"][3]["router_rss_mb"].as_f64().unwrap_or(0.0) > 1.0,
+        "router memory sampled"
+    );
     assert!(html.contains("<svg") && html.contains("Received bitrate"));
+    // The page names what ran: command, date, router version.
+    let version = run["target_info"]["version"].as_str().expect("version");
+    assert!(html.contains("--max-p99-latency 1us") && html.contains(version));
+    assert!(html.contains(report["date"].as_str().expect("date")));
+    assert!(html.contains("Router memory and descriptors"));
     let _ = std::fs::remove_dir_all(&out);
+}
+
+fn run_tool(args: &[&str], out: &Path) -> (Option<i32>, Value, String) {
+    let status = Command::new(env!("CARGO_BIN_EXE_kaskade-loadtest"))
+        .arg("--router-bin")
+        .arg(router_bin())
+        .args(args)
+        .args(["--quiet", "--out"])
+        .arg(out)
+        .status()
+        .expect("run kaskade-loadtest");
+    let text = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    let _ = std::fs::remove_dir_all(out);
+    (
+        status.code(),
+        serde_json::from_str(&text).expect("JSON report"),
+        html,
+    )
+}
+
+#[test]
+fn subscribers_on_a_linked_router_receive_the_publishers_media() {
+    let out = std::env::temp_dir().join(format!("kaskade-lt-cascade-{}", std::process::id()));
+    let (code, report, html) = run_tool(
+        &[
+            "--edge-routers",
+            "1",
+            "--origin-share",
+            "50%",
+            "--subscribers",
+            "4",
+            "--subscriber-layer",
+            "low",
+            "--duration",
+            "4s",
+            "--warmup",
+            "1s",
+            "--ramp-up",
+            "40",
+        ],
+        &out,
+    );
+    assert_eq!(code, Some(0));
+    // No threshold set: no verdict either way.
+    assert!(!html.contains("No threshold broken"));
+    let run = &report["runs"][0];
+    assert_eq!(f(run, "joins.failed"), 0.0, "{}", run["joins"]["reasons"]);
+    assert_eq!(f(run, "media.subscriptions_receiving"), 8.0);
+    let routers = run["routers"].as_array().expect("per-router figures");
+    assert_eq!(routers.len(), 2);
+    assert_eq!(routers[0]["role"], "origin");
+    assert!(f(&routers[0], "link_datagrams_sent") > 100.0, "{routers:?}");
+    assert!(f(&routers[1], "link_datagrams_received") > 100.0);
+    assert!(
+        f(&routers[1], "latency_video.count") > 100.0,
+        "the edge's subscribers measured"
+    );
+}
+
+#[test]
+fn join_leave_cycles_end_with_the_router_back_at_its_sessions() {
+    let out = std::env::temp_dir().join(format!("kaskade-lt-churn-{}", std::process::id()));
+    let (code, report, _) = run_tool(
+        &[
+            "--preset",
+            "churn",
+            "--cycles",
+            "60",
+            "--warmup",
+            "1s",
+            "--max-join-failures",
+            "0",
+        ],
+        &out,
+    );
+    assert_eq!(code, Some(0), "{}", report["violations"]);
+    let c = &report["runs"][0]["churn"];
+    assert_eq!(f(c, "cycles"), 60.0);
+    assert_eq!(f(c, "failed"), 0.0);
+    // Every cycle's session and socket is gone again.
+    assert!(f(c, "fds_after") <= f(c, "fds_before") + 2.0, "{c}");
 }

@@ -1,5 +1,5 @@
-//! Join/leave soak: subscribers join, subscribe to the room's publishers and
-//! leave again (`CloseSession`, client dropped), `subscribers` at a time, until
+//! Join/leave soak: subscribers join, subscribe to the room's publishers, wait
+//! for their first media packet and leave again (`CloseSession`, client dropped), `subscribers` at a time, until
 //! the scenario's `cycles` are done. The per-second sampler records the router's
 //! memory and descriptors against the cycles done.
 
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
+use super::driver::ClientId;
 use super::kaskade::{room_id, Kaskade};
 use super::measure::percentiles_of;
 use super::report::{ChurnFigures, Sample};
@@ -54,9 +55,14 @@ pub async fn churn(k: &Kaskade, tag: &str, joins: &Arc<Joins>, pubs: &[Vec<Publi
                 let (id, res) = k
                     .subscriber(&joins, r, &room, index, 0, &name, &tracks)
                     .await;
-                let res = match res {
-                    Ok(session) => k.close_session(&session).await,
-                    Err(e) => Err(e),
+                let res = match (res, id) {
+                    (Ok(session), Some(id)) => {
+                        let media = first_media(&joins, id).await;
+                        let closed = k.close_session(&session).await;
+                        media.and(closed)
+                    }
+                    (Ok(_), None) => Err("no client".into()),
+                    (Err(e), _) => Err(e),
                 };
                 if let Some(id) = id {
                     joins.driver.remove(id);
@@ -82,6 +88,29 @@ pub async fn churn(k: &Kaskade, tag: &str, joins: &Arc<Joins>, pubs: &[Vec<Publi
         }
     }
     all
+}
+
+/// Waits until client `id` received its first RTP packet (the media path of
+/// the join works), within the join timeout.
+async fn first_media(joins: &Joins, id: ClientId) -> Result<(), String> {
+    let end = Instant::now() + joins.scenario.join_timeout.0;
+    loop {
+        let got = joins
+            .driver
+            .call(id, |s| s.client.received().iter().any(|r| r.packets > 0))
+            .await
+            .map_err(|e| e.to_string())?;
+        if got {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            return Err(format!(
+                "no media within {:?} of subscribing",
+                joins.scenario.join_timeout.0
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The figures of a churn run: cycles, their time, and the router's memory and

@@ -124,6 +124,26 @@ pub struct Cli {
     #[arg(long)]
     pub_rate: Option<Rate>,
 
+    /// Cascade: routers besides the publishers' one that subscribers join
+    /// (0: no cascade).
+    #[arg(long)]
+    edge_routers: Option<u32>,
+    /// Cascade: share of subscribers on the publishers' router (the baseline).
+    #[arg(long)]
+    origin_share: Option<Frac>,
+    /// Cascade: one-way delay of each link between routers.
+    #[arg(long)]
+    link_delay: Option<Dur>,
+    /// Cascade: jitter of each link.
+    #[arg(long)]
+    link_jitter: Option<Dur>,
+    /// Cascade: random loss of each link, each way.
+    #[arg(long)]
+    link_loss: Option<Frac>,
+    /// Join/leave soak: cycles in total (`subscribers` at a time).
+    #[arg(long)]
+    cycles: Option<u32>,
+
     /// What to load.
     #[arg(long, value_enum, default_value = "kaskade")]
     target: TargetKind,
@@ -260,6 +280,23 @@ impl Cli {
         }
         if let Some(v) = self.pub_rate {
             pi.rate = v;
+        }
+        set!(cycles);
+        let c = &mut s.cascade;
+        if let Some(v) = self.edge_routers {
+            c.edge_routers = v;
+        }
+        if let Some(v) = self.origin_share {
+            c.origin_share = v;
+        }
+        if let Some(v) = self.link_delay {
+            c.link.delay = v;
+        }
+        if let Some(v) = self.link_jitter {
+            c.link.jitter = v;
+        }
+        if let Some(v) = self.link_loss {
+            c.link.loss = v;
         }
         s.validate()?;
         Ok(s)
