@@ -276,6 +276,11 @@ pub struct RouterFigures {
     pub us_per_forwarded: Option<f64>,
     /// Video latency of its subscribers (publisher → subscriber), ms.
     pub latency_video: super::measure::Percentiles,
+    /// What the hop to this router adds to video latency: its subscribers'
+    /// p50 (and p99) minus those on the publishers' router, ms (edges only).
+    pub hop_added_p50_ms: Option<f64>,
+    /// The same at p99.
+    pub hop_added_p99_ms: Option<f64>,
 }
 
 /// Link counters of a router summed over its links.

@@ -202,13 +202,13 @@ fn router_table(r: &RunReport) -> String {
     let mut o = String::from(
         "<table><tr><th>router</th><th>role</th><th>CPU %</th><th>link datagrams sent/received</th>\
          <th>NACKed/resent/lost</th><th>µs per relayed datagram</th><th>µs per forwarded pkt</th>\
-         <th>subscribers' video p50/p99 ms</th></tr>",
+         <th>subscribers' video p50/p99 ms</th><th>the hop adds p50/p99 ms</th></tr>",
     );
     for x in &r.routers {
         let _ = write!(
             o,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}/{}</td><td>{}</td>\
-             <td>{}</td><td>{:.2}/{:.2}</td></tr>",
+             <td>{}</td><td>{:.2}/{:.2}</td><td>{}</td></tr>",
             esc(&x.node),
             esc(&x.role),
             opt(x.cpu_pct, 1),
@@ -221,6 +221,9 @@ fn router_table(r: &RunReport) -> String {
             opt(x.us_per_forwarded, 2),
             x.latency_video.p50_ms,
             x.latency_video.p99_ms,
+            x.hop_added_p50_ms
+                .zip(x.hop_added_p99_ms)
+                .map_or("–".into(), |(a, b)| format!("{a:.2}/{b:.2}")),
         );
     }
     o.push_str("</table>");

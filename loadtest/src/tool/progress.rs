@@ -57,8 +57,16 @@ impl Progress {
             .collect();
         let total: f64 = s.rx_bps_audio + s.rx_bps_layers.iter().sum::<f64>();
         let cpu = |v: Option<f64>| v.map_or("–".into(), |x| format!("{x:.0}%"));
+        let cycles = if s.cycles > 0 {
+            format!(" | cycles {}", s.cycles)
+        } else {
+            String::new()
+        };
+        let rss = s
+            .router_rss_mb
+            .map_or(String::new(), |m| format!(" rss {m:.0} MiB"));
         format!(
-            "[{:>4.0}s {:<7}] {} | joined {}/{} failed {} | rx {} (audio {}; {}) | loss {:.2}% | lat p50 {:.1} p99 {:.1} ms | router {} | gen {} lag {:.1} ms",
+            "[{:>4.0}s {:<7}] {}{cycles} | joined {}/{} failed {} | rx {} (audio {}; {}) | loss {:.2}% | lat p50 {:.1} p99 {:.1} ms | router {}{rss} | gen {} lag {:.1} ms",
             s.t,
             s.phase,
             self.label,

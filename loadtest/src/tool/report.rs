@@ -401,7 +401,7 @@ impl RunReport {
         for r in &self.routers {
             let _ = writeln!(
                 o,
-                "router {}  {} CPU {}%; link sent {} / received {} datagrams ({} NACKed, {} resent, {} lost); {} µs per relayed datagram, {} µs per forwarded packet; video p50 {:.2} p99 {:.2} ms",
+                "router {}  {} CPU {}%; link sent {} / received {} datagrams ({} NACKed, {} resent, {} lost); {} µs per relayed datagram, {} µs per forwarded packet; video p50 {:.2} p99 {:.2} ms{}",
                 r.node,
                 r.role,
                 opt(r.cpu_pct, 1),
@@ -414,6 +414,11 @@ impl RunReport {
                 opt(r.us_per_forwarded, 2),
                 r.latency_video.p50_ms,
                 r.latency_video.p99_ms,
+                r.hop_added_p50_ms
+                    .zip(r.hop_added_p99_ms)
+                    .map_or(String::new(), |(a, b)| format!(
+                        "; the hop adds p50 {a:.2} ms, p99 {b:.2} ms"
+                    )),
             );
         }
         if let Some(c) = &self.churn {

@@ -75,6 +75,7 @@ pub fn router_figures(
     media: &MediaFigures,
     secs: f64,
 ) -> Vec<RouterFigures> {
+    let base = media.latency_video_by_group.first().copied();
     names
         .iter()
         .enumerate()
@@ -95,7 +96,18 @@ pub fn router_figures(
             } else {
                 links.datagrams_received
             };
+            let lat = media
+                .latency_video_by_group
+                .get(i)
+                .copied()
+                .unwrap_or_default();
+            let added = |f: fn(&super::measure::Percentiles) -> f64| {
+                base.filter(|b| !origin && b.count > 0 && lat.count > 0)
+                    .map(|b| f(&lat) - f(&b))
+            };
             RouterFigures {
+                hop_added_p50_ms: added(|p| p.p50_ms),
+                hop_added_p99_ms: added(|p| p.p99_ms),
                 node: name.clone(),
                 role: if origin { "origin" } else { "edge" }.into(),
                 cpu_secs: cpu.map(|c| c.as_secs_f64()),
@@ -114,11 +126,7 @@ pub fn router_figures(
                 us_per_forwarded: cpu
                     .zip(forwarded)
                     .and_then(|(c, f)| cpu_us_per_packet(c, f)),
-                latency_video: media
-                    .latency_video_by_group
-                    .get(i)
-                    .copied()
-                    .unwrap_or_default(),
+                latency_video: lat,
             }
         })
         .collect()
@@ -166,6 +174,60 @@ mod tests {
         );
         assert!(t.iter().all(|t| t.flat), "{t:?}");
         assert_eq!(t[0].points, 190);
+    }
+
+    #[test]
+    fn per_router_cost_and_the_latency_a_hop_adds() {
+        use crate::tool::cascade::LinkTotals;
+        use crate::tool::sampler::RouterSnap;
+        use std::time::{Duration, Instant};
+        let snap = |cpu_ms: u64, sent: u64, recv: u64, fwd: f64| RouterSnap {
+            cpu: Some(Duration::from_millis(cpu_ms)),
+            forwarded: Some(fwd),
+            links: Some(LinkTotals {
+                datagrams_sent: sent,
+                datagrams_received: recv,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let before = Snapshot {
+            at: Instant::now(),
+            routers: vec![snap(1000, 0, 0, 0.0), snap(500, 0, 0, 0.0)],
+            own_cpu: None,
+        };
+        let after = Snapshot {
+            at: Instant::now(),
+            routers: vec![
+                snap(1200, 10_000, 0, 5_000.0),
+                snap(800, 0, 9_900, 20_000.0),
+            ],
+            own_cpu: None,
+        };
+        let p = |p50: f64, p99: f64| Percentiles {
+            count: 1000,
+            p50_ms: p50,
+            p99_ms: p99,
+            ..Default::default()
+        };
+        let media = MediaFigures {
+            latency_video_by_group: vec![p(2.0, 10.0), p(25.0, 60.0)],
+            ..Default::default()
+        };
+        let names = vec!["lt0".to_string(), "lt1".to_string()];
+        let r = router_figures(&names, &before, &after, &media, 10.0);
+        assert_eq!((r[0].role.as_str(), r[1].role.as_str()), ("origin", "edge"));
+        // Origin: 200 ms over 10,000 relayed datagrams sent; edge: 300 ms over
+        // 9,900 received and 20,000 written to its subscribers.
+        assert_eq!(r[0].us_per_relayed, Some(20.0));
+        assert!((r[1].us_per_relayed.unwrap() - 300_000.0 / 9_900.0).abs() < 1e-9);
+        assert_eq!(r[1].us_per_forwarded, Some(15.0));
+        assert_eq!(r[0].hop_added_p50_ms, None);
+        assert_eq!(
+            (r[1].hop_added_p50_ms, r[1].hop_added_p99_ms),
+            (Some(23.0), Some(50.0))
+        );
+        assert_eq!(r[1].cpu_pct, Some(3.0));
     }
 
     #[test]
