@@ -81,14 +81,20 @@ pub struct RouterRef {
     pub metrics: Option<HttpApi>,
 }
 
-/// The short commit of the working tree the tool runs in (`git rev-parse`).
+/// The short commit of the working tree the tool runs in, else of the source
+/// tree it was built from (`git rev-parse`).
 fn working_tree_commit() -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()?;
-    let c = String::from_utf8(out.stdout).ok()?.trim().to_string();
-    (!c.is_empty()).then_some(c)
+    let at = |dir: &Path| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["rev-parse", "--short", "HEAD"])
+            .output()
+            .ok()?;
+        let c = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !c.is_empty()).then_some(c)
+    };
+    at(Path::new(".")).or_else(|| at(Path::new(env!("CARGO_MANIFEST_DIR"))))
 }
 
 /// What a kaskade router says about its build: `kaskade_build_info` when it
@@ -111,8 +117,13 @@ async fn kaskade_info(metrics: Option<&HttpApi>, bin: Option<&Path>) -> TargetIn
     let commit = working_tree_commit();
     TargetInfo {
         source: format!(
-            "{}; commit of the working tree the tool ran in (this router exports no kaskade_build_info)",
-            if version.is_some() { "`kaskade --version`" } else { "version unknown" }
+            "{}; commit of the working tree the tool ran in or was built from (this router \
+             exports no kaskade_build_info)",
+            if version.is_some() {
+                "`kaskade --version`"
+            } else {
+                "version unknown"
+            }
         ),
         version,
         commit,
