@@ -220,3 +220,86 @@ fn join_leave_cycles_end_with_the_router_back_at_its_sessions() {
     // Every cycle's session and socket is gone again.
     assert!(f(c, "fds_after") <= f(c, "fds_before") + 2.0, "{c}");
 }
+
+#[test]
+fn a_started_router_gets_the_room_limit_the_scenario_needs() {
+    // The environment says 3 sessions per room; the scenario needs 5.
+    let out = std::env::temp_dir().join(format!("kaskade-lt-raise-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_kaskade-loadtest"))
+        .env("KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM", "3")
+        .arg("--router-bin")
+        .arg(router_bin())
+        .args(["--subscribers", "4", "--duration", "2s", "--warmup", "0s"])
+        .args(["--no-video", "--max-join-failures", "0", "--quiet", "--out"])
+        .arg(&out)
+        .status()
+        .expect("run kaskade-loadtest");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("report.json")).expect("report.json"),
+    )
+    .expect("JSON report");
+    let _ = std::fs::remove_dir_all(&out);
+    assert_eq!(status.code(), Some(0), "{}", report["violations"]);
+    let notes = report["runs"][0]["notes"].to_string();
+    assert!(
+        notes.contains("limits.max_sessions_per_room = 5") && notes.contains("allows 3"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn a_router_it_did_not_start_is_named_as_the_limit_that_refuses_joins() {
+    // A router at 3 sessions per room, started here, used through --control.
+    let log = std::env::temp_dir().join(format!("kaskade-lt-limit-{}.log", std::process::id()));
+    let mut router = Command::new(router_bin())
+        .args([
+            "serve",
+            "--control-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--media-port-start", "0", "--workers", "1"])
+        .env("KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM", "3")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start kaskade");
+    let stdout = router.stdout.take().expect("stdout");
+    let ready = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("KASKADE_READY "))
+        .expect("ready line");
+    let ready: Value = serde_json::from_str(&ready["KASKADE_READY ".len()..]).expect("ready JSON");
+    let control = ready["control"]
+        .as_str()
+        .expect("control address")
+        .to_string();
+    let out = std::env::temp_dir().join(format!("kaskade-lt-limit-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_kaskade-loadtest"))
+        .args(["--control", &control, "--subscribers", "4", "--no-video"])
+        .args(["--duration", "2s", "--warmup", "0s", "--join-timeout", "5s"])
+        .args(["--quiet", "--out"])
+        .arg(&out)
+        .status()
+        .expect("run kaskade-loadtest");
+    let _ = router.kill();
+    let _ = router.wait();
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("report.json")).expect("report.json"),
+    )
+    .expect("JSON report");
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(status.code(), Some(0), "no threshold was set");
+    let run = &report["runs"][0];
+    let notes = run["notes"].to_string();
+    // Said before the joins, with the limit's name and the refused count.
+    assert!(
+        notes.contains("takes at most 3 sessions")
+            && notes.contains("limits.max_sessions_per_room")
+            && notes.contains("2 joins will be refused"),
+        "{notes}"
+    );
+    assert_eq!(f(run, "joins.failed"), 2.0, "{}", run["joins"]["reasons"]);
+}
