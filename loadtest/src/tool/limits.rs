@@ -32,29 +32,79 @@ pub const ROOMS: Limit = Limit {
     default: 10_000,
 };
 
+/// `limits.max_sessions` (sessions on the router).
+pub const SESSIONS: Limit = Limit {
+    key: "limits.max_sessions",
+    env: "KASKADE_LIMITS_MAX_SESSIONS",
+    default: 10_000,
+};
+
+/// `limits.max_tracks` (published tracks on the router, relayed ones included).
+pub const TRACKS: Limit = Limit {
+    key: "limits.max_tracks",
+    env: "KASKADE_LIMITS_MAX_TRACKS",
+    default: 20_000,
+};
+
+/// `limits.max_subscriptions_per_session`.
+pub const SUBSCRIPTIONS_PER_SESSION: Limit = Limit {
+    key: "limits.max_subscriptions_per_session",
+    env: "KASKADE_LIMITS_MAX_SUBSCRIPTIONS_PER_SESSION",
+    default: 512,
+};
+
+/// Every limit the tool plans for. A variable is only ever set when a scenario
+/// needs more than the default, so a router that predates a key never sees it.
+pub const ALL: [Limit; 5] = [
+    SESSIONS_PER_ROOM,
+    ROOMS,
+    SESSIONS,
+    TRACKS,
+    SUBSCRIPTIONS_PER_SESSION,
+];
+
 /// What a scenario needs of one router at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Needs {
     /// Sessions in the fullest room (a meeting participant is one session).
     pub sessions_per_room: u64,
     /// Rooms.
     pub rooms: u64,
+    /// Sessions on the router.
+    pub sessions: u64,
+    /// Published tracks on the router.
+    pub tracks: u64,
+    /// Tracks one session subscribes to.
+    pub subscriptions_per_session: u64,
 }
 
 impl Needs {
-    /// The needs of a scenario run on one router.
+    /// The needs of a scenario run on one router (a cascade's routers need at
+    /// most as much each).
     pub fn of(s: &Scenario) -> Needs {
+        let per_room = u64::from(s.publishers) + u64::from(s.subscribers);
+        let tracks = u64::from(s.tracks_per_publisher());
+        let others = if s.subscribers > 0 {
+            u64::from(s.publishers)
+        } else {
+            u64::from(s.publishers.saturating_sub(1))
+        };
         Needs {
-            sessions_per_room: u64::from(s.publishers) + u64::from(s.subscribers),
+            sessions_per_room: per_room,
             rooms: u64::from(s.rooms),
+            sessions: u64::from(s.rooms) * per_room,
+            tracks: u64::from(s.rooms) * u64::from(s.publishers) * tracks,
+            subscriptions_per_session: others * tracks,
         }
     }
 
     fn of_limit(&self, l: &Limit) -> u64 {
-        if l == &SESSIONS_PER_ROOM {
-            self.sessions_per_room
-        } else {
-            self.rooms
+        match l.key {
+            "limits.max_sessions_per_room" => self.sessions_per_room,
+            "limits.max_rooms" => self.rooms,
+            "limits.max_sessions" => self.sessions,
+            "limits.max_tracks" => self.tracks,
+            _ => self.subscriptions_per_session,
         }
     }
 }
@@ -90,8 +140,7 @@ impl Raise {
 /// environment the router would inherit (a limit set there counts instead of
 /// the default; one set higher than needed is left alone).
 pub fn raises(needs: &Needs, inherited: impl Fn(&str) -> Option<String>) -> Vec<Raise> {
-    [SESSIONS_PER_ROOM, ROOMS]
-        .into_iter()
+    ALL.into_iter()
         .filter_map(|limit| {
             let from = inherited(limit.env)
                 .and_then(|v| v.trim().parse().ok())
@@ -121,18 +170,23 @@ pub fn room_refusal(room: &str, room_max: u64, need: u64) -> Option<String> {
     })
 }
 
-/// The warning for a router the tool did not start, before the run: limits it
-/// cannot read back (it only learns a room's session limit once the room exists).
+/// The warnings for a router the tool did not start, before the run: limits it
+/// cannot read back (it only learns a room's session limit once the room
+/// exists), named when the scenario needs more than their default.
 pub fn unknown_router_warnings(needs: &Needs) -> Vec<String> {
-    let mut v = vec![];
-    if needs.rooms > ROOMS.default {
-        v.push(format!(
-            "the scenario creates {} rooms; a router at the default {} = {} refuses the rest \
-             (RESOURCE_EXHAUSTED)",
-            needs.rooms, ROOMS.key, ROOMS.default
-        ));
-    }
-    v
+    ALL.iter()
+        .filter(|l| **l != SESSIONS_PER_ROOM && needs.of_limit(l) > l.default)
+        .map(|l| {
+            format!(
+                "the scenario needs {} under {}; a router at its default of {} refuses the \
+                 rest (RESOURCE_EXHAUSTED): raise it there with {}",
+                needs.of_limit(l),
+                l.key,
+                l.default,
+                l.env
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -143,16 +197,29 @@ mod tests {
         Needs {
             sessions_per_room: sessions,
             rooms,
+            ..Default::default()
         }
     }
 
     #[test]
     fn a_scenario_within_the_defaults_raises_nothing() {
         let s1 = Scenario::preset("s1").unwrap();
-        assert_eq!(Needs::of(&s1), needs(51, 1));
+        assert_eq!(
+            Needs::of(&s1),
+            Needs {
+                sessions_per_room: 51,
+                rooms: 1,
+                sessions: 51,
+                tracks: 2,
+                subscriptions_per_session: 2,
+            }
+        );
         assert!(raises(&Needs::of(&s1), |_| None).is_empty());
         let s2 = Scenario::preset("s2").unwrap();
-        assert_eq!(Needs::of(&s2), needs(5, 5));
+        let n = Needs::of(&s2);
+        assert_eq!((n.sessions_per_room, n.sessions, n.tracks), (5, 25, 50));
+        // A meeting participant receives the other four's audio and video.
+        assert_eq!(n.subscriptions_per_session, 8);
     }
 
     #[test]
@@ -196,5 +263,22 @@ mod tests {
         assert!(w.contains("KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM"), "{w}");
         assert!(unknown_router_warnings(&needs(10, 5)).is_empty());
         assert_eq!(unknown_router_warnings(&needs(10, 10_001)).len(), 1);
+    }
+
+    #[test]
+    fn many_rooms_raise_the_router_wide_caps_too() {
+        // 1,000 rooms of 1 → 20: 21,000 sessions and 2,000 tracks on one router.
+        let s = Scenario {
+            rooms: 1000,
+            subscribers: 20,
+            ..Scenario::default()
+        };
+        let r = raises(&Needs::of(&s), |_| None);
+        let keys: Vec<&str> = r.iter().map(|r| r.limit.key).collect();
+        assert_eq!(keys, vec!["limits.max_sessions"]);
+        assert_eq!(r[0].to, 21_000);
+        let w = unknown_router_warnings(&Needs::of(&s));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("KASKADE_LIMITS_MAX_SESSIONS"), "{w:?}");
     }
 }
