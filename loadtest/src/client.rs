@@ -400,6 +400,15 @@ impl Client {
         self.queue_track(LocalTrack::new(MediaKind::Video, rids, layers))
     }
 
+    /// Makes every packet of audio `track` carry `level` (-dBov, 0 loudest,
+    /// -127 silence) in its audio-level extension, as a scripted speaker;
+    /// `None` goes back to the source's own slow random walk.
+    pub fn set_audio_level(&mut self, track: TrackId, level: Option<i8>) {
+        if let Some(t) = self.tracks.get_mut(track.0) {
+            t.level_override = level;
+        }
+    }
+
     /// Queues a data channel for the next offer.
     pub fn add_data_channel(&mut self, label: &str) {
         self.queued.push(Queued::Channel(label.to_string()));
@@ -643,6 +652,7 @@ impl Client {
                 continue;
             };
             let video = self.tracks[ti].kind == MediaKind::Video;
+            let level_override = self.tracks[ti].level_override;
             for li in 0..self.tracks[ti].senders.len() {
                 let rid = self.tracks[ti].rid_of(li);
                 loop {
@@ -665,9 +675,10 @@ impl Client {
                         continue;
                     };
                     sender.ssrc = Some(stream.ssrc());
+                    let audio_level = pkt.audio_level.map(|l| level_override.unwrap_or(l));
                     let exts = ExtensionValues {
-                        audio_level: pkt.audio_level,
-                        voice_activity: pkt.audio_level.map(|_| true),
+                        audio_level,
+                        voice_activity: audio_level.map(|_| true),
                         ..Default::default()
                     };
                     let len = pkt.payload.len() as u64;

@@ -117,6 +117,9 @@ pub(crate) struct LocalTrack {
     pub(crate) senders: Vec<LayerSender>,
     /// Keyframe requests received, per layer.
     pub(crate) keyframe_requests: Vec<u64>,
+    /// Audio: the level every packet carries instead of the source's own
+    /// ([`crate::Client::set_audio_level`]).
+    pub(crate) level_override: Option<i8>,
 }
 
 impl LocalTrack {
@@ -131,6 +134,7 @@ impl LocalTrack {
             pt: None,
             senders: vec![],
             keyframe_requests: vec![0; n],
+            level_override: None,
         }
     }
 

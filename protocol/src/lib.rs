@@ -1,6 +1,7 @@
 //! The kaskade control API (`kaskade.v1`): generated gRPC types, clients and
-//! servers, plus the id newtypes shared by the router, the load tester and
-//! the tests.
+//! servers; the router-to-router link protocol ([`cascade`]: its protobuf
+//! frames, the media datagram codec, fragmentation and stream framing); and
+//! the id newtypes shared by the router, the load tester and the tests.
 
 pub mod ids;
 
@@ -10,12 +11,7 @@ pub mod v1 {
     tonic::include_proto!("kaskade.v1");
 }
 
-/// The router-to-router link protocol (`kaskade.cascade.v1`): control
-/// frames exchanged on a QUIC stream between routers.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod cascade {
-    tonic::include_proto!("kaskade.cascade.v1");
-}
+pub mod cascade;
 
 /// The encoded `FileDescriptorSet` of `kaskade.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

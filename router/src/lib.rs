@@ -9,3 +9,5 @@ pub mod metrics;
 pub mod server;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod web;
+pub mod webhooks;

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use kaskade_router::cascade::NodeIdentity;
-use kaskade_router::config::{Config, Overrides, Resolved};
+use kaskade_router::config::{Config, KeyArgs, Resolved};
 use kaskade_router::metrics::Metrics;
 use std::io::Write;
 use std::path::PathBuf;
@@ -87,99 +87,38 @@ enum CertCmd {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(after_long_help = SERVE_AFTER_HELP)]
 struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// gRPC listen address (control.listen).
-    #[arg(long, value_name = "ADDR")]
-    control_listen: Option<String>,
-    /// Prometheus listen address, empty to disable (metrics.listen).
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
-    /// IP the media sockets bind to (media.bind).
-    #[arg(long, value_name = "IP")]
-    media_bind: Option<String>,
-    /// First media UDP port, 0 for ephemeral (media.port_start).
-    #[arg(long, value_name = "PORT")]
-    media_port_start: Option<String>,
-    /// Media worker threads, 0 for one per core (media.workers).
-    #[arg(long, value_name = "N")]
-    workers: Option<String>,
-    /// IP advertised in ICE candidates (media.advertise).
-    #[arg(long, value_name = "IP")]
-    advertise: Option<String>,
-    /// Capacity of each worker's fan-out inbox, in batches (media.bus_queue).
-    #[arg(long, value_name = "N")]
-    bus_queue: Option<String>,
-    /// Packets kept per outgoing video stream to answer NACKs (media.rtx_cache).
-    #[arg(long, value_name = "N")]
-    rtx_cache: Option<String>,
-    /// Minimum time between two keyframe requests to one publisher layer, in
-    /// ms (media.keyframe_interval_ms).
-    #[arg(long, value_name = "MS")]
-    keyframe_interval_ms: Option<String>,
-    /// Log filter, e.g. info or kaskade=debug (log.level).
-    #[arg(long, value_name = "FILTER")]
-    log_level: Option<String>,
-    /// Include IP addresses in logs: true or false (log.ips).
-    #[arg(long, value_name = "BOOL")]
-    log_ips: Option<String>,
-    /// This router's node id (node.id).
-    #[arg(long, value_name = "ID")]
-    node_id: Option<String>,
-    /// This router's region, e.g. eu-de-fra (node.region).
-    #[arg(long, value_name = "REGION")]
-    region: Option<String>,
-    /// QUIC listen address for links to other routers (cascade.listen).
-    #[arg(long, value_name = "ADDR")]
-    cascade_listen: Option<String>,
-    /// Cluster CA certificate, PEM (cascade.ca).
-    #[arg(long, value_name = "FILE")]
-    cascade_ca: Option<String>,
-    /// This node's certificate, PEM (cascade.cert).
-    #[arg(long, value_name = "FILE")]
-    cascade_cert: Option<String>,
-    /// This node's private key, PEM (cascade.key).
-    #[arg(long, value_name = "FILE")]
-    cascade_key: Option<String>,
-    /// A peer router, node_id=host:port (cascade.peers; repeatable).
-    #[arg(long = "peer", value_name = "ID=ADDR")]
-    peers: Vec<String>,
+    /// Every config key as a flag, each with its KASKADE_* variable.
+    #[command(flatten)]
+    keys: KeyArgs,
 }
 
+const SERVE_AFTER_HELP: &str = "\
+Every key can be set in the file, by its environment variable or by its flag; \
+a later source wins (file < environment < flag). Unknown KASKADE_* variables \
+are refused. RUST_LOG is honoured when neither KASKADE_LOG_LEVEL nor \
+--log-level is given. See docs/operations.md.";
+
 fn load(args: &ServeArgs) -> Result<Resolved, String> {
+    let env_names: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    Config::check_env(env_names.iter().map(String::as_str)).map_err(|e| e.to_string())?;
     let mut cfg = match &args.config {
         Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
-    cfg.apply_env(|k| std::env::var(k).ok())
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    cfg.apply(&args.keys, rust_log.as_deref())
         .map_err(|e| e.to_string())?;
-    cfg.apply(&Overrides {
-        control_listen: args.control_listen.clone(),
-        metrics_listen: args.metrics_listen.clone(),
-        media_bind: args.media_bind.clone(),
-        media_port_start: args.media_port_start.clone(),
-        media_workers: args.workers.clone(),
-        media_advertise: args.advertise.clone(),
-        media_bus_queue: args.bus_queue.clone(),
-        media_rtx_cache: args.rtx_cache.clone(),
-        media_keyframe_interval_ms: args.keyframe_interval_ms.clone(),
-        log_level: args.log_level.clone(),
-        log_ips: args.log_ips.clone(),
-        node_id: args.node_id.clone(),
-        node_region: args.region.clone(),
-        cascade_listen: args.cascade_listen.clone(),
-        cascade_ca: args.cascade_ca.clone(),
-        cascade_cert: args.cascade_cert.clone(),
-        cascade_key: args.cascade_key.clone(),
-        cascade_peers: (!args.peers.is_empty()).then(|| args.peers.clone()),
-    })
-    .map_err(|e| e.to_string())?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    cfg.resolve(cores).map_err(|e| e.to_string())
+    cfg.validate(cores).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -249,6 +188,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    tracing::debug!(filter = %cfg.log_level, "log filter");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("kaskade-control")

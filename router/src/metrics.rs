@@ -29,6 +29,14 @@ pub struct Metrics {
     /// Subscriber streams resynchronised at a keyframe, and stepped down a
     /// layer, because their worker's inbox was full and video was shed.
     pub overload_resyncs: IntCounter,
+    /// API requests refused by a limit, by limit.
+    pub limit_refusals: IntCounterVec,
+    /// HTTP requests (demo app, kaskade.js, demo signalling), by route and status.
+    pub http_requests: IntCounterVec,
+    /// Webhook delivery attempts, by outcome (delivered, retried, failed).
+    pub webhook_deliveries: IntCounterVec,
+    /// Webhook events dropped: a receiver's queue was full (down or slow).
+    pub webhook_dropped: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,7 +117,35 @@ impl Metrics {
             "Keyframe requests: why asked (join, subscriber) and what became of them (sent, coalesced, throttled).",
             &["origin"],
         );
+        let limit_refusals = counter_vec(
+            &registry,
+            "kaskade_limit_refusals_total",
+            "API requests refused because a limit was reached or a field was too large, by limit.",
+            &["limit"],
+        );
+        for l in crate::control::limits::Limit::ALL {
+            limit_refusals.with_label_values(&[l.as_str()]);
+        }
+        let http_requests = counter_vec(
+            &registry,
+            "kaskade_http_requests_total",
+            "HTTP requests on http.listen, by route and status code.",
+            &["route", "code"],
+        );
+        let webhook_deliveries = counter_vec(
+            &registry,
+            "kaskade_webhook_deliveries_total",
+            "Webhook delivery attempts: delivered, retried (failed, tried again later) or failed (given up).",
+            &["outcome"],
+        );
+        let webhook_dropped = counter(
+            "kaskade_webhook_dropped_total",
+            "Webhook events dropped because a receiver's queue was full (it is down or slow).",
+        );
         Self {
+            http_requests,
+            webhook_deliveries,
+            webhook_dropped,
             registry,
             sessions,
             rooms,
@@ -121,6 +157,7 @@ impl Metrics {
             api_errors,
             keyframe_requests,
             overload_resyncs,
+            limit_refusals,
         }
     }
 

@@ -55,6 +55,8 @@ pub struct Running {
     pub media: Vec<SocketAddr>,
     /// The bound cascade (QUIC) address, if cascading is on.
     pub cascade: Option<SocketAddr>,
+    /// The bound HTTP address (demo app, kaskade.js), if on.
+    pub http: Option<SocketAddr>,
     /// The control plane.
     pub plane: Arc<Control>,
     stop: watch::Sender<bool>,
@@ -83,8 +85,12 @@ impl Running {
             .cascade
             .map(|c| format!("\"{c}\""))
             .unwrap_or_else(|| "null".into());
+        let http = self
+            .http
+            .map(|h| format!("\"{h}\""))
+            .unwrap_or_else(|| "null".into());
         format!(
-            "KASKADE_READY {{\"control\":\"{}\",\"metrics\":{metrics},\"media\":[{}],\"cascade\":{cascade}}}",
+            "KASKADE_READY {{\"control\":\"{}\",\"metrics\":{metrics},\"media\":[{}],\"cascade\":{cascade},\"http\":{http}}}",
             self.control,
             media.join(",")
         )
@@ -160,6 +166,19 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let http_listener = match cfg.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "http",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let (relay_tx, relay_rx) = match cfg.cascade {
@@ -193,10 +212,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     let plane = Arc::new(Control::new(
         handles,
         metrics.clone(),
-        Limits {
-            max_rooms: cfg.max_rooms,
-            max_sessions_per_room: cfg.max_sessions_per_room,
-        },
+        Limits::from(&cfg.config.limits),
         Identity {
             node_id: cfg.node_id.clone(),
             region: cfg.region.clone(),
@@ -227,6 +243,14 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     if let Some(l) = metrics_listener {
         tokio::spawn(serve_metrics(l, metrics.clone(), stop_rx.clone()));
     }
+    if let Some(l) = http_listener {
+        let web = crate::web::serve(l, plane.clone(), metrics.clone(), stop_rx.clone());
+        tokio::spawn(web);
+    }
+    if let Some(w) = &cfg.webhooks {
+        crate::webhooks::start(w, &plane, &metrics, stop_rx.clone());
+    }
+    tokio::spawn(plane.clone().drive_speakers(stop_rx.clone()));
 
     let api = Api::new(plane.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -257,6 +281,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
 
     Ok(Running {
         cascade: cascade_addr,
+        http: http_addr,
         control: control_addr,
         metrics: metrics_addr,
         media,

@@ -50,6 +50,8 @@ pub struct SimOptions {
     /// Minimum time between keyframe requests to one publisher layer
     /// (`media.keyframe_interval_ms`).
     pub keyframe_interval: Duration,
+    /// The control plane's limits.
+    pub limits: Limits,
 }
 
 impl Default for SimOptions {
@@ -58,6 +60,11 @@ impl Default for SimOptions {
             bus_capacity: 1024,
             rtx_cache: crate::media::rtc::DEFAULT_RTX_CACHE,
             keyframe_interval: crate::media::core::PUBLISHER_KEYFRAME_INTERVAL,
+            limits: Limits {
+                max_rooms: 100,
+                max_sessions_per_room: 1001,
+                ..Limits::default()
+            },
         }
     }
 }
@@ -146,10 +153,7 @@ impl Sim {
         let control = Arc::new(Control::new(
             handles,
             metrics.clone(),
-            Limits {
-                max_rooms: 100,
-                max_sessions_per_room: 1001,
-            },
+            options.limits,
             Identity {
                 node_id: "sim".into(),
                 region: "eu-sim-1".into(),
@@ -527,7 +531,7 @@ impl Room {
     ) -> Room {
         let mut sim = Sim::new(workers, seed);
         sim.create_room("r");
-        let events = sim.control.watch("r").expect("room exists");
+        let events = sim.control.watch("r").expect("room exists").events;
         let publ = sim.add_client(|c| c.video_codec(codec));
         sim.clients[publ].client.add_video(rids);
         let tracks = sim.join("r", publ, "pub");

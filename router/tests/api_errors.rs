@@ -48,7 +48,7 @@ fn rooms() {
         Code::InvalidArgument
     );
     assert_eq!(code(sim.control.get_room("nope")).0, Code::NotFound);
-    assert_eq!(sim.control.list_rooms().len(), 1);
+    assert_eq!(sim.control.list_rooms(0, "").unwrap().rooms.len(), 1);
     // Residency: the simulated router is in eu-sim-1.
     let de = vec!["eu-de-".to_string()];
     let (c, msg) = code(sim.control.create_room("de-only", 0, &de));

@@ -66,7 +66,7 @@ fn garbage_datagrams_are_dropped_counted_and_harmless() {
 fn a_str0m_panic_closes_only_that_session() {
     let mut sim = Sim::new(1, 12);
     sim.create_room("r");
-    let mut events = sim.control.watch("r").unwrap();
+    let mut events = sim.control.watch("r").unwrap().events;
     let publ = sim.add_client(|c| c);
     sim.clients[publ].client.add_audio();
     let tracks = sim.join("r", publ, "pub");

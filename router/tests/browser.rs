@@ -101,6 +101,36 @@ fn require_tool(name: &str, hint: &str) {
     assert!(ok, "`{name}` is not available: {hint}");
 }
 
+/// The example backend integrators copy (docs/examples/node-backend).
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("docs")
+        .join("examples")
+        .join("node-backend")
+}
+
+/// Installs `dir`'s npm packages (from its lock file) unless they are there.
+fn npm_ci(dir: &Path, node_hint: &str) {
+    if dir.join("node_modules").is_dir() {
+        return;
+    }
+    require_tool("npm", node_hint);
+    eprintln!("browser test: installing npm packages in {}", dir.display());
+    let mut npm = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cannot run `npm ci`");
+    let status = wait_with_timeout(&mut npm, "npm ci", NPM_CI_TIMEOUT);
+    assert!(
+        status.success(),
+        "`npm ci` in {} failed ({status})",
+        dir.display()
+    );
+}
+
 /// The scenarios share the machine's cores with a browser each: never run
 /// them at once, even without `--test-threads=1`.
 static ONE_BROWSER_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -123,21 +153,9 @@ fn run_scenario(args: &[&str]) {
     let node_hint = "install Node.js and npm (`apt-get install nodejs npm`) or run `bash .ci/run`";
     require_tool("node", node_hint);
 
-    if !dir.join("node_modules").is_dir() {
-        require_tool("npm", node_hint);
-        eprintln!("browser test: installing npm packages in {}", dir.display());
-        let mut npm = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("cannot run `npm ci`");
-        let status = wait_with_timeout(&mut npm, "npm ci", NPM_CI_TIMEOUT);
-        assert!(
-            status.success(),
-            "`npm ci` in {} failed ({status})",
-            dir.display()
-        );
+    npm_ci(&dir, node_hint);
+    if args.contains(&"example") {
+        npm_ci(&example_dir(), node_hint);
     }
 
     let what = format!("node run.mjs {}", args.join(" "));
@@ -190,4 +208,43 @@ fn browser_simulcast_layers_follow_update_subscription() {
 #[test]
 fn browser_subscriber_on_another_router_decodes_video() {
     run_scenario(&["--scenario", "cascade"]);
+}
+
+/// End-to-end encryption passes through: the publisher encrypts every
+/// frame of its simulcast camera and its microphone with a frame transform
+/// (AES-GCM, the first bytes of each frame left clear the way LiveKit and
+/// Jitsi do it); the subscriber decrypts and must decode the video, play
+/// the audio and follow `UpdateSubscription` to the lowest and the highest
+/// layer (switches need keyframe requests). Every frame must arrive
+/// encrypted and decrypt: the router forwards what it cannot read and
+/// changes nothing in it.
+#[test]
+fn browser_end_to_end_encrypted_media_passes_through() {
+    run_scenario(&["--scenario", "e2ee"]);
+}
+
+/// The demo app the daemon serves on `http.listen` (demo signalling,
+/// kaskade.js): two pages open `/?room=NAME`, which joins at once; each
+/// must decode the other's camera (the second joins late and finds the
+/// first's tracks, the first is told of the second's); picking "low" in
+/// one page's layer picker must bring the decoded width down to the lowest
+/// simulcast layer and the tile must show the router's layer 0 (from
+/// `layer_changed` over the demo's event stream); a tile must be
+/// highlighted as speaking (Chromium's fake microphone beeps; the
+/// audio-level extension, the router's speaker detection and
+/// `active_speakers_changed` end to end); the leaver's tile must go from
+/// the other page.
+#[test]
+fn browser_demo_app_pages_see_each_other_and_pick_a_layer() {
+    run_scenario(&["--scenario", "demo"]);
+}
+
+/// The example backend of docs/examples/node-backend (no browser): it
+/// serves its page and kaskade.js (fetched from the daemon's HTTP
+/// listener), relays a session's signalling from its WebSocket to the
+/// gRPC API, refuses a page's call on another's session, and pushes the
+/// room's events (the session_closed of the closed session).
+#[test]
+fn example_backend_relays_signalling_and_events() {
+    run_scenario(&["--scenario", "example"]);
 }

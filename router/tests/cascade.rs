@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use str0m::media::Mid;
 use tonic::Code;
 
-/// One cascade test at a time: each starts up to three routers, and the
-/// machine has two cores.
+/// One media-carrying cascade test at a time: each starts up to three routers
+/// with clients, and measures rates, loss or latency on a two-core machine.
+/// Tests of the control path alone run beside them (the behaviour is carried
+/// by the deterministic tests in `cascade_sim.rs`; these are end-to-end checks).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -81,6 +83,33 @@ fn start_node(
     Daemon::start(rt, &node_args(dir, id, region, port, peers))
 }
 
+/// The arguments of fra, ams and par in a line (fra–ams, ams–par) listening on
+/// `ports`; each dials its neighbours at `to`: fra→ams, ams→fra, ams→par,
+/// par→ams (the neighbour itself, or an impairment proxy in front of it).
+fn line_args(dir: &Path, ports: [u16; 3], to: [String; 4]) -> [Vec<String>; 3] {
+    let [fa, af, ap, pa] = to;
+    [
+        node_args(dir, "fra", "eu-de-fra", ports[0], &[("ams".into(), fa)]),
+        node_args(
+            dir,
+            "ams",
+            "eu-nl-ams",
+            ports[1],
+            &[("fra".into(), af), ("par".into(), ap)],
+        ),
+        node_args(dir, "par", "eu-fr-par", ports[2], &[("ams".into(), pa)]),
+    ]
+}
+
+/// Three routers in a line, dialling each other directly.
+fn direct_line(rt: &tokio::runtime::Runtime, dir: &Path) -> ([Vec<String>; 3], [Daemon; 3]) {
+    let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
+    let at = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let args = line_args(dir, ports, [at(1), at(0), at(2), at(1)]);
+    let daemons = [0, 1, 2].map(|i| Daemon::start(rt, &args[i]));
+    (args, daemons)
+}
+
 fn link(
     rt: &tokio::runtime::Runtime,
     d: &mut Daemon,
@@ -94,25 +123,49 @@ fn link(
     .map(|r| r.into_inner().peer.unwrap())
 }
 
+/// The remote tracks of `room` on `d`, once there are `n` (or after 10 s): woken by the
+/// room's events, not by polling.
 fn wait_remote_tracks(
     rt: &tokio::runtime::Runtime,
     d: &mut Daemon,
     room: &str,
     n: usize,
 ) -> Vec<pb::Track> {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = d.room(rt, room);
-        let remote: Vec<pb::Track> = r
-            .tracks
-            .into_iter()
-            .filter(|t| !t.origin_node_id.is_empty())
-            .collect();
-        if remote.len() >= n || Instant::now() > end {
-            return remote;
+    let (mut rooms, mut sessions) = (d.rooms.clone(), d.sessions.clone());
+    rt.block_on(async {
+        let mut events = sessions
+            .watch_events(pb::WatchEventsRequest {
+                room_id: room.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = rooms
+                .get_room(pb::GetRoomRequest {
+                    room_id: room.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .room
+                .unwrap();
+            let remote: Vec<pb::Track> = r
+                .tracks
+                .into_iter()
+                .filter(|t| !t.origin_node_id.is_empty())
+                .collect();
+            if remote.len() >= n {
+                return remote;
+            }
+            match tokio::time::timeout_at(end, events.message()).await {
+                Ok(Ok(Some(_))) => {}
+                _ => return remote,
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 /// Subscribes `session` to one track and completes the offer/answer; the
@@ -216,6 +269,45 @@ fn a_track_crosses_a_link_on_demand_and_reaches_a_subscriber() {
     drive(&mut [&mut publ, &mut sub], Duration::from_millis(100));
 }
 
+/// The example of docs/cascade.md: fra–ams–par as peers in a line, the room
+/// created on all three and never linked by hand; fra's video reaches par
+/// through ams.
+#[test]
+fn three_regions_link_themselves() {
+    let _serial = serial();
+    let rt = rt();
+    let dir = certs(&["fra:eu-de-fra", "ams:eu-nl-ams", "par:eu-fr-par"]);
+    let (_, [mut a, mut b, mut c]) = direct_line(&rt, &dir);
+    for d in [&mut a, &mut b, &mut c] {
+        d.create_room(&rt, "demo", &["eu-"]).unwrap();
+    }
+    let t0 = Instant::now();
+    let mut publ = client(1, t0);
+    publ.client
+        .add_video_layers(&["l", "m", "h"], &light_layers());
+    a.join(&rt, "demo", "alice", &mut publ);
+    let on_c = wait_remote_tracks(&rt, &mut c, "demo", 1);
+    assert_eq!(on_c.len(), 1, "the track reaches par through ams");
+    let mut sub = client(2, t0);
+    sub.client.add_data_channel("k");
+    let (ss, _) = c.join(&rt, "demo", "carol", &mut sub);
+    connect_all(&mut [&mut publ, &mut sub], Duration::from_secs(10));
+    let mid = subscribe_one(&rt, &mut c, &ss, &mut sub, on_c[0].track_id.clone());
+    assert!(drive_until(
+        &mut [&mut publ, &mut sub],
+        Duration::from_secs(10),
+        |x| video_packets(x[1], mid) > 50
+    ));
+    let links = b.links(&rt);
+    assert_eq!(links.len(), 2);
+    assert!(
+        links.iter().all(|l| l.up && l.rooms == ["demo"]),
+        "{links:?}"
+    );
+    let room = c.room(&rt, "demo");
+    assert!(room.reached.iter().any(|r| r.node_id == "fra"));
+}
+
 /// Layers light enough for 20 debug-build subscribers on one machine.
 fn light_layers() -> Vec<kaskade_loadtest::VideoLayer> {
     use kaskade_loadtest::VideoLayer;
@@ -273,33 +365,12 @@ fn chain_over_lossy_links_relays_once_with_only_the_layers_wanted() {
     let p_ba = Proxy::start(format!("127.0.0.1:{pa}").parse().unwrap(), imp(), 2);
     let p_bc = Proxy::start(format!("127.0.0.1:{pc}").parse().unwrap(), imp(), 3);
     let p_cb = Proxy::start(format!("127.0.0.1:{pb_}").parse().unwrap(), imp(), 4);
-    let mut a = start_node(
-        &rt,
+    let args = line_args(
         &dir,
-        "fra",
-        "eu-de-fra",
-        pa,
-        &[("ams".into(), p_ab.addr.to_string())],
+        [pa, pb_, pc],
+        [&p_ab, &p_ba, &p_bc, &p_cb].map(|p| p.addr.to_string()),
     );
-    let mut b = start_node(
-        &rt,
-        &dir,
-        "ams",
-        "eu-nl-ams",
-        pb_,
-        &[
-            ("fra".into(), p_ba.addr.to_string()),
-            ("par".into(), p_bc.addr.to_string()),
-        ],
-    );
-    let mut c = start_node(
-        &rt,
-        &dir,
-        "par",
-        "eu-fr-par",
-        pc,
-        &[("ams".into(), p_cb.addr.to_string())],
-    );
+    let [mut a, mut b, mut c] = [0, 1, 2].map(|i| Daemon::start(&rt, &args[i]));
     a.create_room(&rt, "r", &["eu-"]).unwrap();
     link(&rt, &mut a, "r", "ams").expect("A links to B");
     c.create_room(&rt, "r", &[]).unwrap();
@@ -503,13 +574,13 @@ fn chain_over_lossy_links_relays_once_with_only_the_layers_wanted() {
 
 #[test]
 fn residency_refuses_links_on_both_sides() {
-    let _serial = serial();
     let rt = rt();
     let (mut a, mut b) = fra_and_ams(&rt);
     a.create_room(&rt, "de", &["eu-de-"]).unwrap();
     let mut events = rt
         .block_on(a.sessions.watch_events(pb::WatchEventsRequest {
             room_id: "de".into(),
+            ..Default::default()
         }))
         .unwrap()
         .into_inner();
@@ -552,7 +623,6 @@ fn residency_refuses_links_on_both_sides() {
 
 #[test]
 fn a_router_with_a_certificate_from_another_ca_gets_no_link() {
-    let _serial = serial();
     let rt = rt();
     let dir = certs(&["fra:eu-de-fra"]);
     let other = certs(&["ber:eu-de-ber"]);
@@ -588,34 +658,7 @@ fn restarting_the_middle_router_restores_the_relay() {
     let _serial = serial();
     let rt = rt();
     let dir = certs(&["fra:eu-de-fra", "ams:eu-nl-ams", "par:eu-fr-par"]);
-    let (pa, pb_, pc) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let b_args = node_args(
-        &dir,
-        "ams",
-        "eu-nl-ams",
-        pb_,
-        &[
-            ("fra".into(), format!("127.0.0.1:{pa}")),
-            ("par".into(), format!("127.0.0.1:{pc}")),
-        ],
-    );
-    let mut a = start_node(
-        &rt,
-        &dir,
-        "fra",
-        "eu-de-fra",
-        pa,
-        &[("ams".into(), format!("127.0.0.1:{pb_}"))],
-    );
-    let b = Daemon::start(&rt, &b_args);
-    let mut c = start_node(
-        &rt,
-        &dir,
-        "par",
-        "eu-fr-par",
-        pc,
-        &[("ams".into(), format!("127.0.0.1:{pb_}"))],
-    );
+    let ([_, b_args, _], [mut a, b, mut c]) = direct_line(&rt, &dir);
     a.create_room(&rt, "r", &[]).unwrap();
     c.create_room(&rt, "r", &[]).unwrap();
     link(&rt, &mut a, "r", "ams").unwrap();

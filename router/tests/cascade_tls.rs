@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use kaskade_protocol::cascade::datagram::{self as wire, MediaHeader};
+use kaskade_protocol::cascade::fragment::{Fragmenter, Reassembler};
+use kaskade_protocol::cascade::framing::{self, FrameReader};
 use kaskade_router::cascade::cert::{self, NodeIdentity};
 use kaskade_router::cascade::tls;
-use kaskade_router::cascade::wire::{self, Fragmenter, FrameReader, MediaHeader, Reassembler};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -172,7 +174,7 @@ async fn linked_routers_know_each_other_and_exchange_media_and_frames() {
                 frames.push(&chunk.bytes);
             };
             let mut reply = Vec::new();
-            wire::write_frame(&mut reply, &[b"echo: ", &frame[..]].concat()).unwrap();
+            framing::write_frame(&mut reply, &[b"echo: ", &frame[..]].concat()).unwrap();
             send.write_all(&reply).await.unwrap();
             send.finish().unwrap();
             conn.closed().await;
@@ -227,7 +229,7 @@ async fn linked_routers_know_each_other_and_exchange_media_and_frames() {
     // A control frame on a bidirectional stream, read back through partial reads.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let mut frame = Vec::new();
-    wire::write_frame(&mut frame, b"subscribe track 7").unwrap();
+    framing::write_frame(&mut frame, b"subscribe track 7").unwrap();
     send.write_all(&frame).await.unwrap();
     let mut frames = FrameReader::new();
     let reply = timeout(T, async {
@@ -343,4 +345,206 @@ async fn dialling_the_wrong_node_id_is_refused() {
         client_err.to_string().contains("not valid for name"),
         "{client_err}"
     );
+}
+
+/// A router's cascade in this process: a control plane without media workers (rooms and
+/// links only), the real QUIC endpoint and manager.
+struct Router {
+    control: Arc<kaskade_router::control::Control>,
+    cascade: kaskade_router::cascade::manager::CascadeHandle,
+    // Kept open: the relay task ends when the workers' side closes.
+    _relay: tokio::sync::mpsc::Sender<(
+        kaskade_router::media::types::LinkId,
+        Arc<kaskade_router::media::MediaPacket>,
+    )>,
+}
+
+fn router(dir: &Path, id: &str, region: &str, peers: &[(&str, SocketAddr)]) -> Router {
+    use kaskade_router::config::{CascadeResolved, PeerAddr};
+    use kaskade_router::control::{Control, Identity, Limits};
+    let control = Arc::new(Control::new(
+        Vec::new(),
+        kaskade_router::metrics::Metrics::new(),
+        Limits {
+            max_rooms: 10,
+            max_sessions_per_room: 10,
+            ..Limits::default()
+        },
+        Identity {
+            node_id: id.into(),
+            region: region.into(),
+        },
+    ));
+    let cfg = CascadeResolved {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{id}.pem")),
+        key: dir.join(format!("{id}.key")),
+        peers: peers
+            .iter()
+            .map(|(n, a)| PeerAddr {
+                node_id: n.to_string(),
+                addr: a.to_string(),
+            })
+            .collect(),
+        auto_link: true,
+    };
+    let (relay, relay_rx) = tokio::sync::mpsc::channel(16);
+    let cascade = kaskade_router::cascade::manager::start(&cfg, control.clone(), relay_rx).unwrap();
+    control.set_cascade(Arc::new(cascade.clone()));
+    Router {
+        control,
+        cascade,
+        _relay: relay,
+    }
+}
+
+/// Polls `check` every 20 ms until it holds (panics after 10 s): real sockets, real time.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The leaf certificate a new connection to `addr` (as node `name`) is served.
+async fn served_certificate(p: &Pems, addr: SocketAddr, name: &str) -> Vec<u8> {
+    let ep = endpoint(p);
+    let conn = timeout(T, ep.connect(addr, &tls::server_name(name)).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let chain = conn
+        .peer_identity()
+        .unwrap()
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .unwrap();
+    conn.close(0u32.into(), b"done");
+    chain[0].to_vec()
+}
+
+#[tokio::test]
+async fn reloading_certificates_keeps_links_up_and_new_connections_get_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cert::write_dev_cluster(d, &ids(&["fra:eu-de-fra", "ams:eu-nl-ams"]), false).unwrap();
+    let fra = router(d, "fra", "eu-de-fra", &[]);
+    let ams = router(d, "ams", "eu-nl-ams", &[("fra", fra.cascade.local_addr)]);
+    for r in [&fra, &ams] {
+        r.control.create_room("r", 0, &[]).unwrap();
+    }
+    let linked = |r: &Router| {
+        let c = r.cascade.clone();
+        async move {
+            let l = c.list_links().await;
+            l.len() == 1 && l[0].up && l[0].rooms == ["r"]
+        }
+    };
+    eventually("the room links itself", || linked(&fra)).await;
+    eventually("on both sides", || linked(&ams)).await;
+    let old = served_certificate(&pems(d, "ams"), fra.cascade.local_addr, "fra").await;
+
+    // A new certificate for fra from the same CA, written over the old files, then reloaded.
+    let p = pems(d, "fra");
+    let ca_key = std::fs::read_to_string(d.join("ca.key")).unwrap();
+    let (cert, key) = cert::generate_node(&p.ca, &ca_key, "fra", "eu-de-fra", &[]).unwrap();
+    std::fs::write(d.join("fra.pem"), &cert).unwrap();
+    std::fs::write(d.join("fra.key"), &key).unwrap();
+    fra.cascade.reload_tls().await.unwrap();
+
+    let new = served_certificate(&pems(d, "ams"), fra.cascade.local_addr, "fra").await;
+    let expected = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        new,
+        expected.to_vec(),
+        "a new connection gets the new certificate"
+    );
+    for r in [&fra, &ams] {
+        let l = r.cascade.list_links().await;
+        assert!(l[0].up && l[0].reconnects == 0, "the link stayed up: {l:?}");
+    }
+
+    // A certificate for another node is refused; nothing changes.
+    std::fs::copy(d.join("ams.pem"), d.join("fra.pem")).unwrap();
+    std::fs::copy(d.join("ams.key"), d.join("fra.key")).unwrap();
+    let e = fra.cascade.reload_tls().await.unwrap_err();
+    assert!(e.to_string().contains("\"ams\""), "{e}");
+    let still = served_certificate(&pems(d, "ams"), fra.cascade.local_addr, "fra").await;
+    assert_eq!(still, expected.to_vec());
+
+    // The link's metrics, labelled by the peer's node id.
+    let text = || fra.control.metrics().render();
+    assert!(
+        text().contains("kaskade_cascade_link_up{peer=\"ams\"} 1"),
+        "{}",
+        text()
+    );
+    eventually("link bytes counted", || {
+        let t = text();
+        async move { t.contains("kaskade_cascade_link_bytes_total{direction=\"sent\",peer=\"ams\"}") }
+    })
+    .await;
+    assert!(text().contains("kaskade_cascade_link_rtt_seconds{peer=\"ams\"}"));
+}
+
+#[tokio::test]
+async fn a_refused_handshake_is_counted_on_both_sides() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    cert::write_dev_cluster(ours.path(), &ids(&["fra:eu-de-fra"]), false).unwrap();
+    cert::write_dev_cluster(theirs.path(), &ids(&["ber:eu-de-ber"]), false).unwrap();
+    let fra = router(ours.path(), "fra", "eu-de-fra", &[]);
+    // ber (another CA) dials fra: ber's TLS refuses fra's certificate, fra hears of it.
+    let ber = router(
+        theirs.path(),
+        "ber",
+        "eu-de-ber",
+        &[("fra", fra.cascade.local_addr)],
+    );
+    let refused = |r: &Router, reason: &str| {
+        let line = format!("kaskade_cascade_handshakes_refused_total{{reason=\"{reason}\"}} ");
+        let text = r.control.metrics().render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    eventually("ber counts its refusal", || {
+        let n = refused(&ber, "tls");
+        async move { n >= 1 }
+    })
+    .await;
+    eventually("fra counts being refused", || {
+        let n = refused(&fra, "peer");
+        async move { n >= 1 }
+    })
+    .await;
+    assert!(fra.cascade.list_links().await.is_empty(), "no link on fra");
+    assert!(ber.cascade.list_links().await.iter().all(|l| !l.up));
+}
+
+#[test]
+fn certificate_files_are_checked_before_anything_is_bound() {
+    use kaskade_router::cascade::manager::check_files;
+    use kaskade_router::config::CascadeResolved;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cert::write_dev_cluster(d, &ids(&["fra:eu-de-fra", "ams:eu-nl-ams"]), false).unwrap();
+    let cfg = |node: &str| CascadeResolved {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ca: d.join("ca.pem"),
+        cert: d.join(format!("{node}.pem")),
+        key: d.join(format!("{node}.key")),
+        peers: Vec::new(),
+        auto_link: true,
+    };
+    check_files(&cfg("fra"), "fra", "eu-de-fra").unwrap();
+    let e = check_files(&cfg("ams"), "fra", "eu-de-fra").unwrap_err();
+    assert!(e.to_string().contains("\"ams\""), "{e}");
+    let e = check_files(&cfg("ber"), "ber", "eu-de-ber").unwrap_err();
+    assert!(e.to_string().contains("cannot read"), "{e}");
 }

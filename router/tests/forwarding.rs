@@ -230,7 +230,7 @@ fn h264_is_forwarded_keyframe_first() {
 fn closing_the_publisher_stops_forwarding_and_tells_subscribers() {
     let mut sim = Sim::new(2, 6);
     sim.create_room("r");
-    let mut events = sim.control.watch("r").unwrap();
+    let mut events = sim.control.watch("r").unwrap().events;
     let publ = sim.add_client(|c| c);
     sim.clients[publ].client.add_audio();
     let tracks = sim.join("r", publ, "pub");
@@ -290,7 +290,7 @@ fn closing_the_publisher_stops_forwarding_and_tells_subscribers() {
 fn renegotiate_adds_a_track_that_subscribers_then_receive() {
     let mut sim = Sim::new(2, 7);
     sim.create_room("r");
-    let mut events = sim.control.watch("r").unwrap();
+    let mut events = sim.control.watch("r").unwrap().events;
     let publ = sim.add_client(|c| c);
     sim.clients[publ].client.add_audio();
     let tracks = sim.join("r", publ, "pub");

@@ -82,7 +82,7 @@ fn call(subscribers: usize, seed: u64) -> Call {
         c.add_audio();
         c.add_video(&["l", "m", "h"]);
     });
-    let events = sim.control.watch("r").expect("room exists");
+    let events = sim.control.watch("r").expect("room exists").events;
     let (audio, video) = (
         track(&tracks, pb::TrackKind::Audio),
         track(&tracks, pb::TrackKind::Video),

@@ -239,3 +239,90 @@ fn bad_config_is_rejected_before_binding_with_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("media.workers"));
 }
+
+/// Runs `kaskade serve` with `args` and `env` until it fails or prints its
+/// ready line; returns the exit code (None: it started) and stderr.
+fn serve_outcome(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaskade"));
+    cmd.args(["serve", "--control-listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "", "--media-port-start", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    );
+    if line.starts_with("KASKADE_READY ") {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let code = (!line.starts_with("KASKADE_READY ")).then(|| out.status.code().unwrap_or(-1));
+    (code, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn out_of_range_and_unknown_environment_variables_exit_64_naming_them() {
+    // Issue 15, defect 5: this was truncated to 0 sessions per room.
+    let (code, err) = serve_outcome(
+        &[],
+        &[("KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM", "4294967296")],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("limits.max_sessions_per_room"), "{err}");
+
+    let (code, err) = serve_outcome(&[], &[("KASKADE_MEDIA_WORKRS", "2")]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("KASKADE_MEDIA_WORKRS"), "{err}");
+    assert!(err.contains("did you mean KASKADE_MEDIA_WORKERS"), "{err}");
+
+    let (code, err) = serve_outcome(&["--limits-max-rooms", "0"], &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("limits.max_rooms"), "{err}");
+
+    let (code, err) = serve_outcome(&[], &[("RUST_LOG", "a=b=c")]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("RUST_LOG"), "{err}");
+}
+
+#[test]
+fn flags_override_environment_and_rust_log_is_honoured() {
+    // KASKADE_MEDIA_WORKERS says 3, the flag says 1: one media address.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaskade"));
+    cmd.args([
+        "serve",
+        "--control-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "",
+    ])
+    .args(["--media-port-start", "0", "--workers", "1"])
+    .env("KASKADE_MEDIA_WORKERS", "3")
+    .env("RUST_LOG", "kaskade=debug,kaskade_router=debug")
+    .env_remove("KASKADE_LOG_LEVEL")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("KASKADE_READY "), "{line}");
+    let media = line.split("\"media\":[").nth(1).unwrap();
+    let media = &media[..media.find(']').unwrap()];
+    assert_eq!(media.split(',').count(), 1, "the flag wins: {line}");
+    unsafe_sigterm(child.id());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DEBUG"),
+        "RUST_LOG=debug shows debug lines: {err}"
+    );
+}

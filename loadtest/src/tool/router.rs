@@ -59,6 +59,9 @@ impl RouterProcess {
                 "0",
                 "--workers",
                 &workers.to_string(),
+                // No demo app (its default port may be taken).
+                "--http-listen",
+                "",
             ])
             .args(extra)
             .env_remove("KASKADE_CONTROL_LISTEN")

@@ -7,15 +7,21 @@
 //!   and the file helpers behind `kaskade cert …`;
 //! - [`tls`]: quinn endpoint configurations with mutual TLS 1.3 against the cluster CA, and
 //!   reading a connected peer's identity;
-//! - [`wire`]: the media datagram codec (header, fragmentation, reassembly) and the
-//!   length-prefixed framing of the control stream. Pure, no IO.
+//! - [`codec`]: codec parameters on the link (str0m's `PayloadParams` ↔ the typed
+//!   `CodecParams` message).
+//!
+//! The wire format itself (control frames, the media datagram codec, fragmentation and
+//! reassembly, stream framing, close codes) lives in `kaskade_protocol::cascade`.
 
 pub mod api;
 pub mod cert;
+pub mod codec;
+pub mod link;
 pub mod manager;
-pub mod media;
+pub mod relay;
+#[cfg(any(test, feature = "testkit"))]
+pub mod sim;
 pub mod tls;
-pub mod wire;
 
 pub use cert::{identity_of, CertError, NodeIdentity};
 pub use tls::{endpoint_configs, peer_identity, TlsError, ALPN};

@@ -65,11 +65,14 @@ impl From<MediaError> for ApiError {
     }
 }
 
-/// Validates an id field, naming it in the error.
+/// Validates an id field, naming it in the error (which quotes at most the
+/// start of the value: see [`super::limits::echo`]).
 pub fn parse_id<T, E: std::fmt::Display>(
     field: &str,
     value: &str,
     parse: impl FnOnce(&str) -> Result<T, E>,
 ) -> Result<T, ApiError> {
-    parse(value).map_err(|e| ApiError::InvalidArgument(format!("{field} {value:?} {e}")))
+    parse(value).map_err(|e| {
+        ApiError::InvalidArgument(format!("{field} {} {e}", super::limits::echo(value)))
+    })
 }

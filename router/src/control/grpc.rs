@@ -1,13 +1,13 @@
 //! The tonic services: thin adapters from gRPC to [`Control`].
 
 use super::error::ApiError;
+use super::events::{watch_stream, EventFilter};
 use super::plane::Control;
 use kaskade_protocol::v1 as pb;
 use pb::room_service_server::RoomService;
 use pb::session_service_server::SessionService;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -67,11 +67,11 @@ impl RoomService for Api {
 
     async fn list_rooms(
         &self,
-        _req: Request<pb::ListRoomsRequest>,
+        req: Request<pb::ListRoomsRequest>,
     ) -> Result<Response<pb::ListRoomsResponse>, Status> {
-        Ok(Response::new(pb::ListRoomsResponse {
-            rooms: self.control.list_rooms(),
-        }))
+        let r = req.into_inner();
+        let res = self.control.list_rooms(r.page_size, &r.page_token);
+        self.done("ListRooms", res)
     }
 
     async fn delete_room(
@@ -169,21 +169,22 @@ impl SessionService for Api {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let room_id = req.into_inner().room_id;
-        let rx = match self.control.watch(&room_id) {
-            Ok(rx) => rx,
+        let req = req.into_inner();
+        let watch =
+            EventFilter::parse(&req.kinds).and_then(|f| Ok((f, self.control.watch(&req.room_id)?)));
+        let (filter, watch) = match watch {
+            Ok(v) => v,
             Err(e) => return self.done("WatchEvents", Err(e)),
         };
-        let first = pb::Event {
-            room_id: room_id.clone(),
-            at_unix_ms: super::registry::unix_ms(),
-            kind: Some(pb::event::Kind::Watching(pb::Watching {})),
-        };
-        // A watcher that falls more than the room's buffer behind misses
-        // events (it can resync with GetRoom); it is never allowed to slow
-        // the router down.
-        let rest = BroadcastStream::new(rx).filter_map(|r| r.ok().map(Ok));
-        let stream = tokio_stream::once(Ok(first)).chain(rest);
+        // A watcher that falls more than the buffer behind misses events
+        // (told by an events_dropped marker; it can resync with GetRoom); it
+        // is never allowed to slow the router down. The stream owns its slot
+        // of limits.max_watchers.
+        let slot = watch.slot;
+        let stream = watch_stream(&req.room_id, watch.events, filter).map(move |ev| {
+            let _ = &slot;
+            Ok(ev)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

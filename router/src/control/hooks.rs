@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 /// Implemented by the cascade; every call returns at once.
 pub trait CascadeHooks: Send + Sync {
+    /// A room was created here with this residency policy (rooms that link themselves).
+    fn room_created(&self, room: &RoomId, allowed_regions: &[String]);
     /// A track was published in `room` on this router (locally, or relayed
     /// here from another router).
     fn track_published(&self, room: &RoomId, track: &Arc<TrackInfo>);

@@ -2,10 +2,14 @@
 //! and the commands it sends to the media workers.
 
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod hooks;
+pub mod limits;
 pub mod plane;
 pub mod registry;
+pub mod speakers;
+pub mod watch;
 
 pub use error::ApiError;
 pub use grpc::Api;

@@ -5,6 +5,7 @@
 use super::error::{parse_id, ApiError};
 use super::hooks::CascadeHooks;
 use super::registry::{region_allowed, Registry, SessionState, SubState};
+use super::watch::{Watch, Watchers};
 use crate::media::command::{AnswerOk, Reply, SubscriptionUpdate};
 use crate::media::worker::WorkerHandle;
 use crate::media::{CloseReason, Command, TrackInfo, WorkerEvent, WorkerId};
@@ -14,26 +15,17 @@ use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
 use pb::event::Kind;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 mod remote;
+mod speakers;
 pub use remote::RemoteTrack;
 
-/// Largest SDP the API accepts.
-pub const MAX_SDP_BYTES: usize = 256 * 1024;
-/// Largest metadata blob the API accepts.
-pub const MAX_METADATA_BYTES: usize = 4096;
-/// Most tracks in one Subscribe/Unsubscribe call.
-pub const MAX_TRACKS_PER_CALL: usize = 256;
-
-/// Limits from the configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// `limits.max_rooms`
-    pub max_rooms: usize,
-    /// `limits.max_sessions_per_room`
-    pub max_sessions_per_room: usize,
-}
+pub use super::limits::Limits;
+use super::limits::{
+    echo, refuse, sdp_shape, Limit, DEFAULT_PAGE_SIZE, MAX_ALLOWED_REGIONS, MAX_METADATA_BYTES,
+    MAX_PAGE_BYTES, MAX_PAGE_SIZE, MAX_SDP_BYTES, MAX_TRACKS_PER_CALL,
+};
 
 /// This router's identity (for residency and the cascade).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +44,7 @@ pub struct Control {
     limits: Limits,
     identity: Identity,
     cascade: OnceLock<Arc<dyn CascadeHooks>>,
+    watchers: Watchers,
 }
 
 impl std::fmt::Debug for Control {
@@ -60,26 +53,30 @@ impl std::fmt::Debug for Control {
     }
 }
 
-fn check_sdp(field: &str, sdp: &str) -> Result<(), ApiError> {
+fn check_sdp(m: &Metrics, field: &str, sdp: &str) -> Result<(), ApiError> {
     if sdp.is_empty() {
         return Err(ApiError::InvalidArgument(format!("{field} is empty")));
     }
     if sdp.len() > MAX_SDP_BYTES {
-        return Err(ApiError::InvalidArgument(format!(
-            "{field} is larger than {MAX_SDP_BYTES} bytes"
-        )));
+        return Err(refuse(
+            m,
+            Limit::FieldSize,
+            ApiError::InvalidArgument(format!("{field} is larger than {MAX_SDP_BYTES} bytes")),
+        ));
     }
     Ok(())
 }
 
-fn parse_tracks(ids: &[String]) -> Result<Vec<TrackId>, ApiError> {
+fn parse_tracks(m: &Metrics, ids: &[String]) -> Result<Vec<TrackId>, ApiError> {
     if ids.is_empty() {
         return Err(ApiError::InvalidArgument("track_ids is empty".into()));
     }
     if ids.len() > MAX_TRACKS_PER_CALL {
-        return Err(ApiError::InvalidArgument(format!(
-            "more than {MAX_TRACKS_PER_CALL} track_ids"
-        )));
+        return Err(refuse(
+            m,
+            Limit::FieldSize,
+            ApiError::InvalidArgument(format!("more than {MAX_TRACKS_PER_CALL} track_ids")),
+        ));
     }
     let mut out = Vec::with_capacity(ids.len());
     for s in ids {
@@ -106,6 +103,7 @@ impl Control {
             limits,
             identity,
             cascade: OnceLock::new(),
+            watchers: Watchers::default(),
         }
     }
 
@@ -157,6 +155,78 @@ impl Control {
             .map_err(ApiError::from)
     }
 
+    /// Checks an offer's shape against the per-offer limits; returns how
+    /// many tracks it may publish.
+    fn check_offer(&self, sdp: &str) -> Result<usize, ApiError> {
+        let shape = sdp_shape(sdp);
+        let max = self.limits.max_media_lines;
+        if shape.media_lines > max {
+            return Err(refuse(
+                &self.metrics,
+                Limit::MediaLines,
+                ApiError::ResourceExhausted(format!(
+                    "the offer has {} media sections; at most {max} (limits.max_media_lines)",
+                    shape.media_lines
+                )),
+            ));
+        }
+        let max = self.limits.max_tracks_per_session;
+        if shape.sending > max {
+            return Err(refuse(
+                &self.metrics,
+                Limit::TracksPerSession,
+                ApiError::ResourceExhausted(format!(
+                    "the offer sends {} audio/video tracks; at most {max} per session (limits.max_tracks_per_session)",
+                    shape.sending
+                )),
+            ));
+        }
+        Ok(shape.sending)
+    }
+
+    /// Checks that the router can take a new session (or `new_tracks` more
+    /// tracks) within its total limits.
+    fn check_router_capacity(&self, reg: &Registry, new_tracks: usize) -> Result<(), ApiError> {
+        let l = &self.limits;
+        if new_tracks > 0 && reg.tracks.len() + new_tracks > l.max_tracks {
+            return Err(refuse(
+                &self.metrics,
+                Limit::Tracks,
+                ApiError::ResourceExhausted(format!(
+                    "this router holds its limit of {} tracks (limits.max_tracks)",
+                    l.max_tracks
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the limits on sessions before one is added.
+    fn check_session_capacity(&self, reg: &Registry) -> Result<(), ApiError> {
+        let l = &self.limits;
+        if reg.sessions.len() >= l.max_sessions {
+            return Err(refuse(
+                &self.metrics,
+                Limit::Sessions,
+                ApiError::ResourceExhausted(format!(
+                    "this router holds its limit of {} sessions (limits.max_sessions)",
+                    l.max_sessions
+                )),
+            ));
+        }
+        if reg.pending >= l.max_pending_sessions {
+            return Err(refuse(
+                &self.metrics,
+                Limit::PendingSessions,
+                ApiError::ResourceExhausted(format!(
+                    "{} sessions are waiting to connect, this router's limit (limits.max_pending_sessions)",
+                    l.max_pending_sessions
+                )),
+            ));
+        }
+        Ok(())
+    }
+
     // ----- rooms ------------------------------------------------------------
 
     /// `CreateRoom`
@@ -167,17 +237,28 @@ impl Control {
         allowed_regions: &[String],
     ) -> Result<pb::Room, ApiError> {
         let room = parse_id("room_id", room_id, RoomId::parse)?;
+        if allowed_regions.len() > MAX_ALLOWED_REGIONS {
+            return Err(refuse(
+                &self.metrics,
+                Limit::FieldSize,
+                ApiError::InvalidArgument(format!(
+                    "allowed_regions has {} entries; at most {MAX_ALLOWED_REGIONS}",
+                    allowed_regions.len()
+                )),
+            ));
+        }
         for r in allowed_regions {
             let name = r.strip_suffix('-').unwrap_or(r);
             if !crate::config::valid_name(name) {
                 return Err(ApiError::InvalidArgument(format!(
-                    "allowed_regions entry {r:?} is not a region name or a prefix ending in '-'"
+                    "allowed_regions entry {} is not a region name or a prefix ending in '-'",
+                    echo(r)
                 )));
             }
         }
         if !region_allowed(allowed_regions, &self.identity.region) {
             return Err(ApiError::PermissionDenied(format!(
-                "this router's region {:?} is outside the room's allowed regions {allowed_regions:?}",
+                "this router's region {:?} is outside the room's allowed regions",
                 self.identity.region
             )));
         }
@@ -196,10 +277,14 @@ impl Control {
             return Err(ApiError::AlreadyExists(format!("room {room} exists")));
         }
         if reg.rooms.len() >= self.limits.max_rooms {
-            return Err(ApiError::ResourceExhausted(format!(
-                "this router holds its limit of {} rooms",
-                self.limits.max_rooms
-            )));
+            return Err(refuse(
+                &self.metrics,
+                Limit::Rooms,
+                ApiError::ResourceExhausted(format!(
+                    "this router holds its limit of {} rooms (limits.max_rooms)",
+                    self.limits.max_rooms
+                )),
+            ));
         }
         let mut state = Registry::new_room(max, allowed_regions.to_vec());
         state
@@ -207,6 +292,9 @@ impl Control {
             .insert(self.identity.node_id.clone(), self.identity.region.clone());
         reg.rooms.insert(room.clone(), state);
         self.metrics.rooms.set(reg.rooms.len() as i64);
+        if let Some(h) = self.hooks() {
+            h.room_created(&room, allowed_regions);
+        }
         reg.room_pb(&room)
             .ok_or_else(|| ApiError::Internal("room vanished".into()))
     }
@@ -220,9 +308,56 @@ impl Control {
     }
 
     /// `ListRooms`
-    pub fn list_rooms(&self) -> Vec<pb::Room> {
+    pub fn list_rooms(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::ListRoomsResponse, ApiError> {
+        use prost::Message;
+        let size = match page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(parse_id("page_token", page_token, RoomId::parse)?)
+        };
         let reg = self.reg();
-        reg.rooms.keys().filter_map(|r| reg.room_pb(r)).collect()
+        let range = match &after {
+            Some(a) => reg
+                .rooms
+                .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => reg.rooms.range::<RoomId, _>(..),
+        };
+        let mut rooms = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        for id in range.map(|(id, _)| id) {
+            if rooms.len() == size {
+                more = true;
+                break;
+            }
+            let Some(room) = reg.room_pb(id) else {
+                continue;
+            };
+            // Field tag, length prefix and the message.
+            let len = room.encoded_len() + 8;
+            if !rooms.is_empty() && bytes + len > MAX_PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += len;
+            rooms.push(room);
+        }
+        let next_page_token = match rooms.last() {
+            Some(last) if more => last.room_id.clone(),
+            _ => String::new(),
+        };
+        Ok(pb::ListRoomsResponse {
+            rooms,
+            next_page_token,
+        })
     }
 
     /// `DeleteRoom`: closes every session, then removes the room.
@@ -249,20 +384,42 @@ impl Control {
             .map(|r| r.remote_tracks.clone())
             .unwrap_or_default();
         self.unpublish(&mut reg, &remote);
+        reg.speakers.forget_room(&room);
         reg.rooms.remove(&room);
         self.metrics.rooms.set(reg.rooms.len() as i64);
         Ok(())
     }
 
-    /// `WatchEvents`: a receiver of the room's events.
-    pub fn watch(&self, room_id: &str) -> Result<broadcast::Receiver<pb::Event>, ApiError> {
-        let room = parse_id("room_id", room_id, RoomId::parse)?;
-        let reg = self.reg();
-        let r = reg
-            .rooms
-            .get(&room)
-            .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?;
-        Ok(r.events.subscribe())
+    /// `WatchEvents`: a receiver of the room's events, or (empty
+    /// `room_id`) of every room's, holding one of `limits.max_watchers`
+    /// slots while it lives.
+    pub fn watch(&self, room_id: &str) -> Result<Watch, ApiError> {
+        let room = if room_id.is_empty() {
+            None
+        } else {
+            Some(parse_id("room_id", room_id, RoomId::parse)?)
+        };
+        let slot = self
+            .watchers
+            .enter(self.limits.max_watchers)
+            .ok_or_else(|| {
+                refuse(
+                    &self.metrics,
+                    Limit::Watchers,
+                    ApiError::ResourceExhausted(format!(
+                        "{} event streams are open, this router's limit (limits.max_watchers)",
+                        self.limits.max_watchers
+                    )),
+                )
+            })?;
+        let events = match room {
+            None => self.reg().router_events.subscribe(),
+            Some(room) => self
+                .reg()
+                .watch(&room)
+                .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?,
+        };
+        Ok(Watch { events, slot })
     }
 
     // ----- sessions ---------------------------------------------------------
@@ -274,12 +431,17 @@ impl Control {
     ) -> Result<pb::CreateSessionResponse, ApiError> {
         let room = parse_id("room_id", &req.room_id, RoomId::parse)?;
         let participant = parse_id("participant_id", &req.participant_id, ParticipantId::parse)?;
-        check_sdp("sdp_offer", &req.sdp_offer)?;
+        check_sdp(&self.metrics, "sdp_offer", &req.sdp_offer)?;
         if req.metadata.len() > MAX_METADATA_BYTES {
-            return Err(ApiError::InvalidArgument(format!(
-                "metadata is larger than {MAX_METADATA_BYTES} bytes"
-            )));
+            return Err(refuse(
+                &self.metrics,
+                Limit::FieldSize,
+                ApiError::InvalidArgument(format!(
+                    "metadata is larger than {MAX_METADATA_BYTES} bytes"
+                )),
+            ));
         }
+        let sending = self.check_offer(&req.sdp_offer)?;
         let (sid, worker) = {
             let mut reg = self.reg();
             let r = reg
@@ -292,11 +454,17 @@ impl Control {
                 )));
             }
             if r.participants.len() >= r.max_sessions as usize {
-                return Err(ApiError::ResourceExhausted(format!(
-                    "room {room} holds its limit of {} sessions",
-                    r.max_sessions
-                )));
+                return Err(refuse(
+                    &self.metrics,
+                    Limit::RoomSessions,
+                    ApiError::ResourceExhausted(format!(
+                        "room {room} holds its limit of {} sessions",
+                        r.max_sessions
+                    )),
+                ));
             }
+            self.check_session_capacity(&reg)?;
+            self.check_router_capacity(&reg, sending)?;
             let mut sid = SessionId(rand::random());
             while reg.sessions.contains_key(&sid) {
                 sid = SessionId(rand::random());
@@ -319,6 +487,7 @@ impl Control {
                     subs: Default::default(),
                 },
             );
+            reg.pending += 1;
             self.metrics.sessions.inc();
             (sid, worker)
         };
@@ -426,6 +595,7 @@ impl Control {
             for w in &self.workers {
                 let _ = w.send(Command::TrackGone { track: t });
             }
+            reg.speakers.forget(&info.room, t);
             reg.emit(
                 &info.room,
                 Kind::TrackUnpublished(pb::TrackUnpublished {
@@ -471,8 +641,16 @@ impl Control {
         &self,
         req: pb::RenegotiateRequest,
     ) -> Result<pb::RenegotiateResponse, ApiError> {
-        check_sdp("sdp_offer", &req.sdp_offer)?;
-        let (sid, worker) = Self::session_of(&self.reg(), &req.session_id)?;
+        check_sdp(&self.metrics, "sdp_offer", &req.sdp_offer)?;
+        let sending = self.check_offer(&req.sdp_offer)?;
+        let (sid, worker) = {
+            let reg = self.reg();
+            let (sid, worker) = Self::session_of(&reg, &req.session_id)?;
+            // Tracks the offer may add on top of those already published.
+            let published = reg.sessions[&sid].published.len();
+            self.check_router_capacity(&reg, sending.saturating_sub(published))?;
+            (sid, worker)
+        };
         let ok = self
             .call(worker, |reply| Command::Renegotiate {
                 session: sid,
@@ -494,11 +672,21 @@ impl Control {
         &self,
         req: pb::SubscribeRequest,
     ) -> Result<pb::SubscribeResponse, ApiError> {
-        let ids = parse_tracks(&req.track_ids)?;
+        let ids = parse_tracks(&self.metrics, &req.track_ids)?;
         let (sid, worker, infos) = {
             let reg = self.reg();
             let (sid, worker) = Self::session_of(&reg, &req.session_id)?;
             let s = &reg.sessions[&sid];
+            let max = self.limits.max_subscriptions_per_session;
+            if s.subs.len() + ids.len() > max {
+                return Err(refuse(
+                    &self.metrics,
+                    Limit::SubscriptionsPerSession,
+                    ApiError::ResourceExhausted(format!(
+                        "session {sid} would receive more than {max} tracks (limits.max_subscriptions_per_session)"
+                    )),
+                ));
+            }
             let mut infos = Vec::with_capacity(ids.len());
             for t in &ids {
                 let info = reg
@@ -565,7 +753,7 @@ impl Control {
         &self,
         req: pb::UnsubscribeRequest,
     ) -> Result<pb::UnsubscribeResponse, ApiError> {
-        let ids = parse_tracks(&req.track_ids)?;
+        let ids = parse_tracks(&self.metrics, &req.track_ids)?;
         let (sid, worker) = {
             let reg = self.reg();
             let (sid, worker) = Self::session_of(&reg, &req.session_id)?;
@@ -604,7 +792,7 @@ impl Control {
 
     /// `SetAnswer`
     pub async fn set_answer(&self, req: pb::SetAnswerRequest) -> Result<(), ApiError> {
-        check_sdp("sdp_answer", &req.sdp_answer)?;
+        check_sdp(&self.metrics, "sdp_answer", &req.sdp_answer)?;
         let (sid, worker) = Self::session_of(&self.reg(), &req.session_id)?;
         self.call(worker, |reply| Command::SetAnswer {
             session: sid,
@@ -763,6 +951,9 @@ impl Control {
     fn forget_session(&self, reg: &mut Registry, sid: SessionId) {
         if let Some(s) = reg.sessions.remove(&sid) {
             reg.load[s.worker.index()] = reg.load[s.worker.index()].saturating_sub(1);
+            if !s.connected {
+                reg.pending = reg.pending.saturating_sub(1);
+            }
             if let Some(r) = reg.rooms.get_mut(&s.room) {
                 r.participants.remove(&s.participant);
             }
@@ -779,6 +970,7 @@ impl Control {
         let room = s.room.clone();
         let published = s.published.clone();
         let worker = s.worker;
+        let (participant_id, metadata) = (s.participant.to_string(), s.metadata.clone());
         let subs: Vec<(TrackId, SubState)> =
             s.subs.iter().map(|(t, st)| (*t, st.clone())).collect();
         self.unpublish(reg, &published);
@@ -796,6 +988,8 @@ impl Control {
             Kind::SessionClosed(pb::SessionClosed {
                 session_id: sid.to_string(),
                 reason: reason.as_str().into(),
+                participant_id,
+                metadata,
             }),
         );
     }
@@ -808,14 +1002,18 @@ impl Control {
                 let Some(s) = reg.sessions.get_mut(&session) else {
                     return;
                 };
+                let was_pending = !s.connected;
                 s.connected = true;
                 let room = s.room.clone();
-                reg.emit(
-                    &room,
-                    Kind::SessionConnected(pb::SessionConnected {
-                        session_id: session.to_string(),
-                    }),
-                );
+                let ev = pb::SessionConnected {
+                    session_id: session.to_string(),
+                    participant_id: s.participant.to_string(),
+                    metadata: s.metadata.clone(),
+                };
+                if was_pending {
+                    reg.pending = reg.pending.saturating_sub(1);
+                }
+                reg.emit(&room, Kind::SessionConnected(ev));
             }
             WorkerEvent::LayerChanged {
                 session,
@@ -875,6 +1073,9 @@ impl Control {
                 if let Some(h) = self.hooks() {
                     h.link_layers(track, layers);
                 }
+            }
+            WorkerEvent::AudioLevel { track, level, at } => {
+                speakers::on_audio_level(&mut reg, track, level, at)
             }
             WorkerEvent::Closed { session, reason } => {
                 tracing::info!(session = %session, reason = reason.as_str(), "session closed by the media plane");

@@ -11,8 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use str0m::media::{MediaKind, Mid};
 use tokio::sync::broadcast;
 
-/// Events buffered per room for slow watchers.
-const ROOM_EVENT_BUFFER: usize = 1024;
+/// Events buffered per watched room for slow watchers. The buffer exists
+/// only while someone watches the room (an idle room holds none): with
+/// events of at most a few hundred bytes (ids are bounded), a watched room
+/// holds at most about 100 kB of events, and `limits.max_watchers` bounds
+/// the number of watched rooms.
+pub const ROOM_EVENT_BUFFER: usize = 256;
 
 /// One room.
 #[derive(Debug)]
@@ -29,8 +33,8 @@ pub struct RoomState {
     pub remote_tracks: Vec<TrackId>,
     /// Participants and their sessions.
     pub participants: BTreeMap<ParticipantId, SessionId>,
-    /// The room's event stream.
-    pub events: broadcast::Sender<pb::Event>,
+    /// The room's event stream, while someone watches it.
+    pub events: Option<broadcast::Sender<pb::Event>>,
 }
 
 /// A subscription of a session to a track.
@@ -76,6 +80,12 @@ pub struct Registry {
     pub tracks: HashMap<TrackId, Arc<TrackInfo>>,
     /// Sessions per worker.
     pub load: Vec<usize>,
+    /// Sessions not yet connected (created, or still being created).
+    pub pending: usize,
+    /// Every room's events, for router-wide watchers.
+    pub router_events: super::events::RouterEvents,
+    /// Active speakers per room.
+    pub speakers: super::speakers::Speakers,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -104,8 +114,18 @@ impl Registry {
             linked: BTreeMap::new(),
             remote_tracks: Vec::new(),
             participants: BTreeMap::new(),
-            events: broadcast::channel(ROOM_EVENT_BUFFER).0,
+            events: None,
         }
+    }
+
+    /// A receiver of the room's events, creating its buffer on first use.
+    pub fn watch(&mut self, room: &RoomId) -> Option<broadcast::Receiver<pb::Event>> {
+        let r = self.rooms.get_mut(room)?;
+        Some(
+            r.events
+                .get_or_insert_with(|| broadcast::channel(ROOM_EVENT_BUFFER).0)
+                .subscribe(),
+        )
     }
 
     /// The least loaded worker (lowest index on ties).
@@ -121,15 +141,25 @@ impl Registry {
     }
 
     /// Sends an event to the room's watchers.
-    pub fn emit(&self, room: &RoomId, kind: pb::event::Kind) {
-        if let Some(r) = self.rooms.get(room) {
-            // No watchers is fine.
-            let _ = r.events.send(pb::Event {
-                room_id: room.to_string(),
-                at_unix_ms: unix_ms(),
-                kind: Some(kind),
-            });
+    pub fn emit(&mut self, room: &RoomId, kind: pb::event::Kind) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        let ev = pb::Event {
+            room_id: room.to_string(),
+            at_unix_ms: unix_ms(),
+            kind: Some(kind),
+        };
+        self.router_events.send(&ev);
+        let Some(tx) = &r.events else {
+            return;
+        };
+        if tx.receiver_count() == 0 {
+            // The last watcher left: free the buffer.
+            r.events = None;
+            return;
         }
+        let _ = tx.send(ev);
     }
 
     /// The API view of a track.
@@ -237,7 +267,27 @@ pub fn region_allowed(allowed: &[String], region: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::region_allowed;
+    use super::*;
+
+    #[test]
+    fn a_room_holds_an_event_buffer_only_while_watched() {
+        let mut reg = Registry::new(1);
+        let room = RoomId::parse("r").unwrap();
+        reg.rooms
+            .insert(room.clone(), Registry::new_room(10, Vec::new()));
+        let ev = || pb::event::Kind::Watching(pb::Watching {});
+        reg.emit(&room, ev());
+        assert!(reg.rooms[&room].events.is_none(), "idle: no buffer");
+        let mut rx = reg.watch(&room).unwrap();
+        reg.emit(&room, ev());
+        assert!(rx.try_recv().is_ok(), "the watcher got it");
+        drop(rx);
+        reg.emit(&room, ev());
+        assert!(
+            reg.rooms[&room].events.is_none(),
+            "freed after the last watcher"
+        );
+    }
 
     #[test]
     fn residency_matches_names_and_prefixes() {

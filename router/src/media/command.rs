@@ -290,6 +290,16 @@ pub enum WorkerEvent {
         /// The layer.
         layer: u8,
     },
+    /// A published audio track started or stopped speaking, or its level
+    /// moved (see `media::speaker`).
+    AudioLevel {
+        /// The track.
+        track: TrackId,
+        /// Smoothed loudness 0..=127 while speaking; `None`: silent.
+        level: Option<u8>,
+        /// When the worker decided it.
+        at: std::time::Instant,
+    },
     /// The worker closed a session by itself (not through `CloseSession`).
     Closed {
         /// The session.

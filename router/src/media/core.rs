@@ -133,6 +133,8 @@ pub struct WorkerCore {
     keyframe_due: Option<Instant>,
     /// Minimum time between two keyframe requests to one publisher layer.
     keyframe_interval: Duration,
+    /// Voice activity of the audio tracks published here.
+    speakers: super::speaker::SpeakerMeters,
 }
 
 fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
@@ -177,6 +179,7 @@ impl WorkerCore {
             local_pending: Vec::new(),
             keyframe_due: None,
             keyframe_interval: PUBLISHER_KEYFRAME_INTERVAL,
+            speakers: Default::default(),
         }
     }
 
@@ -384,6 +387,7 @@ impl WorkerCore {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick(now);
+            self.speakers.tick(now, &mut self.out.events);
         }
         let due: Vec<SessionId> = self
             .sessions
@@ -821,6 +825,9 @@ impl WorkerCore {
             p.payload.len(),
             vp8.as_ref().and_then(|(i, _)| i.resolution),
         );
+        if let Some(level) = p.header.ext_vals.audio_level {
+            self.speakers.on_packet(now, track, level);
+        }
         let pkt = Arc::new(MediaPacket {
             track,
             kind: publ.kind,

@@ -10,6 +10,7 @@ pub mod rewrite;
 pub mod rtc;
 pub mod select;
 pub mod session;
+pub mod speaker;
 pub mod types;
 pub mod udp;
 pub mod vp8;

@@ -24,6 +24,39 @@
     console.log(`[${state.role || 'page'}]`, ...args);
   }
 
+  // End-to-end encryption (e2ee-worker.js): one worker per page holds the
+  // key and runs the frame transforms of every sender or receiver.
+  let e2ee = null;
+  async function e2eeStart(rawKey) {
+    const worker = new Worker('/e2ee-worker.js');
+    const ready = new Promise((resolve, reject) => {
+      worker.onmessage = (e) => (e.data && e.data.ready ? resolve() : log('e2ee worker', JSON.stringify(e.data)));
+      worker.onerror = (e) => reject(new Error(`e2ee worker: ${e.message}`));
+    });
+    worker.postMessage({ rawKey: new Uint8Array(rawKey).buffer });
+    await ready;
+    e2ee = { worker };
+    log('e2ee: frame transforms on, AES-GCM');
+  }
+  function e2eeAttach(senderOrReceiver, side, kind) {
+    senderOrReceiver.transform = new RTCRtpScriptTransform(e2ee.worker, { side, kind });
+  }
+  function e2eeCounts() {
+    if (!e2ee) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(null), 2000);
+      e2ee.worker.onmessage = (e) => {
+        if (e.data && e.data.counts) {
+          clearTimeout(timer);
+          resolve(e.data.counts);
+        } else if (e.data) {
+          log('e2ee worker', JSON.stringify(e.data));
+        }
+      };
+      e2ee.worker.postMessage({ counts: true });
+    });
+  }
+
   function newPeerConnection(role) {
     state.role = role;
     // No ICE servers: host candidates only; the router is ICE-lite.
@@ -71,11 +104,14 @@
     { rid: 'f', maxBitrate: 1500000 },
   ];
 
-  // opts.simulcast: camera only, 1280x720, sent as the three layers above.
+  // opts.simulcast: the camera at 1280x720, sent as the three layers above
+  // (with the microphone only if opts.audio). opts.e2eeKey: 16 key bytes,
+  // every frame is encrypted end to end (e2ee-worker.js).
   async function publish(opts = {}) {
     const simulcast = !!opts.simulcast;
+    if (opts.e2eeKey) await e2eeStart(opts.e2eeKey);
     const stream = await navigator.mediaDevices.getUserMedia(simulcast
-      ? { audio: false, video: { width: 1280, height: 720 } }
+      ? { audio: !!opts.audio, video: { width: 1280, height: 720 } }
       : { audio: true, video: { width: 320, height: 240, frameRate: 15 } });
     state.localStream = stream;
     document.getElementById('role').textContent = 'publisher';
@@ -83,15 +119,14 @@
     const pc = newPeerConnection('pub');
     for (const track of stream.getTracks()) {
       log('publishing', track.kind, track.label, JSON.stringify(track.getSettings()));
-      if (simulcast && track.kind === 'video') {
-        pc.addTransceiver(track, {
+      const t = simulcast && track.kind === 'video'
+        ? pc.addTransceiver(track, {
           direction: 'sendonly',
           streams: [stream],
           sendEncodings: SIMULCAST_ENCODINGS.map((e) => ({ ...e })),
-        });
-      } else {
-        pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
-      }
+        })
+        : pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      if (e2ee) e2eeAttach(t.sender, 'send', track.kind);
     }
     await pc.setLocalDescription(await pc.createOffer());
     const gathering = await waitForGathering(pc, opts.gatherTimeoutMs || 3000);
@@ -193,8 +228,10 @@
   // opts.frameLog: hash every remote video frame (see watchFrames).
   // opts.bootstrap: 'datachannel' (default) or 'recvonly' (a receive-only
   // video transceiver gives the first offer its transport instead).
+  // opts.e2eeKey: decrypt every received frame with this key.
   async function prepareSubscriber(opts = {}) {
     document.getElementById('role').textContent = 'subscriber';
+    if (opts.e2eeKey) await e2eeStart(opts.e2eeKey);
     const pc = newPeerConnection('sub');
     if (opts.bootstrap === 'recvonly') {
       pc.addTransceiver('video', { direction: 'recvonly' });
@@ -205,6 +242,7 @@
     pc.addEventListener('track', (e) => {
       const track = e.track;
       log('remote track', track.kind, 'mid', e.transceiver && e.transceiver.mid);
+      if (e2ee) e2eeAttach(e.receiver, 'recv', track.kind);
       state.remoteTracks.push({ kind: track.kind, mid: e.transceiver ? e.transceiver.mid : null });
       // Give every remote track a sink so Chromium decodes and plays it out.
       const el = document.createElement(track.kind === 'video' ? 'video' : 'audio');
@@ -266,6 +304,7 @@
       transport: null,
       pair: null,
       videoSizes: state.videoSizes.slice(-20),
+      e2ee: await e2eeCounts(),
     };
     report.forEach((s) => {
       if (s.type === 'inbound-rtp' && s.kind === 'video') {

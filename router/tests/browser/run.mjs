@@ -9,10 +9,23 @@
 //                                                 the publisher sends three simulcast layers;
 //                                                 UpdateSubscription must move the subscriber
 //                                                 to the lowest, highest and middle layer
+//   KASKADE_BIN=... node run.mjs --scenario e2ee
+//                                                 simulcast with every frame encrypted end to end
+//                                                 (frame transforms, AES-GCM): the subscriber must
+//                                                 decrypt and decode, and layer switches still work
 //   KASKADE_BIN=... node run.mjs --scenario cascade
 //                                                 two routers (fra, ams) linked over QUIC: the
 //                                                 publisher on fra, the subscriber on ams must
 //                                                 decode the video and receive the audio
+//   KASKADE_BIN=... node run.mjs --scenario demo
+//                                                 the demo app the daemon serves: two pages join
+//                                                 one room, each decodes the other, a layer picked
+//                                                 in one shows in its decoded width, a leaver's
+//                                                 tile goes away
+//   KASKADE_BIN=... node run.mjs --scenario example
+//                                                 no browser: the example backend of
+//                                                 docs/examples/node-backend relays a session's
+//                                                 signalling over its WebSocket and pushes events
 //   node run.mjs --self-check                     browser + protos only, no daemon
 //
 // Environment:
@@ -60,7 +73,7 @@ const SCENARIO = (() => {
   const eq = process.argv.find((a) => a.startsWith('--scenario='));
   return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
 })();
-const SCENARIOS = ['basic', 'simulcast', 'cascade'];
+const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'example', 'e2ee'];
 const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
@@ -110,7 +123,7 @@ const diag = {
   events: null, // WatchEvents messages, when a scenario watches the room
   extra: [], // scenario-specific state gathered on failure
 };
-const ROLE_NAMES = { pub: 'publisher', sub: 'subscriber', subA: 'second subscriber (router A)' };
+const ROLE_NAMES = { pub: 'publisher', sub: 'subscriber', subA: 'second subscriber (router A)', alice: 'demo page alice', bob: 'demo page bob' };
 const TAIL_LINES = 300;
 function pushTail(arr, line, max = TAIL_LINES) {
   arr.push(line);
@@ -236,6 +249,7 @@ function startDaemon(bin, { label = 'daemon', extraArgs = [] } = {}) {
     '--media-bind', '127.0.0.1',
     '--media-port-start', '0',
     '--workers', '2',
+    '--http-listen', '127.0.0.1:0',
     ...extraArgs,
   ];
   const d = { stderr: [], exit: null };
@@ -334,6 +348,7 @@ function startPageServer() {
     '/': ['index.html', 'text/html; charset=utf-8'],
     '/index.html': ['index.html', 'text/html; charset=utf-8'],
     '/page.js': ['page.js', 'text/javascript; charset=utf-8'],
+    '/e2ee-worker.js': ['e2ee-worker.js', 'text/javascript; charset=utf-8'],
   };
   const server = http.createServer((req, res) => {
     const pathname = new URL(req.url, 'http://x').pathname;
@@ -466,8 +481,8 @@ async function startRoom(ctx) {
 // Page A publishes: camera and microphone, or (simulcast) the camera alone
 // as three layers. Returns the session, the tracks the router saw and what
 // the page captured.
-async function startPublisher(ctx, { pub, call }, { simulcast = false } = {}) {
-  const pubOffer = await pub.evaluate((opts) => window.kaskade.publish(opts), { simulcast });
+async function startPublisher(ctx, { pub, call }, { simulcast = false, audio = false, e2eeKey = null } = {}) {
+  const pubOffer = await pub.evaluate((opts) => window.kaskade.publish(opts), { simulcast, audio, e2eeKey });
   log(`publisher captured: ${pubOffer.tracks.map((t) => `${t.kind} "${t.label}"${t.width ? ` ${t.width}x${t.height}@${t.frameRate}` : ''}`).join(', ')}`);
   if (simulcast) log(`publisher encodings: ${JSON.stringify(pubOffer.encodings)}`);
   describeOffer('publisher offer', pubOffer.sdp, { all: false });
@@ -486,8 +501,8 @@ async function startPublisher(ctx, { pub, call }, { simulcast = false } = {}) {
 // `label` names the subscriber in the log and the SDP dump, `frameLog` asks
 // the page to hash the frames it shows (page.js watchFrames).
 async function startSubscriber(ctx, { sub, call }, trackIds,
-  { participant = 'sub', label = 'subscriber', frameLog = false, bootstrap = 'datachannel' } = {}) {
-  const subOffer = await sub.evaluate((opts) => window.kaskade.prepareSubscriber(opts), { frameLog, bootstrap });
+  { participant = 'sub', label = 'subscriber', frameLog = false, bootstrap = 'datachannel', e2eeKey = null } = {}) {
+  const subOffer = await sub.evaluate((opts) => window.kaskade.prepareSubscriber(opts), { frameLog, bootstrap, e2eeKey });
   describeOffer(`${label} offer`, subOffer.sdp, { all: false });
   const subSession = await call('SessionService', 'CreateSession', {
     room_id: ROOM_ID, participant_id: participant, sdp_offer: subOffer.sdp, metadata: '',
@@ -818,10 +833,16 @@ async function switchLayer(ctx, room, { subId, trackId, layer, width, timeoutMs,
   return result;
 }
 
-async function simulcastScenario(ctx) {
+// With `e2eeKey` (16 bytes), the e2ee scenario: the publisher also sends its
+// microphone, every frame of both is encrypted end to end by a frame
+// transform (e2ee-worker.js), and the subscriber decrypts them; the router
+// forwards what it cannot read, so decoding, audio and the layer switches
+// (which need keyframe requests) all show that it relies on nothing inside
+// the encrypted part.
+async function simulcastScenario(ctx, { e2eeKey = null } = {}) {
   const room = await startRoom(ctx);
   const events = watchRoom(ctx);
-  const { tracks, captured } = await startPublisher(ctx, room, { simulcast: true });
+  const { tracks, captured } = await startPublisher(ctx, room, { simulcast: true, audio: !!e2eeKey, e2eeKey });
   const video = tracks.find((t) => t.kind === 'TRACK_KIND_VIDEO');
   if (!video || !video.rids || video.rids.length !== 3) {
     throw new Error(`CreateSession for the simulcast publisher should list one video track with three rids, got ${JSON.stringify(tracks)}`);
@@ -833,8 +854,11 @@ async function simulcastScenario(ctx) {
   const widths = [cam.width / 4, cam.width / 2, cam.width]; // the scaleResolutionDownBy of page.js
   // This subscriber bootstraps with a receive-only transceiver instead of a
   // data channel (docs/api.md): the router must serve it the same way.
-  const subSession = await startSubscriber(ctx, room, [video.track_id], { bootstrap: 'recvonly' });
-  const media = await waitForMedia(ctx, { audio: false, dataChannel: false, line: simulcastLine });
+  const audioTrack = e2eeKey ? tracks.find((t) => t.kind === 'TRACK_KIND_AUDIO') : null;
+  if (e2eeKey && !audioTrack) throw new Error(`the e2ee publisher should publish audio too, got ${JSON.stringify(tracks)}`);
+  const subscribeTo = [video.track_id, ...(audioTrack ? [audioTrack.track_id] : [])];
+  const subSession = await startSubscriber(ctx, room, subscribeTo, { bootstrap: 'recvonly', e2eeKey });
+  const media = await waitForMedia(ctx, { audio: !!e2eeKey, dataChannel: false, line: simulcastLine });
   log(`video flowing after ${media.mediaSecs} s (${media.videoCodec})`);
 
   const results = [];
@@ -862,7 +886,22 @@ async function simulcastScenario(ctx) {
     throw new Error(`no LayerChanged event with reason "preference" although UpdateSubscription changed the preference three times; ` +
       `saw ${JSON.stringify(fromSteps)} since the first call`);
   }
-  return { media, results, layerEvents };
+  let e2ee = null;
+  if (e2eeKey) {
+    const { p, s } = await collectStats(ctx.pages.pub, ctx.pages.sub);
+    e2ee = { pub: p.e2ee, sub: s.e2ee };
+    log(`e2ee frames: publisher encrypted ${p.e2ee && p.e2ee.encrypted}; subscriber decrypted ${s.e2ee && s.e2ee.decrypted}, ` +
+      `failed ${s.e2ee && s.e2ee.failed}, arrived unencrypted ${s.e2ee && s.e2ee.passedClear}`);
+    if (!p.e2ee || !s.e2ee) throw new Error('the pages report no e2ee counts');
+    if (s.e2ee.decrypted < 100) throw new Error(`the subscriber decrypted only ${s.e2ee.decrypted} frames`);
+    if (s.e2ee.passedClear > 0) throw new Error(`${s.e2ee.passedClear} frames reached the subscriber unencrypted`);
+    // A frame whose tag does not verify was changed on the way: the router
+    // must never touch the encrypted part. (None expected; a handful could
+    // only be frames cut short by loss, which loopback does not have.)
+    if (s.e2ee.failed > 0) throw new Error(`${s.e2ee.failed} frames failed to decrypt (changed on the way?)`);
+    if (!(s.inVideo && s.inVideo.framesDecoded > 100)) throw new Error('the subscriber decoded too few frames');
+  }
+  return { media, results, layerEvents, e2ee };
 }
 
 // ---------------------------------------------------------------- cascade
@@ -1139,6 +1178,248 @@ async function cascadeScenario(ctx) {
   return { media, firstFrameB, firstFrameA, compare, link: linkAfter || linkA };
 }
 
+// ---------------------------------------------------------------- demo app
+// The demo app served by the daemon itself (http.listen): two pages open
+// /?room=NAME&name=..., which joins at once through the demo signalling
+// and kaskade.js. Each must decode the other's camera; bob picks "low" for
+// alice's tile and its decoded width must drop to the lowest simulcast
+// layer (a quarter of the capture); a speaker must be highlighted (the
+// fake microphone's beeps, through the audio-level extension); bob leaves
+// and alice's tile for him must go.
+
+const DEMO_TOP_S = Number(process.env.KASKADE_E2E_TOP_LAYER_S || 45);
+const DEMO_SWITCH_S = Number(process.env.KASKADE_E2E_SWITCH_S || 20);
+
+async function demoTiles(page) {
+  return page.evaluate(() => (window.kaskadeDemo ? window.kaskadeDemo.view.tiles : []));
+}
+
+async function demoScenario(ctx) {
+  const bin = requireBin();
+  ctx.daemon = startDaemon(bin);
+  ctx.daemons = [ctx.daemon];
+  const ready = await ctx.daemon.ready;
+  if (typeof ready.http !== 'string') {
+    throw new Error(`the KASKADE_READY line should name the HTTP listener ("http"), it is ${JSON.stringify(ready)}`);
+  }
+  log(`daemon ready: control=${ready.control} http=${ready.http}`);
+  ctx.context = await launchBrowser(ctx.userDataDir);
+  diag.consoles.alice = [];
+  diag.consoles.bob = [];
+  const base = `http://${ready.http}/?room=${ROOM_ID}`;
+  const open = async (name, existing) => {
+    const page = existing || (await ctx.context.newPage());
+    page.on('console', (m) => {
+      const line = `[${since()}s] ${m.type()}: ${m.text()}`;
+      pushTail(diag.consoles[name], line, 500);
+      if (VERBOSE) console.log(`  (${name}) ${line}`);
+    });
+    page.on('pageerror', (e) => pushTail(diag.consoles[name], `[${since()}s] pageerror: ${e.message}`, 500));
+    await page.goto(`${base}&name=${name}`, { waitUntil: 'load', timeout: 15_000 });
+    return page;
+  };
+  const alice = await open('alice', ctx.context.pages()[0]);
+  ctx.pages = { alice };
+  // Bob joins late: he must find alice's tracks in the room; she must be told of his.
+  await sleep(1500);
+  const bob = await open('bob');
+  ctx.pages.bob = bob;
+  const status = async (p) => p.evaluate(() => document.getElementById('status').textContent);
+  ctx.failureInfo = async () => {
+    for (const [n, p] of Object.entries(ctx.pages)) {
+      diag.extra.push(`${n}: status "${await status(p).catch(() => '?')}", tiles ${JSON.stringify(await demoTiles(p).catch(() => null))}`);
+    }
+  };
+
+  // Both decode each other.
+  const mediaStart = Date.now();
+  const decodes = (tiles) => tiles.find((t) => t.width > 0 && t.framesDecoded > 10);
+  let seen = {};
+  for (;;) {
+    checkDaemon(ctx);
+    const [a, b] = await Promise.all([demoTiles(alice), demoTiles(bob)]);
+    const ta = decodes(a);
+    const tb = decodes(b);
+    if (ta && tb && ta.participantId === 'bob' && tb.participantId === 'alice' && seen.a && seen.b &&
+        ta.framesDecoded > seen.a && tb.framesDecoded > seen.b) {
+      seen = { a: ta, b: tb };
+      break;
+    }
+    seen = { a: ta && ta.framesDecoded, b: tb && tb.framesDecoded };
+    if (Date.now() - mediaStart > MEDIA_TIMEOUT_MS) {
+      throw new Error(`the demo pages did not decode each other within ${MEDIA_TIMEOUT_MS / 1000} s: alice's tiles ${JSON.stringify(a)}, bob's ${JSON.stringify(b)}; ` +
+        `status alice "${await status(alice)}", bob "${await status(bob)}"`);
+    }
+    await sleep(POLL_MS);
+  }
+  const mediaSecs = ((Date.now() - mediaStart) / 1000).toFixed(1);
+  log(`both pages decode: alice sees bob ${seen.a.width}x${seen.a.height}, bob sees alice ${seen.b.width}x${seen.b.height}`);
+
+  // Chromium's fake microphone beeps: its audio-level header extension must
+  // make the router announce speakers, which the page highlights.
+  const speakStart = Date.now();
+  let speaking = [];
+  while (speaking.length === 0) {
+    if (Date.now() - speakStart > 15_000) {
+      throw new Error('no tile on bob\'s page was highlighted as speaking within 15 s (active_speakers_changed never named anyone)');
+    }
+    await sleep(200);
+    speaking = await bob.evaluate(() => [...document.querySelectorAll('.tile.speaking')].map((t) => t.dataset.key));
+  }
+  log(`bob's page highlights ${speaking.length} speaking tile(s) after ${Date.now() - speakStart} ms`);
+
+  // The lowest layer is a quarter of alice's capture; wait until bob gets more than that.
+  const capture = await alice.evaluate(() => {
+    const v = window.kaskadeDemo.tiles.get('local').video.srcObject;
+    return v ? v.getVideoTracks()[0].getSettings() : null;
+  });
+  const lowest = Math.round(capture.width / 4);
+  log(`alice captures ${capture.width}x${capture.height}: the lowest layer is ${lowest} wide`);
+  const aliceTile = async () => (await demoTiles(bob)).find((t) => t.participantId === 'alice');
+  const topDeadline = Date.now() + DEMO_TOP_S * 1000;
+  let before = await aliceTile();
+  while (!(before && before.width > lowest * 1.5)) {
+    if (Date.now() > topDeadline) {
+      throw new Error(`bob's tile of alice stayed at ${before && before.width}px for ${DEMO_TOP_S} s; a layer above ${lowest}px never came`);
+    }
+    await sleep(POLL_MS);
+    before = await aliceTile();
+  }
+  log(`bob receives alice at ${before.width}x${before.height} (layer ${before.layer}); picking "low"`);
+  const started = Date.now();
+  await bob.selectOption(`section.tile[data-key="${before.sessionId}"] select.layer`, 'low');
+  let after = before;
+  while (!widthMatches(after && after.width, lowest)) {
+    if (Date.now() - started > DEMO_SWITCH_S * 1000) {
+      throw new Error(`after picking "low", bob's tile of alice is ${after && after.width}px wide, not ≈${lowest}, within ${DEMO_SWITCH_S} s`);
+    }
+    await sleep(100);
+    after = await aliceTile();
+  }
+  const switchMs = Date.now() - started;
+  // The router's layer comes with layer_changed over the demo's event stream.
+  const layerDeadline = Date.now() + 5000;
+  while (after.layer !== 0 && Date.now() < layerDeadline) {
+    await sleep(200);
+    after = await aliceTile();
+  }
+  if (after.layer !== 0) throw new Error(`bob's tile of alice shows router layer ${after.layer}, expected 0 after picking "low"`);
+
+  // Bob leaves: alice's tile of him goes.
+  const leftAt = Date.now();
+  await bob.click('#leave');
+  for (;;) {
+    const a = await demoTiles(alice);
+    if (!a.some((t) => t.participantId === 'bob')) break;
+    if (Date.now() - leftAt > 15_000) throw new Error(`alice still shows bob 15 s after he left: ${JSON.stringify(a)}`);
+    await sleep(200);
+  }
+  return {
+    aliceSees: `${seen.a.width}x${seen.a.height}`,
+    bobSees: `${seen.b.width}x${seen.b.height}`,
+    mediaSecs,
+    before: before.width,
+    after: after.width,
+    layer: after.layer,
+    switchMs,
+    leftMs: Date.now() - leftAt,
+  };
+}
+
+// ---------------------------------------------------------------- example backend
+// docs/examples/node-backend, run as an integrator would: its page and
+// kaskade.js are served; over its WebSocket a client gets the room, creates
+// a session (a data-channel offer), is refused another's session, closes
+// its own and is told so by the pushed events.
+
+const EXAMPLE_DIR = path.resolve(HERE, '../../../docs/examples/node-backend');
+const DATA_CHANNEL_OFFER = [
+  'v=0', 'o=- 4611731400430051336 2 IN IP4 127.0.0.1', 's=-', 't=0 0',
+  'a=group:BUNDLE 0', 'a=extmap-allow-mixed', 'a=msid-semantic: WMS',
+  'm=application 9 UDP/DTLS/SCTP webrtc-datachannel', 'c=IN IP4 0.0.0.0',
+  'a=candidate:1 1 udp 2113937151 127.0.0.1 50000 typ host',
+  'a=ice-ufrag:smok', 'a=ice-pwd:smoketestsmoketestsmoket', 'a=ice-options:trickle',
+  'a=fingerprint:sha-256 ' + Array.from({ length: 32 }, (_, i) => (i * 7 % 256).toString(16).padStart(2, '0').toUpperCase()).join(':'),
+  'a=setup:actpass', 'a=mid:0', 'a=sctp-port:5000', 'a=max-message-size:262144', '',
+].join('\r\n');
+
+async function exampleScenario(ctx) {
+  const bin = requireBin();
+  if (!existsSync(path.join(EXAMPLE_DIR, 'node_modules', 'ws'))) {
+    throw new Error(`run \`npm ci\` in ${EXAMPLE_DIR} first`);
+  }
+  const { WebSocket } = await import(path.join(EXAMPLE_DIR, 'node_modules', 'ws', 'wrapper.mjs'));
+  ctx.daemon = startDaemon(bin);
+  ctx.daemons = [ctx.daemon];
+  const ready = await ctx.daemon.ready;
+  const backend = spawn(process.execPath, ['server.mjs'], {
+    cwd: EXAMPLE_DIR,
+    env: { ...process.env, KASKADE_CONTROL: ready.control, KASKADE_HTTP: ready.http, PORT: '0' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  ctx.backend = backend;
+  diag.daemons['example backend'] = { stderr: [], exit: null };
+  readline.createInterface({ input: backend.stderr }).on('line', (l) => pushTail(diag.daemons['example backend'].stderr, l));
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the example backend did not say where it listens within 15 s')), 15_000);
+    backend.once('exit', (code) => reject(new Error(`the example backend exited (${code})`)));
+    readline.createInterface({ input: backend.stdout }).on('line', (l) => {
+      const m = l.match(/listening on (http:\/\/\S+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+  });
+  log(`example backend at ${url}`);
+  const pageText = await (await fetch(url)).text();
+  if (!pageText.includes('/kaskade.js')) throw new Error('the example page does not load /kaskade.js');
+  const js = await fetch(`${url}kaskade.js`);
+  const jsText = await js.text();
+  if (!js.ok || !jsText.includes('export class KaskadeSession')) {
+    throw new Error(`GET ${url}kaskade.js: ${js.status} ${jsText.slice(0, 200)}`);
+  }
+
+  const ws = new WebSocket(`${url.replace('http', 'ws')}ws?room=${ROOM_ID}&name=smoke`);
+  const inbox = [];
+  const waiters = [];
+  ws.on('message', (d) => {
+    const msg = JSON.parse(String(d));
+    inbox.push(msg);
+    for (const w of waiters.splice(0)) w();
+  });
+  const next = async (pred, what) => {
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const i = inbox.findIndex(pred);
+      if (i >= 0) return inbox.splice(i, 1)[0];
+      if (Date.now() > deadline) throw new Error(`no ${what} from the example backend within 10 s; got ${JSON.stringify(inbox)}`);
+      await new Promise((r) => { waiters.push(r); setTimeout(r, 200); });
+    }
+  };
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+  const { room } = await next((m) => m.room, 'room');
+  if (room.roomId !== ROOM_ID) throw new Error(`the room pushed first should be ${ROOM_ID}: ${JSON.stringify(room)}`);
+  ws.send(JSON.stringify({ id: 1, method: 'CreateSession', request: { sdpOffer: DATA_CHANNEL_OFFER } }));
+  const created = await next((m) => m.id === 1, 'CreateSession answer');
+  if (created.error) throw new Error(`CreateSession through the example backend: ${JSON.stringify(created.error)}`);
+  const { sessionId, sdpAnswer } = created.response;
+  ws.send(JSON.stringify({ id: 2, method: 'CloseSession', request: { sessionId: 'SE0000000000000001' } }));
+  const refused = await next((m) => m.id === 2, 'refusal');
+  if (!refused.error || refused.error.code !== 'PERMISSION_DENIED') {
+    throw new Error(`closing another's session should be refused, got ${JSON.stringify(refused)}`);
+  }
+  ws.send(JSON.stringify({ id: 3, method: 'CloseSession', request: { sessionId } }));
+  const closedResp = await next((m) => m.id === 3, 'CloseSession answer');
+  if (closedResp.error) throw new Error(`CloseSession: ${JSON.stringify(closedResp.error)}`);
+  const ev = await next((m) => m.event && m.event.sessionClosed, 'session_closed event');
+  if (ev.event.sessionClosed.sessionId !== sessionId || ev.event.sessionClosed.participantId !== 'smoke') {
+    throw new Error(`unexpected session_closed ${JSON.stringify(ev.event)}`);
+  }
+  ws.close();
+  return { answerLines: sdpAnswer.split('\n').length, refused: refused.error.code };
+}
+
 // ---------------------------------------------------------------- main
 async function cleanup(ctx) {
   const steps = [
@@ -1150,6 +1431,7 @@ async function cleanup(ctx) {
     async () => (ctx.clients || []).forEach((c) => c.close()),
     async () => Promise.all((ctx.daemons || []).map(stopDaemon)),
     async () => ctx.pageServer && ctx.pageServer.close(),
+    async () => ctx.backend && ctx.backend.kill('SIGTERM'),
     async () => rmSync(ctx.userDataDir, { recursive: true, force: true }),
     async () => ctx.certDir && rmSync(ctx.certDir, { recursive: true, force: true }),
   ];
@@ -1198,8 +1480,20 @@ async function main() {
       console.log(`browser cascade: fra→ams framesDecoded=${r.media.frames} audioPackets=${r.media.audio} on B; ` +
         `first frame on B ${r.firstFrameB ?? '?'} ms after Subscribe (media flowing after ${r.media.mediaSecs}s)${vsA}; ` +
         `link datagrams_sent=${r.link && r.link.datagrams_sent} rtt=${r.link && r.link.rtt_us}us; total ${since()}s`);
-    } else if (SCENARIO === 'simulcast') {
-      const r = await simulcastScenario(ctx);
+    } else if (SCENARIO === 'example') {
+      const r = await exampleScenario(ctx);
+      console.log(`example backend: page and kaskade.js served, CreateSession answered (${r.answerLines} SDP lines), ` +
+        `session_closed pushed, a foreign session refused (${r.refused}); total ${since()}s`);
+    } else if (SCENARIO === 'demo') {
+      const r = await demoScenario(ctx);
+      if (VERBOSE) printDaemonTails();
+      console.log(`browser demo: both pages decode each other (alice sees ${r.aliceSees}, bob sees ${r.bobSees}) ` +
+        `after ${r.mediaSecs}s; bob's pick "low" moved alice's tile ${r.before}px -> ${r.after}px wide in ${r.switchMs} ms ` +
+        `(router layer ${r.layer}); bob's leaving cleared alice's tile in ${r.leftMs} ms; total ${since()}s`);
+    } else if (SCENARIO === 'simulcast' || SCENARIO === 'e2ee') {
+      // A fixed test key: this scenario checks the router, not key exchange.
+      const e2eeKey = SCENARIO === 'e2ee' ? Array.from({ length: 16 }, (_, i) => (i * 37 + 11) & 0xff) : null;
+      const r = await simulcastScenario(ctx, { e2eeKey });
       try {
         await rpc(ctx.rooms, 'RoomService', 'DeleteRoom', { room_id: ROOM_ID });
       } catch (e) {
@@ -1213,8 +1507,9 @@ async function main() {
         x.already
           ? `layer ${x.layer} -> ${x.size} already before the call`
           : `layer ${x.layer} -> ${x.size} in ${x.statsMs} ms (first frame ${ms(x.shownMs)} ms, router switch ${ms(x.routerMs)} ms)`);
-      console.log(`browser simulcast (settle ${SETTLE_MS} ms): ${steps.join('; ')}; ${r.layerEvents.length} LayerChanged event(s); ` +
-        `video after ${r.media.mediaSecs}s; total ${since()}s`);
+      const e2ee = r.e2ee ? `; e2ee: ${r.e2ee.pub.encrypted} frames encrypted, ${r.e2ee.sub.decrypted} decrypted, ${r.e2ee.sub.failed} failed` : '';
+      console.log(`browser ${SCENARIO} (settle ${SETTLE_MS} ms): ${steps.join('; ')}; ${r.layerEvents.length} LayerChanged event(s); ` +
+        `video after ${r.media.mediaSecs}s${e2ee}; total ${since()}s`);
     } else {
       const r = await fullScenario(ctx);
       // An AEAD profile (AES-GCM) costs a fifth of AES-CM + HMAC-SHA1 per packet.

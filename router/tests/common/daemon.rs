@@ -18,6 +18,8 @@ pub struct Daemon {
     pub metrics: SocketAddr,
     pub media: Vec<SocketAddr>,
     pub cascade: Option<SocketAddr>,
+    /// The HTTP listener (demo app, kaskade.js).
+    pub http: Option<SocketAddr>,
     pub rooms: RoomServiceClient<Channel>,
     pub sessions: SessionServiceClient<Channel>,
     pub links: CascadeServiceClient<Channel>,
@@ -60,6 +62,8 @@ impl Daemon {
                 "0",
                 "--workers",
                 "2",
+                "--http-listen",
+                "127.0.0.1:0",
             ])
             .args(args)
             .env_remove("KASKADE_CONTROL_LISTEN")
@@ -94,6 +98,7 @@ impl Daemon {
                 .map(|s| s.trim_matches('"').parse().unwrap())
                 .collect(),
             cascade: field(&json, "cascade").and_then(|c| c.parse().ok()),
+            http: field(&json, "http").and_then(|c| c.parse().ok()),
             rooms,
             sessions,
             links,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use str0m::media::{MediaKind, Mid, Rid};
 
 /// A remote track as announced over a link.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteTrack {
     /// The room.
     pub room: RoomId,
@@ -37,6 +37,15 @@ fn stable_u64(parts: &[&str]) -> u64 {
     let mut h = DefaultHasher::new();
     parts.hash(&mut h);
     h.finish()
+}
+
+impl RemoteTrack {
+    /// The track's id on this router. The same origin track keeps it whatever path or
+    /// connection announced it (after a reconnect, or from two routers of a triangle).
+    pub fn local_id(&self) -> TrackId {
+        let origin = self.path.first().map_or("", String::as_str);
+        TrackId(stable_u64(&[origin, &self.origin_track_id, self.room.as_str()]) | 1 << 63)
+    }
 }
 
 impl Control {
@@ -105,7 +114,7 @@ impl Control {
         if !reg.rooms.contains_key(&t.room) {
             return None;
         }
-        let id = TrackId(stable_u64(&[&origin, &t.origin_track_id, t.room.as_str()]) | 1 << 63);
+        let id = t.local_id();
         if let Some(existing) = reg.tracks.get(&id) {
             return Some(existing.clone());
         }

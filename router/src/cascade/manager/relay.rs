@@ -1,0 +1,268 @@
+//! The relay drivers: one task that runs every link's [`RelayTx`] (packets from the workers →
+//! QUIC datagrams), and one task per connection that runs its [`RelayRx`] (QUIC datagrams →
+//! batches for the home workers). They only move bytes and timers; the machines decide.
+
+use crate::cascade::relay::{RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats};
+use crate::control::Control;
+use crate::media::bus::BusMsg;
+use crate::media::types::LinkId;
+use crate::media::MediaPacket;
+use kaskade_protocol::cascade as cpb;
+use prometheus::IntCounter;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Datagrams taken from a connection per wake-up (one ingest per worker per batch).
+const RX_BATCH: usize = 64;
+
+/// Figures of one link, kept across its connections, shared by its tasks.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Datagrams sent.
+    pub datagrams_sent: AtomicU64,
+    /// Datagrams received.
+    pub datagrams_received: AtomicU64,
+    /// Media not sent (link down, too large, congested).
+    pub datagrams_dropped: AtomicU64,
+    /// Packets the far side asked for again.
+    pub nacked: AtomicU64,
+    /// Packets resent from the cache.
+    pub retransmitted: AtomicU64,
+    /// Packets never received even after asking.
+    pub lost: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    if n > 0 {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Updates for the sending task.
+#[derive(Debug)]
+pub enum TxUpdate {
+    /// The link's connection (or none while it is down) and its control stream.
+    Link {
+        /// The link.
+        link: LinkId,
+        /// Its connection.
+        conn: Option<quinn::Connection>,
+        /// Where control frames go.
+        frames: Option<mpsc::UnboundedSender<cpb::Frame>>,
+        /// Its counters.
+        counters: Arc<LinkCounters>,
+    },
+    /// A track is announced on a link as `num` (None: withdrawn).
+    Map {
+        /// The link.
+        link: LinkId,
+        /// The track.
+        track: kaskade_protocol::TrackId,
+        /// Its link-local number.
+        num: Option<u32>,
+    },
+    /// The far side misses these packets.
+    Nack {
+        /// The link.
+        link: LinkId,
+        /// Link-local track number.
+        num: u32,
+        /// The layer.
+        layer: u8,
+        /// Sequence numbers (low 32 bits).
+        seqs: Vec<u32>,
+    },
+}
+
+#[derive(Default)]
+struct TxLink {
+    tx: RelayTx,
+    conn: Option<quinn::Connection>,
+    frames: Option<mpsc::UnboundedSender<cpb::Frame>>,
+    counters: Arc<LinkCounters>,
+    seen: TxStats,
+}
+
+impl TxLink {
+    /// Sends what the machine produced; counts the outcome.
+    fn flush(&mut self) {
+        while let Some(o) = self.tx.poll_output() {
+            match o {
+                TxOutput::Datagram { data, repair } => {
+                    let sent = self
+                        .conn
+                        .as_ref()
+                        .is_some_and(|c| c.send_datagram(data).is_ok());
+                    if sent {
+                        add(&self.counters.datagrams_sent, 1);
+                        add(&self.counters.retransmitted, u64::from(repair));
+                    } else {
+                        add(&self.counters.datagrams_dropped, 1);
+                    }
+                }
+                TxOutput::Frame(msg) => {
+                    if let Some(f) = &self.frames {
+                        let _ = f.send(cpb::Frame { msg: Some(msg) });
+                    }
+                }
+            }
+        }
+        let s = self.tx.stats();
+        add(&self.counters.nacked, s.nacked - self.seen.nacked);
+        add(
+            &self.counters.datagrams_dropped,
+            s.dropped - self.seen.dropped,
+        );
+        self.seen = s;
+    }
+}
+
+/// The sending task: runs until both channels close.
+pub async fn run_tx(
+    mut packets: mpsc::Receiver<(LinkId, Arc<MediaPacket>)>,
+    mut updates: mpsc::UnboundedReceiver<TxUpdate>,
+) {
+    let mut links: HashMap<LinkId, TxLink> = HashMap::new();
+    loop {
+        tokio::select! {
+            p = packets.recv() => {
+                let Some((link, pkt)) = p else { return };
+                if let Some(l) = links.get_mut(&link) {
+                    let max = l.conn.as_ref().and_then(|c| c.max_datagram_size());
+                    l.tx.handle_packet(&pkt, max);
+                    l.flush();
+                }
+            }
+            u = updates.recv() => {
+                let Some(u) = u else { return };
+                match u {
+                    TxUpdate::Link { link, conn, frames, counters } => {
+                        let l = links.entry(link).or_default();
+                        l.tx.reset();
+                        l.conn = conn;
+                        l.frames = frames;
+                        l.counters = counters;
+                    }
+                    TxUpdate::Map { link, track, num } => {
+                        links.entry(link).or_default().tx.map(track, num);
+                    }
+                    TxUpdate::Nack { link, num, layer, seqs } => {
+                        if let Some(l) = links.get_mut(&link) {
+                            l.tx.handle_nack(num, layer, &seqs);
+                            l.flush();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Updates for a connection's receiving task.
+#[derive(Debug)]
+pub enum RxUpdate {
+    /// Packets numbered `num` belong to this route (None: forget the number).
+    Route {
+        /// Link-local track number.
+        num: u32,
+        /// Where they go.
+        route: Option<RxRoute>,
+    },
+    /// The codec of `num`, as the peer sent it.
+    Codec {
+        /// Link-local track number.
+        num: u32,
+        /// The parameters.
+        params: cpb::CodecParams,
+    },
+}
+
+/// What one receiving task needs.
+pub struct RxTask {
+    /// The connection.
+    pub conn: quinn::Connection,
+    /// The control plane (ingest into home workers).
+    pub control: Arc<Control>,
+    /// The control stream (NACKs).
+    pub frames: mpsc::UnboundedSender<cpb::Frame>,
+    /// Route and codec updates from the manager.
+    pub updates: mpsc::UnboundedReceiver<RxUpdate>,
+    /// The link's counters.
+    pub counters: Arc<LinkCounters>,
+    /// `kaskade_cascade_link_lost_packets_total{peer}`.
+    pub lost: IntCounter,
+}
+
+/// Polls a future once: its value if ready, `None` if not (the future is dropped; quinn's
+/// `read_datagram` loses nothing that way).
+async fn ready_now<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Some(v)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+/// The receiving task of one link connection: runs until it closes.
+pub async fn run_rx(t: RxTask) {
+    let RxTask {
+        conn,
+        control,
+        frames,
+        mut updates,
+        counters,
+        lost,
+    } = t;
+    let mut rx = RelayRx::new();
+    let mut seen = RxStats::default();
+    loop {
+        let deadline = rx.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            d = conn.read_datagram() => {
+                let Ok(d) = d else { return };
+                let now = Instant::now();
+                rx.handle_datagram(now, d);
+                // Whatever else has arrived goes in the same batch.
+                for _ in 1..RX_BATCH {
+                    match ready_now(conn.read_datagram()).await {
+                        Some(Ok(d)) => rx.handle_datagram(now, d),
+                        _ => break,
+                    }
+                }
+            }
+            u = updates.recv() => {
+                let Some(u) = u else { return };
+                match u {
+                    RxUpdate::Route { num, route } => rx.set_route(num, route),
+                    RxUpdate::Codec { num, params } => rx.set_codec(num, &params),
+                }
+            }
+            () = sleep => rx.handle_timeout(Instant::now()),
+        }
+        while let Some((worker, batch)) = rx.poll_batch() {
+            control.ingest(worker, batch.into_iter().map(BusMsg::Ingest).collect());
+        }
+        while let Some(n) = rx.poll_nack() {
+            let _ = frames.send(cpb::Frame {
+                msg: Some(cpb::frame::Msg::Nack(n)),
+            });
+        }
+        let s = rx.stats();
+        add(&counters.datagrams_received, s.datagrams - seen.datagrams);
+        add(&counters.lost, s.lost - seen.lost);
+        lost.inc_by(s.lost - seen.lost);
+        seen = s;
+    }
+}

@@ -1,0 +1,206 @@
+//! Every config key, declared once: section, name, type, default, then
+//! (unless the key lives only in the file) its environment variable, flag
+//! and `--help` placeholder, then the rule its value must pass. The doc
+//! comment is the key's `--help` text.
+//!
+//! New keys follow `KASKADE_<SECTION>_<KEY>` and `--section-key`; numbers
+//! need a `Rule::Range` (a test checks both). Document the key in
+//! docs/operations.md and deploy/kaskade.toml (a test checks that too).
+
+use super::table::config_keys;
+use super::value::Rule;
+
+/// Largest `media.keyframe_interval_ms`: longer would leave a subscriber
+/// whose keyframe request was lost without a picture for that long.
+const MAX_KEYFRAME_INTERVAL_MS: u64 = 5000;
+
+config_keys! {
+    /// `[control]`: the gRPC control API.
+    [control] ControlConfig {
+        /// gRPC control API address. Port 0 picks any free port.
+        listen: String = "127.0.0.1:50051".into(),
+            env "KASKADE_CONTROL_LISTEN", flag "control-listen", value "ADDR",
+            rule Rule::SocketAddr;
+    }
+
+    /// `[metrics]`: the Prometheus and health endpoint.
+    [metrics] MetricsConfig {
+        /// Prometheus endpoint address (`/metrics`). An empty string disables it.
+        listen: String = "127.0.0.1:9464".into(),
+            env "KASKADE_METRICS_LISTEN", flag "metrics-listen", value "ADDR",
+            rule Rule::SocketAddrOrOff;
+    }
+
+    /// `[media]`: the media plane.
+    [media] MediaConfig {
+        /// IP the UDP media sockets bind to. 0.0.0.0 needs media.advertise.
+        bind: String = "127.0.0.1".into(),
+            env "KASKADE_MEDIA_BIND", flag "media-bind", value "IP",
+            rule Rule::Ip;
+        /// First UDP media port; worker i uses port_start + i. 0 picks ephemeral ports.
+        port_start: u16 = 40000,
+            env "KASKADE_MEDIA_PORT_START", flag "media-port-start", value "PORT",
+            rule Rule::Range(0, 65535);
+        /// Number of media worker threads, each with one UDP port. 0 means one per core.
+        workers: usize = 0,
+            env "KASKADE_MEDIA_WORKERS", flag "workers", value "N",
+            rule Rule::Range(0, 1024);
+        /// IP put into ICE candidates; empty means the bind address.
+        advertise: String = String::new(),
+            env "KASKADE_MEDIA_ADVERTISE", flag "advertise", value "IP",
+            rule Rule::IpOrEmpty;
+        /// Capacity, in batches, of each worker's fan-out inbox.
+        /// When an inbox is full, video is dropped and counted.
+        bus_queue: usize = 1024,
+            env "KASKADE_MEDIA_BUS_QUEUE", flag "bus-queue", value "N",
+            rule Rule::Range(1, 1 << 20);
+        /// Packets kept per outgoing video stream to answer NACKs.
+        rtx_cache: usize = crate::media::rtc::DEFAULT_RTX_CACHE,
+            env "KASKADE_MEDIA_RTX_CACHE", flag "rtx-cache", value "N",
+            rule Rule::Range(32, 8192);
+        /// Minimum time, in ms, between two keyframe requests to one publisher layer.
+        keyframe_interval_ms: u64 =
+            crate::media::core::PUBLISHER_KEYFRAME_INTERVAL.as_millis() as u64,
+            env "KASKADE_MEDIA_KEYFRAME_INTERVAL_MS", flag "keyframe-interval-ms", value "MS",
+            rule Rule::Range(0, MAX_KEYFRAME_INTERVAL_MS);
+    }
+
+    /// `[limits]`: what the API lets integrators create.
+    [limits] LimitsConfig {
+        /// Maximum number of rooms.
+        max_rooms: usize = 10_000,
+            env "KASKADE_LIMITS_MAX_ROOMS", flag "limits-max-rooms", value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// Sessions per room when CreateRoom gives max_sessions = 0 (and the most it may ask for).
+        max_sessions_per_room: u32 = 100,
+            env "KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM", flag "limits-max-sessions-per-room",
+            value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// Sessions on this router.
+        max_sessions: usize = 10_000,
+            env "KASKADE_LIMITS_MAX_SESSIONS", flag "limits-max-sessions", value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// Sessions created but not yet connected (each holds a WebRTC stack for up to 30 s).
+        max_pending_sessions: usize = 1_000,
+            env "KASKADE_LIMITS_MAX_PENDING_SESSIONS", flag "limits-max-pending-sessions",
+            value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// Published tracks on this router, tracks relayed from other routers included.
+        max_tracks: usize = 20_000,
+            env "KASKADE_LIMITS_MAX_TRACKS", flag "limits-max-tracks", value "N",
+            rule Rule::Range(1, 10_000_000);
+        /// Audio and video tracks one session may publish.
+        max_tracks_per_session: usize = 16,
+            env "KASKADE_LIMITS_MAX_TRACKS_PER_SESSION", flag "limits-max-tracks-per-session",
+            value "N",
+            rule Rule::Range(1, 1024);
+        /// Tracks one session may subscribe to.
+        max_subscriptions_per_session: usize = 512,
+            env "KASKADE_LIMITS_MAX_SUBSCRIPTIONS_PER_SESSION",
+            flag "limits-max-subscriptions-per-session", value "N",
+            rule Rule::Range(1, 10_000);
+        /// Media sections (m= lines) in one SDP offer.
+        max_media_lines: usize = 600,
+            env "KASKADE_LIMITS_MAX_MEDIA_LINES", flag "limits-max-media-lines", value "N",
+            rule Rule::Range(1, 20_000);
+        /// WatchEvents streams open at once.
+        max_watchers: usize = 1_000,
+            env "KASKADE_LIMITS_MAX_WATCHERS", flag "limits-max-watchers", value "N",
+            rule Rule::Range(1, 100_000);
+    }
+
+    /// `[http]`: the HTTP listener (demo app, kaskade.js, demo signalling).
+    [http] HttpConfig {
+        /// HTTP listen address of the demo app, kaskade.js and the demo signalling;
+        /// loopback only (the demo has no authentication yet); empty disables it.
+        listen: String = "127.0.0.1:8080".into(),
+            env "KASKADE_HTTP_LISTEN", flag "http-listen", value "ADDR",
+            rule Rule::SocketAddrOrOff;
+    }
+
+    /// `[webhooks]`: an HTTP POST per event.
+    [webhooks] WebhooksConfig {
+        /// http:// URLs each event is POSTed to (flag repeatable, env comma-separated); empty: off.
+        urls: Vec<String> = Vec::new(),
+            env "KASKADE_WEBHOOKS_URLS", flag "webhooks-url", value "URL",
+            rule Rule::Any;
+        /// Only these event kinds (e.g. session_closed); empty: every kind.
+        events: Vec<String> = Vec::new(),
+            env "KASKADE_WEBHOOKS_EVENTS", flag "webhooks-event", value "KIND",
+            rule Rule::Any;
+        /// The id of the key that signs the bodies, sent with each request.
+        key_id: String = String::new(),
+            env "KASKADE_WEBHOOKS_KEY_ID", flag "webhooks-key-id", value "ID",
+            rule Rule::Any;
+        /// The signing secret (HMAC-SHA256), at least 16 bytes; required with urls.
+        secret: String = String::new(),
+            env "KASKADE_WEBHOOKS_SECRET", flag "webhooks-secret", value "SECRET",
+            rule Rule::Any;
+        /// Events held per URL while its receiver is slow or down; beyond, dropped and counted.
+        queue: usize = 1000,
+            env "KASKADE_WEBHOOKS_QUEUE", flag "webhooks-queue", value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// How long one delivery attempt may take, in ms.
+        timeout_ms: u64 = 5000,
+            env "KASKADE_WEBHOOKS_TIMEOUT_MS", flag "webhooks-timeout-ms", value "MS",
+            rule Rule::Range(100, 60_000);
+        /// Include participant ids and metadata in the bodies: true or false.
+        participant_data: bool = false,
+            env "KASKADE_WEBHOOKS_PARTICIPANT_DATA", flag "webhooks-participant-data",
+            value "BOOL",
+            rule Rule::Any;
+    }
+
+    /// `[log]`: logging.
+    [log] LogConfig {
+        /// Log filter, RUST_LOG syntax (e.g. info,kaskade_router=debug).
+        /// RUST_LOG is honoured when neither KASKADE_LOG_LEVEL nor --log-level is given.
+        level: String = "info".into(),
+            env "KASKADE_LOG_LEVEL", flag "log-level", value "FILTER",
+            rule Rule::LogFilter;
+        /// Include IP addresses in logs: true or false.
+        ips: bool = false,
+            env "KASKADE_LOG_IPS", flag "log-ips", value "BOOL",
+            rule Rule::Any;
+    }
+
+    /// `[node]`: this router's identity.
+    [node] NodeConfig {
+        /// This router's node id (must match its cascade certificate).
+        id: String = "local".into(),
+            env "KASKADE_NODE_ID", flag "node-id", value "ID",
+            rule Rule::Name;
+        /// This router's region, e.g. eu-de-fra; residency policies match against it.
+        region: String = String::new(),
+            env "KASKADE_NODE_REGION", flag "region", value "REGION",
+            rule Rule::NameOrEmpty;
+    }
+
+    /// `[cascade]`: links to other routers.
+    [cascade] CascadeConfig {
+        /// QUIC address for links to other routers; empty disables cascading.
+        listen: String = String::new(),
+            env "KASKADE_CASCADE_LISTEN", flag "cascade-listen", value "ADDR",
+            rule Rule::SocketAddrOrOff;
+        /// The cluster CA certificate (PEM); required with cascade.listen.
+        ca: String = String::new(),
+            env "KASKADE_CASCADE_CA", flag "cascade-ca", value "FILE",
+            rule Rule::Any;
+        /// This router's certificate (PEM), from `kaskade cert`.
+        cert: String = String::new(),
+            env "KASKADE_CASCADE_CERT", flag "cascade-cert", value "FILE",
+            rule Rule::Any;
+        /// This router's private key (PEM).
+        key: String = String::new(),
+            env "KASKADE_CASCADE_KEY", flag "cascade-key", value "FILE",
+            rule Rule::Any;
+        /// Routers to dial, as node_id=host:port (flag repeatable, env comma-separated).
+        peers: Vec<String> = Vec::new(),
+            env "KASKADE_CASCADE_PEERS", flag "peer", value "ID=ADDR",
+            rule Rule::Any;
+        /// Link rooms that this router and a peer both host, without LinkRoom: true or false.
+        auto_link: bool = true,
+            env "KASKADE_CASCADE_AUTO_LINK", flag "cascade-auto-link", value "BOOL",
+            rule Rule::Any;
+    }
+}

@@ -1,0 +1,318 @@
+//! [`Config::validate`]: every key against its rule, then the checks that
+//! span keys, giving the [`Resolved`] configuration the daemon runs with.
+
+use super::{Config, ConfigError, KEYS};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The validated configuration the daemon runs with: the keys as given
+/// ([`Resolved::config`]) plus the values parsed or derived from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// gRPC listen address.
+    pub control_listen: SocketAddr,
+    /// Metrics listen address, if enabled.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Media bind IP.
+    pub media_bind: IpAddr,
+    /// First media port (0 = ephemeral).
+    pub media_port_start: u16,
+    /// Number of media workers.
+    pub workers: usize,
+    /// IP advertised in ICE candidates.
+    pub advertise: IpAddr,
+    /// Bus inbox capacity, in batches.
+    pub bus_queue: usize,
+    /// RTX cache per outgoing video stream, in packets.
+    pub rtx_cache: usize,
+    /// Minimum time between two keyframe requests to one publisher layer.
+    pub keyframe_interval: Duration,
+    /// Room limit.
+    pub max_rooms: usize,
+    /// Sessions per room limit.
+    pub max_sessions_per_room: usize,
+    /// Tracing filter.
+    pub log_level: String,
+    /// Whether logs may carry IP addresses.
+    pub log_ips: bool,
+    /// This router's node id.
+    pub node_id: String,
+    /// This router's region (empty: none).
+    pub region: String,
+    /// Cascade settings, if cascading is enabled.
+    pub cascade: Option<CascadeResolved>,
+    /// HTTP listen address (demo app, kaskade.js), if enabled.
+    pub http_listen: Option<SocketAddr>,
+    /// Webhooks, if configured.
+    pub webhooks: Option<WebhooksResolved>,
+    /// Every key as validated: read keys without a field above here.
+    pub config: Config,
+}
+
+/// A peer router from `cascade.peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// Its node id.
+    pub node_id: String,
+    /// Where it listens.
+    pub addr: String,
+}
+
+/// Validated `[cascade]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CascadeResolved {
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// CA certificate file.
+    pub ca: PathBuf,
+    /// Node certificate file.
+    pub cert: PathBuf,
+    /// Node key file.
+    pub key: PathBuf,
+    /// Known peers.
+    pub peers: Vec<PeerAddr>,
+    /// Link rooms hosted on both ends of a link without `LinkRoom`.
+    pub auto_link: bool,
+}
+
+fn value(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        key,
+        reason: reason.into(),
+    }
+}
+
+fn sock(key: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| value(key, format!("{v:?} is not an address like 127.0.0.1:50051")))
+}
+
+fn ip(key: &'static str, v: &str) -> Result<IpAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| value(key, format!("{v:?} is not an IP address")))
+}
+
+impl Config {
+    /// Checks every key against its rule, then the keys that depend on
+    /// each other, and resolves what depends on the machine (`cores`).
+    pub fn validate(&self, cores: usize) -> Result<Resolved, ConfigError> {
+        for k in KEYS {
+            (k.get)(self)
+                .check(&k.rule)
+                .map_err(|reason| value(k.name, reason))?;
+        }
+        let control_listen = sock("control.listen", &self.control.listen)?;
+        let metrics_listen = match self.metrics.listen.as_str() {
+            "" => None,
+            v => Some(sock("metrics.listen", v)?),
+        };
+        let media_bind = ip("media.bind", &self.media.bind)?;
+        let advertise = if self.media.advertise.is_empty() {
+            if media_bind.is_unspecified() {
+                return Err(value(
+                    "media.advertise",
+                    format!("must be set when media.bind is {media_bind}: browsers need a concrete address"),
+                ));
+            }
+            media_bind
+        } else {
+            let a = ip("media.advertise", &self.media.advertise)?;
+            if a.is_unspecified() {
+                return Err(value(
+                    "media.advertise",
+                    "must be a concrete address, not 0.0.0.0 or ::",
+                ));
+            }
+            a
+        };
+        let workers = match self.media.workers {
+            0 => cores.clamp(1, 1024),
+            n => n,
+        };
+        if self.media.port_start != 0 && usize::from(self.media.port_start) + workers > 65536 {
+            return Err(value(
+                "media.port_start",
+                format!(
+                    "{} + {workers} workers runs past port 65535",
+                    self.media.port_start
+                ),
+            ));
+        }
+        let cascade = self.resolve_cascade()?;
+        let http_listen = match self.http.listen.as_str() {
+            "" => None,
+            v => {
+                let a = sock("http.listen", v)?;
+                if !a.ip().is_loopback() {
+                    return Err(value(
+                        "http.listen",
+                        format!(
+                            "{a} is not a loopback address: the demo app and its signalling have no \
+                             authentication yet, so they are served on 127.0.0.1 or ::1 only \
+                             (set http.listen to \"\" to turn the listener off)"
+                        ),
+                    ));
+                }
+                Some(a)
+            }
+        };
+        let webhooks = self.resolve_webhooks()?;
+        Ok(Resolved {
+            control_listen,
+            metrics_listen,
+            media_bind,
+            media_port_start: self.media.port_start,
+            workers,
+            advertise,
+            bus_queue: self.media.bus_queue,
+            rtx_cache: self.media.rtx_cache,
+            keyframe_interval: Duration::from_millis(self.media.keyframe_interval_ms),
+            max_rooms: self.limits.max_rooms,
+            max_sessions_per_room: self.limits.max_sessions_per_room as usize,
+            log_level: self.log.level.clone(),
+            log_ips: self.log.ips,
+            node_id: self.node.id.clone(),
+            region: self.node.region.clone(),
+            cascade,
+            http_listen,
+            webhooks,
+            config: self.clone(),
+        })
+    }
+
+    fn resolve_cascade(&self) -> Result<Option<CascadeResolved>, ConfigError> {
+        let c = &self.cascade;
+        if c.listen.is_empty() {
+            if !c.peers.is_empty() {
+                return Err(value(
+                    "cascade.peers",
+                    "needs cascade.listen (cascading is off)",
+                ));
+            }
+            return Ok(None);
+        }
+        let listen = sock("cascade.listen", &c.listen)?;
+        let file = |key: &'static str, v: &str| {
+            if v.is_empty() {
+                return Err(value(key, "is required when cascade.listen is set"));
+            }
+            Ok(PathBuf::from(v))
+        };
+        let mut peers = Vec::new();
+        for p in &c.peers {
+            let bad = || value("cascade.peers", format!("{p:?} is not node_id=host:port"));
+            let (id, addr) = p.split_once('=').ok_or_else(bad)?;
+            if !super::valid_name(id) || addr.rsplit_once(':').is_none() {
+                return Err(bad());
+            }
+            peers.push(PeerAddr {
+                node_id: id.to_string(),
+                addr: addr.to_string(),
+            });
+        }
+        Ok(Some(CascadeResolved {
+            listen,
+            ca: file("cascade.ca", &c.ca)?,
+            cert: file("cascade.cert", &c.cert)?,
+            key: file("cascade.key", &c.key)?,
+            peers,
+            auto_link: c.auto_link,
+        }))
+    }
+}
+
+/// Validated `[webhooks]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhooksResolved {
+    /// Where each event goes.
+    pub urls: Vec<hyper::Uri>,
+    /// Event kinds sent (empty: all).
+    pub events: Vec<String>,
+    /// Signing key id.
+    pub key_id: String,
+    /// Signing secret.
+    pub secret: String,
+    /// Per-URL queue.
+    pub queue: usize,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Participant ids and metadata in bodies.
+    pub participant_data: bool,
+}
+
+impl std::fmt::Debug for WebhooksResolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("WebhooksResolved")
+            .field("urls", &self.urls.len())
+            .field("key_id", &self.key_id)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    fn resolve_webhooks(&self) -> Result<Option<WebhooksResolved>, ConfigError> {
+        let w = &self.webhooks;
+        if w.urls.is_empty() {
+            return Ok(None);
+        }
+        let mut urls = Vec::new();
+        for u in &w.urls {
+            let uri: hyper::Uri = u
+                .parse()
+                .map_err(|_| value("webhooks.urls", format!("{u:?} is not a URL")))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(value(
+                    "webhooks.urls",
+                    format!(
+                        "{u:?}: only http:// URLs for now (put a TLS-terminating relay in front of an https receiver)"
+                    ),
+                ));
+            }
+            urls.push(uri);
+        }
+        if let Err(e) = crate::control::events::EventFilter::parse(&w.events) {
+            return Err(value("webhooks.events", e.to_string()));
+        }
+        if w.secret.len() < 16 {
+            return Err(value(
+                "webhooks.secret",
+                "must be set (at least 16 bytes) when webhooks.urls is: every body is signed",
+            ));
+        }
+        Ok(Some(WebhooksResolved {
+            urls,
+            events: w.events.clone(),
+            key_id: w.key_id.clone(),
+            secret: w.secret.clone(),
+            queue: w.queue,
+            timeout: Duration::from_millis(w.timeout_ms),
+            participant_data: w.participant_data,
+        }))
+    }
+}
+
+impl Resolved {
+    /// The resolved defaults, for tests and embedding.
+    pub fn defaults_for_test() -> Self {
+        let mut c = Config::default();
+        c.media.workers = 2;
+        c.validate(2)
+            .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+
+    /// Loopback, ephemeral ports everywhere, no metrics and no HTTP
+    /// listener: what tests use.
+    pub fn ephemeral(workers: usize) -> Self {
+        let mut c = Config::default();
+        c.control.listen = "127.0.0.1:0".into();
+        c.metrics.listen = String::new();
+        c.http.listen = String::new();
+        c.media.port_start = 0;
+        c.media.workers = workers.clamp(1, 1024);
+        c.validate(workers)
+            .unwrap_or_else(|e| unreachable!("ephemeral defaults are valid: {e}"))
+    }
+}

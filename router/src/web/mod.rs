@@ -1,0 +1,249 @@
+//! The HTTP face (`http.listen`, loopback only for now): the demo app at
+//! `/`, the browser helper at `/kaskade.js`, and the demo signalling
+//! (`/demo/...`) that calls the same control plane as the gRPC API.
+//!
+//! Every asset is compiled into the binary; nothing is fetched from
+//! elsewhere. Requests must name a loopback host (`Host`), so a web page
+//! elsewhere cannot reach the listener through DNS rebinding, and a
+//! cross-site page cannot post to it (JSON bodies only, which browsers
+//! never send cross-site without a CORS preflight this server never grants).
+
+pub mod demo;
+pub mod json;
+
+use crate::control::Control;
+use crate::metrics::Metrics;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// The demo app's page.
+const INDEX_HTML: &str = include_str!("assets/index.html");
+/// The demo app's script.
+const DEMO_JS: &str = include_str!("assets/demo.js");
+/// The demo app's style sheet.
+const DEMO_CSS: &str = include_str!("assets/demo.css");
+/// The browser helper (an ES module without dependencies).
+pub const KASKADE_JS: &str = include_str!("assets/kaskade.js");
+
+/// Event streams (`/demo/events`) open at once; more are refused (503).
+pub const MAX_EVENT_STREAMS: usize = 256;
+
+/// Shared by the handlers.
+#[derive(Debug)]
+pub struct Web {
+    plane: Arc<Control>,
+    metrics: Metrics,
+    streams: Arc<Semaphore>,
+}
+
+impl Web {
+    /// Counts a request by route and status and passes the response on.
+    fn done(&self, route: &'static str, resp: Response) -> Response {
+        let code = resp.status().as_u16().to_string();
+        self.metrics
+            .http_requests
+            .with_label_values(&[route, code.as_str()])
+            .inc();
+        resp
+    }
+}
+
+/// A short plain-text error.
+pub(crate) fn error(status: StatusCode, reason: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+/// Whether `Host` names this machine's loopback: `localhost`, `127.x.x.x`
+/// or `[::1]`, with or without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses requests that do not come from a page of this listener itself:
+/// a `Host` that is not loopback (DNS rebinding), an `Origin` of another site.
+pub(crate) fn check_origin(headers: &HeaderMap) -> Result<(), Forbidden> {
+    origin_problem(headers).map_or(Ok(()), |reason| Err(Forbidden(reason)))
+}
+
+/// A request refused by [`check_origin`] (403 with the reason).
+#[derive(Debug)]
+pub(crate) struct Forbidden(&'static str);
+
+impl IntoResponse for Forbidden {
+    fn into_response(self) -> Response {
+        error(StatusCode::FORBIDDEN, self.0)
+    }
+}
+
+fn origin_problem(headers: &HeaderMap) -> Option<&'static str> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !loopback_host(host) {
+        return Some(
+            "the demo is served to loopback host names only (127.0.0.1, [::1], localhost)",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.strip_prefix("http://"))
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        if !same {
+            return Some("cross-origin requests are refused");
+        }
+    }
+    None
+}
+
+/// The embedded assets: path, body, content type.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("/", INDEX_HTML, "text/html; charset=utf-8"),
+    ("/kaskade.js", KASKADE_JS, "text/javascript; charset=utf-8"),
+    ("/demo.js", DEMO_JS, "text/javascript; charset=utf-8"),
+    ("/demo.css", DEMO_CSS, "text/css; charset=utf-8"),
+];
+
+/// `GET` of an embedded asset.
+async fn asset(State(web): State<Arc<Web>>, uri: Uri, headers: HeaderMap) -> Response {
+    let Some(&(route, body, ty)) = ASSETS.iter().find(|(p, _, _)| *p == uri.path()) else {
+        return web.done("other", error(StatusCode::NOT_FOUND, "not found"));
+    };
+    if let Err(r) = check_origin(&headers) {
+        return web.done(route, r.into_response());
+    }
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ty));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; media-src 'self' blob: mediastream:; img-src 'self' data:; frame-ancestors 'none'",
+        ),
+    );
+    web.done(route, resp)
+}
+
+async fn not_found(State(web): State<Arc<Web>>) -> Response {
+    web.done(
+        "other",
+        error(StatusCode::NOT_FOUND, "not found: the demo is at /"),
+    )
+}
+
+/// The routes, over one control plane.
+pub fn router(plane: Arc<Control>, metrics: Metrics) -> Router {
+    let web = Arc::new(Web {
+        plane,
+        metrics,
+        streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+    });
+    let mut r = Router::new();
+    for (path, _, _) in ASSETS {
+        r = r.route(path, get(asset));
+    }
+    r.route("/demo/api/{method}", post(demo::api))
+        .route("/demo/events", get(demo::events))
+        .fallback(not_found)
+        .with_state(web)
+}
+
+/// Serves the HTTP listener until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    plane: Arc<Control>,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!("demo app: open http://{a}/?room=test in two browser tabs");
+    }
+    let app = router(plane, metrics);
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "HTTP listener failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_pass() {
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "[::1]",
+            "127.1.2.3:1",
+        ] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "10.0.0.1:8080",
+            "",
+            "[::2]:80",
+            "localhost.evil:80",
+        ] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cross_origin_requests_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert!(origin_problem(&h).is_none());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert!(origin_problem(&h).is_none());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(origin_problem(&h).is_some());
+        h.remove(header::ORIGIN);
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("rebound.example:8080"),
+        );
+        assert!(origin_problem(&h).is_some());
+    }
+}
