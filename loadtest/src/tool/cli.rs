@@ -2,15 +2,15 @@
 //! exit code.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use serde::Serialize;
 
 use super::html;
 use super::janus::JanusSpec;
-use super::report::{comparison_table, medians, RunReport, TargetMedians};
+use super::output::{write_reports, JsonReport, Machine};
+use super::report::{comparison_table, medians};
 use super::router::find_router_bin;
 use super::run::{run_once, RunOpts};
 use super::scenario::{Bootstrap, LayerPref, Scenario};
@@ -360,60 +360,6 @@ impl Cli {
             min_receiving: self.min_receiving,
         }
     }
-}
-
-/// What the machine is, for the report.
-#[derive(Debug, Serialize)]
-struct Machine {
-    nproc: usize,
-    cpu_model: String,
-    kernel: String,
-}
-
-impl Machine {
-    fn probe() -> Machine {
-        let (cpu_model, kernel) = super::procfs::machine();
-        Machine {
-            nproc: std::thread::available_parallelism().map_or(1, usize::from),
-            cpu_model,
-            kernel,
-        }
-    }
-
-    fn line(&self) -> String {
-        format!("{} × {}, Linux {}", self.nproc, self.cpu_model, self.kernel)
-    }
-}
-
-/// The JSON report.
-#[derive(Debug, Serialize)]
-struct JsonReport<'a> {
-    tool: &'static str,
-    version: &'static str,
-    command: Vec<String>,
-    date: String,
-    machine: &'a Machine,
-    scenario: &'a Scenario,
-    thresholds: &'a Thresholds,
-    passed: bool,
-    violations: &'a [Violation],
-    medians: &'a [TargetMedians],
-    comparison_markdown: String,
-    runs: &'a [RunReport],
-}
-
-fn write_reports(
-    dir: &Path,
-    json: &JsonReport<'_>,
-    html_page: &str,
-) -> Result<(PathBuf, PathBuf), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let jp = dir.join("report.json");
-    let text = serde_json::to_string_pretty(json).map_err(|e| e.to_string())?;
-    std::fs::write(&jp, text).map_err(|e| format!("{}: {e}", jp.display()))?;
-    let hp = dir.join("report.html");
-    std::fs::write(&hp, html_page).map_err(|e| format!("{}: {e}", hp.display()))?;
-    Ok((jp, hp))
 }
 
 /// Entry point.

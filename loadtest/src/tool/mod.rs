@@ -13,6 +13,7 @@ pub mod kaskade;
 pub mod limits;
 pub mod linkproxy;
 pub mod measure;
+pub mod output;
 pub mod procfs;
 pub mod progress;
 pub mod prom;
