@@ -126,6 +126,180 @@ fn small_fan_out_against_a_started_kaskade() {
         "the media workers' CPU is reported per thread: {threads:?}"
     );
     assert!(run["series"].as_array().unwrap().len() >= 5);
+    assert!(
+        run["series"][3]["router_rss_mb"].as_f64().unwrap_or(0.0) > 1.0,
+        "router memory sampled"
+    );
     assert!(html.contains("<svg") && html.contains("Received bitrate"));
+    // The page names what ran: command, date, router version.
+    let version = run["target_info"]["version"].as_str().expect("version");
+    assert!(html.contains("--max-p99-latency 1us") && html.contains(version));
+    assert!(html.contains(report["date"].as_str().expect("date")));
+    assert!(html.contains("Router memory and descriptors"));
     let _ = std::fs::remove_dir_all(&out);
+}
+
+fn run_tool(args: &[&str], out: &Path) -> (Option<i32>, Value, String) {
+    let status = Command::new(env!("CARGO_BIN_EXE_kaskade-loadtest"))
+        .arg("--router-bin")
+        .arg(router_bin())
+        .args(args)
+        .args(["--quiet", "--out"])
+        .arg(out)
+        .status()
+        .expect("run kaskade-loadtest");
+    let text = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    let _ = std::fs::remove_dir_all(out);
+    (
+        status.code(),
+        serde_json::from_str(&text).expect("JSON report"),
+        html,
+    )
+}
+
+#[test]
+fn subscribers_on_a_linked_router_receive_the_publishers_media() {
+    let out = std::env::temp_dir().join(format!("kaskade-lt-cascade-{}", std::process::id()));
+    let (code, report, html) = run_tool(
+        &[
+            "--edge-routers",
+            "1",
+            "--origin-share",
+            "50%",
+            "--subscribers",
+            "4",
+            "--subscriber-layer",
+            "low",
+            "--duration",
+            "4s",
+            "--warmup",
+            "1s",
+            "--ramp-up",
+            "40",
+        ],
+        &out,
+    );
+    assert_eq!(code, Some(0));
+    // No threshold set: no verdict either way.
+    assert!(!html.contains("No threshold broken"));
+    let run = &report["runs"][0];
+    assert_eq!(f(run, "joins.failed"), 0.0, "{}", run["joins"]["reasons"]);
+    assert_eq!(f(run, "media.subscriptions_receiving"), 8.0);
+    let routers = run["routers"].as_array().expect("per-router figures");
+    assert_eq!(routers.len(), 2);
+    assert_eq!(routers[0]["role"], "origin");
+    assert!(f(&routers[0], "link_datagrams_sent") > 100.0, "{routers:?}");
+    assert!(f(&routers[1], "link_datagrams_received") > 100.0);
+    assert!(
+        f(&routers[1], "latency_video.count") > 100.0,
+        "the edge's subscribers measured"
+    );
+}
+
+#[test]
+fn join_leave_cycles_end_with_the_router_back_at_its_sessions() {
+    let out = std::env::temp_dir().join(format!("kaskade-lt-churn-{}", std::process::id()));
+    let (code, report, _) = run_tool(
+        &[
+            "--preset",
+            "churn",
+            "--cycles",
+            "60",
+            "--warmup",
+            "1s",
+            "--max-join-failures",
+            "0",
+        ],
+        &out,
+    );
+    assert_eq!(code, Some(0), "{}", report["violations"]);
+    let c = &report["runs"][0]["churn"];
+    assert_eq!(f(c, "cycles"), 60.0);
+    assert_eq!(f(c, "failed"), 0.0);
+    // Every cycle's session and socket is gone again.
+    assert!(f(c, "fds_after") <= f(c, "fds_before") + 2.0, "{c}");
+}
+
+#[test]
+fn a_started_router_gets_the_room_limit_the_scenario_needs() {
+    // The environment says 3 sessions per room; the scenario needs 5.
+    let out = std::env::temp_dir().join(format!("kaskade-lt-raise-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_kaskade-loadtest"))
+        .env("KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM", "3")
+        .arg("--router-bin")
+        .arg(router_bin())
+        .args(["--subscribers", "4", "--duration", "2s", "--warmup", "0s"])
+        .args(["--no-video", "--max-join-failures", "0", "--quiet", "--out"])
+        .arg(&out)
+        .status()
+        .expect("run kaskade-loadtest");
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("report.json")).expect("report.json"),
+    )
+    .expect("JSON report");
+    let _ = std::fs::remove_dir_all(&out);
+    assert_eq!(status.code(), Some(0), "{}", report["violations"]);
+    let notes = report["runs"][0]["notes"].to_string();
+    assert!(
+        notes.contains("limits.max_sessions_per_room = 5") && notes.contains("allows 3"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn a_router_it_did_not_start_is_named_as_the_limit_that_refuses_joins() {
+    // A router at 3 sessions per room, started here, used through --control.
+    let log = std::env::temp_dir().join(format!("kaskade-lt-limit-{}.log", std::process::id()));
+    let mut router = Command::new(router_bin())
+        .args([
+            "serve",
+            "--control-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--media-port-start", "0", "--workers", "1"])
+        .env("KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM", "3")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start kaskade");
+    let stdout = router.stdout.take().expect("stdout");
+    let ready = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("KASKADE_READY "))
+        .expect("ready line");
+    let ready: Value = serde_json::from_str(&ready["KASKADE_READY ".len()..]).expect("ready JSON");
+    let control = ready["control"]
+        .as_str()
+        .expect("control address")
+        .to_string();
+    let out = std::env::temp_dir().join(format!("kaskade-lt-limit-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_kaskade-loadtest"))
+        .args(["--control", &control, "--subscribers", "4", "--no-video"])
+        .args(["--duration", "2s", "--warmup", "0s", "--join-timeout", "5s"])
+        .args(["--quiet", "--out"])
+        .arg(&out)
+        .status()
+        .expect("run kaskade-loadtest");
+    let _ = router.kill();
+    let _ = router.wait();
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("report.json")).expect("report.json"),
+    )
+    .expect("JSON report");
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(status.code(), Some(0), "no threshold was set");
+    let run = &report["runs"][0];
+    let notes = run["notes"].to_string();
+    // Said before the joins, with the limit's name and the refused count.
+    assert!(
+        notes.contains("takes at most 3 sessions")
+            && notes.contains("limits.max_sessions_per_room")
+            && notes.contains("2 joins will be refused"),
+        "{notes}"
+    );
+    assert_eq!(f(run, "joins.failed"), 2.0, "{}", run["joins"]["reasons"]);
 }

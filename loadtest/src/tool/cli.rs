@@ -2,15 +2,15 @@
 //! exit code.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use serde::Serialize;
 
 use super::html;
 use super::janus::JanusSpec;
-use super::report::{comparison_table, medians, RunReport, TargetMedians};
+use super::output::{write_reports, JsonReport, Machine};
+use super::report::{comparison_table, medians};
 use super::router::find_router_bin;
 use super::run::{run_once, RunOpts};
 use super::scenario::{Bootstrap, LayerPref, Scenario};
@@ -123,6 +123,26 @@ pub struct Cli {
     /// Publishers: bandwidth cap each way.
     #[arg(long)]
     pub_rate: Option<Rate>,
+
+    /// Cascade: routers besides the publishers' one that subscribers join
+    /// (0: no cascade).
+    #[arg(long)]
+    edge_routers: Option<u32>,
+    /// Cascade: share of subscribers on the publishers' router (the baseline).
+    #[arg(long)]
+    origin_share: Option<Frac>,
+    /// Cascade: one-way delay of each link between routers.
+    #[arg(long)]
+    link_delay: Option<Dur>,
+    /// Cascade: jitter of each link.
+    #[arg(long)]
+    link_jitter: Option<Dur>,
+    /// Cascade: random loss of each link, each way.
+    #[arg(long)]
+    link_loss: Option<Frac>,
+    /// Join/leave soak: cycles in total (`subscribers` at a time).
+    #[arg(long)]
+    cycles: Option<u32>,
 
     /// What to load.
     #[arg(long, value_enum, default_value = "kaskade")]
@@ -261,13 +281,46 @@ impl Cli {
         if let Some(v) = self.pub_rate {
             pi.rate = v;
         }
+        set!(cycles);
+        let c = &mut s.cascade;
+        if let Some(v) = self.edge_routers {
+            c.edge_routers = v;
+        }
+        if let Some(v) = self.origin_share {
+            c.origin_share = v;
+        }
+        if let Some(v) = self.link_delay {
+            c.link.delay = v;
+        }
+        if let Some(v) = self.link_jitter {
+            c.link.jitter = v;
+        }
+        if let Some(v) = self.link_loss {
+            c.link.loss = v;
+        }
         s.validate()?;
         Ok(s)
     }
 
     /// The targets, in the order runs take turns.
-    pub fn targets(&self) -> Result<Vec<TargetSpec>, String> {
+    pub fn targets(&self, scn: &Scenario) -> Result<Vec<TargetSpec>, String> {
         let mut v = vec![];
+        if scn.cascade.is_active() {
+            if self.compare || self.target == TargetKind::Janus || self.control.is_some() {
+                return Err("a cascade runs on kaskade routers this tool starts: \
+                            no --compare, --target janus or --control"
+                    .into());
+            }
+            let bin = find_router_bin(self.router_bin.as_deref())?;
+            return Ok(self
+                .workers
+                .iter()
+                .map(|w| TargetSpec::KaskadeCascade {
+                    bin: bin.clone(),
+                    workers: *w,
+                })
+                .collect());
+        }
         let kaskade = self.compare || self.target == TargetKind::Kaskade;
         let janus = self.compare || self.target == TargetKind::Janus;
         if kaskade {
@@ -309,66 +362,6 @@ impl Cli {
     }
 }
 
-/// What the machine is, for the report.
-#[derive(Debug, Serialize)]
-struct Machine {
-    nproc: usize,
-    cpu_model: String,
-    kernel: String,
-}
-
-impl Machine {
-    fn probe() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split(':').nth(1))
-            .map_or("unknown".into(), |s| s.trim().to_string());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map_or("unknown".into(), |s| s.trim().to_string());
-        Machine {
-            nproc: std::thread::available_parallelism().map_or(1, usize::from),
-            cpu_model,
-            kernel,
-        }
-    }
-
-    fn line(&self) -> String {
-        format!("{} × {}, Linux {}", self.nproc, self.cpu_model, self.kernel)
-    }
-}
-
-/// The JSON report.
-#[derive(Debug, Serialize)]
-struct JsonReport<'a> {
-    tool: &'static str,
-    version: &'static str,
-    command: Vec<String>,
-    machine: &'a Machine,
-    scenario: &'a Scenario,
-    thresholds: &'a Thresholds,
-    passed: bool,
-    violations: &'a [Violation],
-    medians: &'a [TargetMedians],
-    comparison_markdown: String,
-    runs: &'a [RunReport],
-}
-
-fn write_reports(
-    dir: &Path,
-    json: &JsonReport<'_>,
-    html_page: &str,
-) -> Result<(PathBuf, PathBuf), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let jp = dir.join("report.json");
-    let text = serde_json::to_string_pretty(json).map_err(|e| e.to_string())?;
-    std::fs::write(&jp, text).map_err(|e| format!("{}: {e}", jp.display()))?;
-    let hp = dir.join("report.html");
-    std::fs::write(&hp, html_page).map_err(|e| format!("{}: {e}", hp.display()))?;
-    Ok((jp, hp))
-}
-
 /// Entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -391,7 +384,7 @@ pub fn main() -> ExitCode {
             }
         }
     }
-    let targets = match cli.targets() {
+    let targets = match cli.targets(&scn) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("kaskade-loadtest: {e}");
@@ -430,6 +423,7 @@ pub fn main() -> ExitCode {
         cli.repeat.max(1),
         machine.line()
     );
+    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut runs = vec![];
     let mut run_errors = vec![];
     for rep in 0..cli.repeat.max(1) {
@@ -463,10 +457,18 @@ pub fn main() -> ExitCode {
         );
     }
     let passed = violations.is_empty() && run_errors.is_empty();
+    let command: Vec<String> = std::env::args().collect();
+    let meta = html::Meta {
+        command: command.join(" "),
+        date: date.clone(),
+        machine: machine.line(),
+        thresholds_set: !th.is_empty(),
+    };
     let json = JsonReport {
         tool: "kaskade-loadtest",
         version: env!("CARGO_PKG_VERSION"),
-        command: std::env::args().collect(),
+        command,
+        date,
         machine: &machine,
         scenario: &scn,
         thresholds: &th,
@@ -476,7 +478,7 @@ pub fn main() -> ExitCode {
         comparison_markdown: table,
         runs: &runs,
     };
-    let page = html::page(&runs, &meds, &violations, &machine.line());
+    let page = html::page(&runs, &meds, &violations, &meta);
     match write_reports(&cli.out, &json, &page) {
         Ok((j, h)) => eprintln!("reports: {} {}", j.display(), h.display()),
         Err(e) => eprintln!("kaskade-loadtest: writing reports: {e}"),

@@ -34,6 +34,8 @@ const MAX_NAP: Duration = Duration::from_millis(5);
 const WAKE: Token = Token(usize::MAX);
 /// Simulcast layers tracked per video stream.
 pub const MAX_LAYERS: usize = 4;
+/// Groups of receivers measured apart (a cascade's routers).
+pub const MAX_GROUPS: usize = 4;
 
 /// Global id of a client in a [`Driver`].
 pub type ClientId = u32;
@@ -53,6 +55,8 @@ pub struct NewClient {
     pub socket: std::net::UdpSocket,
     /// Impairment of its traffic, both directions.
     pub impair: Option<Link>,
+    /// Its group (the router it joined in a cascade; below [`MAX_GROUPS`]).
+    pub group: u8,
 }
 
 /// Per received track state kept by the driver.
@@ -77,6 +81,7 @@ pub struct Slot {
     socket: UdpSocket,
     addr: SocketAddr,
     impaired: bool,
+    group: u8,
     next: Instant,
     dirty: bool,
     /// When ICE + DTLS came up.
@@ -157,12 +162,15 @@ pub struct Window {
     pub audio_bytes: u64,
     /// Video payload bytes per source layer.
     pub video_bytes: [u64; MAX_LAYERS],
+    /// Video latency per receiver group (µs).
+    pub latency_video_by_group: Vec<Histogram<u64>>,
 }
 
 impl Window {
     /// An empty window.
     pub fn empty() -> Self {
         Window {
+            latency_video_by_group: (0..MAX_GROUPS).map(|_| latency_histogram()).collect(),
             latency_audio: latency_histogram(),
             latency_video: latency_histogram(),
             lag: latency_histogram(),
@@ -177,6 +185,13 @@ impl Window {
         let _ = self.latency_audio.add(&o.latency_audio);
         let _ = self.latency_video.add(&o.latency_video);
         let _ = self.lag.add(&o.lag);
+        for (a, b) in self
+            .latency_video_by_group
+            .iter_mut()
+            .zip(&o.latency_video_by_group)
+        {
+            let _ = a.add(b);
+        }
         self.packets += o.packets;
         self.audio_bytes += o.audio_bytes;
         for (a, b) in self.video_bytes.iter_mut().zip(o.video_bytes) {
@@ -228,6 +243,7 @@ type CallFn = Box<dyn FnOnce(&mut Slot) + Send>;
 enum Cmd {
     Add(Box<NewClient>, oneshot::Sender<Result<(), String>>),
     Call(ClientId, CallFn),
+    Remove(ClientId),
     WaitConnected(ClientId, oneshot::Sender<Instant>),
     Interval(oneshot::Sender<Interval>),
     Measure(bool),
@@ -319,6 +335,11 @@ impl Driver {
         });
         self.send(self.thread_of(id), Cmd::Call(id, call))?;
         rx.await.map_err(|_| DriverGone)
+    }
+
+    /// Removes a client (it has left): its socket closes, its figures are gone.
+    pub fn remove(&self, id: ClientId) {
+        let _ = self.send(self.thread_of(id), Cmd::Remove(id));
     }
 
     /// Waits until the client is connected (ICE + DTLS); returns when it happened.
@@ -467,6 +488,7 @@ impl DriverThread {
                         slot.dirty = true;
                     }
                 }
+                Cmd::Remove(id) => self.remove(id),
                 Cmd::WaitConnected(id, reply) => {
                     let local = self.local(id);
                     if let Some(slot) = self.slots.get_mut(local).and_then(Option::as_mut) {
@@ -524,6 +546,7 @@ impl DriverThread {
             socket,
             addr,
             impaired: c.impair.is_some(),
+            group: c.group.min(MAX_GROUPS as u8 - 1),
             next,
             dirty: true,
             connected_at: None,
@@ -532,6 +555,15 @@ impl DriverThread {
             tracks: HashMap::new(),
         });
         Ok(())
+    }
+
+    fn remove(&mut self, id: ClientId) {
+        let local = self.local(id);
+        if let Some(mut slot) = self.slots.get_mut(local).and_then(Option::take) {
+            let _ = self.poll.registry().deregister(&mut slot.socket);
+            self.by_addr.remove(&slot.addr);
+            self.impairer.remove_client(slot.addr);
+        }
     }
 
     fn read(&mut self, local: usize) {
@@ -634,8 +666,11 @@ impl DriverThread {
                 }
                 let (interval, window, tracks) =
                     (&mut self.interval, &mut self.window, &mut slot.tracks);
+                let group = usize::from(slot.group);
                 slot.client.drain_tap(|mid, kind, p| {
-                    on_packet(epoch, measuring, interval, window, tracks, mid, kind, p);
+                    on_packet(
+                        epoch, measuring, interval, window, tracks, group, mid, kind, p,
+                    );
                 });
                 if slot.connected_at.is_none() && slot.client.is_connected() {
                     slot.connected_at = Some(now);
@@ -714,6 +749,7 @@ fn on_packet(
     interval: &mut Interval,
     window: &mut Window,
     tracks: &mut HashMap<Mid, TrackRx>,
+    group: usize,
     mid: Mid,
     kind: Option<MediaKind>,
     p: &RecvPacket,
@@ -759,6 +795,7 @@ fn on_packet(
         if let Some(l) = latency {
             if video {
                 window.latency_video.saturating_record(l);
+                window.latency_video_by_group[group].saturating_record(l);
             } else {
                 window.latency_audio.saturating_record(l);
             }

@@ -96,13 +96,138 @@ fn charts(r: &RunReport) -> String {
             points: xs(&|s| s.failed as f64),
         },
     ];
-    [
+    let opt = |f: fn(&super::report::Sample) -> Option<f64>| xs(&|s| f(s).unwrap_or(f64::NAN));
+    let memory = vec![
+        Series {
+            name: "router RSS (MiB)".into(),
+            color: PALETTE[4],
+            points: opt(|s| s.router_rss_mb),
+        },
+        Series {
+            name: "router open fds".into(),
+            color: PALETTE[5],
+            points: opt(|s| s.router_fds.map(|f| f as f64)),
+        },
+    ];
+    let per_packet = vec![Series {
+        name: "router CPU µs per forwarded packet".into(),
+        color: PALETTE[0],
+        points: opt(|s| s.router_us_per_forwarded),
+    }];
+    let mut out = vec![
         line_chart("Received bitrate (all subscribers)", "Mbps", &bitrate, span),
         line_chart("End-to-end latency, per second", "ms", &latency, span),
         line_chart("CPU", "% of one core", &cpu, span),
+        line_chart("Router CPU per forwarded packet", "µs", &per_packet, span),
+        line_chart("Router memory and descriptors", "MiB / fds", &memory, span),
         line_chart("Participants", "clients", &joined, span),
-    ]
-    .join("\n")
+    ];
+    if r.churn.is_some() {
+        // Memory against the cycles done: flat means no leak per join.
+        let by_cycle = |f: fn(&super::report::Sample) -> Option<f64>| -> Vec<(f64, f64)> {
+            r.series
+                .iter()
+                .filter(|s| s.phase == "measure")
+                .filter_map(|s| Some((s.cycles as f64, f(s)?)))
+                .collect()
+        };
+        let churn = vec![
+            Series {
+                name: "router RSS (MiB)".into(),
+                color: PALETTE[4],
+                points: by_cycle(|s| s.router_rss_mb),
+            },
+            Series {
+                name: "router open fds".into(),
+                color: PALETTE[5],
+                points: by_cycle(|s| s.router_fds.map(|f| f as f64)),
+            },
+        ];
+        out.insert(
+            0,
+            line_chart_x(
+                "Router memory by join/leave cycles",
+                "cycles",
+                "MiB / fds",
+                &churn,
+            ),
+        );
+    }
+    out.join("\n")
+}
+
+fn line_chart_x(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
+    super::svg::line_chart(title, y_label, series, None).replace("time (s)", x_label)
+}
+
+fn trend_table(r: &RunReport) -> String {
+    if r.trends.is_empty() {
+        return String::new();
+    }
+    let mut o = String::from(
+        "<table><tr><th>trend</th><th>points</th><th>median</th><th>min–max</th>\
+         <th>first tenth</th><th>last tenth</th><th>change</th><th>fitted over the span</th>\
+         <th>verdict</th></tr>",
+    );
+    for t in &r.trends {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}–{:.3}</td><td>{:.3}</td>\
+             <td>{:.3}</td><td>{:+.1} %</td><td>{:+.1} %</td><td class=\"{}\">{}</td></tr>",
+            esc(&t.figure),
+            t.points,
+            t.median,
+            t.min,
+            t.max,
+            t.first,
+            t.last,
+            t.change * 100.0,
+            t.slope_change * 100.0,
+            if t.flat { "ok" } else { "bad" },
+            if t.flat {
+                format!("flat (±{:.0} %)", t.tolerance * 100.0)
+            } else {
+                format!("not flat (±{:.0} %)", t.tolerance * 100.0)
+            }
+        );
+    }
+    o.push_str("</table>");
+    o
+}
+
+fn router_table(r: &RunReport) -> String {
+    if r.routers.is_empty() {
+        return String::new();
+    }
+    let mut o = String::from(
+        "<table><tr><th>router</th><th>role</th><th>CPU %</th><th>link datagrams sent/received</th>\
+         <th>NACKed/resent/lost</th><th>µs per relayed datagram</th><th>µs per forwarded pkt</th>\
+         <th>subscribers' video p50/p99 ms</th><th>the hop adds p50/p99 ms</th></tr>",
+    );
+    for x in &r.routers {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}/{}/{}</td><td>{}</td>\
+             <td>{}</td><td>{:.2}/{:.2}</td><td>{}</td></tr>",
+            esc(&x.node),
+            esc(&x.role),
+            opt(x.cpu_pct, 1),
+            x.link_datagrams_sent,
+            x.link_datagrams_received,
+            x.link_nacked,
+            x.link_retransmitted,
+            x.link_lost,
+            opt(x.us_per_relayed, 2),
+            opt(x.us_per_forwarded, 2),
+            x.latency_video.p50_ms,
+            x.latency_video.p99_ms,
+            x.hop_added_p50_ms
+                .zip(x.hop_added_p99_ms)
+                .map_or("–".into(), |(a, b)| format!("{a:.2}/{b:.2}")),
+        );
+    }
+    o.push_str("</table>");
+    o
 }
 
 fn nan_if_empty(count: u64, v: f64) -> f64 {
@@ -183,12 +308,79 @@ fn markdown_table_to_html(md: &str) -> String {
     o
 }
 
+/// What the page says about the invocation.
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    /// The command line.
+    pub command: String,
+    /// When it ran (RFC 3339, UTC).
+    pub date: String,
+    /// The machine.
+    pub machine: String,
+    /// Whether any threshold was set.
+    pub thresholds_set: bool,
+}
+
+/// The header: command, date, machine, and each target's version and commit.
+fn header(runs: &[RunReport], meta: &Meta) -> String {
+    let mut o = String::from("<table class=\"meta\">");
+    let mut row = |k: &str, v: &str| {
+        let _ = write!(o, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+    };
+    row("command", &meta.command);
+    row("date", &meta.date);
+    row("machine", &meta.machine);
+    let mut seen: Vec<&str> = vec![];
+    for r in runs {
+        if seen.contains(&r.target.as_str()) {
+            continue;
+        }
+        seen.push(&r.target);
+        let i = &r.target_info;
+        row(
+            &format!("{}: version, commit", r.target),
+            &format!(
+                "{}, {} (from {})",
+                i.version.as_deref().unwrap_or("unknown"),
+                i.commit.as_deref().unwrap_or("unknown"),
+                i.source
+            ),
+        );
+    }
+    o.push_str("</table>");
+    o
+}
+
+/// The thresholds' verdict: nothing when none was set.
+fn verdict(violations: &[Violation], thresholds_set: bool) -> String {
+    let mut o = String::new();
+    if violations.is_empty() {
+        if thresholds_set {
+            o.push_str("<p class=\"ok\">No threshold broken.</p>");
+        }
+        return o;
+    }
+    o.push_str("<p class=\"bad\">Thresholds broken:</p><ul>");
+    for v in violations {
+        let _ = write!(
+            o,
+            "<li class=\"bad\">{} run {}: {} — measured {}</li>",
+            esc(&v.target),
+            v.repeat + 1,
+            esc(&v.limit),
+            esc(&v.measured)
+        );
+    }
+    o.push_str("</ul>");
+    o
+}
+
 /// The whole page.
 pub fn page(
     runs: &[RunReport],
     meds: &[TargetMedians],
     violations: &[Violation],
-    machine: &str,
+    meta: &Meta,
 ) -> String {
     let mut o = String::new();
     let title = runs
@@ -206,29 +398,10 @@ pub fn page(
     );
     let _ = write!(o, "<h1>kaskade-loadtest: {}</h1>", esc(&title));
     if let Some(r) = runs.first() {
-        let _ = write!(
-            o,
-            "<p>{}</p><p>machine: {}</p>",
-            esc(&r.scenario.shape()),
-            esc(machine)
-        );
+        let _ = write!(o, "<p>{}</p>", esc(&r.scenario.shape()));
     }
-    if violations.is_empty() {
-        o.push_str("<p class=\"ok\">No threshold broken.</p>");
-    } else {
-        o.push_str("<p class=\"bad\">Thresholds broken:</p><ul>");
-        for v in violations {
-            let _ = write!(
-                o,
-                "<li class=\"bad\">{} run {}: {} — measured {}</li>",
-                esc(&v.target),
-                v.repeat + 1,
-                esc(&v.limit),
-                esc(&v.measured)
-            );
-        }
-        o.push_str("</ul>");
-    }
+    o.push_str(&header(runs, meta));
+    o.push_str(&verdict(violations, meta.thresholds_set));
     if meds.len() > 1 || meds.iter().any(|m| m.runs > 1) {
         o.push_str("<h2>Side by side (median, spread in parentheses)</h2>");
         o.push_str(&markdown_table_to_html(&super::report::comparison_table(
@@ -241,14 +414,83 @@ pub fn page(
         let first_of_target = runs[..i].iter().all(|p| p.target != r.target);
         let _ = write!(
             o,
-            "<details{}><summary><b>{} — run {}</b></summary>{}<pre>{}</pre></details>",
+            "<details{}><summary><b>{} — run {}</b></summary>{}{}{}<pre>{}</pre></details>",
             if first_of_target { " open" } else { "" },
             esc(&r.target),
             r.repeat + 1,
+            router_table(r),
+            trend_table(r),
             charts(r),
             esc(&r.summary())
         );
     }
     o.push_str("</body></html>\n");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tool::report::{CpuFigures, JoinFigures, MediaFigures};
+    use crate::tool::scenario::Scenario;
+    use crate::tool::target::TargetInfo;
+
+    fn run() -> RunReport {
+        RunReport {
+            target: "kaskade w1".into(),
+            repeat: 0,
+            scenario: Scenario::default(),
+            started_unix_ms: 0,
+            joins: JoinFigures::default(),
+            media: MediaFigures::default(),
+            cpu: CpuFigures::default(),
+            series: vec![],
+            notes: vec![],
+            target_info: TargetInfo {
+                version: Some("0.1.0".into()),
+                commit: Some("fd3a4b5".into()),
+                source: "the router's kaskade_build_info metric".into(),
+            },
+            trends: vec![],
+            routers: vec![],
+            churn: None,
+        }
+    }
+
+    fn meta(thresholds_set: bool) -> Meta {
+        Meta {
+            command: "kaskade-loadtest --preset s1 --max-loss 1%".into(),
+            date: "2026-12-05T10:00:00Z".into(),
+            machine: "2 × AMD EPYC".into(),
+            thresholds_set,
+        }
+    }
+
+    #[test]
+    fn the_page_names_command_date_version_and_commit() {
+        let p = page(&[run()], &[], &[], &meta(true));
+        for want in [
+            "kaskade-loadtest --preset s1 --max-loss 1%",
+            "2026-12-05T10:00:00Z",
+            "kaskade w1: version, commit",
+            "0.1.0, fd3a4b5",
+            "No threshold broken.",
+        ] {
+            assert!(p.contains(want), "missing {want}");
+        }
+    }
+
+    #[test]
+    fn no_verdict_without_thresholds() {
+        let p = page(&[run()], &[], &[], &meta(false));
+        assert!(!p.contains("No threshold broken"));
+        let v = Violation {
+            target: "kaskade w1".into(),
+            repeat: 0,
+            limit: "loss <= 1%".into(),
+            measured: "2%".into(),
+        };
+        let p = page(&[run()], &[], &[v], &meta(true));
+        assert!(p.contains("Thresholds broken") && !p.contains("No threshold broken"));
+    }
 }

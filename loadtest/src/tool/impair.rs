@@ -69,6 +69,11 @@ impl Impairer {
         self.net.set_to(addr, link);
     }
 
+    /// Stops impairing a client that left (datagrams in flight are still delivered).
+    pub fn remove_client(&mut self, addr: SocketAddr) {
+        self.local.remove(&addr);
+    }
+
     /// A datagram sent by an impaired client (or arrived for one) at `now`.
     pub fn push(&mut self, now: Instant, d: Datagram) {
         self.net.send(now, d);

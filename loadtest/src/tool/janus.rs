@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::driver::ClientId;
-use super::http::request;
+use super::http::HttpApi;
 use super::session::{step, JanusFeed, JoinRecord, Joins, Publisher, Role};
 
 /// How to start Janus.
@@ -194,8 +194,9 @@ impl JanusProcess {
             http: SocketAddr::from(([127, 0, 0, 1], port)),
         };
         let end = Instant::now() + Duration::from_secs(20);
+        let api = HttpApi::new(p.http);
         loop {
-            if let Ok(v) = request(p.http, "GET", "/janus/info", None).await {
+            if let Ok(v) = api.request("GET", "/janus/info", None).await {
                 if v["janus"] == "server_info" {
                     return Ok(p);
                 }
@@ -238,7 +239,7 @@ fn transaction() -> String {
 
 /// One Janus session with one VideoRoom handle, and its queued events.
 struct JSession {
-    http: SocketAddr,
+    http: HttpApi,
     session: u64,
     handle: u64,
     events: Vec<Value>,
@@ -262,27 +263,27 @@ fn janus_error(v: &Value) -> Option<String> {
 }
 
 impl JSession {
-    async fn open(http: SocketAddr) -> Result<JSession, String> {
-        let v = request(
-            http,
-            "POST",
-            "/janus",
-            Some(&json!({"janus": "create", "transaction": transaction()})),
-        )
-        .await?;
+    async fn open(http: HttpApi) -> Result<JSession, String> {
+        let v = http
+            .request(
+                "POST",
+                "/janus",
+                Some(&json!({"janus": "create", "transaction": transaction()})),
+            )
+            .await?;
         let session = v["data"]["id"]
             .as_u64()
             .ok_or_else(|| format!("create: {v}"))?;
-        let v = request(
-            http,
-            "POST",
-            &format!("/janus/{session}"),
-            Some(
-                &json!({"janus": "attach", "plugin": "janus.plugin.videoroom",
+        let v = http
+            .request(
+                "POST",
+                &format!("/janus/{session}"),
+                Some(
+                    &json!({"janus": "attach", "plugin": "janus.plugin.videoroom",
                          "transaction": transaction()}),
-            ),
-        )
-        .await?;
+                ),
+            )
+            .await?;
         let handle = v["data"]["id"]
             .as_u64()
             .ok_or_else(|| format!("attach: {v}"))?;
@@ -302,13 +303,14 @@ impl JSession {
         if let Some(j) = jsep {
             msg["jsep"] = j;
         }
-        let v = request(
-            self.http,
-            "POST",
-            &format!("/janus/{}/{}", self.session, self.handle),
-            Some(&msg),
-        )
-        .await?;
+        let v = self
+            .http
+            .request(
+                "POST",
+                &format!("/janus/{}/{}", self.session, self.handle),
+                Some(&msg),
+            )
+            .await?;
         if let Some(e) = janus_error(&v) {
             return Err(e);
         }
@@ -334,13 +336,10 @@ impl JSession {
             if let Some(i) = self.events.iter().position(&want) {
                 return Ok(self.events.remove(i));
             }
-            let v = request(
-                self.http,
-                "GET",
-                &format!("/janus/{}?maxev=10", self.session),
-                None,
-            )
-            .await?;
+            let v = self
+                .http
+                .request("GET", &format!("/janus/{}?maxev=10", self.session), None)
+                .await?;
             match v {
                 Value::Array(a) => self.events.extend(a),
                 v if v["janus"] == "keepalive" => {}
@@ -353,7 +352,7 @@ impl JSession {
 /// Janus VideoRoom client.
 #[derive(Debug, Clone)]
 pub struct Janus {
-    http: SocketAddr,
+    http: HttpApi,
     room_base: u64,
 }
 
@@ -364,7 +363,7 @@ impl Janus {
             .bytes()
             .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         Janus {
-            http,
+            http: HttpApi::new(http),
             room_base: 1_000_000 + (h % 1_000_000) * 1000,
         }
     }
@@ -375,7 +374,7 @@ impl Janus {
 
     /// Creates room `r` for `publishers` publishers.
     pub async fn create_room(&self, r: u32, publishers: u32) -> Result<(), String> {
-        let s = JSession::open(self.http).await?;
+        let s = JSession::open(self.http.clone()).await?;
         let (_, v) = s
             .message(
                 json!({"request": "create", "room": self.room(r), "publishers": publishers.max(1),
@@ -422,7 +421,7 @@ impl Janus {
         index: u32,
         rec: &mut JoinRecord,
     ) -> Result<Publisher, String> {
-        let mut s = JSession::open(self.http).await?;
+        let mut s = JSession::open(self.http.clone()).await?;
         let (tx, _) = s
             .message(
                 json!({"request": "join", "ptype": "publisher", "room": self.room(r),
@@ -486,7 +485,7 @@ impl Janus {
         pubs: &[Publisher],
         role: Role,
     ) -> Result<(), String> {
-        let (id, mut rec) = joins.new_client(role, r, index, |_| {}).await?;
+        let (id, mut rec) = joins.new_client(role, r, index, 0, |_| {}).await?;
         let limit = joins.scenario.join_timeout.0;
         let res = step(
             limit,
@@ -517,7 +516,7 @@ impl Janus {
         if streams.is_empty() {
             return Err("subscribe: no publishers in the room".into());
         }
-        let mut s = JSession::open(self.http).await?;
+        let mut s = JSession::open(self.http.clone()).await?;
         rec.started = Instant::now();
         let (tx, _) = s
             .message(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kaskade_protocol::v1 as pb;
+use pb::cascade_service_client::CascadeServiceClient;
 use pb::room_service_client::RoomServiceClient;
 use pb::session_service_client::SessionServiceClient;
 use tonic::transport::Channel;
@@ -18,6 +19,7 @@ use super::session::{step, JoinRecord, Joins, PubTrack, Publisher, Role};
 pub struct Kaskade {
     rooms: RoomServiceClient<Channel>,
     sessions: SessionServiceClient<Channel>,
+    links: CascadeServiceClient<Channel>,
 }
 
 fn status(s: tonic::Status) -> String {
@@ -39,13 +41,15 @@ impl Kaskade {
             .map_err(|e| format!("control API {control}: {e}"))?;
         Ok(Kaskade {
             rooms: RoomServiceClient::new(channel.clone()),
-            sessions: SessionServiceClient::new(channel),
+            sessions: SessionServiceClient::new(channel.clone()),
+            links: CascadeServiceClient::new(channel),
         })
     }
 
-    /// Creates a room.
-    pub async fn create_room(&self, room: &str) -> Result<(), String> {
-        self.rooms
+    /// Creates a room at the router's default session limit; returns that limit.
+    pub async fn create_room(&self, room: &str) -> Result<u32, String> {
+        let r = self
+            .rooms
             .clone()
             .create_room(pb::CreateRoomRequest {
                 room_id: room.into(),
@@ -54,6 +58,62 @@ impl Kaskade {
             })
             .await
             .map_err(|s| format!("create_room: {}", status(s)))?;
+        Ok(r.into_inner().room.map_or(0, |r| r.max_sessions))
+    }
+
+    /// The room as the router sees it.
+    pub async fn get_room(&self, room: &str) -> Result<pb::Room, String> {
+        self.rooms
+            .clone()
+            .get_room(pb::GetRoomRequest {
+                room_id: room.into(),
+            })
+            .await
+            .map_err(|s| format!("get_room: {}", status(s)))?
+            .into_inner()
+            .room
+            .ok_or_else(|| "get_room: no room in the answer".into())
+    }
+
+    /// Links `room` with the same room on router `peer` (`LinkRoom`). A link
+    /// that already exists (auto-linking) counts as done.
+    pub async fn link_room(&self, room: &str, peer: &str) -> Result<(), String> {
+        let r = self
+            .links
+            .clone()
+            .link_room(pb::LinkRoomRequest {
+                room_id: room.into(),
+                peer_node_id: peer.into(),
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+            Err(s) => Err(format!("link_room {peer}: {}", status(s))),
+        }
+    }
+
+    /// The router's links and their counters (`ListLinks`).
+    pub async fn links(&self) -> Result<Vec<pb::Link>, String> {
+        Ok(self
+            .links
+            .clone()
+            .list_links(pb::ListLinksRequest {})
+            .await
+            .map_err(|s| format!("list_links: {}", status(s)))?
+            .into_inner()
+            .links)
+    }
+
+    /// Closes a session (a participant leaves).
+    pub async fn close_session(&self, session_id: &str) -> Result<(), String> {
+        self.sessions
+            .clone()
+            .close_session(pb::CloseSessionRequest {
+                session_id: session_id.into(),
+            })
+            .await
+            .map_err(|s| format!("close_session: {}", status(s)))?;
         Ok(())
     }
 
@@ -155,37 +215,51 @@ impl Kaskade {
         })
     }
 
-    /// A receive-only subscriber joins `room` and subscribes to `tracks`.
+    /// A receive-only subscriber (receiver group `group`) joins `room` and
+    /// subscribes to `tracks`; returns its client (once created) and its session.
+    #[allow(clippy::too_many_arguments)]
     pub async fn subscriber(
         &self,
         joins: &Arc<Joins>,
         room_idx: u32,
         room: &str,
         index: u32,
+        group: u8,
+        participant: &str,
         tracks: &[PubTrack],
-    ) -> Result<(), String> {
+    ) -> (Option<ClientId>, Result<String, String>) {
         let bootstrap = joins.scenario.subscriber_bootstrap;
-        let (id, mut rec) = joins
-            .new_client(Role::Subscriber, room_idx, index, |c| match bootstrap {
-                Bootstrap::Datachannel => c.add_data_channel("k"),
-                Bootstrap::Recvonly => c.add_receiver(str0m::media::MediaKind::Video),
-            })
-            .await?;
+        let created = joins
+            .new_client(
+                Role::Subscriber,
+                room_idx,
+                index,
+                group,
+                |c| match bootstrap {
+                    Bootstrap::Datachannel => c.add_data_channel("k"),
+                    Bootstrap::Recvonly => c.add_receiver(str0m::media::MediaKind::Video),
+                },
+            )
+            .await;
+        let (id, mut rec) = match created {
+            Ok(c) => c,
+            Err(e) => return (None, Err(e)),
+        };
         let res = async {
             let created = self
-                .join_session(joins, id, room, &format!("sub-{index}"), &mut rec)
+                .join_session(joins, id, room, participant, &mut rec)
                 .await?;
             self.subscribe(joins, id, &created.session_id, tracks)
                 .await?;
             rec.subscribed = Some(Instant::now());
-            Ok::<(), String>(())
+            Ok::<String, String>(created.session_id)
         }
         .await;
         if let Err(e) = &res {
             rec.error = Some(e.clone());
         }
         joins.record(rec);
-        res
+        (Some(id), res)
     }
 
     /// A meeting participant (already publishing) subscribes to the others' tracks.

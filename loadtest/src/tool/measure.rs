@@ -210,17 +210,6 @@ pub fn cpu_us_per_packet(cpu: Duration, packets: u64) -> Option<f64> {
     (packets > 0).then(|| cpu.as_secs_f64() * 1e6 / packets as f64)
 }
 
-/// CPU time from a `/proc/PID/stat` line: `utime + stime` in clock ticks (fields 14
-/// and 15, counted after the parenthesised command name, which may hold spaces).
-pub fn proc_stat_ticks(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_whitespace();
-    // After ')' the fields start at 3 (state): utime is field 14, so skip 11.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// Median and spread (min, max) of some figures; `None` if empty or all missing.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Spread {
@@ -349,17 +338,6 @@ mod tests {
         assert_eq!(ratio(1, 0), 0.0);
         assert_eq!(cpu_us_per_packet(Duration::from_millis(3), 1000), Some(3.0));
         assert_eq!(cpu_us_per_packet(Duration::from_millis(3), 0), None);
-    }
-
-    #[test]
-    fn proc_stat_parsing() {
-        // A command name with spaces and parentheses.
-        let line = "4242 (kaskade (w 1)) S 1 4242 4242 0 -1 4194560 1200 0 0 0 \
-                    731 269 0 0 20 0 5 0 12345 1000000 500 18446744073709551615";
-        assert_eq!(proc_stat_ticks(line), Some(1000));
-        assert_eq!(proc_stat_ticks("garbage"), None);
-        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
-        assert!(proc_stat_ticks(&own).is_some());
     }
 
     #[test]

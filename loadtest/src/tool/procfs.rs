@@ -1,46 +1,38 @@
-//! CPU time of a process from `/proc/PID/stat` (all its threads, user + system).
+//! What `/proc` says about a process (through the `procfs` crate): CPU time of
+//! the process and of each thread, resident memory, open file descriptors.
 
 use std::time::Duration;
 
-use super::measure::proc_stat_ticks;
+use procfs::process::Process;
+use procfs::{Current, WithCurrentSystemInfo};
 
-fn clock_ticks_per_sec() -> u64 {
-    // SAFETY: sysconf only reads a configuration value; no pointers are involved.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
+fn ticks(t: u64) -> Duration {
+    let hz = procfs::ticks_per_second().max(1);
+    Duration::from_micros(t.saturating_mul(1_000_000) / hz)
 }
 
-/// CPU time used so far by process `pid` (`None` if it is gone or unreadable).
+fn process(pid: u32) -> Option<Process> {
+    Process::new(i32::try_from(pid).ok()?).ok()
+}
+
+/// CPU time used so far by process `pid`, all threads, user + system (`None`
+/// if it is gone or unreadable).
 pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    ticks_to_duration(proc_stat_ticks(&text)?)
+    let st = process(pid)?.stat().ok()?;
+    Some(ticks(st.utime + st.stime))
 }
 
 /// CPU time used so far by each thread of process `pid`, with the thread's
 /// name (empty if the process is gone).
 pub fn thread_cpu_times(pid: u32) -> Vec<(String, Duration)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Some(tasks) = process(pid).and_then(|p| p.tasks().ok()) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let name = text
-            .find('(')
-            .zip(text.rfind(')'))
-            .map(|(a, b)| text[a + 1..b].to_string())
-            .unwrap_or_default();
-        if let Some(t) = proc_stat_ticks(&text).and_then(ticks_to_duration) {
-            out.push((name, t));
-        }
-    }
-    out
+    tasks
+        .flatten()
+        .filter_map(|t| t.stat().ok())
+        .map(|st| (st.comm, ticks(st.utime + st.stime)))
+        .collect()
 }
 
 /// CPU time used so far by this process.
@@ -48,9 +40,26 @@ pub fn own_cpu_time() -> Option<Duration> {
     cpu_time(std::process::id())
 }
 
-fn ticks_to_duration(ticks: u64) -> Option<Duration> {
-    let hz = clock_ticks_per_sec();
-    Some(Duration::from_micros(ticks.checked_mul(1_000_000)? / hz))
+/// Resident memory of process `pid`, bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    Some(process(pid)?.stat().ok()?.rss_bytes().get())
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    process(pid)?.fd_count().ok().map(|n| n as u64)
+}
+
+/// The machine's CPU model (first processor) and kernel release.
+pub fn machine() -> (String, String) {
+    let model = procfs::CpuInfo::current()
+        .ok()
+        .and_then(|c| c.model_name(0).map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = procfs::sys::kernel::Version::current().map_or("unknown".into(), |v| {
+        format!("{}.{}.{}", v.major, v.minor, v.patch)
+    });
+    (model, kernel)
 }
 
 #[cfg(test)]
@@ -69,6 +78,16 @@ mod tests {
         let b = own_cpu_time().unwrap();
         assert!(b > a, "{a:?} -> {b:?}");
         assert!(cpu_time(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn memory_and_descriptors_of_this_process() {
+        let me = std::process::id();
+        let rss = rss_bytes(me).unwrap();
+        assert!(rss > 1 << 20, "{rss}");
+        // stdin, stdout, stderr at least (other tests open and close more).
+        assert!(open_fds(me).unwrap() >= 3);
+        assert!(rss_bytes(u32::MAX).is_none() && open_fds(u32::MAX).is_none());
     }
 
     #[test]

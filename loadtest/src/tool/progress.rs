@@ -1,7 +1,9 @@
-//! The live progress line on stderr (rewritten in place on a terminal, one line per
-//! second otherwise).
+//! The live progress line on stderr: an `indicatif` spinner line rewritten in
+//! place on a terminal, one plain line per second otherwise (logs, CI).
 
-use std::io::Write;
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::report::{fmt_bps, Sample};
 use super::scenario::Scenario;
@@ -10,25 +12,30 @@ use super::scenario::Scenario;
 #[derive(Debug)]
 pub struct Progress {
     on: bool,
-    tty: bool,
+    /// The live line on a terminal; `None`: plain lines.
+    bar: Option<ProgressBar>,
     label: String,
     clients: u32,
     layers: Vec<String>,
-    printed: bool,
 }
 
 impl Progress {
     /// A progress printer (`on` false: silent).
     pub fn new(on: bool, label: &str, scn: &Scenario) -> Progress {
-        // SAFETY: isatty only inspects a file descriptor number.
-        let tty = unsafe { libc::isatty(2) } == 1;
+        let bar = (on && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            // A constant template: `with_template` only fails on a malformed one.
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {wide_msg}") {
+                b.set_style(style);
+            }
+            b
+        });
         Progress {
             on,
-            tty,
+            bar,
             label: label.into(),
             clients: scn.participants(),
             layers: scn.layers.clone(),
-            printed: false,
         }
     }
 
@@ -50,8 +57,16 @@ impl Progress {
             .collect();
         let total: f64 = s.rx_bps_audio + s.rx_bps_layers.iter().sum::<f64>();
         let cpu = |v: Option<f64>| v.map_or("–".into(), |x| format!("{x:.0}%"));
+        let cycles = if s.cycles > 0 {
+            format!(" | cycles {}", s.cycles)
+        } else {
+            String::new()
+        };
+        let rss = s
+            .router_rss_mb
+            .map_or(String::new(), |m| format!(" rss {m:.0} MiB"));
         format!(
-            "[{:>4.0}s {:<7}] {} | joined {}/{} failed {} | rx {} (audio {}; {}) | loss {:.2}% | lat p50 {:.1} p99 {:.1} ms | router {} | gen {} lag {:.1} ms",
+            "[{:>4.0}s {:<7}] {}{cycles} | joined {}/{} failed {} | rx {} (audio {}; {}) | loss {:.2}% | lat p50 {:.1} p99 {:.1} ms | router {}{rss} | gen {} lag {:.1} ms",
             s.t,
             s.phase,
             self.label,
@@ -70,26 +85,25 @@ impl Progress {
         )
     }
 
-    /// Prints one sample.
+    /// Shows one sample.
     pub fn line(&mut self, s: &Sample) {
         if !self.on {
             return;
         }
         let text = self.text(s);
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let _ = write!(err, "\r\x1b[K{text}");
-        } else {
-            let _ = writeln!(err, "{text}");
+        match &self.bar {
+            Some(b) => {
+                b.set_message(text);
+                b.tick();
+            }
+            None => eprintln!("{text}"),
         }
-        let _ = err.flush();
-        self.printed = true;
     }
 
-    /// Ends the line on a terminal.
+    /// Leaves the last line on a terminal.
     pub fn done(&mut self) {
-        if self.on && self.tty && self.printed {
-            eprintln!();
+        if let Some(b) = self.bar.take() {
+            b.abandon();
         }
     }
 }

@@ -5,9 +5,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::cascade::RouterFigures;
 use super::measure::{Percentiles, Spread};
 use super::scenario::Scenario;
 use super::session::Role;
+use super::target::TargetInfo;
+use super::trend::Trend;
 
 /// One per-second sample.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -36,6 +39,14 @@ pub struct Sample {
     pub generator_cpu_pct: Option<f64>,
     /// Largest generator timer lag this second, ms.
     pub generator_lag_max_ms: f64,
+    /// Router resident memory (all routers of the target), MiB.
+    pub router_rss_mb: Option<f64>,
+    /// Router open file descriptors (all routers).
+    pub router_fds: Option<u64>,
+    /// Router CPU µs per forwarded packet this second.
+    pub router_us_per_forwarded: Option<f64>,
+    /// Join/leave cycles done so far (churn runs).
+    pub cycles: u64,
 }
 
 /// A failed join.
@@ -124,6 +135,9 @@ pub struct MediaFigures {
     pub latency_audio: Percentiles,
     /// End-to-end latency of video, window.
     pub latency_video: Percentiles,
+    /// Video latency per receiver group (a cascade: per router, the
+    /// publishers' first), window.
+    pub latency_video_by_group: Vec<Percentiles>,
     /// Freezes (video frame gaps > 500 ms), whole run after the first frame.
     pub freezes: u64,
     /// Time frozen, seconds.
@@ -210,6 +224,38 @@ pub struct RunReport {
     pub series: Vec<Sample>,
     /// Things a reader must know (e.g. layer selection unsupported).
     pub notes: Vec<String>,
+    /// The target's build.
+    pub target_info: TargetInfo,
+    /// Whether router memory, CPU per packet and latency stayed flat over the
+    /// measured window (churn runs: over the cycles).
+    pub trends: Vec<Trend>,
+    /// Per router of a cascade.
+    pub routers: Vec<RouterFigures>,
+    /// A join/leave soak's figures.
+    pub churn: Option<ChurnFigures>,
+}
+
+/// What a join/leave soak did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ChurnFigures {
+    /// Cycles done (join, subscribe, leave).
+    pub cycles: u64,
+    /// Cycles that failed somewhere.
+    pub failed: u64,
+    /// Cycles per second.
+    pub cycles_per_sec: f64,
+    /// Join, subscribe and leave, per cycle, ms.
+    pub cycle_time: Percentiles,
+    /// Router RSS and open descriptors before the first cycle and after the last.
+    pub rss_mb_before: Option<f64>,
+    /// After the last cycle.
+    pub rss_mb_after: Option<f64>,
+    /// Before the first cycle.
+    pub fds_before: Option<u64>,
+    /// After the last cycle (its sessions closed).
+    pub fds_after: Option<u64>,
+    /// Most descriptors seen during the cycles.
+    pub fds_max: Option<u64>,
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -352,6 +398,48 @@ impl RunReport {
             c.generator_lag.max_ms,
             c.generator_send_drops
         );
+        for r in &self.routers {
+            let _ = writeln!(
+                o,
+                "router {}  {} CPU {}%; link sent {} / received {} datagrams ({} NACKed, {} resent, {} lost); {} µs per relayed datagram, {} µs per forwarded packet; video p50 {:.2} p99 {:.2} ms{}",
+                r.node,
+                r.role,
+                opt(r.cpu_pct, 1),
+                r.link_datagrams_sent,
+                r.link_datagrams_received,
+                r.link_nacked,
+                r.link_retransmitted,
+                r.link_lost,
+                opt(r.us_per_relayed, 2),
+                opt(r.us_per_forwarded, 2),
+                r.latency_video.p50_ms,
+                r.latency_video.p99_ms,
+                r.hop_added_p50_ms
+                    .zip(r.hop_added_p99_ms)
+                    .map_or(String::new(), |(a, b)| format!(
+                        "; the hop adds p50 {a:.2} ms, p99 {b:.2} ms"
+                    )),
+            );
+        }
+        if let Some(c) = &self.churn {
+            let _ = writeln!(
+                o,
+                "churn      {} cycles ({} failed), {:.1} per s; cycle p50 {:.0} ms p99 {:.0} ms; router RSS {} → {} MiB; fds {} → {} (max {})",
+                c.cycles,
+                c.failed,
+                c.cycles_per_sec,
+                c.cycle_time.p50_ms,
+                c.cycle_time.p99_ms,
+                opt(c.rss_mb_before, 1),
+                opt(c.rss_mb_after, 1),
+                c.fds_before.map_or("–".into(), |v| v.to_string()),
+                c.fds_after.map_or("–".into(), |v| v.to_string()),
+                c.fds_max.map_or("–".into(), |v| v.to_string()),
+            );
+        }
+        for t in &self.trends {
+            let _ = writeln!(o, "trend      {}", t.line());
+        }
         for n in &self.notes {
             let _ = writeln!(o, "note       {n}");
         }

@@ -37,9 +37,15 @@ pub struct RouterProcess {
 }
 
 impl RouterProcess {
-    /// Starts `bin serve` with `workers` media workers on ephemeral loopback ports;
-    /// its stderr goes to `log`.
-    pub fn start(bin: &Path, workers: u32, log: &Path) -> Result<RouterProcess, String> {
+    /// Starts `bin serve` with `workers` media workers on ephemeral loopback ports,
+    /// `extra` arguments and `env` variables; its stderr goes to `log`.
+    pub fn start(
+        bin: &Path,
+        workers: u32,
+        log: &Path,
+        extra: &[String],
+        env: &[(&str, String)],
+    ) -> Result<RouterProcess, String> {
         let log_file =
             std::fs::File::create(log).map_err(|e| format!("router log {}: {e}", log.display()))?;
         let mut child = Command::new(bin)
@@ -57,8 +63,10 @@ impl RouterProcess {
                 "--http-listen",
                 "",
             ])
+            .args(extra)
             .env_remove("KASKADE_CONTROL_LISTEN")
             .env_remove("KASKADE_METRICS_LISTEN")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -112,6 +120,13 @@ impl RouterProcess {
     pub fn stop(&mut self) {
         terminate(&mut self.child);
     }
+}
+
+/// The version `bin --version` prints (`kaskade 0.1.0` → `0.1.0`).
+pub fn bin_version(bin: &Path) -> Option<String> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    Some(text.split_whitespace().last()?.to_string())
 }
 
 /// Stops a child process: SIGTERM, up to 5 s for it to exit, then SIGKILL.

@@ -1,7 +1,6 @@
 //! One run: start the target, ramp the clients up, warm up, measure, collect, report.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,18 +9,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use str0m::media::MediaKind;
 use tokio::task::JoinSet;
 
-use super::driver::{ClientResult, Driver, Interval, Window, MAX_LAYERS};
+use super::churn::{churn, churn_figures};
+use super::driver::{ClientResult, Driver, Window, MAX_LAYERS};
+use super::kaskade::Kaskade;
+use super::limits::{room_refusal, Needs};
 use super::measure::{
     bps, cpu_us_per_packet, percentiles_of, ratio, udp_socket_drops, Percentiles,
 };
-use super::procfs::{cpu_time, own_cpu_time, thread_cpu_times};
 use super::progress::Progress;
-use super::prom;
-use super::report::{
-    CpuFigures, Failure, JoinFigures, Loss, MediaFigures, RunReport, Sample, ThreadCpu,
-};
+use super::report::{CpuFigures, Failure, JoinFigures, Loss, MediaFigures, RunReport, ThreadCpu};
+use super::sampler::{cpu_delta, SampleLoop, Snapshot};
 use super::scenario::Scenario;
 use super::session::{JoinRecord, Joins, Publisher, Role};
+use super::soak::{router_figures, trends};
 use super::target::{Started, Target, TargetSpec};
 
 /// Options of a run that are not the scenario.
@@ -51,35 +51,53 @@ pub async fn run_once(
         "{}-{repeat}",
         label.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
     );
-    let started = Started::start(spec, &opts.out_dir, &file_tag, &tag).await?;
+    let started = Started::start(spec, scn, &opts.out_dir, &file_tag, &tag).await?;
     let epoch = Instant::now();
     let driver =
         Driver::start(opts.threads, epoch, scn.seed).map_err(|e| format!("driver threads: {e}"))?;
     let joins = Arc::new(Joins::new(driver, scn.clone(), epoch));
+    for n in &started.notes {
+        joins.note(n.clone());
+    }
+    let links: Vec<Kaskade> = match &started.target {
+        Target::Cascade(c) => c.routers.clone(),
+        _ => vec![],
+    };
 
     let phase = Arc::new(Mutex::new("ramp"));
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn(sample_loop(
-        joins.clone(),
-        started.pid,
-        phase.clone(),
-        stop.clone(),
-        Progress::new(opts.progress, &label, scn),
-    ));
+    let sampler = tokio::spawn(
+        SampleLoop {
+            joins: joins.clone(),
+            routers: started.routers.clone(),
+            phase: phase.clone(),
+            stop: stop.clone(),
+            progress: Progress::new(opts.progress, &label, scn),
+        }
+        .run(),
+    );
 
-    ramp(&started.target, &joins).await;
+    let pubs = ramp(&started.target, &joins).await;
     set_phase(&phase, "warmup");
     tokio::time::sleep(scn.warmup.0).await;
 
-    // The measured window.
+    // The measured window (a churn run: the cycles).
     set_phase(&phase, "measure");
-    let before = Snapshot::take(started.pid, started.metrics);
+    let before = Snapshot::take(&started.routers, true, &links).await;
     joins.driver.measure(true);
     let t0 = Instant::now();
-    tokio::time::sleep(scn.duration.0).await;
+    let cycles = if scn.cycles > 0 {
+        match &started.target {
+            Target::Kaskade(k, tag) => Some(churn(k, tag, &joins, &pubs).await),
+            _ => return Err("join/leave cycles run against kaskade only".into()),
+        }
+    } else {
+        tokio::time::sleep(scn.duration.0).await;
+        None
+    };
     joins.driver.measure(false);
     let window_secs = t0.elapsed().as_secs_f64();
-    let after = Snapshot::take(started.pid, started.metrics);
+    let after = Snapshot::take(&started.routers, true, &links).await;
     let end = Instant::now();
     set_phase(&phase, "end");
 
@@ -96,6 +114,8 @@ pub async fn run_once(
     let notes = joins.notes();
     let threads = opts.threads;
     let router_pid = started.pid;
+    let target_info = started.info.clone();
+    let router_names: Vec<String> = started.routers.iter().map(|r| r.name.clone()).collect();
     drop(started);
     if let Ok(j) = Arc::try_unwrap(joins) {
         j.driver.stop();
@@ -107,6 +127,13 @@ pub async fn run_once(
     let mut cpu = cpu_figures(&before, &after, &window, window_secs, threads);
     cpu.router_pid = router_pid;
     cpu.generator_send_drops = send_drops;
+    let routers = if scn.cascade.is_active() {
+        router_figures(&router_names, &before, &after, &media, window_secs)
+    } else {
+        vec![]
+    };
+    let churn = cycles.map(|c| churn_figures(&c, &before, &after, &series, window_secs));
+    let trends = trends(scn, &series);
     Ok(RunReport {
         target: label,
         repeat,
@@ -117,6 +144,10 @@ pub async fn run_once(
         cpu,
         series,
         notes,
+        target_info,
+        trends,
+        routers,
+        churn,
     })
 }
 
@@ -127,14 +158,25 @@ fn set_phase(p: &Mutex<&'static str>, v: &'static str) {
 }
 
 /// Starts every join at the scenario's rate: publishers, then meeting subscriptions,
-/// then subscribers. Returns when all are done (or failed).
-async fn ramp(target: &Target, joins: &Arc<Joins>) {
+/// then subscribers (none in a churn run: its cycles add them). Returns when all
+/// are done (or failed), with each room's publishers.
+async fn ramp(target: &Target, joins: &Arc<Joins>) -> Vec<Vec<Publisher>> {
     let scn = joins.scenario.clone();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / scn.ramp_up));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Rooms first: their session limits tell, before any join, which joins
+    // the router will refuse.
+    let need = Needs::of(&scn).sessions_per_room;
     for r in 0..scn.rooms {
-        if let Err(e) = target.create_room(r, scn.publishers).await {
-            joins.note(format!("room {r}: {e}"));
+        match target.create_room(r, scn.publishers).await {
+            Ok(limits) => {
+                for (room, max) in limits {
+                    if let Some(w) = room_refusal(&room, u64::from(max), need) {
+                        joins.note(w);
+                    }
+                }
+            }
+            Err(e) => joins.note(format!("room {r}: {e}")),
         }
     }
 
@@ -179,8 +221,9 @@ async fn ramp(target: &Target, joins: &Arc<Joins>) {
             }
         }
     }
+    let subscribers = if scn.cycles > 0 { 0 } else { scn.subscribers };
     for (r, pubs) in rooms.iter().enumerate() {
-        for s in 0..scn.subscribers {
+        for s in 0..subscribers {
             tick.tick().await;
             let (t, j, pubs) = (target.clone(), joins.clone(), pubs.clone());
             set.spawn(async move {
@@ -189,78 +232,7 @@ async fn ramp(target: &Target, joins: &Arc<Joins>) {
         }
     }
     while set.join_next().await.is_some() {}
-}
-
-/// Router and generator counters at one moment.
-struct Snapshot {
-    at: Instant,
-    router_cpu: Option<Duration>,
-    router_threads: Vec<(String, Duration)>,
-    forwarded: Option<f64>,
-    own_cpu: Option<Duration>,
-}
-
-impl Snapshot {
-    fn take(pid: Option<u32>, metrics: Option<SocketAddr>) -> Snapshot {
-        let forwarded = metrics.and_then(|m| {
-            prom::scrape(m)
-                .ok()
-                .map(|t| prom::sum(&t, "kaskade_rtp_packets_forwarded_total", ""))
-        });
-        Snapshot {
-            at: Instant::now(),
-            router_cpu: pid.and_then(cpu_time),
-            router_threads: pid.map(thread_cpu_times).unwrap_or_default(),
-            forwarded,
-            own_cpu: own_cpu_time(),
-        }
-    }
-}
-
-fn cpu_delta(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    Some(b?.saturating_sub(a?))
-}
-
-async fn sample_loop(
-    joins: Arc<Joins>,
-    pid: Option<u32>,
-    phase: Arc<Mutex<&'static str>>,
-    stop: Arc<AtomicBool>,
-    mut progress: Progress,
-) -> Vec<Sample> {
-    let start = Instant::now();
-    let mut series = vec![];
-    let mut last = Snapshot::take(pid, None);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let iv: Interval = joins.driver.interval().await;
-        let now = Snapshot::take(pid, None);
-        let dt = (now.at - last.at).as_secs_f64().max(1e-3);
-        let pct = |a, b| cpu_delta(a, b).map(|d| d.as_secs_f64() / dt * 100.0);
-        let failed = joins.records().iter().filter(|r| r.error.is_some()).count() as u64;
-        let sample = Sample {
-            t: (now.at - start).as_secs_f64(),
-            phase: phase.lock().map(|p| p.to_string()).unwrap_or_default(),
-            connected: iv.connected,
-            failed,
-            rx_bps_audio: bps(iv.audio_bytes, dt),
-            rx_bps_layers: iv.video_bytes.iter().map(|b| bps(*b, dt)).collect(),
-            rx_pps: iv.packets as f64 / dt,
-            loss_pct: ratio(iv.lost_total, iv.expected_total) * 100.0,
-            latency: Percentiles::of(&iv.latency),
-            router_cpu_pct: pct(last.router_cpu, now.router_cpu),
-            generator_cpu_pct: pct(last.own_cpu, now.own_cpu),
-            generator_lag_max_ms: iv.lag_max_us as f64 / 1000.0,
-        };
-        progress.line(&sample);
-        series.push(sample);
-        last = now;
-    }
-    progress.done();
-    series
+    rooms
 }
 
 fn normalise_reason(r: &str) -> String {
@@ -336,6 +308,11 @@ fn join_figures(records: &[JoinRecord], clients: &[ClientResult]) -> JoinFigures
     f
 }
 
+/// Receiver groups of a scenario: one per router of a cascade, else one.
+fn groups(scn: &Scenario) -> usize {
+    1 + scn.cascade.edge_routers as usize
+}
+
 fn rid_name(layers: &[String], i: usize) -> String {
     layers.get(i).cloned().unwrap_or_else(|| format!("L{i}"))
 }
@@ -353,6 +330,12 @@ fn media_figures(
         rx_bps_audio: bps(window.audio_bytes, window_secs),
         latency_audio: Percentiles::of(&window.latency_audio),
         latency_video: Percentiles::of(&window.latency_video),
+        latency_video_by_group: window
+            .latency_video_by_group
+            .iter()
+            .take(groups(scn))
+            .map(Percentiles::of)
+            .collect(),
         ..Default::default()
     };
     let video_bytes: u64 = window.video_bytes.iter().sum();
@@ -421,9 +404,9 @@ fn cpu_figures(
     window_secs: f64,
     threads: usize,
 ) -> CpuFigures {
-    let router = cpu_delta(before.router_cpu, after.router_cpu);
+    let router = cpu_delta(before.cpu(), after.cpu());
     let own = cpu_delta(before.own_cpu, after.own_cpu);
-    let forwarded = match (before.forwarded, after.forwarded) {
+    let forwarded = match (before.forwarded(), after.forwarded()) {
         (Some(a), Some(b)) => Some((b - a).max(0.0) as u64),
         _ => None,
     };
@@ -431,9 +414,9 @@ fn cpu_figures(
     // Per thread of the router, by name (threads that started during the
     // window count from zero); the busiest first.
     let mut by_thread: Vec<ThreadCpu> = Vec::new();
-    for (name, t) in &after.router_threads {
-        let t0 = before
-            .router_threads
+    let (before_threads, after_threads) = (before.threads(), after.threads());
+    for (name, t) in &after_threads {
+        let t0 = before_threads
             .iter()
             .find(|(n, _)| n == name)
             .map_or(Duration::ZERO, |(_, d)| *d);

@@ -114,6 +114,54 @@ impl ImpairSpec {
     }
 }
 
+/// Publishers on one router, subscribers spread over others that the tool starts
+/// and links (kaskade only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CascadeSpec {
+    /// Routers besides the publishers' one that subscribers join (0: no cascade).
+    pub edge_routers: u32,
+    /// Share of the subscribers that join the publishers' router: the baseline
+    /// for the latency a hop adds.
+    pub origin_share: Frac,
+    /// Impairment of every link between routers, each way (delay, jitter, loss;
+    /// `fraction` is ignored).
+    pub link: ImpairSpec,
+}
+
+impl Default for CascadeSpec {
+    fn default() -> Self {
+        CascadeSpec {
+            edge_routers: 0,
+            origin_share: Frac(0.2),
+            link: ImpairSpec::default(),
+        }
+    }
+}
+
+impl CascadeSpec {
+    /// Whether the scenario is a cascade.
+    pub fn is_active(&self) -> bool {
+        self.edge_routers > 0
+    }
+
+    /// The router (0: the publishers') subscriber `i` of `n` joins: the origin
+    /// share spread evenly, the rest round-robin over the edge routers.
+    pub fn router_of(&self, i: u32, n: u32) -> u32 {
+        if !self.is_active() {
+            return 0;
+        }
+        let f = self.origin_share.0;
+        let before = (f64::from(i) * f).floor();
+        let after = (f64::from(i + 1) * f).floor();
+        if after > before || n == 0 {
+            return 0;
+        }
+        let edge_index = i - after as u32;
+        1 + edge_index % self.edge_routers
+    }
+}
+
 /// A load-test scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -152,6 +200,11 @@ pub struct Scenario {
     pub subscriber_impairment: ImpairSpec,
     /// Impairment of publishers.
     pub publisher_impairment: ImpairSpec,
+    /// Join/leave soak: subscribers join, subscribe and leave until this many
+    /// cycles are done, `subscribers` at a time (0: a normal run).
+    pub cycles: u32,
+    /// Cascade: subscribers spread over routers linked to the publishers' one.
+    pub cascade: CascadeSpec,
 }
 
 impl Default for Scenario {
@@ -174,12 +227,14 @@ impl Default for Scenario {
             seed: 1,
             subscriber_impairment: ImpairSpec::default(),
             publisher_impairment: ImpairSpec::default(),
+            cycles: 0,
+            cascade: CascadeSpec::default(),
         }
     }
 }
 
 /// The canonical scenarios of `shared/PERFORMANCE.md`.
-pub const PRESETS: &[&str] = &["s1", "s2", "s3"];
+pub const PRESETS: &[&str] = &["s1", "s2", "s3", "s4", "soak-s2", "churn"];
 
 impl Scenario {
     /// A canonical scenario by id (`s1`, `s2`, `s3`).
@@ -210,6 +265,41 @@ impl Scenario {
                 subscribers: 200,
                 video: false,
                 subscriber_layer: LayerPref::Auto,
+                ..base
+            }),
+            "s4" => Ok(Scenario {
+                name: "S4 cascade 1→50 over 3 routers".into(),
+                rooms: 1,
+                publishers: 1,
+                subscribers: 50,
+                subscriber_layer: LayerPref::High,
+                cascade: CascadeSpec {
+                    edge_routers: 2,
+                    origin_share: Frac(0.2),
+                    link: ImpairSpec {
+                        delay: Dur(Duration::from_millis(20)),
+                        jitter: Dur(Duration::from_millis(20)),
+                        loss: Frac(0.02),
+                        ..ImpairSpec::default()
+                    },
+                },
+                ..base
+            }),
+            "soak-s2" => Ok(Scenario {
+                name: "Soak: S2 meeting 5×5 for 30 min".into(),
+                duration: Dur(Duration::from_secs(30 * 60)),
+                warmup: Dur(Duration::from_secs(10)),
+                ..Scenario::preset("s2")?
+            }),
+            "churn" => Ok(Scenario {
+                name: "Soak: 10,000 join/leave cycles".into(),
+                rooms: 1,
+                publishers: 1,
+                subscribers: 8,
+                subscriber_layer: LayerPref::Low,
+                subscriber_bootstrap: Bootstrap::Recvonly,
+                cycles: 10_000,
+                ramp_up: 200.0,
                 ..base
             }),
             _ => Err(format!(
@@ -258,6 +348,24 @@ impl Scenario {
         if self.join_timeout.0.is_zero() {
             return Err("join_timeout must be positive".into());
         }
+        if self.cycles > 0 && (self.meeting || self.subscribers == 0 || self.cascade.is_active()) {
+            return Err(
+                "cycles: join/leave cycles need subscribers, no meeting, no cascade".into(),
+            );
+        }
+        if self.cascade.is_active() {
+            if self.meeting {
+                return Err(
+                    "cascade: publishers on one router, subscribers on others: no meeting".into(),
+                );
+            }
+            if self.cascade.edge_routers as usize + 1 > super::driver::MAX_GROUPS {
+                return Err(format!(
+                    "cascade: at most {} edge routers",
+                    super::driver::MAX_GROUPS - 1
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -304,8 +412,22 @@ impl Scenario {
             Bootstrap::Datachannel => "",
             Bootstrap::Recvonly => ", subscribers bootstrap recvonly",
         };
+        let mode = if self.cycles > 0 {
+            format!(
+                ", {} join/leave cycles, {} at a time",
+                self.cycles, self.subscribers
+            )
+        } else if self.cascade.is_active() {
+            format!(
+                ", cascade: publishers' router + {} linked ({}% of subscribers stay on the first)",
+                self.cascade.edge_routers,
+                (self.cascade.origin_share.0 * 100.0).round()
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{} room(s) × {who}{extra}, {media}, layer {:?}{bootstrap}, {} measured",
+            "{} room(s) × {who}{extra}, {media}, layer {:?}{bootstrap}{mode}, {} measured",
             self.rooms, self.subscriber_layer, self.duration
         )
     }
@@ -318,7 +440,12 @@ mod tests {
     #[test]
     fn presets_are_valid() {
         for p in PRESETS {
-            Scenario::preset(p).unwrap().validate().unwrap();
+            let s = Scenario::preset(p).unwrap();
+            s.validate().unwrap();
+            assert_eq!(
+                Scenario::from_toml(&toml::to_string(&s).unwrap()).unwrap(),
+                s
+            );
         }
         let s1 = Scenario::preset("S1").unwrap();
         assert_eq!(s1.participants(), 51);
@@ -382,6 +509,35 @@ mod tests {
         assert_eq!(LayerPref::Low.index(3), Some(0));
         assert_eq!(LayerPref::Auto.index(3), None);
         assert_eq!("top".parse::<LayerPref>().unwrap(), LayerPref::High);
+    }
+
+    #[test]
+    fn cascade_spreads_subscribers_with_an_origin_share() {
+        let s4 = Scenario::preset("s4").unwrap();
+        let c = &s4.cascade;
+        let routers: Vec<u32> = (0..10).map(|i| c.router_of(i, 10)).collect();
+        // 20 % on the publishers' router, the rest alternating over 2 edges.
+        assert_eq!(routers.iter().filter(|r| **r == 0).count(), 2);
+        assert_eq!(routers.iter().filter(|r| **r == 1).count(), 4);
+        assert_eq!(routers.iter().filter(|r| **r == 2).count(), 4);
+        assert_eq!(CascadeSpec::default().router_of(3, 10), 0);
+        let mut bad = s4.clone();
+        bad.meeting = true;
+        bad.publishers = 2;
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn soak_presets_are_opt_in_shapes() {
+        let soak = Scenario::preset("soak-s2").unwrap();
+        assert_eq!(soak.duration.0, Duration::from_secs(1800));
+        assert!(soak.meeting && soak.rooms == 5);
+        let churn = Scenario::preset("churn").unwrap();
+        assert_eq!((churn.cycles, churn.subscribers), (10_000, 8));
+        let mut bad = churn.clone();
+        bad.meeting = true;
+        bad.publishers = 2;
+        assert!(bad.validate().unwrap_err().contains("cycles"));
     }
 
     #[test]

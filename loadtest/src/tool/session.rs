@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,7 @@ pub struct Joins {
     /// Clients' IP (loopback).
     pub ip: IpAddr,
     next_id: AtomicU32,
+    cycles: AtomicU64,
     records: Mutex<Vec<JoinRecord>>,
     notes: Mutex<Vec<String>>,
     ports: Mutex<HashSet<u16>>,
@@ -106,6 +107,7 @@ impl Joins {
             epoch,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             next_id: AtomicU32::new(0),
+            cycles: AtomicU64::new(0),
             records: Mutex::new(vec![]),
             notes: Mutex::new(vec![]),
             ports: Mutex::new(HashSet::new()),
@@ -123,7 +125,7 @@ impl Joins {
         let s = &self.scenario;
         let (audio, video) = (s.audio, s.video);
         let rids = s.layers.clone();
-        self.new_client(role, room, index, move |c| {
+        self.new_client(role, room, index, 0, move |c| {
             if audio {
                 c.add_audio();
             }
@@ -139,13 +141,15 @@ impl Joins {
         .await
     }
 
-    /// Creates a client for `role` (impaired as the scenario says), sets it up with
-    /// `setup` (tracks, channels) and adds it to the driver. Returns its id and record.
+    /// Creates a client for `role` (impaired as the scenario says) in receiver
+    /// group `group`, sets it up with `setup` (tracks, channels) and adds it to the
+    /// driver. Returns its id and record.
     pub async fn new_client(
         &self,
         role: Role,
         room: u32,
         index: u32,
+        group: u8,
         setup: impl FnOnce(&mut Client) + Send,
     ) -> Result<(ClientId, JoinRecord), String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +183,7 @@ impl Joins {
                 client,
                 socket,
                 impair: impaired.then(|| link_of(spec)),
+                group,
             })
             .await?;
         let record = JoinRecord {
@@ -228,6 +233,16 @@ impl Joins {
             .driver
             .call(id, move |s| s.media_requested_at = Some(at))
             .await;
+    }
+
+    /// Counts a finished join/leave cycle; returns how many are done.
+    pub fn cycle_done(&self) -> u64 {
+        self.cycles.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Join/leave cycles done so far.
+    pub fn cycles_done(&self) -> u64 {
+        self.cycles.load(Ordering::Relaxed)
     }
 
     /// Stores a join's outcome.

@@ -5,9 +5,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::Serialize;
+
+use super::cascade::{node_id, CascadeProcesses, CascadeTarget};
+use super::http::HttpApi;
 use super::janus::{Janus, JanusProcess, JanusSpec};
 use super::kaskade::{room_id, Kaskade};
-use super::router::RouterProcess;
+use super::limits::{raises, Needs};
+use super::prom;
+use super::router::{bin_version, RouterProcess};
+use super::scenario::Scenario;
 use super::session::{Joins, Publisher, Role};
 
 /// What to run against.
@@ -31,6 +38,13 @@ pub enum TargetSpec {
     },
     /// Start Janus.
     Janus(JanusSpec),
+    /// Start a cascade of kaskade routers (the scenario's `cascade`).
+    KaskadeCascade {
+        /// The router binary.
+        bin: PathBuf,
+        /// Media workers of each router.
+        workers: u32,
+    },
 }
 
 impl TargetSpec {
@@ -40,7 +54,79 @@ impl TargetSpec {
             TargetSpec::KaskadeSpawn { workers, .. } => format!("kaskade w{workers}"),
             TargetSpec::KaskadeExisting { control, .. } => format!("kaskade @{control}"),
             TargetSpec::Janus(_) => "janus".into(),
+            TargetSpec::KaskadeCascade { workers, .. } => format!("kaskade cascade w{workers}"),
         }
+    }
+}
+
+/// Which build the target is (for the report).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetInfo {
+    /// Version, e.g. `0.1.0` (kaskade) or `1.1.2` (Janus).
+    pub version: Option<String>,
+    /// Commit the router was built from.
+    pub commit: Option<String>,
+    /// Where the two came from.
+    pub source: String,
+}
+
+/// One router of the target, for per-router figures.
+#[derive(Debug, Clone)]
+pub struct RouterRef {
+    /// Node id (cascade) or the target label.
+    pub name: String,
+    /// Process id, for CPU and memory figures.
+    pub pid: Option<u32>,
+    /// Its metrics endpoint.
+    pub metrics: Option<HttpApi>,
+}
+
+/// The short commit of the working tree the tool runs in, else of the source
+/// tree it was built from (`git rev-parse`).
+fn working_tree_commit() -> Option<String> {
+    let at = |dir: &Path| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["rev-parse", "--short", "HEAD"])
+            .output()
+            .ok()?;
+        let c = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !c.is_empty()).then_some(c)
+    };
+    at(Path::new(".")).or_else(|| at(Path::new(env!("CARGO_MANIFEST_DIR"))))
+}
+
+/// What a kaskade router says about its build: `kaskade_build_info` when it
+/// exports it, else the binary's `--version` and the working tree's commit.
+async fn kaskade_info(metrics: Option<&HttpApi>, bin: Option<&Path>) -> TargetInfo {
+    if let Some(m) = metrics {
+        if let Some((version, commit)) = prom::scrape(m)
+            .await
+            .ok()
+            .and_then(|e| prom::build_info(&e))
+        {
+            return TargetInfo {
+                version: Some(version),
+                commit: Some(commit),
+                source: "the router's kaskade_build_info metric".into(),
+            };
+        }
+    }
+    let version = bin.and_then(bin_version);
+    let commit = working_tree_commit();
+    TargetInfo {
+        source: format!(
+            "{}; commit of the working tree the tool ran in or was built from (this router \
+             exports no kaskade_build_info)",
+            if version.is_some() {
+                "`kaskade --version`"
+            } else {
+                "version unknown"
+            }
+        ),
+        version,
+        commit,
     }
 }
 
@@ -48,31 +134,48 @@ impl TargetSpec {
 pub struct Started {
     /// The control side.
     pub target: Target,
-    /// Process id, for CPU figures.
+    /// Process id, for CPU figures (a cascade: the publishers' router).
     pub pid: Option<u32>,
-    /// Prometheus address (kaskade).
-    pub metrics: Option<SocketAddr>,
+    /// Every router of the target.
+    pub routers: Vec<RouterRef>,
+    /// Its build.
+    pub info: TargetInfo,
+    /// What the tool changed or found before the run (raised limits).
+    pub notes: Vec<String>,
     /// What this run started (a router or Janus process): stopped when dropped.
     _guard: Option<Box<dyn std::any::Any>>,
 }
 
 impl Started {
-    /// Starts (or connects to) the target; logs go to `log_dir`.
+    /// Starts (or connects to) the target for `scn`; logs go to `log_dir`. A
+    /// router started here gets the limits the scenario needs raised.
     pub async fn start(
         spec: &TargetSpec,
+        scn: &Scenario,
         log_dir: &Path,
         file_tag: &str,
         tag: &str,
     ) -> Result<Started, String> {
+        let raised = raises(&Needs::of(scn), |k| std::env::var(k).ok());
+        let env: Vec<(&str, String)> = raised.iter().map(|r| r.env()).collect();
+        let notes: Vec<String> = raised.iter().map(|r| r.message()).collect();
         match spec {
             TargetSpec::KaskadeSpawn { bin, workers } => {
                 let log = log_dir.join(format!("{file_tag}.log"));
-                let p = RouterProcess::start(bin, *workers, &log)?;
+                let p = RouterProcess::start(bin, *workers, &log, &[], &env)?;
                 let k = Kaskade::connect(p.ready.control).await?;
+                let metrics = p.ready.metrics.map(HttpApi::new);
+                let info = kaskade_info(metrics.as_ref(), Some(bin)).await;
                 Ok(Started {
                     target: Target::Kaskade(Box::new(k), tag.into()),
                     pid: Some(p.pid()),
-                    metrics: p.ready.metrics,
+                    routers: vec![RouterRef {
+                        name: spec.label(),
+                        pid: Some(p.pid()),
+                        metrics,
+                    }],
+                    info,
+                    notes,
                     _guard: Some(Box::new(p)),
                 })
             }
@@ -80,20 +183,77 @@ impl Started {
                 control,
                 pid,
                 metrics,
-            } => Ok(Started {
-                target: Target::Kaskade(Box::new(Kaskade::connect(*control).await?), tag.into()),
-                pid: *pid,
-                metrics: *metrics,
-                _guard: None,
-            }),
+            } => {
+                let api = metrics.map(HttpApi::new);
+                Ok(Started {
+                    target: Target::Kaskade(
+                        Box::new(Kaskade::connect(*control).await?),
+                        tag.into(),
+                    ),
+                    pid: *pid,
+                    info: kaskade_info(api.as_ref(), None).await,
+                    routers: vec![RouterRef {
+                        name: spec.label(),
+                        pid: *pid,
+                        metrics: api,
+                    }],
+                    notes: super::limits::unknown_router_warnings(&Needs::of(scn)),
+                    _guard: None,
+                })
+            }
             TargetSpec::Janus(j) => {
                 let p = JanusProcess::start(j, log_dir, file_tag).await?;
                 let janus = Janus::new(p.http, tag);
+                let info = TargetInfo {
+                    version: bin_version(&j.bin),
+                    commit: None,
+                    source: "`janus --version`".into(),
+                };
                 Ok(Started {
-                    target: Target::Janus(janus),
+                    target: Target::Janus(Box::new(janus)),
                     pid: Some(p.pid()),
-                    metrics: None,
+                    routers: vec![RouterRef {
+                        name: "janus".into(),
+                        pid: Some(p.pid()),
+                        metrics: None,
+                    }],
+                    info,
+                    notes: vec![],
                     _guard: Some(Box::new(p)),
+                })
+            }
+            TargetSpec::KaskadeCascade { bin, workers } => {
+                let c = &scn.cascade;
+                let procs = CascadeProcesses::start(
+                    bin,
+                    *workers,
+                    c.edge_routers,
+                    &c.link,
+                    log_dir,
+                    file_tag,
+                    &env,
+                )?;
+                let controls: Vec<SocketAddr> =
+                    procs.routers.iter().map(|r| r.ready.control).collect();
+                let target = CascadeTarget::connect(&controls, tag).await?;
+                let routers: Vec<RouterRef> = procs
+                    .routers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| RouterRef {
+                        name: node_id(i),
+                        pid: Some(r.pid()),
+                        metrics: r.ready.metrics.map(HttpApi::new),
+                    })
+                    .collect();
+                let info = kaskade_info(routers[0].metrics.as_ref(), Some(bin)).await;
+                Ok(Started {
+                    target: Target::Cascade(Arc::new(target)),
+                    pid: Some(procs.routers[0].pid()),
+                    routers,
+                    info,
+                    notes,
+                    _guard: Some(Box::new(procs)),
                 })
             }
         }
@@ -106,15 +266,30 @@ pub enum Target {
     /// kaskade over gRPC, with the run's room-id tag.
     Kaskade(Box<Kaskade>, String),
     /// Janus VideoRoom over HTTP.
-    Janus(Janus),
+    Janus(Box<Janus>),
+    /// Several kaskade routers, linked.
+    Cascade(Arc<CascadeTarget>),
 }
 
 impl Target {
-    /// Creates room `r`.
-    pub async fn create_room(&self, r: u32, publishers: u32) -> Result<(), String> {
+    /// Creates room `r`; returns its name and session limit on each router
+    /// (empty when the target does not say).
+    pub async fn create_room(&self, r: u32, publishers: u32) -> Result<Vec<(String, u32)>, String> {
         match self {
-            Target::Kaskade(k, tag) => k.create_room(&room_id(tag, r)).await,
-            Target::Janus(j) => j.create_room(r, publishers).await,
+            Target::Kaskade(k, tag) => {
+                let room = room_id(tag, r);
+                Ok(vec![(room.clone(), k.create_room(&room).await?)])
+            }
+            Target::Janus(j) => j.create_room(r, publishers).await.map(|()| vec![]),
+            Target::Cascade(c) => {
+                let room = room_id(&c.tag, r);
+                let limits = c.create_room(r).await?;
+                Ok(limits
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, l)| (format!("{room} on {}", node_id(i)), l))
+                    .collect())
+            }
         }
     }
 
@@ -129,6 +304,11 @@ impl Target {
         match self {
             Target::Kaskade(k, tag) => k.publish(joins, r, &room_id(tag, r), index, role).await,
             Target::Janus(j) => j.publish(joins, r, index, role).await,
+            Target::Cascade(c) => {
+                c.routers[0]
+                    .publish(joins, r, &room_id(&c.tag, r), index, role)
+                    .await
+            }
         }
     }
 
@@ -143,10 +323,38 @@ impl Target {
         match self {
             Target::Kaskade(k, tag) => {
                 let tracks: Vec<_> = pubs.iter().flat_map(|p| p.tracks.clone()).collect();
-                k.subscriber(joins, r, &room_id(tag, r), index, &tracks)
+                let name = format!("sub-{index}");
+                k.subscriber(joins, r, &room_id(tag, r), index, 0, &name, &tracks)
                     .await
+                    .1
+                    .map(|_| ())
             }
             Target::Janus(j) => j.subscriber(joins, r, index, pubs, Role::Subscriber).await,
+            Target::Cascade(c) => {
+                let s = &joins.scenario;
+                let k = s.cascade.router_of(index, s.subscribers) as usize;
+                let tracks = match c.tracks_on(joins, k, r, pubs).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        joins.note(e.clone());
+                        return Err(e);
+                    }
+                };
+                let name = format!("sub-{index}");
+                c.routers[k]
+                    .subscriber(
+                        joins,
+                        r,
+                        &room_id(&c.tag, r),
+                        index,
+                        k as u8,
+                        &name,
+                        &tracks,
+                    )
+                    .await
+                    .1
+                    .map(|_| ())
+            }
         }
     }
 
@@ -168,6 +376,7 @@ impl Target {
                 j.subscriber(joins, r, index, others, Role::Participant)
                     .await
             }
+            Target::Cascade(_) => Err("a cascade runs no meeting".into()),
         }
     }
 
@@ -180,6 +389,7 @@ impl Target {
                 }
             }
             Target::Janus(j) => j.cleanup().await,
+            Target::Cascade(c) => c.cleanup(rooms).await,
         }
     }
 }

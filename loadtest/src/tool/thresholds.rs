@@ -38,6 +38,17 @@ pub struct Violation {
 }
 
 impl Thresholds {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.max_loss.is_none()
+            && self.max_p99_latency.is_none()
+            && self.max_join_failures.is_none()
+            && self.max_join_time.is_none()
+            && self.max_freezes.is_none()
+            && self.max_cpu_per_packet_us.is_none()
+            && self.min_receiving.is_none()
+    }
+
     /// The limits a run breaks.
     pub fn check(&self, r: &RunReport) -> Vec<Violation> {
         let mut v = vec![];
@@ -150,12 +161,22 @@ mod tests {
             },
             series: vec![],
             notes: vec![],
+            target_info: Default::default(),
+            trends: vec![],
+            routers: vec![],
+            churn: None,
         }
     }
 
     #[test]
     fn nothing_set_nothing_broken() {
         let t = Thresholds::default();
+        assert!(t.is_empty());
+        assert!(!Thresholds {
+            max_freezes: Some(0),
+            ..Default::default()
+        }
+        .is_empty());
         assert!(t.check(&report()).is_empty());
     }
 

@@ -1,4 +1,5 @@
-//! Human-friendly quantities for scenarios and thresholds: durations (`200ms`, `1.5s`),
+//! Human-friendly quantities for scenarios and thresholds: durations (`200ms`, `1.5s`,
+//! through `humantime`),
 //! fractions (`1%`, `0.01`) and bit rates (`2mbps`, `500k`). Each parses from a string
 //! (flags, TOML strings) or a plain number (TOML numbers) and serialises back to the
 //! canonical string.
@@ -9,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A duration: a number with a unit `us`, `ms`, `s`, `m` (bare numbers are seconds).
+/// A duration: `humantime`'s syntax (`250us`, `200ms`, `1.5s`, `30m`, `1m 30s`);
+/// bare numbers are seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Dur(pub Duration);
 
@@ -39,35 +41,26 @@ fn split_number(s: &str) -> Result<(f64, String), String> {
 
 impl FromStr for Dur {
     type Err = String;
+    /// `humantime`'s syntax (`200ms`, `1.5s`, `30m`, `1m 30s`, `2h`), and a bare
+    /// number as seconds (TOML numbers).
     fn from_str(s: &str) -> Result<Self, String> {
-        let (v, unit) = split_number(s)?;
-        let secs = match unit.as_str() {
-            "us" | "µs" => v / 1e6,
-            "ms" => v / 1e3,
-            "" | "s" => v,
-            "m" | "min" => v * 60.0,
-            _ => {
-                return Err(format!(
-                    "'{s}': unknown duration unit '{unit}' (us, ms, s, m)"
-                ))
-            }
-        };
-        Ok(Dur(Duration::from_secs_f64(secs)))
+        let t = s.trim();
+        if let Ok(secs) = t.parse::<f64>() {
+            return if secs.is_finite() && secs >= 0.0 {
+                Ok(Dur(Duration::from_secs_f64(secs)))
+            } else {
+                Err(format!("'{s}': must be a non-negative number"))
+            };
+        }
+        humantime::parse_duration(t)
+            .map(Dur)
+            .map_err(|e| format!("'{s}': {e} (e.g. 250ms, 1.5s, 30m, 1m 30s)"))
     }
 }
 
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let us = self.0.as_micros();
-        if us == 0 {
-            write!(f, "0s")
-        } else if us.is_multiple_of(1_000_000) {
-            write!(f, "{}s", us / 1_000_000)
-        } else if us.is_multiple_of(1000) {
-            write!(f, "{}ms", us / 1000)
-        } else {
-            write!(f, "{us}us")
-        }
+        write!(f, "{}", humantime::format_duration(self.0))
     }
 }
 
@@ -184,8 +177,15 @@ mod tests {
         assert_eq!("1m".parse::<Dur>().unwrap().0, Duration::from_secs(60));
         assert!("5 parsecs".parse::<Dur>().is_err());
         assert!("-1s".parse::<Dur>().is_err());
-        assert_eq!(Dur(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!("1m 30s".parse::<Dur>().unwrap().0, Duration::from_secs(90));
+        assert_eq!("30min".parse::<Dur>().unwrap().0, Duration::from_secs(1800));
+        assert_eq!(Dur(Duration::from_millis(1500)).to_string(), "1s 500ms");
         assert_eq!(Dur(Duration::from_secs(30)).to_string(), "30s");
+        assert_eq!(Dur(Duration::ZERO).to_string(), "0s");
+        for d in ["1s 500ms", "30m", "250us"] {
+            let v: Dur = d.parse().unwrap();
+            assert_eq!(v.to_string().parse::<Dur>().unwrap(), v, "{d} round-trips");
+        }
     }
 
     #[test]
