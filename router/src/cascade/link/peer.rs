@@ -10,6 +10,11 @@ use kaskade_protocol::{RoomId, TrackId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+/// Two connections to one peer that come up within this of each other are
+/// a dial race (both sides dialled); a later one replaces a connection the
+/// peer has abandoned (it restarted).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(2);
+
 /// When the machine dials a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dial {
@@ -32,6 +37,8 @@ pub(super) struct Peer {
     pub(super) dialable: bool,
     pub(super) dial: Dial,
     pub(super) conn: Option<ConnId>,
+    /// Since when `conn` is the link's connection.
+    pub(super) up_since: Option<Instant>,
     pub(super) ever_up: bool,
     /// When its tracks are withdrawn if it stays down.
     pub(super) grace_until: Option<Instant>,
@@ -71,6 +78,7 @@ impl Peer {
             dialable: false,
             dial: Dial::Idle,
             conn: None,
+            up_since: None,
             ever_up: false,
             grace_until: None,
             reconnects: 0,
@@ -121,6 +129,7 @@ impl Peer {
     /// Forgets the state of a connection (numbers are per connection).
     fn clear_connection(&mut self) {
         self.conn = None;
+        self.up_since = None;
         self.out.clear();
         self.out_rev.clear();
         self.next_out = 1;
@@ -198,9 +207,18 @@ impl LinkControl {
         let id = NodeId::new(identity.node_id.clone());
         let me_smaller = self.me.node_id < identity.node_id;
         let mut replaced = false;
+        // A connection that replaces one up for longer than a dial race
+        // lasts is the peer coming back (it restarted before this side saw
+        // the old connection die): a reconnect, not a duplicate.
+        let old_up_long = self
+            .peer(&id)
+            .up_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= DUPLICATE_WINDOW);
         if let Some(old) = self.peer(&id).conn {
             // Both dialled: keep the connection dialled by the smaller node id, on both sides.
-            let keep_new = if dialed { me_smaller } else { !me_smaller };
+            // (Unless the old one is long established: then the peer has
+            // only the new one, after a restart.)
+            let keep_new = old_up_long || if dialed { me_smaller } else { !me_smaller };
             if !keep_new {
                 return Admission::Refuse(CloseCode::Duplicate);
             }
@@ -215,12 +233,13 @@ impl LinkControl {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let p = self.peer(&id);
-        let reconnect = p.ever_up && !replaced;
+        let reconnect = p.ever_up && (!replaced || old_up_long);
         if reconnect {
             p.reconnects += 1;
         }
         p.ever_up = true;
         p.conn = Some(conn);
+        p.up_since = Some(now);
         p.region = identity.region.clone();
         p.dial = Dial::Idle;
         p.grace_until = None;

@@ -116,6 +116,35 @@ fn of_two_connections_both_routers_keep_the_one_the_smaller_id_dialled() {
 }
 
 #[test]
+fn a_peer_that_restarted_before_its_old_connection_died_counts_as_a_reconnect() {
+    let t0 = Instant::now();
+    let mut fra = machine("fra", &["ams"], t0);
+    let first = connect(&mut fra, t0, "ams", false);
+    drain(&mut fra);
+    // ams restarts and dials again while fra still holds the dead
+    // connection (QUIC's idle timeout has not fired yet).
+    let later = t0 + Duration::from_secs(30);
+    let second = connect(&mut fra, later, "ams", false);
+    let out = drain(&mut fra);
+    assert!(out.contains(&Output::Close {
+        peer: "ams".into(),
+        conn: first,
+        code: CloseCode::Duplicate
+    }));
+    assert_eq!(fra.links()[0].conn, Some(second));
+    assert_eq!(fra.links()[0].reconnects, 1);
+    // The same when the restarted peer is the larger id, whose dial the
+    // smaller one would refuse in a dial race.
+    let mut ams = machine("ams", &["fra"], t0);
+    connect(&mut ams, t0, "fra", true);
+    drain(&mut ams);
+    let again = connect(&mut ams, later, "fra", false);
+    drain(&mut ams);
+    assert_eq!(ams.links()[0].conn, Some(again));
+    assert_eq!(ams.links()[0].reconnects, 1);
+}
+
+#[test]
 fn a_router_that_reaches_itself_is_refused() {
     let t0 = Instant::now();
     let mut m = machine("ams", &[], t0);
