@@ -136,3 +136,77 @@ fn garbage_on_the_shared_port_is_dropped_where_it_lands_and_never_handed_over() 
     );
     assert!(sim.connected(publ));
 }
+
+/// The same through the kernel: the `kaskade` binary with two workers on
+/// one real UDP port (`SO_REUSEPORT`), eight str0m clients on loopback
+/// spread over both workers. The kernel, not the test, decides which worker
+/// reads whose datagrams; every subscriber must receive audio and video.
+#[test]
+fn the_binary_serves_every_worker_from_one_udp_port() {
+    use common::daemon::{client, drive, metric, scrape, Daemon};
+    use kaskade_loadtest::drive_until;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let args: Vec<String> = [
+        "--media-single-port",
+        "true",
+        "--media-room-share",
+        "0",
+        "--shutdown-grace-period",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut d = Daemon::start(&rt, &args);
+    assert_eq!(d.media.len(), 2);
+    assert_eq!(d.media[0], d.media[1], "one port: {:?}", d.media);
+    d.create_room(&rt, "one", &[]).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut publ = client(1, t0);
+    publ.client.add_audio();
+    publ.client.add_video(&[]);
+    let (_, tracks) = d.join(&rt, "one", "pub", &mut publ);
+    let ids: Vec<String> = tracks.iter().map(|t| t.track_id.clone()).collect();
+    let mut subs: Vec<_> = (0..7).map(|i| client(10 + i, t0)).collect();
+    let mut sessions = Vec::new();
+    for (i, s) in subs.iter_mut().enumerate() {
+        s.client.add_data_channel("kaskade");
+        sessions.push(d.join(&rt, "one", &format!("sub{i}"), s).0);
+    }
+    let room = d.room(&rt, "one");
+    assert!(
+        (0..2).all(|w| room.sessions.iter().any(|s| s.worker == w)),
+        "sessions on both workers"
+    );
+    {
+        let mut all: Vec<_> = std::iter::once(&mut publ).chain(subs.iter_mut()).collect();
+        assert!(
+            drive_until(&mut all, Duration::from_secs(10), |c| c
+                .iter()
+                .all(|c| c.client.is_connected())),
+            "everyone connects through the shared port"
+        );
+    }
+    let mut mids = Vec::new();
+    for (s, id) in subs.iter_mut().zip(&sessions) {
+        mids.push(d.subscribe(&rt, id, s, &ids));
+    }
+    let mut all: Vec<_> = std::iter::once(&mut publ).chain(subs.iter_mut()).collect();
+    drive(&mut all, Duration::from_secs(3));
+    for (i, (s, subscribed)) in subs.iter().zip(&mids).enumerate() {
+        for m in subscribed {
+            let r = s.client.received_on(m.mid.as_str().into());
+            let n = r.map_or(0, |r| r.packets);
+            assert!(n > 50, "subscriber {i}: {n} packets on mid {}", m.mid);
+        }
+    }
+    let text = scrape(d.metrics);
+    eprintln!(
+        "datagrams handed over: {}",
+        metric(&text, "kaskade_single_port_handovers_total")
+    );
+    assert_eq!(metric(&text, "kaskade_bus_dropped_total"), 0.0);
+}

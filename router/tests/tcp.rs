@@ -85,7 +85,7 @@ fn join(
     (r.session_id, r.tracks)
 }
 
-/// Room "tcp": `publ` publishes audio and video, a TCP client joins to
+/// Room "tcp": `publ` publishes audio and 720p video, a TCP client joins to
 /// subscribe, both connect. Returns the subscriber, the tracks and the
 /// subscriber's session.
 fn connected_pair(
@@ -96,7 +96,9 @@ fn connected_pair(
 ) -> (UdpClient, Vec<pb::Track>, String) {
     d.create_room(rt, "tcp", &[]).unwrap();
     publ.client.add_audio();
-    publ.client.add_video(&[]);
+    // 1.5 Mbit/s: a slow reader's buffers fill within seconds.
+    publ.client
+        .add_video_layers(&[], &[kaskade_loadtest::VideoLayer::HIGH]);
     let (_, tracks) = join(d, rt, "pub", publ);
     let mut sub = tcp_client(2, t0);
     sub.client.add_data_channel("kaskade");
@@ -300,4 +302,70 @@ fn garbage_and_half_open_tcp_connections_are_closed_counted_and_harm_no_session(
         assert_eq!(sub.client.received_on(*m).unwrap().lost(), 0);
     }
     assert!(sub.client.is_connected() && publ.client.is_connected());
+}
+
+/// A TCP subscriber that stops reading loses video at its connection's
+/// queue (counted), never more than the queue holds, and the worker it
+/// shares with a UDP subscriber of the same room goes on: that one keeps
+/// receiving everything.
+#[test]
+fn a_slow_tcp_reader_loses_video_counted_and_stalls_nobody() {
+    let rt = rt();
+    // The default placement keeps this small room on one worker.
+    let args = [
+        "--media-tcp-listen",
+        "127.0.0.1:0",
+        "--shutdown-grace-period",
+        "1s",
+    ];
+    let mut d = Daemon::start(&rt, &args.map(String::from));
+    let t0 = Instant::now();
+    let mut publ = common::daemon::client(1, t0);
+    let (mut slow, tracks, slow_id) = connected_pair(&mut d, &rt, &mut publ, t0);
+    let mut udp = common::daemon::client(3, t0);
+    udp.client.add_data_channel("kaskade");
+    let (udp_id, _) = d.join(&rt, "tcp", "udp", &mut udp);
+    assert!(drive_until(
+        &mut [&mut publ, &mut udp],
+        Duration::from_secs(10),
+        |c| { c[1].client.is_connected() }
+    ));
+    let room = d.room(&rt, "tcp");
+    assert!(
+        room.sessions
+            .iter()
+            .all(|s| s.worker == room.sessions[0].worker),
+        "one worker"
+    );
+    let ids: Vec<String> = tracks.iter().map(|t| t.track_id.clone()).collect();
+    let slow_mids = mids(&d.subscribe(&rt, &slow_id, &mut slow, &ids));
+    let udp_mids = mids(&d.subscribe(&rt, &udp_id, &mut udp, &ids));
+    drive(
+        &mut [&mut publ, &mut slow, &mut udp],
+        Duration::from_secs(1),
+    );
+    assert!(slow_mids
+        .iter()
+        .all(|m| slow.client.received_on(*m).is_some()));
+    // The TCP subscriber stops reading; the others go on.
+    let before: Vec<u64> = udp_mids
+        .iter()
+        .map(|m| udp.client.received_on(*m).map_or(0, |r| r.packets))
+        .collect();
+    drive(&mut [&mut publ, &mut udp], Duration::from_secs(8));
+    let text = scrape(d.metrics);
+    let dropped = metric(&text, "kaskade_tcp_packets_dropped_total{kind=\"video\"}");
+    assert!(
+        dropped > 50.0,
+        "video dropped at the slow reader's queue: {dropped}"
+    );
+    for (m, b) in udp_mids.iter().zip(before) {
+        let r = udp.client.received_on(*m).unwrap();
+        assert!(
+            r.packets > b + 200,
+            "the UDP subscriber goes on: {b} -> {}",
+            r.packets
+        );
+        assert_eq!(r.lost(), 0, "and loses nothing");
+    }
 }
