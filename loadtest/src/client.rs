@@ -27,7 +27,7 @@ use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::media::{Simulcast, SimulcastLayer};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc};
 use str0m::RtcError;
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Rtc, RtcConfig};
@@ -86,6 +86,10 @@ pub struct ClientConfig {
     /// Keep every received packet for [`Client::drain_tap`] (the load tester's
     /// per-packet measurements). Off by default.
     pub packet_tap: bool,
+    /// ICE-TCP instead of UDP: the client's only candidate is an active TCP
+    /// host candidate at `local_addr` (see [`crate::tcp`]), and what it
+    /// receives arrives over TCP. Off by default.
+    pub tcp: bool,
 }
 
 impl ClientConfig {
@@ -105,7 +109,14 @@ impl ClientConfig {
             auto_keyframe_request: None,
             keyframe_min_interval: None,
             packet_tap: false,
+            tcp: false,
         }
+    }
+
+    /// Uses ICE-TCP instead of UDP (see [`Self::tcp`]).
+    pub fn tcp(mut self, on: bool) -> Self {
+        self.tcp = on;
+        self
     }
 
     /// Keeps every received packet for [`Client::drain_tap`].
@@ -339,8 +350,16 @@ impl Client {
         }
         let mut rtc = rc.build(now);
 
-        let cand = Candidate::host(config.local_addr, "udp")
-            .map_err(|e| ClientError::Candidate(e.to_string()))?;
+        let cand = if config.tcp {
+            Candidate::builder()
+                .tcp()
+                .host(config.local_addr)
+                .tcptype(TcpType::Active)
+                .build()
+        } else {
+            Candidate::host(config.local_addr, "udp")
+        }
+        .map_err(|e| ClientError::Candidate(e.to_string()))?;
         rtc.add_local_candidate(cand);
 
         let mut client = Client {
@@ -611,12 +630,18 @@ impl Client {
 
     // ---------------------------------------------------------------- driving
 
-    /// Feeds a datagram received from `src` (addressed to `local_addr`).
+    /// Feeds a datagram received from `src` (addressed to `local_addr`; a
+    /// packet from the ICE-TCP connection with [`ClientConfig::tcp`]).
     pub fn handle_receive(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
         // Time never goes backwards for str0m.
         let now = self.now.max(now);
         self.now = now;
-        match Receive::new(Protocol::Udp, src, self.config.local_addr, data) {
+        let proto = if self.config.tcp {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        match Receive::new(proto, src, self.config.local_addr, data) {
             Ok(r) => {
                 if let Err(e) = self.rtc.handle_input(Input::Receive(now, r)) {
                     self.record_error(e);

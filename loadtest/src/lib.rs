@@ -57,6 +57,7 @@ pub mod media;
 pub mod netsim;
 pub mod publish;
 pub mod recv;
+pub mod tcp;
 pub mod udp;
 
 pub use client::{Client, ClientConfig, ClientError, ClientEvent, BROWSER_KEYFRAME_MIN_INTERVAL};
@@ -64,6 +65,7 @@ pub use media::{MediaPacket, MediaSource, Probe, VideoLayer};
 pub use netsim::{Link, LinkKey, LinkStats, SimNet};
 pub use publish::{LayerStats, TrackId, TrackState, TrackStats, VideoCodec};
 pub use recv::{LatencyStats, MediaRecv, RecvPacket, RecvStream, SourceLoss};
+pub use tcp::TcpTransport;
 pub use udp::{drive_until, UdpClient, UdpError};
 
 /// A UDP datagram between two addresses.

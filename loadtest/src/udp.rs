@@ -1,7 +1,9 @@
 //! Drives [`Client`]s over real UDP sockets (loopback), for process-level
-//! tests and small runs. One thread, non-blocking sockets, the wall clock.
+//! tests and small runs, or over ICE-TCP ([`UdpClient::tcp`]): a client
+//! whose UDP is blocked. One thread, non-blocking sockets, the wall clock.
 
 use crate::client::{Client, ClientConfig, ClientError};
+use crate::tcp::{candidate_addr, TcpTransport};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -9,12 +11,17 @@ use std::time::{Duration, Instant};
 /// Longest the driver sleeps between passes.
 const MAX_NAP: Duration = Duration::from_millis(2);
 
-/// A client bound to its own UDP socket.
+/// A client bound to its own UDP socket (or its ICE-TCP connection).
 pub struct UdpClient {
     /// The client.
     pub client: Client,
-    socket: UdpSocket,
+    io: Io,
     buf: Vec<u8>,
+}
+
+enum Io {
+    Udp(UdpSocket),
+    Tcp(TcpTransport),
 }
 
 impl std::fmt::Debug for UdpClient {
@@ -37,8 +44,25 @@ impl UdpClient {
         let client = Client::new(configure(ClientConfig::new(addr, now)), now)?;
         Ok(Self {
             client,
-            socket,
+            io: Io::Udp(socket),
             buf: vec![0; 2048],
+        })
+    }
+
+    /// A client whose only candidate is an active ICE-TCP one on `ip`: it
+    /// never sends or receives UDP, as behind a firewall that drops it. Its
+    /// connection opens at its first datagram (to the router's passive TCP
+    /// candidate).
+    pub fn tcp(
+        ip: std::net::IpAddr,
+        now: Instant,
+        configure: impl FnOnce(ClientConfig) -> ClientConfig,
+    ) -> Result<Self, UdpError> {
+        let cfg = configure(ClientConfig::new(candidate_addr(ip), now)).tcp(true);
+        Ok(Self {
+            client: Client::new(cfg, now)?,
+            io: Io::Tcp(TcpTransport::new()),
+            buf: Vec::new(),
         })
     }
 
@@ -50,16 +74,25 @@ impl UdpClient {
     /// Reads what has arrived, runs due timers and media, sends what is
     /// pending. Never blocks.
     pub fn poll_once(&mut self) {
-        loop {
-            match self.socket.recv_from(&mut self.buf) {
-                Ok((n, src)) => {
-                    let now = Instant::now();
-                    self.client.handle_receive(now, src, &self.buf[..n]);
+        match &mut self.io {
+            Io::Udp(socket) => loop {
+                match socket.recv_from(&mut self.buf) {
+                    Ok((n, src)) => {
+                        let now = Instant::now();
+                        self.client.handle_receive(now, src, &self.buf[..n]);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    // ICMP "connection refused" and the like concern one peer only.
+                    Err(_) => break,
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // ICMP "connection refused" and the like concern one peer only.
-                Err(_) => break,
+            },
+            Io::Tcp(t) => {
+                let client = &mut self.client;
+                // A closed connection leaves the client to time out, as a
+                // browser's would.
+                let _ = t.flush();
+                let _ = t.recv(|src, p| client.handle_receive(Instant::now(), src, p));
             }
         }
         let now = Instant::now();
@@ -68,7 +101,14 @@ impl UdpClient {
         }
         while let Some(d) = self.client.poll_transmit() {
             // A full socket buffer drops the datagram, as a network would.
-            let _ = self.socket.send_to(&d.data, d.dst);
+            match &mut self.io {
+                Io::Udp(socket) => {
+                    let _ = socket.send_to(&d.data, d.dst);
+                }
+                Io::Tcp(t) => {
+                    let _ = t.send(d.dst, &d.data);
+                }
+            }
         }
     }
 }

@@ -1,11 +1,12 @@
 //! The kaskade control API (`kaskade.v1`): generated gRPC types, clients and
 //! servers; the router-to-router link protocol ([`cascade`]: its protobuf
-//! frames, the media datagram codec, fragmentation and stream framing); and
-//! the id newtypes shared by the router, the load tester and the tests.
+//! frames, the media datagram codec, fragmentation and stream framing); the
+//! RFC 4571 framing of ICE-TCP ([`rfc4571`]); and the id newtypes shared by the router, the load tester and the tests.
 
 #[cfg(feature = "str0m")]
 pub mod drain;
 pub mod ids;
+pub mod rfc4571;
 
 /// Generated code of the `kaskade.v1` protobuf package.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub join_failures: IntCounterVec,
     /// Workers a room's sessions are on, at each placement.
     pub room_workers: Histogram,
+    /// ICE-TCP and single-port metrics.
+    pub transport: crate::media::tcp::metrics::TransportMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -214,7 +216,9 @@ impl Metrics {
         registry
             .register(Box::new(room_workers.clone()))
             .unwrap_or_else(|e| unreachable!("metric registered once: {e}"));
+        let transport = crate::media::tcp::metrics::TransportMetrics::new(&registry);
         Self {
+            transport,
             ops,
             http_requests,
             webhook_deliveries,
@@ -276,6 +280,8 @@ pub struct WorkerMetrics {
     pub bus_drop_video: IntCounter,
     /// Audio/control dropped on the bus.
     pub bus_drop_other: IntCounter,
+    /// Handed-over datagrams dropped on the bus (single-port mode).
+    pub bus_drop_datagram: IntCounter,
     /// See [`Metrics::session_failures`].
     pub session_failures: IntCounter,
     /// Keyframe asked for a new subscriber.
@@ -297,6 +303,8 @@ pub struct WorkerMetrics {
     pub join_ice: IntCounter,
     /// Sessions that never connected: DTLS did not.
     pub join_dtls: IntCounter,
+    /// ICE-TCP and single-port metrics.
+    pub transport: crate::media::tcp::metrics::TransportMetrics,
     worker_packets: IntCounterVec,
     worker_bytes: IntCounterVec,
     worker_loop_lag: HistogramVec,
@@ -333,6 +341,7 @@ impl WorkerMetrics {
             drop_send: m.datagrams_dropped.with_label_values(&["send_failed"]),
             bus_drop_video: m.bus_dropped.with_label_values(&["video"]),
             bus_drop_other: m.bus_dropped.with_label_values(&["other"]),
+            bus_drop_datagram: m.bus_dropped.with_label_values(&["datagram"]),
             session_failures: m.session_failures.clone(),
             kf_join: m.keyframe_requests.with_label_values(&["join"]),
             kf_subscriber: m.keyframe_requests.with_label_values(&["subscriber"]),
@@ -343,6 +352,7 @@ impl WorkerMetrics {
             join_timeout: m.join_failures.with_label_values(&["timeout"]),
             join_ice: m.join_failures.with_label_values(&["ice"]),
             join_dtls: m.join_failures.with_label_values(&["dtls"]),
+            transport: m.transport.clone(),
             worker_packets: m.worker_packets.clone(),
             worker_bytes: m.worker_bytes.clone(),
             worker_loop_lag: m.worker_loop_lag.clone(),

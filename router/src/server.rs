@@ -69,6 +69,9 @@ pub struct Running {
     pub cascade: Option<SocketAddr>,
     /// The bound HTTP address (demo app, kaskade.js), if on.
     pub http: Option<SocketAddr>,
+    /// The bound ICE-TCP listener address, if on.
+    pub tcp: Option<SocketAddr>,
+    tcp_handle: Option<crate::media::tcp::listener::TcpListenerHandle>,
     /// The control plane.
     pub plane: Arc<Control>,
     /// Serving or draining.
@@ -105,8 +108,12 @@ impl Running {
             .http
             .map(|h| format!("\"{h}\""))
             .unwrap_or_else(|| "null".into());
+        let tcp = self
+            .tcp
+            .map(|t| format!("\"{t}\""))
+            .unwrap_or_else(|| "null".into());
         format!(
-            "KASKADE_READY {{\"control\":\"{}\",\"metrics\":{metrics},\"media\":[{}],\"cascade\":{cascade},\"http\":{http}}}",
+            "KASKADE_READY {{\"control\":\"{}\",\"metrics\":{metrics},\"media\":[{}],\"cascade\":{cascade},\"http\":{http},\"tcp\":{tcp}}}",
             self.control,
             media.join(",")
         )
@@ -140,8 +147,11 @@ impl Running {
     }
 
     /// Stops accepting API calls, closes every session, joins the workers.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if let Some(mut tcp) = self.tcp_handle.take() {
+            let _ = tokio::task::spawn_blocking(move || tcp.stop()).await;
+        }
         self.plane.shutdown_workers();
         let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {
@@ -162,24 +172,53 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         .with_rtx_cache(cfg.rtx_cache);
 
     // Media workers: bind every socket first, then start the threads with
-    // the complete list of peers.
-    let mut prepared = Vec::with_capacity(cfg.workers);
+    // the complete list of peers. In single-port mode every worker binds the
+    // first one's address.
+    let mut prepared: Vec<PreparedWorker> = Vec::with_capacity(cfg.workers);
     for i in 0..cfg.workers {
-        let port = if cfg.media_port_start == 0 {
-            0
-        } else {
-            cfg.media_port_start + i as u16
+        let port = match (cfg.single_port, prepared.first()) {
+            (true, Some(first)) => first.handle().bound.port(),
+            (true, None) | (false, _) if cfg.media_port_start == 0 => 0,
+            (true, None) => cfg.media_port_start,
+            (false, _) => cfg.media_port_start + i as u16,
         };
         let addr = SocketAddr::new(cfg.media_bind, port);
-        let w = PreparedWorker::new(WorkerId(i as u16), addr, cfg.bus_queue).map_err(|source| {
-            StartError::Bind {
+        let w = PreparedWorker::new(WorkerId(i as u16), addr, cfg.single_port, cfg.bus_queue)
+            .map_err(|source| StartError::Bind {
                 what: "media",
                 addr,
                 source,
-            }
-        })?;
+            })?;
         prepared.push(w);
     }
+    let tcp_listener =
+        match cfg.tcp_listen {
+            Some(addr) => Some(crate::media::tcp::listener::bind(addr).map_err(|source| {
+                StartError::Bind {
+                    what: "media TCP",
+                    addr,
+                    source,
+                }
+            })?),
+            None => None,
+        };
+    // The passive ICE-TCP candidate: the advertised IP, the bound port.
+    let tcp_candidate = match &tcp_listener {
+        Some(l) => Some(SocketAddr::new(
+            cfg.advertise,
+            l.local_addr()
+                .map_err(|source| StartError::Bind {
+                    what: "media TCP",
+                    addr: cfg
+                        .tcp_listen
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                    source,
+                })?
+                .port(),
+        )),
+        None => None,
+    };
+    let tcp_inboxes: Vec<_> = prepared.iter().map(PreparedWorker::tcp_inbox).collect();
     let handles: Vec<WorkerHandle> = prepared.iter().map(PreparedWorker::handle).collect();
     let media: Vec<SocketAddr> = handles.iter().map(|h| h.bound).collect();
 
@@ -237,7 +276,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         let id = WorkerId(i as u16);
         let advertised = SocketAddr::new(cfg.advertise, media[i].port());
         let wm = WorkerMetrics::new(&metrics);
-        let core = WorkerCore::new(
+        let mut core = WorkerCore::new(
             id,
             cfg.workers,
             advertised,
@@ -247,11 +286,25 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             std::time::Instant::now(),
         )
         .with_keyframe_interval(cfg.keyframe_interval);
+        if let Some(addr) = tcp_candidate {
+            core = core.with_tcp(addr);
+        }
+        if cfg.single_port {
+            core = core.with_single_port(cfg.workers);
+        }
         let t = w
             .spawn(core, handles.clone(), ev_tx.clone(), wm, relay_tx.clone())
             .map_err(StartError::Thread)?;
         threads.push(t);
     }
+
+    let tcp = match tcp_listener {
+        Some(l) => Some(
+            crate::media::tcp::listener::spawn(l, tcp_inboxes, metrics.transport.clone())
+                .map_err(StartError::Thread)?,
+        ),
+        None => None,
+    };
 
     let plane = Arc::new(Control::new(
         handles,
@@ -356,6 +409,8 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     Ok(Running {
         cascade: cascade_addr,
         http: http_addr,
+        tcp: tcp.as_ref().map(|t| t.local_addr),
+        tcp_handle: tcp,
         control: control_addr,
         metrics: metrics_addr,
         media,

@@ -110,6 +110,15 @@ config_keys! {
         room_share: u32 = crate::media::placement::ROOM_SHARE_STREAMS,
             env "KASKADE_MEDIA_ROOM_SHARE", flag "media-room-share", value "STREAMS",
             rule Rule::Range(0, 1_000_000);
+        /// ICE-TCP listener address, e.g. 0.0.0.0:443: one TCP port for clients that cannot
+        /// reach UDP (passive candidates at media.advertise); empty: off.
+        tcp_listen: String = String::new(),
+            env "KASKADE_MEDIA_TCP_LISTEN", flag "media-tcp-listen", value "ADDR",
+            rule Rule::SocketAddrOrOff;
+        /// Every worker on one UDP port, media.port_start (SO_REUSEPORT): true or false.
+        single_port: bool = false,
+            env "KASKADE_MEDIA_SINGLE_PORT", flag "media-single-port", value "BOOL",
+            rule Rule::Any;
     }
 
     /// `[limits]`: what the API lets integrators create.

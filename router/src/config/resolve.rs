@@ -28,6 +28,10 @@ pub struct Resolved {
     pub rtx_cache: usize,
     /// Minimum time between two keyframe requests to one publisher layer.
     pub keyframe_interval: Duration,
+    /// The ICE-TCP listener's address, if ICE-TCP is on.
+    pub tcp_listen: Option<SocketAddr>,
+    /// Every worker on one UDP port.
+    pub single_port: bool,
     /// Room limit.
     pub max_rooms: usize,
     /// Sessions per room limit.
@@ -134,7 +138,10 @@ impl Config {
             0 => cores.clamp(1, 1024),
             n => n,
         };
-        if self.media.port_start != 0 && usize::from(self.media.port_start) + workers > 65536 {
+        if !self.media.single_port
+            && self.media.port_start != 0
+            && usize::from(self.media.port_start) + workers > 65536
+        {
             return Err(value(
                 "media.port_start",
                 format!(
@@ -143,6 +150,10 @@ impl Config {
                 ),
             ));
         }
+        let tcp_listen = match self.media.tcp_listen.as_str() {
+            "" => None,
+            v => Some(sock("media.tcp_listen", v)?),
+        };
         let cascade = self.resolve_cascade()?;
         let http_listen = match self.http.listen.as_str() {
             "" => None,
@@ -172,6 +183,8 @@ impl Config {
             bus_queue: self.media.bus_queue,
             rtx_cache: self.media.rtx_cache,
             keyframe_interval: Duration::from_millis(self.media.keyframe_interval_ms),
+            tcp_listen,
+            single_port: self.media.single_port,
             max_rooms: self.limits.max_rooms,
             max_sessions_per_room: self.limits.max_sessions_per_room as usize,
             log_level: self.log.level.clone(),

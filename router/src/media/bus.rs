@@ -18,6 +18,7 @@ use super::layer::{Layer, LayerMask};
 use super::select::LayerState;
 use super::types::{MediaPacket, WorkerId};
 use kaskade_protocol::TrackId;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// One message on the fan-out bus.
@@ -67,6 +68,69 @@ pub enum BusMsg {
         /// The layers that lost packets.
         layers: LayerMask,
     },
+    /// Datagrams the sending worker read from the single UDP port for
+    /// sessions the destination hosts (`media::handover`).
+    Datagrams(Box<Handed>),
+    /// The sending worker hosts the session of datagrams from this source:
+    /// the destination hands the rest of them over without looking.
+    Route(Box<RouteNote>),
+}
+
+/// Datagrams one worker hands to another, in one buffer (one allocation
+/// per batch of input, not per datagram).
+#[derive(Debug, Clone)]
+pub struct Handed {
+    /// The worker that read them (where route notes go back).
+    pub from: WorkerId,
+    bytes: Vec<u8>,
+    /// Source and end offset in `bytes` of each datagram.
+    items: Vec<(SocketAddr, u32)>,
+}
+
+impl Handed {
+    /// Nothing yet, from worker `from`.
+    pub fn new(from: WorkerId) -> Self {
+        Self {
+            from,
+            bytes: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+
+    /// Adds a datagram.
+    pub fn push(&mut self, src: SocketAddr, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        self.items.push((src, self.bytes.len() as u32));
+    }
+
+    /// Datagrams held.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Each datagram's source and bytes, in the order they were read.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        let mut start = 0;
+        self.items.iter().map(move |(src, end)| {
+            let d = &self.bytes[start..*end as usize];
+            start = *end as usize;
+            (*src, d)
+        })
+    }
+}
+
+/// Which worker hosts the session of datagrams from `src`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteNote {
+    /// The datagrams' source.
+    pub src: SocketAddr,
+    /// The worker hosting their session.
+    pub worker: WorkerId,
 }
 
 /// What crosses a bus channel: all messages one worker produced for another
@@ -79,7 +143,10 @@ impl BusMsg {
     pub fn is_droppable(&self) -> bool {
         match self {
             BusMsg::Media(p) | BusMsg::Ingest(p) => p.kind == str0m::media::MediaKind::Video,
-            BusMsg::KeyframeRequest { .. }
+            // Raw input, like a full socket buffer would lose.
+            BusMsg::Datagrams(_) => true,
+            BusMsg::Route(_)
+            | BusMsg::KeyframeRequest { .. }
             | BusMsg::Overload { .. }
             | BusMsg::LayerInfo { .. }
             | BusMsg::RemoteLayers { .. }
@@ -98,6 +165,8 @@ pub struct Shed {
     pub video: u64,
     /// Audio and control messages dropped (only past [`OVERFLOW_LIMIT`]).
     pub other: u64,
+    /// Handed-over datagrams dropped (single-port mode).
+    pub datagrams: u64,
 }
 
 /// The overload policy for a batch a full inbox refused: video is dropped
@@ -110,7 +179,9 @@ pub fn shed(refused: BusBatch, kept: &mut BusBatch) -> Shed {
     let mut out = Shed::default();
     let mut notes: Vec<(TrackId, LayerMask)> = Vec::new();
     for m in refused {
-        if m.is_droppable() {
+        if let BusMsg::Datagrams(d) = &m {
+            out.datagrams += d.len() as u64;
+        } else if m.is_droppable() {
             out.video += 1;
             if let BusMsg::Media(p) | BusMsg::Ingest(p) = &m {
                 let bit = LayerMask::of(p.layer());
@@ -254,7 +325,13 @@ mod tests {
             pkt(MediaKind::Video),
         ];
         let mut kept = Vec::new();
-        assert_eq!(shed(batch, &mut kept), Shed { video: 2, other: 0 });
+        assert_eq!(
+            shed(batch, &mut kept),
+            Shed {
+                video: 2,
+                ..Shed::default()
+            }
+        );
         // Audio, the keyframe request and one overload note for the track.
         assert_eq!(kept.len(), 3);
         assert!(kept.iter().all(|m| !m.is_droppable()));
@@ -276,11 +353,43 @@ mod tests {
         assert_eq!(
             shed(batch, &mut kept),
             Shed {
-                video: 0,
-                other: 10
+                other: 10,
+                ..Shed::default()
             }
         );
         assert_eq!(kept.len(), OVERFLOW_LIMIT);
+    }
+
+    #[test]
+    fn handed_datagrams_keep_their_sources_and_order_and_are_shed_like_input() {
+        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::1]:2000".parse().unwrap();
+        let mut h = Handed::new(WorkerId(1));
+        h.push(a, b"one");
+        h.push(b, b"");
+        h.push(a, b"three");
+        let got: Vec<(SocketAddr, &[u8])> = h.iter().collect();
+        assert_eq!(
+            got,
+            vec![(a, &b"one"[..]), (b, &b""[..]), (a, &b"three"[..])]
+        );
+        let mut kept = Vec::new();
+        let note = BusMsg::Route(Box::new(RouteNote {
+            src: a,
+            worker: WorkerId(0),
+        }));
+        let s = shed(vec![BusMsg::Datagrams(Box::new(h)), note], &mut kept);
+        assert_eq!(
+            s,
+            Shed {
+                datagrams: 3,
+                ..Shed::default()
+            }
+        );
+        assert!(
+            matches!(kept[..], [BusMsg::Route(_)]),
+            "route notes are kept"
+        );
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!    worker), and only then to this worker's own subscribers (`flush`), so
 //!    the other workers fan out meanwhile. Transmits are sent once
 //!    [`SEND_AT`] have gathered.
+//!    Then the packets of the worker's ICE-TCP connections, if any
+//!    ([`Port::streams`]), the same way.
 //! 2. **Commands** from the control plane, all that wait.
 //! 3. **Bus batches** from the other workers, all that wait (for each
 //!    packet: write to the local subscribers, drain them).
@@ -69,6 +71,15 @@ pub trait Port {
     fn inbox_depth(&self) -> usize {
         0
     }
+    /// Reads the worker's ICE-TCP connections, if it has any: each packet
+    /// goes to [`WorkerCore::handle_tcp_packet`], and connections the core
+    /// refuses or that idle out are closed. Returns the packets and bytes
+    /// read.
+    fn streams(&mut self, _core: &mut WorkerCore, _now: Instant) -> (u64, u64) {
+        (0, 0)
+    }
+    /// Closes the ICE-TCP connection from `peer` (its session closed).
+    fn close_stream(&mut self, _peer: std::net::SocketAddr) {}
 }
 
 struct PortInbox<'a, P>(&'a P, usize);
@@ -105,6 +116,7 @@ pub struct Drive {
     drop_send: LocalIntCounter,
     bus_drop_video: LocalIntCounter,
     bus_drop_other: LocalIntCounter,
+    bus_drop_datagram: LocalIntCounter,
     next_fold: Option<Instant>,
 }
 
@@ -125,6 +137,7 @@ impl Drive {
             drop_send: metrics.drop_send.local(),
             bus_drop_video: metrics.bus_drop_video.local(),
             bus_drop_other: metrics.bus_drop_other.local(),
+            bus_drop_datagram: metrics.bus_drop_datagram.local(),
             next_fold: None,
         }
     }
@@ -165,6 +178,15 @@ impl Drive {
             }
         }
         let now = port.now();
+        // 1b. ICE-TCP packets, like datagrams.
+        let (packets, bytes) = port.streams(core, now);
+        if packets > 0 {
+            turn.progressed = true;
+            self.packets_in.inc_by(packets);
+            self.bytes_in.inc_by(bytes);
+            self.hand_over(core, port);
+            core.flush(now);
+        }
         // 2. Commands.
         while let Some(cmd) = port.command() {
             turn.progressed = true;
@@ -217,6 +239,7 @@ impl Drive {
             &self.drop_send,
             &self.bus_drop_video,
             &self.bus_drop_other,
+            &self.bus_drop_datagram,
         ] {
             c.flush();
         }
@@ -234,6 +257,7 @@ impl Drive {
             handed |= sent;
             self.bus_drop_video.inc_by(shed.video);
             self.bus_drop_other.inc_by(shed.other);
+            self.bus_drop_datagram.inc_by(shed.datagrams);
         }
         handed
     }
@@ -268,6 +292,9 @@ impl Drive {
             if !port.relay(link, pkt) {
                 self.bus_drop_video.inc();
             }
+        }
+        for peer in out.tcp_closed.drain(..) {
+            port.close_stream(peer);
         }
         progressed
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use str0m::bwe::Bitrate;
 use str0m::config::{CryptoProvider, DtlsCert};
+use str0m::net::TcpType;
 use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 
 /// The downlink estimate a new session starts from: enough for the middle
@@ -88,14 +89,16 @@ impl RtcFactory {
             .enable_h264(true)
     }
 
-    /// A new ICE-lite `Rtc` with the given local ufrag and a host candidate
-    /// at `local_addr`.
+    /// A new ICE-lite `Rtc` with the given local ufrag, a UDP host
+    /// candidate at `local_addr` and, with ICE-TCP on, a passive TCP host
+    /// candidate at `tcp_addr` (RFC 6544).
     pub fn build(
         &self,
         now: Instant,
         ufrag: &str,
         rng: &mut impl Rng,
         local_addr: SocketAddr,
+        tcp_addr: Option<SocketAddr>,
     ) -> Result<Rtc, RtcBuildError> {
         let pass: String = (0..24).map(|_| rng.sample(Alphanumeric) as char).collect();
         let mut rtc = self
@@ -108,6 +111,15 @@ impl RtcFactory {
         let cand =
             Candidate::host(local_addr, "udp").map_err(|_| RtcBuildError::Candidate(local_addr))?;
         rtc.add_local_candidate(cand);
+        if let Some(addr) = tcp_addr {
+            let cand = Candidate::builder()
+                .tcp()
+                .host(addr)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|_| RtcBuildError::Candidate(addr))?;
+            rtc.add_local_candidate(cand);
+        }
         Ok(rtc)
     }
 }

@@ -23,6 +23,51 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(sock)
 }
 
+/// A media worker's socket on a port it shares with the other workers
+/// (`media.single_port`): `SO_REUSEPORT` before binding, so every worker
+/// binds the same address and the kernel spreads the datagrams over them
+/// by a hash of their source and destination.
+pub fn bind_shared(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use std::os::fd::FromRawFd;
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: a plain socket(2) call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket that nothing else owns; the UdpSocket
+    // closes it, on the error paths below too.
+    let sock = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let (raw, len) = to_raw(addr);
+    // SAFETY: `fd` is live; `one` and `raw` outlive the calls and the
+    // lengths are theirs.
+    let ok = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+            && libc::bind(fd, (&raw as *const RawAddr).cast(), len) == 0
+    };
+    if !ok {
+        return Err(io::Error::last_os_error());
+    }
+    grow_buffers(&sock);
+    Ok(sock)
+}
+
 /// Enlarges the socket's buffers; with privileges past `net.core.*mem_max`.
 fn grow_buffers(sock: &std::net::UdpSocket) {
     use std::os::fd::AsRawFd;
@@ -402,6 +447,37 @@ mod tests {
         // An IPv6 destination on an IPv4 socket is refused by the kernel.
         let out = send_batch(a.as_raw_fd(), [(to, &m[..]), (v6, &m[..]), (to, &m[..])]);
         assert_eq!((out.sent, out.failed), (2, 1));
+    }
+
+    #[test]
+    fn workers_can_share_one_port_and_the_kernel_spreads_sources_over_them() {
+        let first = bind_shared("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let socks: Vec<std::net::UdpSocket> = std::iter::once(first)
+            .chain((0..3).map(|_| bind_shared(addr).unwrap()))
+            .collect();
+        assert!(socks.iter().all(|s| s.local_addr().unwrap() == addr));
+        assert!(
+            bind(addr).is_err(),
+            "a socket without SO_REUSEPORT cannot join"
+        );
+        let clients: Vec<UdpSocket> = (0..32)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for c in &clients {
+            c.send_to(b"x", addr).unwrap();
+        }
+        let mut got = Vec::new();
+        for s in &socks {
+            let mut rb = RecvBatch::new();
+            let n = rb.recv(s.as_raw_fd()).unwrap_or(0);
+            got.push(n);
+        }
+        assert_eq!(got.iter().sum::<usize>(), 32, "{got:?}");
+        assert!(
+            got.iter().filter(|n| **n > 0).count() > 1,
+            "spread: {got:?}"
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@ use super::bus::BusBatch;
 use super::command::{Command, WorkerEvent};
 use super::core::WorkerCore;
 use super::drive::{Drive, Port};
-use super::session::Datagram;
+use super::session::{Datagram, Transport};
+use super::tcp::listener::WorkerInbox;
+use super::tcp::streams::Streams;
+use super::tcp::Handoff;
 use super::types::{LinkId, MediaPacket, WorkerId};
 use super::udp::{recv_some, send_batch, RecvBatch};
 use crate::metrics::WorkerMetrics;
@@ -27,6 +30,9 @@ const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Longest sleep when no session has a deadline.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Connections the listener may have handed a worker that it has not
+/// taken yet.
+const HANDOFF_QUEUE: usize = 256;
 /// A worker busy for more than this part of a second (in thousandths) is
 /// overloaded: no new session is placed on it.
 pub const OVERLOADED_PERMILLE: u32 = 900;
@@ -95,14 +101,26 @@ pub struct PreparedWorker {
     socket: UdpSocket,
     commands: Receiver<Command>,
     bus: Receiver<BusBatch>,
+    handoffs: (crossbeam_channel::Sender<Handoff>, Receiver<Handoff>),
     handle: WorkerHandle,
 }
 
 impl PreparedWorker {
-    /// Binds the socket and creates the poll, waker and channels.
-    pub fn new(id: WorkerId, bind: SocketAddr, bus_capacity: usize) -> std::io::Result<Self> {
+    /// Binds the socket (on a port shared with the other workers if
+    /// `shared`: `media.single_port`) and creates the poll, waker and
+    /// channels.
+    pub fn new(
+        id: WorkerId,
+        bind: SocketAddr,
+        shared: bool,
+        bus_capacity: usize,
+    ) -> std::io::Result<Self> {
         let poll = Poll::new()?;
-        let std_sock = super::udp::bind(bind)?;
+        let std_sock = if shared {
+            super::udp::bind_shared(bind)?
+        } else {
+            super::udp::bind(bind)?
+        };
         let bound = std_sock.local_addr()?;
         let mut socket = UdpSocket::from_std(std_sock);
         poll.registry()
@@ -115,6 +133,7 @@ impl PreparedWorker {
             socket,
             commands: cmd_rx,
             bus: bus_rx,
+            handoffs: crossbeam_channel::bounded(HANDOFF_QUEUE),
             handle: WorkerHandle {
                 id,
                 commands: cmd_tx,
@@ -131,6 +150,14 @@ impl PreparedWorker {
         self.handle.clone()
     }
 
+    /// Where the ICE-TCP listener hands this worker its connections.
+    pub fn tcp_inbox(&self) -> WorkerInbox {
+        WorkerInbox {
+            handoffs: self.handoffs.0.clone(),
+            waker: self.handle.waker.clone(),
+        }
+    }
+
     /// Starts the worker thread.
     pub fn spawn(
         self,
@@ -145,8 +172,17 @@ impl PreparedWorker {
         let mut drive = Drive::new(id.0, peers.len(), &metrics);
         let load = self.handle.load.clone();
         let mut poll = self.poll;
+        let streams = match core.tcp_addr() {
+            Some(_) => Some(Streams::new(
+                poll.registry().try_clone()?,
+                self.handoffs.1,
+                metrics.transport.clone(),
+            )),
+            None => None,
+        };
         std::thread::Builder::new().name(name).spawn(move || {
             let mut port = MioPort {
+                streams,
                 socket: self.socket,
                 readable: true,
                 commands: self.commands,
@@ -176,11 +212,15 @@ fn run(
     let mut window = Instant::now();
     let mut idle = Duration::ZERO;
     loop {
-        let timeout = if port.readable {
+        let streams = port.streams.as_ref();
+        let timeout = if port.readable || streams.is_some_and(Streams::wants_turn) {
             Duration::ZERO
         } else {
-            core.poll_timeout()
-                .map(|t| t.saturating_duration_since(Instant::now()))
+            let next = match streams.and_then(Streams::poll_timeout) {
+                Some(t) => Some(core.poll_timeout().map_or(t, |c| c.min(t))),
+                None => core.poll_timeout(),
+            };
+            next.map(|t| t.saturating_duration_since(Instant::now()))
                 .unwrap_or(IDLE_POLL)
                 .min(IDLE_POLL)
         };
@@ -192,8 +232,17 @@ fn run(
             }
         }
         idle += slept.elapsed();
-        port.readable |= events.iter().any(|ev| ev.token() == SOCKET);
+        for ev in events.iter() {
+            if ev.token() == SOCKET {
+                port.readable = true;
+            } else if let Some(s) = port.streams.as_mut() {
+                s.on_event(ev.token(), ev.is_readable(), ev.is_writable());
+            }
+        }
         if drive.turn(core, port, true).stop {
+            if let Some(s) = port.streams.as_mut() {
+                s.close_all();
+            }
             return;
         }
         // How busy the last second was, for placement.
@@ -210,6 +259,8 @@ fn run(
 /// The worker's socket, channels and peers, as the drive loop sees them.
 struct MioPort {
     socket: UdpSocket,
+    /// Its ICE-TCP connections, when ICE-TCP is on.
+    streams: Option<Streams>,
     /// The socket may hold datagrams (mio reports readiness once, edge-triggered).
     readable: bool,
     commands: Receiver<Command>,
@@ -241,14 +292,37 @@ impl Port for MioPort {
     }
 
     fn send(&mut self, out: &mut Vec<Datagram>) -> usize {
+        let udp = out.iter().filter(|d| d.transport == Transport::Udp);
         let sent = send_batch(
             self.socket.as_raw_fd(),
-            out.iter().map(|d| (d.dst, d.data.as_slice())),
+            udp.map(|d| (d.dst, d.data.as_slice())),
         );
         if sent.failed > 0 {
             tracing::debug!(failed = sent.failed, "sends failed");
         }
+        if let Some(streams) = self.streams.as_mut() {
+            // Queued per connection (drops counted there), written once each.
+            for d in out.iter() {
+                if let Transport::Tcp(class) = d.transport {
+                    streams.queue(d.dst, class, &d.data);
+                }
+            }
+            streams.flush();
+        }
         sent.failed
+    }
+
+    fn streams(&mut self, core: &mut WorkerCore, now: Instant) -> (u64, u64) {
+        match self.streams.as_mut() {
+            Some(s) => s.pump(core, now),
+            None => (0, 0),
+        }
+    }
+
+    fn close_stream(&mut self, peer: SocketAddr) {
+        if let Some(s) = self.streams.as_mut() {
+            s.close_peer(peer);
+        }
     }
 
     fn offer(&self, dst: usize, batch: BusBatch) -> Result<(), BusBatch> {

@@ -59,6 +59,10 @@ pub struct SimOptions {
     /// here is [`Policy::LeastLoaded`]: every session on the least loaded
     /// worker, so tests of paths across workers get them with few sessions.
     pub placement: Policy,
+    /// Every worker on one address (`media.single_port`): the network
+    /// gives each datagram to the worker its source hashes to
+    /// ([`single_port_worker`]), as the kernel's `SO_REUSEPORT` does.
+    pub single_port: bool,
 }
 
 impl Default for SimOptions {
@@ -73,8 +77,21 @@ impl Default for SimOptions {
                 ..Limits::default()
             },
             placement: Policy::LeastLoaded,
+            single_port: false,
         }
     }
+}
+
+/// In single-port mode, the worker (of `workers`) the simulated kernel
+/// gives datagrams from `src` to: a fixed hash of the source, like
+/// `SO_REUSEPORT`'s.
+pub fn single_port_worker(src: SocketAddr, workers: usize) -> usize {
+    let ip = match src.ip() {
+        std::net::IpAddr::V4(a) => u64::from(u32::from(a)),
+        std::net::IpAddr::V6(a) => u128::from(a) as u64,
+    };
+    let h = (ip << 16 | u64::from(src.port())).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 32) as usize % workers.max(1)
 }
 
 pub struct Sim {
@@ -135,6 +152,11 @@ impl Sim {
         let mut inboxes = Vec::new();
         let mut loads = Vec::new();
         for i in 0..workers {
+            let addr = if options.single_port {
+                worker_addr(0)
+            } else {
+                worker_addr(i)
+            };
             let poll = mio::Poll::new().expect("mio poll");
             let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(1)).expect("waker"));
             let (ctx, crx) = crossbeam_channel::unbounded();
@@ -145,25 +167,28 @@ impl Sim {
                 commands: ctx,
                 bus: btx.clone(),
                 waker,
-                bound: worker_addr(i),
+                bound: addr,
                 load: load.clone(),
             });
             inboxes.push(btx);
             loads.push(load);
             let wm = WorkerMetrics::new(&metrics);
-            let core = WorkerCore::new(
+            let mut core = WorkerCore::new(
                 WorkerId(i as u16),
                 workers,
-                worker_addr(i),
+                addr,
                 factory.clone(),
                 wm.clone(),
                 seed.wrapping_add(i as u64),
                 t0,
             )
             .with_keyframe_interval(options.keyframe_interval);
+            if options.single_port {
+                core = core.with_single_port(workers);
+            }
             sim_workers.push(SimWorker {
                 core,
-                addr: worker_addr(i),
+                addr,
                 io: SimIo {
                     commands: crx,
                     bus: brx,
@@ -307,6 +332,17 @@ impl Sim {
         self.loads[w].set_busy_permille(if overloaded { 1000 } else { 0 });
     }
 
+    /// The worker a datagram from the network reaches: the one bound to its
+    /// destination, or, on a shared port, the one its source hashes to.
+    fn worker_for(&self, d: &kaskade_loadtest::Datagram) -> Option<usize> {
+        let bound = || (0..self.workers.len()).filter(|i| self.workers[*i].addr == d.dst);
+        let k = match bound().count() {
+            0 | 1 => 0,
+            n => single_port_worker(d.src, n),
+        };
+        bound().nth(k)
+    }
+
     fn client_by_addr(&mut self, a: SocketAddr) -> Option<&mut Client> {
         self.clients
             .iter_mut()
@@ -368,8 +404,8 @@ impl Sim {
             }
         }
         while let Some(d) = self.net.poll_deliver(now) {
-            if let Some(w) = self.workers.iter_mut().find(|w| w.addr == d.dst) {
-                w.io.inbound.push_back(d);
+            if let Some(w) = self.worker_for(&d) {
+                self.workers[w].io.inbound.push_back(d);
                 self.pump();
             } else if let Some(c) = self.client_by_addr(d.dst) {
                 c.handle_receive(now, d.src, &d.data);

@@ -20,6 +20,8 @@ pub struct Daemon {
     pub cascade: Option<SocketAddr>,
     /// The HTTP listener (demo app, kaskade.js).
     pub http: Option<SocketAddr>,
+    /// The ICE-TCP listener.
+    pub tcp: Option<SocketAddr>,
     pub rooms: RoomServiceClient<Channel>,
     pub sessions: SessionServiceClient<Channel>,
     pub links: CascadeServiceClient<Channel>,
@@ -99,6 +101,7 @@ impl Daemon {
                 .collect(),
             cascade: field(&json, "cascade").and_then(|c| c.parse().ok()),
             http: field(&json, "http").and_then(|c| c.parse().ok()),
+            tcp: field(&json, "tcp").and_then(|c| c.parse().ok()),
             rooms,
             sessions,
             links,
@@ -183,6 +186,26 @@ impl Daemon {
             .into_inner()
             .links
     }
+}
+
+/// The text of a metrics endpoint.
+pub fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The sum of the series of `text` that start with `name` (a metric, or
+/// one series of it with its labels).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A str0m client on loopback.

@@ -157,10 +157,10 @@ impl WorkerCore {
         if self.sessions.key(id).is_some() {
             return Err(MediaError::OutOfOrder("session exists"));
         }
-        let ufrag = format!("k{:016x}{:08x}", id.0, self.rng.random::<u32>());
+        let ufrag = crate::media::ufrag::make(self.id, id, self.rng.random());
         let rtc = self
             .factory
-            .build(now, &ufrag, &mut self.rng, self.local_addr)
+            .build(now, &ufrag, &mut self.rng, self.local_addr, self.tcp_addr)
             .map_err(|_| MediaError::Internal)?;
         let mut sess = Session::new(id, room, participant, rtc, ufrag, now);
         let (answer, mids) = match guarded(|| sess.accept_offer(offer)) {

@@ -39,6 +39,7 @@ mod media;
 mod select;
 mod sessions;
 mod stats;
+mod transport;
 
 use super::bus::{BusBatch, BusMsg};
 use super::command::{CloseReason, MediaError, WorkerEvent};
@@ -81,6 +82,9 @@ pub struct Outputs {
     pub events: Vec<WorkerEvent>,
     /// Packets of local tracks to relay over links.
     pub links: Vec<(LinkId, Arc<MediaPacket>)>,
+    /// Peers of ICE-TCP connections whose session closed: the driver
+    /// closes them.
+    pub tcp_closed: Vec<SocketAddr>,
 }
 
 /// The state machine of one media worker.
@@ -115,6 +119,15 @@ pub struct WorkerCore {
     local_pending: Vec<Arc<MediaPacket>>,
     /// Voice activity of the audio tracks published (or homed) here.
     speakers: super::speaker::SpeakerMeters,
+    /// The advertised ICE-TCP candidate, when ICE-TCP is on.
+    tcp_addr: Option<SocketAddr>,
+    /// Routes of the single UDP port, in single-port mode.
+    handover: Option<super::handover::Handover>,
+    /// Per destination worker, where in its pending bus batch the
+    /// datagrams handed to it are gathered (a hint, checked before use).
+    handed_at: Vec<usize>,
+    /// `kaskade_single_port_handovers_total`.
+    handover_metric: prometheus::IntCounter,
 }
 
 /// Runs `f` with str0m's panics contained: a panic is a bug in the stack,
@@ -158,6 +171,10 @@ impl WorkerCore {
             dirty: Vec::new(),
             local_pending: Vec::new(),
             speakers: Default::default(),
+            tcp_addr: None,
+            handover: None,
+            handed_at: vec![usize::MAX; workers],
+            handover_metric: metrics.transport.handovers.clone(),
         }
     }
 
@@ -204,6 +221,9 @@ impl WorkerCore {
     /// Adds what was counted since the last call to the shared metrics.
     pub fn fold_metrics(&self) {
         self.stats.fold();
+        if let Some(h) = &self.handover {
+            h.fold();
+        }
     }
 
     /// When [`WorkerCore::handle_timeout`] must be called next.
@@ -228,25 +248,49 @@ impl WorkerCore {
         self.now = now;
         let key = match self.sessions.by_addr(src) {
             Some(k) => k,
-            None => match self.session_by_stun(buf) {
+            None => match self.route_unknown(now, src, buf) {
                 Some(k) => k,
                 None => return,
             },
         };
-        let Ok(recv) = Receive::new(Protocol::Udp, src, self.local_addr, buf) else {
+        self.receive(now, key, Protocol::Udp, src, buf);
+        // This worker's own subscribers get the packet in `flush`, which the
+        // driver calls once it has handed the packet to the other workers.
+    }
+
+    /// Gives a packet from `src` to a session's stack; returns whether the
+    /// session took it.
+    fn receive(
+        &mut self,
+        now: Instant,
+        key: SessionKey,
+        proto: Protocol,
+        src: SocketAddr,
+        buf: &[u8],
+    ) -> bool {
+        let local = match (proto, self.tcp_addr) {
+            (Protocol::Tcp, Some(tcp)) => tcp,
+            _ => self.local_addr,
+        };
+        let Ok(recv) = Receive::new(proto, src, local, buf) else {
             self.stats.drop_malformed.inc();
-            return;
+            return false;
         };
         let input = Input::Receive(now, recv);
         let Some(sess) = self.sessions.get_mut(key) else {
-            return;
+            return false;
         };
-        if !sess.accepts(&input) {
+        let tcp = proto == Protocol::Tcp;
+        if !sess.accepts(&input) || (tcp && !sess.admits_tcp(src)) {
             self.stats.drop_rejected.inc();
-            return;
+            return false;
         }
         let ok = guarded(|| sess.handle_input(input)).is_some_and(|r| r.is_ok());
-        self.sessions.learn_addr(key, src);
+        if tcp {
+            self.sessions.learn_tcp_addr(key, src);
+        } else {
+            self.sessions.learn_addr(key, src);
+        }
         if !ok {
             // A str0m error on input is the peer's fault or a bug: either
             // way only this session is affected.
@@ -254,8 +298,7 @@ impl WorkerCore {
         }
         self.drain_session(now, key);
         self.process_queue(now);
-        // This worker's own subscribers get the packet in `flush`, which the
-        // driver calls once it has handed the packet to the other workers.
+        true
     }
 
     fn session_by_stun(&self, buf: &[u8]) -> Option<SessionKey> {
@@ -305,6 +348,8 @@ impl WorkerCore {
                     mask,
                 } => self.fanout.set_demand(track, worker, mask),
                 BusMsg::Overload { track, layers } => self.on_overload(now, track, layers),
+                BusMsg::Datagrams(h) => self.handle_handed(now, &h),
+                BusMsg::Route(note) => self.learn_route(now, &note),
             }
         }
         self.process_queue(now);
@@ -524,6 +569,7 @@ impl WorkerCore {
         let Some(mut sess) = self.sessions.remove(key) else {
             return;
         };
+        self.out.tcp_closed.extend_from_slice(sess.tcp_addrs());
         for t in sess.published_tracks() {
             self.unpublish(t);
         }

@@ -32,6 +32,9 @@ pub struct SessionTable {
     free: Vec<u32>,
     by_id: HashMap<SessionId, SessionKey>,
     by_addr: HashMap<SocketAddr, SessionKey>,
+    /// ICE-TCP connections, by their remote address (a UDP and a TCP peer
+    /// may share one).
+    by_tcp: HashMap<SocketAddr, SessionKey>,
     by_ufrag: HashMap<String, SessionKey>,
     timers: TimerQueue,
 }
@@ -83,6 +86,9 @@ impl SessionTable {
         for a in session.addrs() {
             self.by_addr.remove(a);
         }
+        for a in session.tcp_addrs() {
+            self.by_tcp.remove(a);
+        }
         Some(session)
     }
 
@@ -115,6 +121,27 @@ impl SessionTable {
     /// The session with this local ICE ufrag.
     pub fn by_ufrag(&self, ufrag: &str) -> Option<SessionKey> {
         self.by_ufrag.get(ufrag).copied()
+    }
+
+    /// The session packets from ICE-TCP connection `src` belong to.
+    pub fn by_tcp(&self, src: SocketAddr) -> Option<SessionKey> {
+        self.by_tcp.get(&src).copied()
+    }
+
+    /// Routes later packets from ICE-TCP connection `src` to `key`'s session.
+    pub fn learn_tcp_addr(&mut self, key: SessionKey, src: SocketAddr) {
+        if self.get_mut(key).is_some_and(|s| s.learn_tcp_addr(src)) {
+            self.by_tcp.insert(src, key);
+        }
+    }
+
+    /// Forgets ICE-TCP connection `src` (it closed).
+    pub fn forget_tcp_addr(&mut self, src: SocketAddr) {
+        if let Some(key) = self.by_tcp.remove(&src) {
+            if let Some(s) = self.get_mut(key) {
+                s.forget_tcp_addr(src);
+            }
+        }
     }
 
     /// Routes later datagrams from `src` to `key`'s session.

@@ -9,6 +9,7 @@ pub use sdp::{sdp_error, NewLine};
 
 use super::layer::Layer;
 use super::outstream::{Forwarded, OutStream, Switch};
+use super::tcp::outq::{classify, Class};
 use super::types::MediaPacket;
 use kaskade_protocol::drain::Drained;
 use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use str0m::bwe::Bitrate;
 use str0m::format::PayloadParams;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::net::Protocol;
 use str0m::rtp::Ssrc;
 use str0m::{Event, IceConnectionState, Input, Rtc, RtcError};
 
@@ -28,6 +30,8 @@ pub const DISCONNECT_GRACE: Duration = Duration::from_secs(10);
 
 /// Immediate `Input::Timeout(now)` rounds one drain may feed.
 const MAX_TIMEOUT_ROUNDS: usize = 8;
+/// ICE-TCP connections (remote addresses) one session may use at once.
+pub const MAX_TCP_PEERS: usize = 4;
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,19 @@ pub struct Datagram {
     pub dst: SocketAddr,
     /// The bytes (str0m's own buffer, moved, never copied).
     pub data: Vec<u8>,
+    /// How: from the worker's UDP socket, or on the peer's ICE-TCP
+    /// connection.
+    pub transport: Transport,
+}
+
+/// The transport of a [`Datagram`] (the protocol of the candidate pair
+/// str0m sends on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The worker's UDP socket.
+    Udp,
+    /// The ICE-TCP connection from `dst`, with what its queue may drop first.
+    Tcp(Class),
 }
 
 /// A track this session publishes.
@@ -78,6 +95,11 @@ pub struct Session {
     ufrag: String,
     /// Remote addresses seen for this session.
     addrs: Vec<SocketAddr>,
+    /// Remote addresses of its ICE-TCP connections.
+    tcp_addrs: Vec<SocketAddr>,
+    /// Payload types of its audio codecs: what an ICE-TCP connection's
+    /// queue keeps when it drops video.
+    audio_pts: Vec<u8>,
     created: Instant,
     /// ICE + DTLS up at least once.
     connected: bool,
@@ -120,6 +142,8 @@ impl Session {
             rtc,
             ufrag,
             addrs: Vec::new(),
+            tcp_addrs: Vec::new(),
+            audio_pts: Vec::new(),
             created: now,
             connected: false,
             ice_connected: false,
@@ -172,6 +196,32 @@ impl Session {
         true
     }
 
+    /// The remote addresses of its ICE-TCP connections.
+    pub fn tcp_addrs(&self) -> &[SocketAddr] {
+        &self.tcp_addrs
+    }
+
+    /// Whether packets from ICE-TCP connection `a` may reach it: known, or
+    /// new within [`MAX_TCP_PEERS`].
+    pub fn admits_tcp(&self, a: SocketAddr) -> bool {
+        self.tcp_addrs.contains(&a) || self.tcp_addrs.len() < MAX_TCP_PEERS
+    }
+
+    /// Remembers an ICE-TCP connection's address; false if it was known
+    /// (or there are [`MAX_TCP_PEERS`] already).
+    pub fn learn_tcp_addr(&mut self, a: SocketAddr) -> bool {
+        if !self.admits_tcp(a) || self.tcp_addrs.contains(&a) {
+            return false;
+        }
+        self.tcp_addrs.push(a);
+        true
+    }
+
+    /// Forgets an ICE-TCP connection's address (the connection closed).
+    pub fn forget_tcp_addr(&mut self, a: SocketAddr) {
+        self.tcp_addrs.retain(|x| *x != a);
+    }
+
     /// The str0m instance, for tests that stand in for a bug in the stack.
     pub fn rtc_access(&mut self) -> SessionRtc<'_> {
         SessionRtc { rtc: &mut self.rtc }
@@ -204,7 +254,7 @@ impl Session {
     pub fn join_step(&self) -> Option<JoinStep> {
         if self.connected {
             None
-        } else if self.addrs.is_empty() {
+        } else if self.addrs.is_empty() && self.tcp_addrs.is_empty() {
             Some(JoinStep::Timeout)
         } else if !self.ice_connected {
             Some(JoinStep::Ice)
@@ -233,8 +283,9 @@ impl Session {
         tx: &mut Vec<Datagram>,
         events: &mut Vec<Event>,
     ) -> Result<(), RtcError> {
+        let audio = &self.audio_pts;
         let t = kaskade_protocol::drain::drain(&mut self.rtc, now, MAX_TIMEOUT_ROUNDS, |d| {
-            sink(d, tx, events)
+            sink(d, tx, events, audio)
         })?;
         self.next_timeout = t;
         Ok(())
@@ -250,11 +301,12 @@ impl Session {
         events: &mut Vec<Event>,
     ) -> Result<(), RtcError> {
         self.dirty = false;
+        let audio = &self.audio_pts;
         let t = kaskade_protocol::drain::drain_after_timeout(
             &mut self.rtc,
             now,
             MAX_TIMEOUT_ROUNDS,
-            |d| sink(d, tx, events),
+            |d| sink(d, tx, events, audio),
         )?;
         self.next_timeout = t;
         Ok(())
@@ -410,12 +462,28 @@ impl Session {
     }
 }
 
-fn sink(d: Drained, tx: &mut Vec<Datagram>, events: &mut Vec<Event>) {
+fn sink(d: Drained, tx: &mut Vec<Datagram>, events: &mut Vec<Event>, audio_pts: &[u8]) {
     match d {
         Drained::Transmit(t) => tx.push(Datagram {
             dst: t.destination,
+            transport: match t.proto {
+                Protocol::Tcp => Transport::Tcp(classify(&t.contents, audio_pts)),
+                _ => Transport::Udp,
+            },
             data: t.contents.into(),
         }),
         Drained::Event(e) => events.push(e),
     }
+}
+
+/// The payload types of an `Rtc`'s audio codecs (and their
+/// retransmissions).
+fn audio_pts(rtc: &Rtc) -> Vec<u8> {
+    rtc.codec_config()
+        .params()
+        .iter()
+        .filter(|p| p.spec().codec.is_audio())
+        .flat_map(|p| std::iter::once(p.pt()).chain(p.resend()))
+        .map(|pt| *pt)
+        .collect()
 }

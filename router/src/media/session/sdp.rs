@@ -116,6 +116,8 @@ impl Session {
             .sdp_api()
             .accept_offer(parsed)
             .map_err(|e| sdp_error(offer, &e))?;
+        // The payload types are the browser's from now on.
+        self.audio_pts = super::audio_pts(&self.rtc);
         Ok((answer.to_sdp_string(), mids))
     }
 
