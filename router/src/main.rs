@@ -280,7 +280,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        log_access(&cfg);
+        log_access(&cfg, running.control);
         tracing::info!(
             control = %running.control,
             workers = running.media.len(),
@@ -299,7 +299,8 @@ fn serve(args: &ServeArgs) -> ExitCode {
 }
 
 /// One line on who can reach the control API.
-fn log_access(cfg: &Resolved) {
+/// One line on who may call the control API, naming the address it is bound to.
+fn log_access(cfg: &Resolved, bound: std::net::SocketAddr) {
     let tls = match (
         cfg.config.control.tls_cert.is_empty(),
         cfg.config.control.tls_client_ca.is_empty(),
@@ -316,7 +317,7 @@ fn log_access(cfg: &Resolved) {
     if cfg.api_keys.is_empty() {
         tracing::warn!(
             "control API: {tls}, {scope}, no API keys: anyone who reaches {} may call it (set {} to require keys)",
-            cfg.control_listen,
+            bound,
             kaskade_router::auth::API_KEYS_ENV
         );
     } else {
