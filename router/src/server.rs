@@ -167,6 +167,10 @@ impl Running {
 /// Starts a router with a resolved configuration. Must run inside a tokio runtime.
 pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartError> {
     let tls = preflight(cfg).map_err(StartError::Config)?;
+    let webhook_tls = match &cfg.webhooks {
+        Some(w) => crate::webhooks::tls_for(w).map_err(StartError::Config)?,
+        None => None,
+    };
     let factory = RtcFactory::new()
         .map_err(|e| StartError::Crypto(e.to_string()))?
         .with_rtx_cache(cfg.rtx_cache);
@@ -362,7 +366,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         tokio::spawn(web);
     }
     if let Some(w) = &cfg.webhooks {
-        crate::webhooks::start(w, &plane, &metrics, stop_rx.clone());
+        crate::webhooks::start(w, webhook_tls, &plane, &metrics, stop_rx.clone());
     }
     tokio::spawn(plane.clone().drive_speakers(stop_rx.clone()));
     let router_api = RouterServiceServer::new(RouterApi::new(lifecycle.clone()));

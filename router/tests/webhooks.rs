@@ -88,6 +88,7 @@ async fn router(hook: SocketAddr, queue: usize, participant_data: bool) -> (Runn
         queue,
         timeout: Duration::from_secs(2),
         participant_data,
+        ca_file: None,
     });
     let metrics = Metrics::new();
     let running = server::start(&cfg, metrics.clone()).await.unwrap();

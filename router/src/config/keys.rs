@@ -176,7 +176,7 @@ config_keys! {
 
     /// `[webhooks]`: an HTTP POST per event.
     [webhooks] WebhooksConfig {
-        /// http:// URLs each event is POSTed to (flag repeatable, env comma-separated); empty: off.
+        /// http:// or https:// URLs each event is POSTed to (flag repeatable, env comma-separated); empty: off.
         urls: Vec<String> = Vec::new(),
             env "KASKADE_WEBHOOKS_URLS", flag "webhooks-url", value "URL",
             rule Rule::Any;
@@ -200,6 +200,11 @@ config_keys! {
         timeout_ms: u64 = 5000,
             env "KASKADE_WEBHOOKS_TIMEOUT_MS", flag "webhooks-timeout-ms", value "MS",
             rule Rule::Range(100, 60_000);
+        /// PEM file of the CA certificates an https:// receiver's certificate must chain to;
+        /// empty: the system's CA certificates.
+        ca_file: String = String::new(),
+            env "KASKADE_WEBHOOKS_CA_FILE", flag "webhooks-ca-file", value "PATH",
+            rule Rule::Any;
         /// Include participant ids and metadata in the bodies: true or false.
         participant_data: bool = false,
             env "KASKADE_WEBHOOKS_PARTICIPANT_DATA", flag "webhooks-participant-data",

@@ -262,6 +262,8 @@ pub struct WebhooksResolved {
     pub timeout: Duration,
     /// Participant ids and metadata in bodies.
     pub participant_data: bool,
+    /// CA certificates for https receivers (`None`: the system's).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for WebhooksResolved {
@@ -286,12 +288,10 @@ impl Config {
             let uri: hyper::Uri = u
                 .parse()
                 .map_err(|_| value("webhooks.urls", format!("{u:?} is not a URL")))?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
                 return Err(value(
                     "webhooks.urls",
-                    format!(
-                        "{u:?}: only http:// URLs for now (put a TLS-terminating relay in front of an https receiver)"
-                    ),
+                    format!("{u:?}: an http:// or https:// URL with a host"),
                 ));
             }
             urls.push(uri);
@@ -317,6 +317,7 @@ impl Config {
             queue: w.queue,
             timeout: Duration::from_millis(w.timeout_ms),
             participant_data: w.participant_data,
+            ca_file: (!w.ca_file.is_empty()).then(|| w.ca_file.clone().into()),
         }))
     }
 }

@@ -317,8 +317,10 @@ fn webhooks_need_http_urls_a_secret_and_known_kinds() {
     c.webhooks.events = vec!["session_closd".into()];
     assert!(refuses(&c, "webhooks.events"));
     c.webhooks.events.clear();
-    c.webhooks.urls = vec!["https://hooks.example/x".into()];
+    c.webhooks.urls = vec!["ftp://hooks.example/x".into()];
     assert!(refuses(&c, "webhooks.urls"));
+    c.webhooks.urls = vec!["https://hooks.example/x".into()];
+    assert!(c.validate(1).unwrap().webhooks.is_some());
     c.webhooks.urls.clear();
     assert_eq!(c.validate(1).unwrap().webhooks, None);
     let e = c

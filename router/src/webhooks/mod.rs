@@ -2,13 +2,15 @@
 //! names) is POSTed as JSON to each `webhooks.urls` entry, signed (see
 //! [`sign`]). The delivery policy (queue, order, retries) is the sans-IO
 //! [`policy::Policy`]; this module is its thin driver: one task per
-//! receiver, fed by the router-wide event channel, with one HTTP/1.1 client.
+//! receiver, fed by the router-wide event channel, with one HTTP/1.1 client
+//! (`https://` receivers over rustls, see [`tls`]).
 //!
 //! Bodies carry no participant ids or metadata unless
 //! `webhooks.participant_data` is on.
 
 pub mod policy;
 pub mod sign;
+pub mod tls;
 
 use crate::config::WebhooksResolved;
 use crate::control::events::EventFilter;
@@ -19,6 +21,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -34,7 +37,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The header naming the signing key.
 pub const KEY_ID_HEADER: &str = "webhook-key-id";
@@ -60,15 +63,34 @@ impl Counters {
     }
 }
 
-/// Starts one delivery task per configured URL. They end when `stop` turns
-/// true (what is queued then is not delivered).
+/// The TLS client configuration the receivers need: `None` when every URL
+/// is `http://`. Called before any port is bound, so a bad
+/// `webhooks.ca_file` (or a system without CA certificates) stops the start.
+pub fn tls_for(cfg: &WebhooksResolved) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    if !cfg.urls.iter().any(|u| u.scheme_str() == Some("https")) {
+        return Ok(None);
+    }
+    tls::client_config(cfg.ca_file.as_deref()).map(Some)
+}
+
+/// Starts one delivery task per configured URL, `tls` from [`tls_for`].
+/// They end when `stop` turns true (what is queued then is not delivered).
 pub fn start(
     cfg: &WebhooksResolved,
+    tls: Option<Arc<rustls::ClientConfig>>,
     plane: &Arc<Control>,
     metrics: &Metrics,
     stop: watch::Receiver<bool>,
 ) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let connector = match tls {
+        Some(t) => builder.with_tls_config((*t).clone()).https_or_http(),
+        // Only http:// receivers: a configuration that trusts nothing, never used.
+        None => builder.with_tls_config(empty_tls_config()).https_or_http(),
+    }
+    .enable_http1()
+    .build();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
     // Checked when the configuration was resolved.
     let filter = EventFilter::parse(&cfg.events).unwrap_or(EventFilter::ALL);
     let cfg = Arc::new(cfg.clone());
@@ -91,6 +113,17 @@ pub fn start(
         };
         tokio::spawn(d.run(watch.events, stop.clone()));
     }
+}
+
+fn empty_tls_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    // The provider's defaults are valid by construction.
+    .expect("aws-lc-rs supports the default protocol versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth()
 }
 
 struct Driver {
