@@ -196,6 +196,46 @@ impl Session {
         Ok((offer.to_sdp_string(), out))
     }
 
+    /// Sends `tracks` on the media lines of the accepted offer that the
+    /// browser only receives on (WHEP: subscribe in the answer), in offer
+    /// order, each on the first free line of its kind. The streams are
+    /// active at once: the answer that negotiates them is already made.
+    /// Returns the tracks placed; a track with no free line of its kind is
+    /// left out.
+    pub fn attach_in_answer(
+        &mut self,
+        offered: &[Mid],
+        tracks: &[Arc<TrackInfo>],
+        stream_start: impl FnMut() -> (u16, u32),
+    ) -> Vec<(TrackId, Mid)> {
+        let mut stream_start = stream_start;
+        let mut free: Vec<(Mid, MediaKind)> = offered
+            .iter()
+            .filter_map(|mid| {
+                let m = self.rtc.media(*mid)?;
+                let send_only = m.direction() == Direction::SendOnly && !m.disabled();
+                (send_only && !self.out_mids.contains_key(mid)).then(|| (*mid, m.kind()))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tracks {
+            if self.outs.contains_key(&t.id) {
+                continue;
+            }
+            let Some(at) = free.iter().position(|(_, k)| *k == t.kind) else {
+                continue;
+            };
+            let (mid, _) = free.remove(at);
+            let (seq, ts) = stream_start();
+            let mut o = OutStream::new(t, mid, seq, ts);
+            o.active = true;
+            self.outs.insert(t.id, o);
+            self.out_mids.insert(mid, t.id);
+            out.push((t.id, mid));
+        }
+        out
+    }
+
     /// Stops outgoing streams (their lines become inactive) and makes the router's offer.
     pub fn offer_unsubscribe(&mut self, tracks: &[TrackId]) -> Result<String, MediaError> {
         if self.pending.is_some() {
