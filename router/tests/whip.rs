@@ -486,6 +486,15 @@ fn a_whip_publisher_and_a_grpc_participant_see_each_other() {
     let a = r.send(Method::POST, "/whip/mixed", &[SDP], &offer);
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
     whip.client.accept_answer(&a.body).unwrap();
+    // Dev mode serves loopback host names only (DNS rebinding).
+    let a = r.send(
+        Method::POST,
+        "/whip/mixed",
+        &[SDP, ("host", "rebound.example")],
+        &offer,
+    );
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+    assert_eq!(r.refusals("whip", "host"), "1");
     // A cross-site page gets no CORS grant in dev mode; a loopback one does.
     let a = r.send(
         Method::OPTIONS,

@@ -380,7 +380,13 @@ pub async fn delete(
         let (sid, _) = lookup(&web, ep, &room, &id)?;
         web.resources.remove(sid);
         match web.plane.close_session(&sid.to_string()).await {
-            Ok(()) | Err(ApiError::NotFound(_)) => Ok(()),
+            Ok(()) => Ok(()),
+            // It ended on its own (its client vanished) before the DELETE.
+            Err(ApiError::NotFound(_)) => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the session has ended",
+            )),
             Err(e) => Err(Refusal::api(&e)),
         }
     }
