@@ -253,7 +253,9 @@ fn example_backend_relays_signalling_and_events() {
 /// WHIP and WHEP with plain `fetch` (router/tests/browser/whip.mjs,
 /// whip-page.js): one page publishes its fake camera (three simulcast
 /// layers) and microphone to `/whip/{room}`, another plays it from
-/// `/whep/{room}` and must decode frames and receive audio; both pages come
+/// `/whep/{room}` and must decode frames and receive audio, a third plays
+/// it from `/whep/{room}?layer=low` and must decode the lowest layer's
+/// width (the router's layer selection for a WHIP publisher); the pages come
 /// from another origin than the router's HTTP listener (CORS preflights).
 /// Then each page sends a trickle ICE `PATCH` (204) and `DELETE`s its
 /// resource twice (200, then 404).

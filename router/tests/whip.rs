@@ -215,6 +215,14 @@ fn whip_publishes_and_whep_plays_with_room_tokens() {
         frag,
     );
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    // New ICE credentials are a restart too.
+    let a = r.send(
+        Method::PATCH,
+        &location,
+        &[frag_ct, ("authorization", &auth), ("if-match", &etag)],
+        frag,
+    );
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     let a = r.send(
         Method::PATCH,
         &location,

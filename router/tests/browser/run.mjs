@@ -1493,8 +1493,8 @@ async function main() {
         roomId: ROOM_ID, mediaTimeoutMs: MEDIA_TIMEOUT_MS, verbose: VERBOSE,
       });
       if (VERBOSE) printDaemonTails();
-      console.log(`browser whip: a WHEP page decodes a WHIP page's simulcast camera (${r.width}x${r.height}, ${r.frames} frames) ` +
-        `${r.mediaMs} ms after its POST; PATCH 204, DELETE 200/404; total ${since()}s`);
+      console.log(`browser whip: a WHEP page decodes a WHIP page's simulcast camera (${r.width}x${r.height}, ${r.frames} frames; ` +
+        `layer=low ${r.lowWidth}x${r.lowHeight}) ${r.mediaMs} ms after its POST; PATCH 204, DELETE 200/404; total ${since()}s`);
     } else if (SCENARIO === 'example') {
       const r = await exampleScenario(ctx);
       console.log(`example backend: page and kaskade.js served, CreateSession answered (${r.answerLines} SDP lines), ` +
