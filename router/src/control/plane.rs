@@ -447,7 +447,7 @@ impl Control {
     /// `CreateSession`, also subscribing the session to `attach` on its
     /// offer's receive-only lines, in the answer (WHEP). Returns the
     /// subscriptions made.
-    pub(crate) async fn create_session_with(
+    pub async fn create_session_with(
         &self,
         req: pb::CreateSessionRequest,
         attach: &[TrackId],
