@@ -440,6 +440,11 @@ fn bad_whip_and_whep_requests_get_a_precise_status() {
         &big,
     );
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Methods a resource or an endpoint does not take.
+    let a = r.send(Method::GET, "/whip/live", &[], "");
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    let a = r.send(Method::POST, "/whep/live/SE0000000000000001", &[SDP], "v=0");
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
     // A resource that never was.
     let a = r.send(
         Method::DELETE,
