@@ -211,6 +211,12 @@ pub async fn serve(
 ) {
     if let Ok(a) = listener.local_addr() {
         tracing::info!("demo app: open http://{a}/?room=test in two browser tabs");
+        let auth = if keys.is_empty() {
+            "no token needed (no API keys: loopback dev mode)"
+        } else {
+            "room tokens required"
+        };
+        tracing::info!("WHIP: POST http://{a}/whip/ROOM, WHEP: POST http://{a}/whep/ROOM; {auth}");
     }
     let app = router(plane, metrics, keys);
     let r = axum::serve(listener, app)
