@@ -121,3 +121,39 @@ fn the_answer_subscribes_a_viewer_to_one_publisher() {
         .collect();
     assert_eq!(sources.len(), 1, "{sources:?}");
 }
+
+/// A viewer that never connects is sent nothing: its streams wait for the
+/// connection (str0m would otherwise queue their packets until then).
+#[test]
+fn a_viewer_that_never_connects_is_sent_nothing() {
+    let mut sim = Sim::new(2, 9);
+    sim.create_room("r");
+    let p = sim.add_client(|c| c);
+    sim.clients[p].client.add_audio();
+    sim.clients[p].client.add_video(&[]);
+    sim.join("r", p, "pub");
+    sim.connect(&[p]);
+    // Not part of the simulation: nothing it sends reaches the router.
+    let cfg = kaskade_loadtest::ClientConfig::new("127.0.9.9:5000".parse().unwrap(), sim.t0);
+    let mut stray = kaskade_loadtest::Client::new(cfg, sim.now).unwrap();
+    stray.add_receiver(MediaKind::Audio);
+    stray.add_receiver(MediaKind::Video);
+    let offer = stray.create_offer().unwrap();
+    let control = sim.control.clone();
+    let tracks = control.viewer_tracks("r", None).unwrap().tracks;
+    let (_, subs) = sim
+        .api(control.create_session_with(
+            pb::CreateSessionRequest {
+                room_id: "r".into(),
+                participant_id: "stray".into(),
+                sdp_offer: offer,
+                metadata: String::new(),
+            },
+            &tracks,
+        ))
+        .unwrap();
+    assert_eq!(subs.len(), 2);
+    sim.run_for(Duration::from_secs(3));
+    assert!(sim.metric("kaskade_rtp_packets_received_total") > 100.0);
+    assert_eq!(sim.metric("kaskade_rtp_packets_forwarded_total"), 0.0);
+}

@@ -174,7 +174,7 @@ impl WorkerCore {
         };
         let key = self.sessions.insert(sess);
         let (added, removed) = self.drain_negotiation(now, key, &mids)?;
-        let attached = self.attach_in_answer(now, key, &mids, attach);
+        let attached = self.attach_in_answer(key, &mids, attach);
         Ok(AnswerOk {
             answer,
             added,
@@ -184,10 +184,10 @@ impl WorkerCore {
     }
 
     /// Subscribes a new session to `tracks` on its offer's receive-only
-    /// lines (WHEP); a layer is chosen and its keyframe asked for at once.
+    /// lines (WHEP); a layer is chosen and its keyframe asked for once the
+    /// session connects.
     fn attach_in_answer(
         &mut self,
-        now: Instant,
         key: SessionKey,
         offered: &[Mid],
         tracks: &[Arc<TrackInfo>],
@@ -207,10 +207,6 @@ impl WorkerCore {
             if let Some(info) = tracks.iter().find(|i| i.id == *t) {
                 self.fanout.subscribe(*t, key, info.worker);
             }
-        }
-        if !attached.is_empty() {
-            self.select_layers(now, key);
-            self.send_demand();
         }
         attached
     }

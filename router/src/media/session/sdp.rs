@@ -198,8 +198,11 @@ impl Session {
 
     /// Sends `tracks` on the media lines of the accepted offer that the
     /// browser only receives on (WHEP: subscribe in the answer), in offer
-    /// order, each on the first free line of its kind. The streams are
-    /// active at once: the answer that negotiates them is already made.
+    /// order, each on the first free line of its kind. The answer that
+    /// negotiates them is already made, so the streams become active as
+    /// soon as the session connects ([`Session::activate_awaiting`]); not
+    /// before, or str0m would queue their packets until then (a viewer that
+    /// never connects would hold up to [`super::CONNECT_TIMEOUT`] of media).
     /// Returns the tracks placed; a track with no free line of its kind is
     /// left out.
     pub fn attach_in_answer(
@@ -227,13 +230,25 @@ impl Session {
             };
             let (mid, _) = free.remove(at);
             let (seq, ts) = stream_start();
-            let mut o = OutStream::new(t, mid, seq, ts);
-            o.active = true;
-            self.outs.insert(t.id, o);
+            self.outs.insert(t.id, OutStream::new(t, mid, seq, ts));
             self.out_mids.insert(mid, t.id);
+            self.awaiting_connect.push(t.id);
             out.push((t.id, mid));
         }
         out
+    }
+
+    /// Activates the streams attached in the answer, once connected; true
+    /// if there were any.
+    pub fn activate_awaiting(&mut self) -> bool {
+        let mut any = false;
+        for t in std::mem::take(&mut self.awaiting_connect) {
+            if let Some(o) = self.outs.get_mut(&t) {
+                o.active = true;
+                any = true;
+            }
+        }
+        any
     }
 
     /// Stops outgoing streams (their lines become inactive) and makes the router's offer.
