@@ -36,6 +36,8 @@ pub struct Metrics {
     pub limit_refusals: IntCounterVec,
     /// HTTP requests (demo app, kaskade.js, demo signalling), by route and status.
     pub http_requests: IntCounterVec,
+    /// WHIP/WHEP requests refused, by endpoint and reason.
+    pub whip_refusals: IntCounterVec,
     /// Webhook delivery attempts, by outcome (delivered, retried, failed).
     pub webhook_deliveries: IntCounterVec,
     /// Webhook events dropped: a receiver's queue was full (down or slow).
@@ -151,6 +153,12 @@ impl Metrics {
             "HTTP requests on http.listen, by route and status code.",
             &["route", "code"],
         );
+        let whip_refusals = counter_vec(
+            &registry,
+            "kaskade_whip_refusals_total",
+            "WHIP and WHEP requests refused, by endpoint (whip, whep) and reason (no_token, bad_token, expired, wrong_room, not_granted, host, content_type, too_large, bad_sdp, bad_request, not_found, conflict, draining, limit, unavailable, ice_restart, precondition, forbidden, internal).",
+            &["endpoint", "reason"],
+        );
         let webhook_deliveries = counter_vec(
             &registry,
             "kaskade_webhook_deliveries_total",
@@ -221,6 +229,7 @@ impl Metrics {
             transport,
             ops,
             http_requests,
+            whip_refusals,
             webhook_deliveries,
             webhook_dropped,
             registry,

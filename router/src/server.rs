@@ -362,7 +362,13 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         }));
     }
     if let Some(l) = http_listener {
-        let web = crate::web::serve(l, plane.clone(), metrics.clone(), stop_rx.clone());
+        let web = crate::web::serve(
+            l,
+            plane.clone(),
+            metrics.clone(),
+            Arc::new(cfg.api_keys.clone()),
+            stop_rx.clone(),
+        );
         tokio::spawn(web);
     }
     if let Some(w) = &cfg.webhooks {

@@ -4,7 +4,8 @@
 //! scenario, publishes the camera as three simulcast layers whose switching
 //! the subscriber must see follow `UpdateSubscription`; and in a third,
 //! publishes on one router while the subscriber decodes it on another,
-//! linked to the first over QUIC (cascading).
+//! linked to the first over QUIC (cascading); and in a fourth, publishes
+//! with plain-fetch WHIP while another page plays it with WHEP.
 //!
 //! The scenarios live in `tests/browser/run.mjs` (Node.js, Playwright,
 //! gRPC); these tests only prepare their environment and run them. They need
@@ -247,4 +248,18 @@ fn browser_demo_app_pages_see_each_other_and_pick_a_layer() {
 #[test]
 fn example_backend_relays_signalling_and_events() {
     run_scenario(&["--scenario", "example"]);
+}
+
+/// WHIP and WHEP with plain `fetch` (router/tests/browser/whip.mjs,
+/// whip-page.js): one page publishes its fake camera (three simulcast
+/// layers) and microphone to `/whip/{room}`, another plays it from
+/// `/whep/{room}` and must decode frames and receive audio, a third plays
+/// it from `/whep/{room}?layer=low` and must decode the lowest layer's
+/// width (the router's layer selection for a WHIP publisher); the pages come
+/// from another origin than the router's HTTP listener (CORS preflights).
+/// Then each page sends a trickle ICE `PATCH` (204) and `DELETE`s its
+/// resource twice (200, then 404).
+#[test]
+fn browser_whip_publisher_is_played_with_whep() {
+    run_scenario(&["--scenario", "whip"]);
 }

@@ -167,8 +167,8 @@ config_keys! {
 
     /// `[http]`: the HTTP listener (demo app, kaskade.js, demo signalling).
     [http] HttpConfig {
-        /// HTTP listen address of the demo app, kaskade.js and the demo signalling;
-        /// loopback only (the demo has no authentication yet); empty disables it.
+        /// HTTP listen address of the demo app, kaskade.js, the demo signalling and
+        /// WHIP/WHEP; loopback only (the demo has no authentication yet); empty disables it.
         listen: String = "127.0.0.1:8080".into(),
             env "KASKADE_HTTP_LISTEN", flag "http-listen", value "ADDR",
             rule Rule::SocketAddrOrOff;

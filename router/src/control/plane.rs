@@ -20,7 +20,9 @@ use tokio::sync::oneshot;
 mod drain;
 mod remote;
 mod speakers;
+mod viewer;
 pub use remote::RemoteTrack;
+pub use viewer::ViewerTracks;
 
 pub use super::limits::Limits;
 use super::limits::{
@@ -439,6 +441,17 @@ impl Control {
         &self,
         req: pb::CreateSessionRequest,
     ) -> Result<pb::CreateSessionResponse, ApiError> {
+        self.create_session_with(req, &[]).await.map(|(r, _)| r)
+    }
+
+    /// `CreateSession`, also subscribing the session to `attach` on its
+    /// offer's receive-only lines, in the answer (WHEP). Returns the
+    /// subscriptions made.
+    pub async fn create_session_with(
+        &self,
+        req: pb::CreateSessionRequest,
+        attach: &[TrackId],
+    ) -> Result<(pb::CreateSessionResponse, Vec<pb::Subscription>), ApiError> {
         self.refuse_if_draining("session")?;
         let room = parse_id("room_id", &req.room_id, RoomId::parse)?;
         let participant = parse_id("participant_id", &req.participant_id, ParticipantId::parse)?;
@@ -453,7 +466,7 @@ impl Control {
             ));
         }
         let sending = self.check_offer(&req.sdp_offer)?;
-        let (sid, worker) = {
+        let (sid, worker, infos) = {
             let mut reg = self.reg();
             let r = reg
                 .rooms
@@ -476,6 +489,28 @@ impl Control {
             }
             self.check_session_capacity(&reg)?;
             self.check_router_capacity(&reg, sending)?;
+            if attach.len() > self.limits.max_subscriptions_per_session {
+                return Err(refuse(
+                    &self.metrics,
+                    Limit::SubscriptionsPerSession,
+                    ApiError::ResourceExhausted(format!(
+                        "the session would receive more than {} tracks (limits.max_subscriptions_per_session)",
+                        self.limits.max_subscriptions_per_session
+                    )),
+                ));
+            }
+            let infos = attach
+                .iter()
+                .map(|t| {
+                    reg.tracks
+                        .get(t)
+                        .filter(|i| i.room == room)
+                        .cloned()
+                        .ok_or_else(|| {
+                            ApiError::NotFound(format!("track {t} not found in room {room}"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let mut sid = SessionId(rand::random());
             while reg.sessions.contains_key(&sid) {
                 sid = SessionId(rand::random());
@@ -512,7 +547,7 @@ impl Control {
             self.metrics
                 .room_workers
                 .observe(reg.room_workers(&room).len() as f64);
-            (sid, worker)
+            (sid, worker, infos)
         };
         let res = self
             .call(worker, |reply| Command::CreateSession {
@@ -520,6 +555,7 @@ impl Control {
                 room: room.clone(),
                 participant: participant.clone(),
                 offer: req.sdp_offer,
+                attach: infos.clone(),
                 reply,
             })
             .await;
@@ -548,11 +584,52 @@ impl Control {
             s.creating = false;
         }
         let tracks = self.publish_tracks(&mut reg, sid, &ok);
-        Ok(pb::CreateSessionResponse {
-            session_id: sid.to_string(),
-            sdp_answer: ok.answer,
-            tracks,
-        })
+        let subs = self.record_subscriptions(&mut reg, sid, worker, &infos, &ok.attached);
+        Ok((
+            pb::CreateSessionResponse {
+                session_id: sid.to_string(),
+                sdp_answer: ok.answer,
+                tracks,
+            },
+            subs,
+        ))
+    }
+
+    /// Records the subscriptions a worker made for session `sid` (on
+    /// `worker`) and has the publishers' workers send it their packets.
+    fn record_subscriptions(
+        &self,
+        reg: &mut Registry,
+        sid: SessionId,
+        worker: WorkerId,
+        infos: &[Arc<TrackInfo>],
+        mids: &[(TrackId, str0m::media::Mid)],
+    ) -> Vec<pb::Subscription> {
+        let mut subs = Vec::new();
+        for (t, mid) in mids {
+            let Some(info) = infos.iter().find(|i| i.id == *t) else {
+                continue;
+            };
+            let gone = !reg.tracks.contains_key(t);
+            if let Some(s) = reg.sessions.get_mut(&sid) {
+                s.subs.insert(
+                    *t,
+                    SubState {
+                        mid: *mid,
+                        publisher_worker: info.worker,
+                        gone,
+                    },
+                );
+            }
+            if !gone {
+                self.send(info.worker, Command::AddDestination { track: *t, worker });
+            }
+            subs.push(pb::Subscription {
+                track_id: t.to_string(),
+                mid: mid.to_string(),
+            });
+        }
+        subs
     }
 
     /// Registers tracks an offer added, unpublishes those it removed.
@@ -741,30 +818,7 @@ impl Control {
             })
             .await?;
         let mut reg = self.reg();
-        let mut subs = Vec::new();
-        for (t, mid) in &ok.mids {
-            let Some(info) = infos.iter().find(|i| i.id == *t) else {
-                continue;
-            };
-            let gone = !reg.tracks.contains_key(t);
-            if let Some(s) = reg.sessions.get_mut(&sid) {
-                s.subs.insert(
-                    *t,
-                    SubState {
-                        mid: *mid,
-                        publisher_worker: info.worker,
-                        gone,
-                    },
-                );
-            }
-            if !gone {
-                self.send(info.worker, Command::AddDestination { track: *t, worker });
-            }
-            subs.push(pb::Subscription {
-                track_id: t.to_string(),
-                mid: mid.to_string(),
-            });
-        }
+        let subs = self.record_subscriptions(&mut reg, sid, worker, &infos, &ok.mids);
         Ok(pb::SubscribeResponse {
             sdp_offer: ok.offer,
             subscriptions: subs,

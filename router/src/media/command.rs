@@ -49,6 +49,9 @@ pub struct AnswerOk {
     pub added: Vec<NewTrack>,
     /// Tracks this offer stopped publishing.
     pub removed: Vec<TrackId>,
+    /// Tracks sent on the offer's receive-only lines, by the answer itself
+    /// (WHEP): where each sits in the session's SDP.
+    pub attached: Vec<(TrackId, Mid)>,
 }
 
 /// Result of a router-made offer.
@@ -73,6 +76,9 @@ pub enum Command {
         participant: ParticipantId,
         /// The browser's offer.
         offer: String,
+        /// Tracks to send on the offer's receive-only lines, subscribed by
+        /// the answer (WHEP); empty for an ordinary session.
+        attach: Vec<Arc<TrackInfo>>,
         /// Answer and published tracks.
         reply: Reply<AnswerOk>,
     },

@@ -1,6 +1,8 @@
 //! The HTTP face (`http.listen`, loopback only for now): the demo app at
-//! `/`, the browser helper at `/kaskade.js`, and the demo signalling
-//! (`/demo/...`) that calls the same control plane as the gRPC API.
+//! `/`, the browser helper at `/kaskade.js`, the demo signalling
+//! (`/demo/...`) that calls the same control plane as the gRPC API, and
+//! WHIP (`/whip/{room}`) and WHEP (`/whep/{room}`) over that control plane
+//! too (see `resource` for who may call them).
 //!
 //! Every asset is compiled into the binary; nothing is fetched from
 //! elsewhere. Requests must name a loopback host (`Host`), so a web page
@@ -10,14 +12,18 @@
 
 pub mod demo;
 pub mod json;
+pub mod resource;
+pub mod whep;
+pub mod whip;
 
+use crate::auth::KeySet;
 use crate::control::Control;
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, options, post};
 use axum::Router;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -41,6 +47,10 @@ pub struct Web {
     plane: Arc<Control>,
     metrics: Metrics,
     streams: Arc<Semaphore>,
+    /// API keys: their secrets verify WHIP/WHEP tokens; none is dev mode.
+    keys: Arc<KeySet>,
+    /// The live WHIP and WHEP resources.
+    resources: resource::Resources,
 }
 
 impl Web {
@@ -158,12 +168,14 @@ async fn not_found(State(web): State<Arc<Web>>) -> Response {
     )
 }
 
-/// The routes, over one control plane.
-pub fn router(plane: Arc<Control>, metrics: Metrics) -> Router {
+/// The routes, over one control plane; `keys` verify WHIP/WHEP tokens.
+pub fn router(plane: Arc<Control>, metrics: Metrics, keys: Arc<KeySet>) -> Router {
     let web = Arc::new(Web {
         plane,
         metrics,
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+        keys,
+        resources: resource::Resources::default(),
     });
     let mut r = Router::new();
     for (path, _, _) in ASSETS {
@@ -171,6 +183,20 @@ pub fn router(plane: Arc<Control>, metrics: Metrics) -> Router {
     }
     r.route("/demo/api/{method}", post(demo::api))
         .route("/demo/events", get(demo::events))
+        .route("/whip/{room}", post(whip::post).options(whip::options))
+        .route(
+            "/whip/{room}/{id}",
+            options(whip::options_resource)
+                .patch(whip::patch)
+                .delete(whip::delete),
+        )
+        .route("/whep/{room}", post(whep::post).options(whep::options))
+        .route(
+            "/whep/{room}/{id}",
+            options(whep::options_resource)
+                .patch(whep::patch)
+                .delete(whep::delete),
+        )
         .fallback(not_found)
         .with_state(web)
 }
@@ -180,12 +206,19 @@ pub async fn serve(
     listener: TcpListener,
     plane: Arc<Control>,
     metrics: Metrics,
+    keys: Arc<KeySet>,
     mut stop: watch::Receiver<bool>,
 ) {
     if let Ok(a) = listener.local_addr() {
         tracing::info!("demo app: open http://{a}/?room=test in two browser tabs");
+        let auth = if keys.is_empty() {
+            "no token needed (no API keys: loopback dev mode)"
+        } else {
+            "room tokens required"
+        };
+        tracing::info!("WHIP: POST http://{a}/whip/ROOM, WHEP: POST http://{a}/whep/ROOM; {auth}");
     }
-    let app = router(plane, metrics);
+    let app = router(plane, metrics, keys);
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|v| *v).await;

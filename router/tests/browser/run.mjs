@@ -22,6 +22,9 @@
 //                                                 one room, each decodes the other, a layer picked
 //                                                 in one shows in its decoded width, a leaver's
 //                                                 tile goes away
+//   KASKADE_BIN=... node run.mjs --scenario whip
+//                                                 a page publishes with plain-fetch WHIP, another
+//                                                 plays it with WHEP and decodes (whip.mjs)
 //   KASKADE_BIN=... node run.mjs --scenario example
 //                                                 no browser: the example backend of
 //                                                 docs/examples/node-backend relays a session's
@@ -63,6 +66,8 @@ import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
 import { chromium } from 'playwright-core';
 
+import { whipScenario } from './whip.mjs';
+
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const PROTO_DIR = path.resolve(HERE, '../../../protocol/proto');
 const PROTO_FILES = ['kaskade/v1/room.proto', 'kaskade/v1/session.proto', 'kaskade/v1/cascade.proto'];
@@ -73,7 +78,7 @@ const SCENARIO = (() => {
   const eq = process.argv.find((a) => a.startsWith('--scenario='));
   return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
 })();
-const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'example', 'e2ee'];
+const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'example', 'e2ee', 'whip'];
 const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
@@ -349,6 +354,8 @@ function startPageServer() {
     '/index.html': ['index.html', 'text/html; charset=utf-8'],
     '/page.js': ['page.js', 'text/javascript; charset=utf-8'],
     '/e2ee-worker.js': ['e2ee-worker.js', 'text/javascript; charset=utf-8'],
+    '/whip.html': ['whip.html', 'text/html; charset=utf-8'],
+    '/whip-page.js': ['whip-page.js', 'text/javascript; charset=utf-8'],
   };
   const server = http.createServer((req, res) => {
     const pathname = new URL(req.url, 'http://x').pathname;
@@ -1480,6 +1487,14 @@ async function main() {
       console.log(`browser cascade: fra→ams framesDecoded=${r.media.frames} audioPackets=${r.media.audio} on B; ` +
         `first frame on B ${r.firstFrameB ?? '?'} ms after Subscribe (media flowing after ${r.media.mediaSecs}s)${vsA}; ` +
         `link datagrams_sent=${r.link && r.link.datagrams_sent} rtt=${r.link && r.link.rtt_us}us; total ${since()}s`);
+    } else if (SCENARIO === 'whip') {
+      const r = await whipScenario(ctx, {
+        startDaemon, requireBin, startPageServer, launchBrowser, checkDaemon, log, sleep, diag, pushTail,
+        roomId: ROOM_ID, mediaTimeoutMs: MEDIA_TIMEOUT_MS, verbose: VERBOSE,
+      });
+      if (VERBOSE) printDaemonTails();
+      console.log(`browser whip: a WHEP page decodes a WHIP page's simulcast camera (${r.width}x${r.height}, ${r.frames} frames; ` +
+        `layer=low ${r.lowWidth}x${r.lowHeight}) ${r.mediaMs} ms after its POST; PATCH 204, DELETE 200/404; total ${since()}s`);
     } else if (SCENARIO === 'example') {
       const r = await exampleScenario(ctx);
       console.log(`example backend: page and kaskade.js served, CreateSession answered (${r.answerLines} SDP lines), ` +

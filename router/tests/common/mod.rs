@@ -10,3 +10,5 @@ pub mod checks;
 pub mod daemon;
 #[allow(dead_code)]
 pub mod proxy;
+#[allow(dead_code)]
+pub mod web;

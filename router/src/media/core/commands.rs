@@ -25,9 +25,10 @@ impl WorkerCore {
                 room,
                 participant,
                 offer,
+                attach,
                 reply,
             } => {
-                let r = self.create_session(now, session, room, participant, &offer);
+                let r = self.create_session(now, session, room, participant, &offer, &attach);
                 let _ = reply.send(r);
             }
             Command::Renegotiate {
@@ -153,6 +154,7 @@ impl WorkerCore {
         room: RoomId,
         participant: ParticipantId,
         offer: &str,
+        attach: &[Arc<TrackInfo>],
     ) -> Result<AnswerOk, MediaError> {
         if self.sessions.key(id).is_some() {
             return Err(MediaError::OutOfOrder("session exists"));
@@ -172,11 +174,41 @@ impl WorkerCore {
         };
         let key = self.sessions.insert(sess);
         let (added, removed) = self.drain_negotiation(now, key, &mids)?;
+        let attached = self.attach_in_answer(key, &mids, attach);
         Ok(AnswerOk {
             answer,
             added,
             removed,
+            attached,
         })
+    }
+
+    /// Subscribes a new session to `tracks` on its offer's receive-only
+    /// lines (WHEP); a layer is chosen and its keyframe asked for once the
+    /// session connects.
+    fn attach_in_answer(
+        &mut self,
+        key: SessionKey,
+        offered: &[Mid],
+        tracks: &[Arc<TrackInfo>],
+    ) -> Vec<(TrackId, Mid)> {
+        if tracks.is_empty() {
+            return Vec::new();
+        }
+        let starts: Vec<(u16, u32)> = (0..tracks.len())
+            .map(|_| (self.rng.random_range(0..16384u16), self.rng.random::<u32>()))
+            .collect();
+        let mut starts = starts.into_iter();
+        let attached = match self.sessions.get_mut(key) {
+            Some(s) => s.attach_in_answer(offered, tracks, || starts.next().unwrap_or((0, 0))),
+            None => return Vec::new(),
+        };
+        for (t, _) in &attached {
+            if let Some(info) = tracks.iter().find(|i| i.id == *t) {
+                self.fanout.subscribe(*t, key, info.worker);
+            }
+        }
+        attached
     }
 
     fn renegotiate(&mut self, id: SessionId, offer: &str) -> Result<AnswerOk, MediaError> {
@@ -187,6 +219,7 @@ impl WorkerCore {
             answer,
             added,
             removed,
+            attached: Vec::new(),
         })
     }
 

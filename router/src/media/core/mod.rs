@@ -522,7 +522,13 @@ impl WorkerCore {
                     let session = s.id();
                     self.out.events.push(WorkerEvent::Connected { session });
                 }
+                let attached = s.activate_awaiting();
                 self.sessions.reschedule(key);
+                if attached {
+                    // WHEP: a layer and its keyframe, now that it can be sent.
+                    self.select_layers(now, key);
+                    self.send_demand();
+                }
             }
             Event::IceConnectionStateChange(state) => {
                 if let Some(s) = self.sessions.get_mut(key) {

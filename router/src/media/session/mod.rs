@@ -117,6 +117,8 @@ pub struct Session {
     outs: HashMap<TrackId, OutStream>,
     /// Outgoing media line → track.
     out_mids: HashMap<Mid, TrackId>,
+    /// Streams attached in the answer (WHEP), active once connected.
+    awaiting_connect: Vec<TrackId>,
     /// str0m's next timeout.
     next_timeout: Instant,
     /// The latest egress bandwidth estimate (bits per second), if any.
@@ -153,6 +155,7 @@ impl Session {
             ssrc_map: HashMap::new(),
             outs: HashMap::new(),
             out_mids: HashMap::new(),
+            awaiting_connect: Vec::new(),
             next_timeout: now,
             // str0m starts from this estimate; its first report follows.
             estimate: Some(super::rtc::INITIAL_ESTIMATE_KBPS * 1000),

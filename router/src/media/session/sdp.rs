@@ -196,6 +196,61 @@ impl Session {
         Ok((offer.to_sdp_string(), out))
     }
 
+    /// Sends `tracks` on the media lines of the accepted offer that the
+    /// browser only receives on (WHEP: subscribe in the answer), in offer
+    /// order, each on the first free line of its kind. The answer that
+    /// negotiates them is already made, so the streams become active as
+    /// soon as the session connects ([`Session::activate_awaiting`]); not
+    /// before, or str0m would queue their packets until then (a viewer that
+    /// never connects would hold up to [`super::CONNECT_TIMEOUT`] of media).
+    /// Returns the tracks placed; a track with no free line of its kind is
+    /// left out.
+    pub fn attach_in_answer(
+        &mut self,
+        offered: &[Mid],
+        tracks: &[Arc<TrackInfo>],
+        stream_start: impl FnMut() -> (u16, u32),
+    ) -> Vec<(TrackId, Mid)> {
+        let mut stream_start = stream_start;
+        let mut free: Vec<(Mid, MediaKind)> = offered
+            .iter()
+            .filter_map(|mid| {
+                let m = self.rtc.media(*mid)?;
+                let send_only = m.direction() == Direction::SendOnly && !m.disabled();
+                (send_only && !self.out_mids.contains_key(mid)).then(|| (*mid, m.kind()))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tracks {
+            if self.outs.contains_key(&t.id) {
+                continue;
+            }
+            let Some(at) = free.iter().position(|(_, k)| *k == t.kind) else {
+                continue;
+            };
+            let (mid, _) = free.remove(at);
+            let (seq, ts) = stream_start();
+            self.outs.insert(t.id, OutStream::new(t, mid, seq, ts));
+            self.out_mids.insert(mid, t.id);
+            self.awaiting_connect.push(t.id);
+            out.push((t.id, mid));
+        }
+        out
+    }
+
+    /// Activates the streams attached in the answer, once connected; true
+    /// if there were any.
+    pub fn activate_awaiting(&mut self) -> bool {
+        let mut any = false;
+        for t in std::mem::take(&mut self.awaiting_connect) {
+            if let Some(o) = self.outs.get_mut(&t) {
+                o.active = true;
+                any = true;
+            }
+        }
+        any
+    }
+
     /// Stops outgoing streams (their lines become inactive) and makes the router's offer.
     pub fn offer_unsubscribe(&mut self, tracks: &[TrackId]) -> Result<String, MediaError> {
         if self.pending.is_some() {
