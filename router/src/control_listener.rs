@@ -61,7 +61,8 @@ impl TlsState {
         Ok(())
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+    /// An acceptor with the configuration in use.
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         let cfg = self
             .current
             .read()

@@ -1,6 +1,7 @@
-//! TLS for the control API: rustls on the aws-lc-rs provider (built with
-//! `builder_with_provider`, nothing process-wide), a certificate chain and
-//! key from PEM files, and an optional client CA that turns on mutual TLS.
+//! TLS for the control API and the HTTP listener: rustls on the aws-lc-rs
+//! provider (built with `builder_with_provider`, nothing process-wide), a
+//! certificate chain and key from PEM files, and (control API only) an
+//! optional client CA that turns on mutual TLS.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -9,9 +10,11 @@ use rustls::RootCertStore;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The files of `control.tls_*`.
+/// The files of `control.tls_*` or `http.tls_*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
+    /// The config section the files come from (`control`, `http`), for errors.
+    pub section: &'static str,
     /// Certificate chain (PEM).
     pub cert: PathBuf,
     /// Private key (PEM).
@@ -44,6 +47,7 @@ impl TlsFiles {
                 "is required with control.tls_key".into(),
             )),
             (false, false) => Ok(Some(TlsFiles {
+                section: "control",
                 cert: c.tls_cert.clone().into(),
                 key: c.tls_key.clone().into(),
                 client_ca: (!c.tls_client_ca.is_empty()).then(|| c.tls_client_ca.clone().into()),
@@ -51,20 +55,39 @@ impl TlsFiles {
         }
     }
 
-    /// Reads the files into a server configuration (HTTP/2 only).
+    /// The files named by `http.tls_cert` and `http.tls_key`, if TLS is on.
+    pub fn from_http_config(
+        c: &crate::config::HttpConfig,
+    ) -> Result<Option<Self>, (&'static str, String)> {
+        match (c.tls_cert.is_empty(), c.tls_key.is_empty()) {
+            (true, true) => Ok(None),
+            (false, true) => Err(("http.tls_key", "is required with http.tls_cert".into())),
+            (true, false) => Err(("http.tls_cert", "is required with http.tls_key".into())),
+            (false, false) => Ok(Some(TlsFiles {
+                section: "http",
+                cert: c.tls_cert.clone().into(),
+                key: c.tls_key.clone().into(),
+                client_ca: None,
+            })),
+        }
+    }
+
+    /// Reads the files into a server configuration: HTTP/2 only for the
+    /// control API, HTTP/1.1 for the HTTP listener.
     pub fn load(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+        let sec = self.section;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let chain = CertificateDer::pem_slice_iter(&read("control.tls_cert", &self.cert)?)
+        let chain = CertificateDer::pem_slice_iter(&read(&format!("{sec}.tls_cert"), &self.cert)?)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("control.tls_cert {}: {e}", self.cert.display()))?;
+            .map_err(|e| format!("{sec}.tls_cert {}: {e}", self.cert.display()))?;
         if chain.is_empty() {
             return Err(format!(
-                "control.tls_cert {}: no CERTIFICATE block",
+                "{sec}.tls_cert {}: no CERTIFICATE block",
                 self.cert.display()
             ));
         }
-        let key = PrivateKeyDer::from_pem_slice(&read("control.tls_key", &self.key)?)
-            .map_err(|e| format!("control.tls_key {}: {e}", self.key.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&format!("{sec}.tls_key"), &self.key)?)
+            .map_err(|e| format!("{sec}.tls_key {}: {e}", self.key.display()))?;
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?;
@@ -93,8 +116,14 @@ impl TlsFiles {
         };
         let mut cfg = builder
             .with_single_cert(chain, key)
-            .map_err(|e| format!("control.tls_cert/control.tls_key: {e}"))?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
+            .map_err(|e| format!("{sec}.tls_cert/{sec}.tls_key: {e}"))?;
+        // The HTTP listener speaks HTTP/1.1 only: its checks read `Host`,
+        // which HTTP/2 replaces with `:authority`.
+        cfg.alpn_protocols = if sec == "control" {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         Ok(Arc::new(cfg))
     }
 }

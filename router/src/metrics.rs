@@ -36,7 +36,7 @@ pub struct Metrics {
     pub limit_refusals: IntCounterVec,
     /// HTTP requests (demo app, kaskade.js, demo signalling), by route and status.
     pub http_requests: IntCounterVec,
-    /// WHIP/WHEP requests refused, by endpoint and reason.
+    /// WHIP/WHEP/demo signalling requests refused, by endpoint and reason.
     pub whip_refusals: IntCounterVec,
     /// Webhook delivery attempts, by outcome (delivered, retried, failed).
     pub webhook_deliveries: IntCounterVec,
@@ -156,7 +156,7 @@ impl Metrics {
         let whip_refusals = counter_vec(
             &registry,
             "kaskade_whip_refusals_total",
-            "WHIP and WHEP requests refused, by endpoint (whip, whep) and reason (no_token, bad_token, expired, wrong_room, not_granted, host, content_type, too_large, bad_sdp, bad_request, not_found, conflict, draining, limit, unavailable, ice_restart, precondition, forbidden, internal).",
+            "WHIP, WHEP and demo signalling requests refused, by endpoint (whip, whep, demo) and reason (no_token, bad_token, expired, wrong_room, not_granted, host, content_type, too_large, bad_sdp, bad_request, not_found, conflict, draining, limit, unavailable, ice_restart, precondition, forbidden, internal).",
             &["endpoint", "reason"],
         );
         let webhook_deliveries = counter_vec(

@@ -19,6 +19,8 @@ pub struct OpsMetrics {
     pub control_connections: IntGauge,
     /// Control connections not accepted or cut, by reason.
     pub control_accept_errors: IntCounterVec,
+    /// HTTP listener connections not accepted (https), by reason.
+    pub http_accept_errors: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -75,6 +77,17 @@ impl OpsMetrics {
                     Opts::new(
                         "kaskade_control_accept_errors_total",
                         "Control connections not accepted or cut: fd_limit (out of file descriptors), limit (control.max_connections), tls (handshake failed), idle (control.idle_timeout), other.",
+                    ),
+                    &["reason"],
+                )
+                .unwrap_or_else(|e| static_def(e)),
+            ),
+            http_accept_errors: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kaskade_http_accept_errors_total",
+                        "HTTP listener connections not accepted when it serves https: tls (handshake failed or timed out), busy (too many handshakes at once), other (accept failed).",
                     ),
                     &["reason"],
                 )

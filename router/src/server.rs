@@ -69,6 +69,8 @@ pub struct Running {
     pub cascade: Option<SocketAddr>,
     /// The bound HTTP address (demo app, kaskade.js), if on.
     pub http: Option<SocketAddr>,
+    /// Its base URL (`http://` or `https://` and the bound address), if on.
+    pub http_url: Option<String>,
     /// The bound ICE-TCP listener address, if on.
     pub tcp: Option<SocketAddr>,
     tcp_handle: Option<crate::media::tcp::listener::TcpListenerHandle>,
@@ -77,6 +79,7 @@ pub struct Running {
     /// Serving or draining.
     pub lifecycle: Arc<Lifecycle>,
     tls: Option<Arc<TlsState>>,
+    http_tls: Option<Arc<TlsState>>,
     cascade_handle: Option<crate::cascade::manager::CascadeHandle>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
@@ -108,12 +111,17 @@ impl Running {
             .http
             .map(|h| format!("\"{h}\""))
             .unwrap_or_else(|| "null".into());
+        let http_url = self
+            .http_url
+            .as_ref()
+            .map(|u| format!("\"{u}\""))
+            .unwrap_or_else(|| "null".into());
         let tcp = self
             .tcp
             .map(|t| format!("\"{t}\""))
             .unwrap_or_else(|| "null".into());
         format!(
-            "KASKADE_READY {{\"control\":\"{}\",\"metrics\":{metrics},\"media\":[{}],\"cascade\":{cascade},\"http\":{http},\"tcp\":{tcp}}}",
+            "KASKADE_READY {{\"control\":\"{}\",\"metrics\":{metrics},\"media\":[{}],\"cascade\":{cascade},\"http\":{http},\"http_url\":{http_url},\"tcp\":{tcp}}}",
             self.control,
             media.join(",")
         )
@@ -130,12 +138,16 @@ impl Running {
         self.lifecycle.run_drain().await
     }
 
-    /// Reloads what can change while the router runs (SIGHUP): the control
-    /// API's TLS certificates and the cascade's. New connections get the
-    /// new configuration; open connections, links and sessions are
-    /// untouched. Both are tried; the first error is returned.
+    /// Reloads what can change while the router runs (SIGHUP): the TLS
+    /// certificates of the control API, the HTTP listener and the cascade.
+    /// New connections get the new configuration; open connections, links
+    /// and sessions are untouched. All are tried; the first error is returned.
     pub async fn reload(&self) -> Result<(), String> {
         let control = match &self.tls {
+            Some(tls) => tls.reload(),
+            None => Ok(()),
+        };
+        let http = match &self.http_tls {
             Some(tls) => tls.reload(),
             None => Ok(()),
         };
@@ -143,7 +155,7 @@ impl Running {
             Some(c) => c.reload_tls().await.map_err(|e| format!("cascade: {e}")),
             None => Ok(()),
         };
-        control.and(cascade)
+        control.and(http).and(cascade)
     }
 
     /// Stops accepting API calls, closes every session, joins the workers.
@@ -166,7 +178,7 @@ impl Running {
 
 /// Starts a router with a resolved configuration. Must run inside a tokio runtime.
 pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartError> {
-    let tls = preflight(cfg).map_err(StartError::Config)?;
+    let (tls, http_tls) = preflight(cfg).map_err(StartError::Config)?;
     let webhook_tls = match &cfg.webhooks {
         Some(w) => crate::webhooks::tls_for(w).map_err(StartError::Config)?,
         None => None,
@@ -367,6 +379,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             plane.clone(),
             metrics.clone(),
             Arc::new(cfg.api_keys.clone()),
+            http_tls.clone(),
             stop_rx.clone(),
         );
         tokio::spawn(web);
@@ -419,6 +432,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     Ok(Running {
         cascade: cascade_addr,
         http: http_addr,
+        http_url: http_addr.map(|a| crate::web::base_url(a, http_tls.is_some())),
         tcp: tcp.as_ref().map(|t| t.local_addr),
         tcp_handle: tcp,
         control: control_addr,
@@ -427,6 +441,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         plane,
         lifecycle,
         tls,
+        http_tls,
         cascade_handle,
         stop: stop_tx,
         threads,
@@ -434,15 +449,26 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     })
 }
 
+/// The TLS of the control API and of the HTTP listener, if on.
+pub type ListenerTls = (Option<Arc<TlsState>>, Option<Arc<TlsState>>);
+
 /// Checks the files the configuration names, before any port is bound:
-/// the control API's TLS files (loaded, and returned) and the cascade's
-/// certificates (readable, chaining to the cluster CA, and carrying this
-/// router's node id and region; issue 15, defect 6).
-pub fn preflight(cfg: &Resolved) -> Result<Option<Arc<TlsState>>, String> {
+/// the TLS files of the control API and the HTTP listener (loaded, and
+/// returned) and the cascade's certificates (readable, chaining to the
+/// cluster CA, and carrying this router's node id and region; issue 15,
+/// defect 6). Also refuses an HTTP listener off loopback without API keys
+/// (for embedders that skip [`Resolved::with_api_keys`]).
+pub fn preflight(cfg: &Resolved) -> Result<ListenerTls, String> {
+    cfg.check_http_auth().map_err(|e| e.to_string())?;
     let tls = match TlsFiles::from_config(&cfg.config.control) {
         Err((key, reason)) => return Err(format!("invalid value for {key}: {reason}")),
         Ok(None) => None,
         Ok(Some(files)) => Some(Arc::new(TlsState::load(files)?)),
+    };
+    let http_tls = match TlsFiles::from_http_config(&cfg.config.http) {
+        Err((key, reason)) => return Err(format!("invalid value for {key}: {reason}")),
+        Ok(Some(files)) if cfg.http_listen.is_some() => Some(Arc::new(TlsState::load(files)?)),
+        Ok(_) => None,
     };
     if let Some(c) = &cfg.cascade {
         let read = |key: &str, p: &std::path::Path| {
@@ -473,5 +499,5 @@ pub fn preflight(cfg: &Resolved) -> Result<Option<Arc<TlsState>>, String> {
             )
         })?;
     }
-    Ok(tls)
+    Ok((tls, http_tls))
 }

@@ -1,6 +1,7 @@
 //! The HTTP listener (`http.listen`): the embedded assets, the demo
-//! signalling's answers to bad requests, the loopback-only rule, through a
-//! whole router started in-process and a real HTTP client.
+//! signalling's answers to bad requests, the loopback-only rule of dev
+//! mode, through a whole router started in-process and a real HTTP client
+//! (the listener in public, with tokens and TLS: tests/public_http.rs).
 
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -9,7 +10,6 @@ use hyper_util::rt::TokioExecutor;
 use kaskade_router::config::Resolved;
 use kaskade_router::metrics::Metrics;
 use kaskade_router::server::{self, Running};
-use std::process::Command;
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
 
@@ -157,24 +157,6 @@ async fn bad_demo_requests_get_a_precise_status() {
     let a = send(&c, &r, Method::GET, "/demo/events", &[], "").await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     r.shutdown().await;
-}
-
-#[test]
-fn a_non_loopback_http_listen_is_refused_with_exit_64() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kaskade"))
-        .args([
-            "serve",
-            "--control-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "0.0.0.0:8080",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("http.listen"), "{err}");
-    assert!(err.contains("loopback"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,10 +168,20 @@ config_keys! {
     /// `[http]`: the HTTP listener (demo app, kaskade.js, demo signalling).
     [http] HttpConfig {
         /// HTTP listen address of the demo app, kaskade.js, the demo signalling and
-        /// WHIP/WHEP; loopback only (the demo has no authentication yet); empty disables it.
+        /// WHIP/WHEP; empty disables it. Off loopback it needs API keys (then every
+        /// signalling, WHIP and WHEP request needs a room token).
         listen: String = "127.0.0.1:8080".into(),
             env "KASKADE_HTTP_LISTEN", flag "http-listen", value "ADDR",
             rule Rule::SocketAddrOrOff;
+        /// TLS certificate chain (PEM) of the HTTP listener; with http.tls_key it serves
+        /// https (browsers need it for the camera off localhost). Reloaded on SIGHUP.
+        tls_cert: String = String::new(),
+            env "KASKADE_HTTP_TLS_CERT", flag "http-tls-cert", value "FILE",
+            rule Rule::Any;
+        /// TLS private key (PEM) of the HTTP listener.
+        tls_key: String = String::new(),
+            env "KASKADE_HTTP_TLS_KEY", flag "http-tls-key", value "FILE",
+            rule Rule::Any;
     }
 
     /// `[webhooks]`: an HTTP POST per event.

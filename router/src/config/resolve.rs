@@ -157,20 +157,8 @@ impl Config {
         let cascade = self.resolve_cascade()?;
         let http_listen = match self.http.listen.as_str() {
             "" => None,
-            v => {
-                let a = sock("http.listen", v)?;
-                if !a.ip().is_loopback() {
-                    return Err(value(
-                        "http.listen",
-                        format!(
-                            "{a} is not a loopback address: the demo app and its signalling have no \
-                             authentication yet, so they are served on 127.0.0.1 or ::1 only \
-                             (set http.listen to \"\" to turn the listener off)"
-                        ),
-                    ));
-                }
-                Some(a)
-            }
+            // Off loopback it needs API keys: checked by `with_api_keys`.
+            v => Some(sock("http.listen", v)?),
         };
         let webhooks = self.resolve_webhooks()?;
         Ok(Resolved {
@@ -366,7 +354,26 @@ impl Resolved {
                 ),
             ));
         }
+        self.check_http_auth()?;
         Ok(self)
+    }
+
+    /// Refuses an HTTP listener off loopback without API keys: its demo
+    /// signalling, WHIP and WHEP would let anyone who reaches it publish.
+    /// (`--insecure-no-auth` is about the control API and does not lift this.)
+    pub fn check_http_auth(&self) -> Result<(), ConfigError> {
+        match self.http_listen {
+            Some(a) if !a.ip().is_loopback() && self.api_keys.is_empty() => Err(value(
+                "http.listen",
+                format!(
+                    "{a} is not a loopback address and no API key is set: off loopback the demo \
+                     signalling, WHIP and WHEP need room tokens, which need API keys: set {} \
+                     (id:secret) or api.keys (or set http.listen to \"\" to turn it off)",
+                    crate::auth::API_KEYS_ENV
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The resolved defaults, for tests and embedding.

@@ -265,7 +265,7 @@ fn example_config_has_every_key_in_its_section() {
 }
 
 #[test]
-fn http_listen_is_loopback_only_and_can_be_off() {
+fn http_listen_off_loopback_needs_api_keys_and_can_be_off() {
     let r = Config::default().validate(1).unwrap();
     assert_eq!(r.http_listen, Some("127.0.0.1:8080".parse().unwrap()));
     let mut c = Config::default();
@@ -275,7 +275,22 @@ fn http_listen_is_loopback_only_and_can_be_off() {
         Some("[::1]:0".parse().unwrap())
     );
     c.http.listen = "0.0.0.0:8080".into();
-    assert!(refuses(&c, "http.listen"));
+    let refused = c
+        .validate(1)
+        .unwrap()
+        .with_api_keys(None, true)
+        .unwrap_err();
+    assert!(refused.to_string().contains("http.listen"), "{refused}");
+    assert!(
+        refused.to_string().contains("KASKADE_API_KEYS"),
+        "{refused}"
+    );
+    let r = c
+        .validate(1)
+        .unwrap()
+        .with_api_keys(Some("k1:0123456789abcdef0123"), false)
+        .unwrap();
+    assert_eq!(r.http_listen, Some("0.0.0.0:8080".parse().unwrap()));
     c.http.listen = String::new();
     assert_eq!(c.validate(1).unwrap().http_listen, None);
 }

@@ -4,11 +4,20 @@
 //! answers its response the same way, through the same control plane as
 //! gRPC; `CreateSession` creates its room when needed. `GET
 //! /demo/events?room=NAME` streams the room's events (server-sent events,
-//! one JSON event per message). Loopback only and unauthenticated, like the
-//! gRPC API on its default address; no second way of doing a thing.
+//! one JSON event per message). No second way of doing a thing.
+//!
+//! Who may call: without API keys, anyone on loopback (the listener is
+//! loopback only then, like the gRPC API on its default address). With API
+//! keys, every request needs `Authorization: Bearer <room token>` for the
+//! room it acts on (the request's `roomId`, or the room of its
+//! `sessionId`) granting both publish and subscribe; the token's `sub`,
+//! when set, is the participant id. Refusals are counted in
+//! `kaskade_whip_refusals_total{endpoint="demo"}`.
 
 use super::json::{self, Participants};
-use super::{check_origin, error, Web};
+use super::resource::{self, Refusal};
+use super::{error, Web};
+use crate::auth::token::{self, Claims, Grant, TokenError};
 use crate::control::events::{watch_stream, EventFilter};
 use crate::control::ApiError;
 use axum::body::Body;
@@ -21,6 +30,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio_stream::StreamExt;
 
 /// Largest request body: an SDP at the API's limit, in JSON.
@@ -80,6 +90,56 @@ struct Req {
     max_temporal_layer: Option<u32>,
     paused: Option<bool>,
     priority: Option<u32>,
+}
+
+/// What a token must grant for the demo.
+const NOT_GRANTED: &str = "the token must grant both publish and subscribe";
+
+/// Checks who calls (see the module's doc): nothing without API keys, else
+/// a token for `room` granting publish and subscribe. Returns its claims.
+fn authorize(web: &Web, headers: &HeaderMap, room: &str) -> Result<Option<Claims>, Refusal> {
+    if web.keys.is_empty() {
+        return Ok(None);
+    }
+    let checked = resource::bearer(headers).and_then(|tok| {
+        let c = token::verify(&web.keys, tok, room, Grant::Publish, SystemTime::now())
+            .map_err(|e| resource::token_refusal(e, NOT_GRANTED))?;
+        if !c.subscribe {
+            return Err(resource::token_refusal(TokenError::NotGranted, NOT_GRANTED));
+        }
+        Ok(c)
+    });
+    checked.map(Some)
+}
+
+/// A refused request: counted, and said in plain text.
+fn refuse(web: &Web, r: &Refusal) -> Response {
+    web.metrics
+        .whip_refusals
+        .with_label_values(&["demo", r.label])
+        .inc();
+    tracing::debug!(endpoint = "demo", reason = r.label, "request refused");
+    let mut resp = error(r.status, &r.reason);
+    if r.status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}
+
+/// The room a call acts on: its `roomId`, or its session's room (none for
+/// an unknown session, which no token then matches).
+fn room_of(web: &Web, method: &str, r: &Req) -> String {
+    match method {
+        "CreateSession" | "GetRoom" => r.room_id.clone(),
+        _ => web
+            .plane
+            .get_session(&r.session_id)
+            .map(|s| s.room_id)
+            .unwrap_or_default(),
+    }
 }
 
 /// The room exists afterwards (created with the router's defaults).
@@ -191,8 +251,14 @@ pub async fn api(
     body: Body,
 ) -> Response {
     const ROUTE: &str = "/demo/api";
-    if let Err(r) = check_origin(&headers) {
+    if let Err(r) = web.check_origin(&headers) {
         return web.done(ROUTE, r.into_response());
+    }
+    if !web.keys.is_empty() {
+        // No token, no reading of the body.
+        if let Err(r) = resource::bearer(&headers) {
+            return web.done(ROUTE, refuse(&web, &r));
+        }
     }
     let json_body = headers
         .get(header::CONTENT_TYPE)
@@ -216,7 +282,7 @@ pub async fn api(
             ),
         );
     };
-    let req: Req = match serde_json::from_slice(&bytes) {
+    let mut req: Req = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
             return web.done(
@@ -225,6 +291,14 @@ pub async fn api(
             )
         }
     };
+    let claims = match authorize(&web, &headers, &room_of(&web, &method, &req)) {
+        Ok(c) => c,
+        Err(r) => return web.done(ROUTE, refuse(&web, &r)),
+    };
+    if let Some(sub) = claims.and_then(|c| c.sub) {
+        // The backend chose the participant id.
+        req.participant_id = sub;
+    }
     let resp = match call(&web, &method, req).await {
         Ok(v) => ok(v),
         Err(e) => {
@@ -250,10 +324,13 @@ fn query<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
 /// when needed, so a page can watch before it joins).
 pub async fn events(State(web): State<Arc<Web>>, uri: Uri, headers: HeaderMap) -> Response {
     const ROUTE: &str = "/demo/events";
-    if let Err(r) = check_origin(&headers) {
+    if let Err(r) = web.check_origin(&headers) {
         return web.done(ROUTE, r.into_response());
     }
     let room = query(&uri, "room").unwrap_or("");
+    if let Err(r) = authorize(&web, &headers, room) {
+        return web.done(ROUTE, refuse(&web, &r));
+    }
     let kinds: Vec<&str> = query(&uri, "kinds")
         .map(|k| k.split(',').filter(|s| !s.is_empty()).collect())
         .unwrap_or_default();

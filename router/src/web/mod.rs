@@ -1,23 +1,29 @@
-//! The HTTP face (`http.listen`, loopback only for now): the demo app at
-//! `/`, the browser helper at `/kaskade.js`, the demo signalling
-//! (`/demo/...`) that calls the same control plane as the gRPC API, and
-//! WHIP (`/whip/{room}`) and WHEP (`/whep/{room}`) over that control plane
-//! too (see `resource` for who may call them).
+//! The HTTP face (`http.listen`): the demo app at `/`, the browser helper
+//! at `/kaskade.js`, the demo signalling (`/demo/...`) that calls the same
+//! control plane as the gRPC API, and WHIP (`/whip/{room}`) and WHEP
+//! (`/whep/{room}`) over that control plane too (see `resource` for who may
+//! call them); over https with `http.tls_cert` and `http.tls_key` (`tls`).
 //!
 //! Every asset is compiled into the binary; nothing is fetched from
-//! elsewhere. Requests must name a loopback host (`Host`), so a web page
-//! elsewhere cannot reach the listener through DNS rebinding, and a
-//! cross-site page cannot post to it (JSON bodies only, which browsers
-//! never send cross-site without a CORS preflight this server never grants).
+//! elsewhere. Without API keys (dev mode, loopback only) requests must name
+//! a loopback host (`Host`), so a web page elsewhere cannot reach the
+//! listener through DNS rebinding. With API keys (the listener may then be
+//! public) the assets are served to any host name and every signalling,
+//! WHIP and WHEP request needs a room token instead. Either way a
+//! cross-site page cannot post to the demo signalling (JSON bodies only,
+//! which browsers never send cross-site without a CORS preflight this
+//! server never grants, and an `Origin` of another site is refused).
 
 pub mod demo;
 pub mod json;
 pub mod resource;
+pub mod tls;
 pub mod whep;
 pub mod whip;
 
 use crate::auth::KeySet;
 use crate::control::Control;
+use crate::control_listener::TlsState;
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::State;
@@ -51,6 +57,8 @@ pub struct Web {
     keys: Arc<KeySet>,
     /// The live WHIP and WHEP resources.
     resources: resource::Resources,
+    /// Served over https.
+    https: bool,
 }
 
 impl Web {
@@ -89,13 +97,17 @@ fn loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Refuses requests that do not come from a page of this listener itself:
-/// a `Host` that is not loopback (DNS rebinding), an `Origin` of another site.
-pub(crate) fn check_origin(headers: &HeaderMap) -> Result<(), Forbidden> {
-    origin_problem(headers).map_or(Ok(()), |reason| Err(Forbidden(reason)))
+impl Web {
+    /// Refuses requests that do not come from a page of this listener
+    /// itself: an `Origin` of another site, and without API keys a `Host`
+    /// that is not loopback (DNS rebinding).
+    pub(crate) fn check_origin(&self, headers: &HeaderMap) -> Result<(), Forbidden> {
+        origin_problem(headers, !self.keys.is_empty(), self.https)
+            .map_or(Ok(()), |reason| Err(Forbidden(reason)))
+    }
 }
 
-/// A request refused by [`check_origin`] (403 with the reason).
+/// A request refused by [`Web::check_origin`] (403 with the reason).
 #[derive(Debug)]
 pub(crate) struct Forbidden(&'static str);
 
@@ -105,22 +117,26 @@ impl IntoResponse for Forbidden {
     }
 }
 
-fn origin_problem(headers: &HeaderMap) -> Option<&'static str> {
+/// Why a request is refused, if it is: `keys` (tokens guard the listener,
+/// any host name may be served), `https` (the scheme of its own pages).
+fn origin_problem(headers: &HeaderMap, keys: bool, https: bool) -> Option<&'static str> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !loopback_host(host) {
+    if !keys && !loopback_host(host) {
         return Some(
-            "the demo is served to loopback host names only (127.0.0.1, [::1], localhost)",
+            "the demo is served to loopback host names only (127.0.0.1, [::1], localhost) \
+             while the router has no API keys",
         );
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
+        let scheme = if https { "https://" } else { "http://" };
         let same = origin
             .to_str()
             .ok()
-            .and_then(|o| o.strip_prefix("http://"))
-            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+            .and_then(|o| o.strip_prefix(scheme))
+            .is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host));
         if !same {
             return Some("cross-origin requests are refused");
         }
@@ -141,7 +157,7 @@ async fn asset(State(web): State<Arc<Web>>, uri: Uri, headers: HeaderMap) -> Res
     let Some(&(route, body, ty)) = ASSETS.iter().find(|(p, _, _)| *p == uri.path()) else {
         return web.done("other", error(StatusCode::NOT_FOUND, "not found"));
     };
-    if let Err(r) = check_origin(&headers) {
+    if let Err(r) = web.check_origin(&headers) {
         return web.done(route, r.into_response());
     }
     let mut resp = Response::new(Body::from(body));
@@ -151,6 +167,11 @@ async fn asset(State(web): State<Arc<Web>>, uri: Uri, headers: HeaderMap) -> Res
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
+    );
+    // The page's address may carry a room token (`?token=`): never sent on.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -168,14 +189,16 @@ async fn not_found(State(web): State<Arc<Web>>) -> Response {
     )
 }
 
-/// The routes, over one control plane; `keys` verify WHIP/WHEP tokens.
-pub fn router(plane: Arc<Control>, metrics: Metrics, keys: Arc<KeySet>) -> Router {
+/// The routes, over one control plane; `keys` verify room tokens;
+/// `https`: the listener serves https (its pages' origin).
+pub fn router(plane: Arc<Control>, metrics: Metrics, keys: Arc<KeySet>, https: bool) -> Router {
     let web = Arc::new(Web {
         plane,
         metrics,
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         keys,
         resources: resource::Resources::default(),
+        https,
     });
     let mut r = Router::new();
     for (path, _, _) in ASSETS {
@@ -201,31 +224,66 @@ pub fn router(plane: Arc<Control>, metrics: Metrics, keys: Arc<KeySet>) -> Route
         .with_state(web)
 }
 
-/// Serves the HTTP listener until `stop` turns true.
+/// Serves the HTTP listener until `stop` turns true, over https with `tls`.
 pub async fn serve(
     listener: TcpListener,
     plane: Arc<Control>,
     metrics: Metrics,
     keys: Arc<KeySet>,
+    tls: Option<Arc<TlsState>>,
     mut stop: watch::Receiver<bool>,
 ) {
     if let Ok(a) = listener.local_addr() {
-        tracing::info!("demo app: open http://{a}/?room=test in two browser tabs");
-        let auth = if keys.is_empty() {
-            "no token needed (no API keys: loopback dev mode)"
-        } else {
-            "room tokens required"
-        };
-        tracing::info!("WHIP: POST http://{a}/whip/ROOM, WHEP: POST http://{a}/whep/ROOM; {auth}");
+        log_urls(a, !keys.is_empty(), tls.is_some());
     }
-    let app = router(plane, metrics, keys);
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|v| *v).await;
-        })
-        .await;
+    let app = router(plane, metrics.clone(), keys, tls.is_some());
+    let shutdown = async move {
+        let _ = stop.wait_for(|v| *v).await;
+    };
+    let r = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => match tls::TlsListener::spawn(listener, tls, metrics.ops.clone()) {
+            Ok(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+            Err(e) => Err(e),
+        },
+    };
     if let Err(e) = r {
         tracing::error!(error = %e, "HTTP listener failed");
+    }
+}
+
+/// The scheme and address of the listener's URLs (`https://127.0.0.1:8443`).
+pub fn base_url(addr: std::net::SocketAddr, https: bool) -> String {
+    format!("{}://{addr}", if https { "https" } else { "http" })
+}
+
+/// The start-up lines: where the demo, WHIP and WHEP are, who may call.
+fn log_urls(a: std::net::SocketAddr, keys: bool, https: bool) {
+    let base = base_url(a, https);
+    if keys {
+        tracing::info!(
+            "demo app: open {base}/?room=ROOM&token=TOKEN (a room token with publish and \
+             subscribe: `kaskade token`)"
+        );
+    } else {
+        tracing::info!("demo app: open {base}/?room=test in two browser tabs");
+    }
+    let auth = if keys {
+        "room tokens required"
+    } else {
+        "no token needed (no API keys: loopback dev mode)"
+    };
+    tracing::info!("WHIP: POST {base}/whip/ROOM, WHEP: POST {base}/whep/ROOM; {auth}");
+    if !a.ip().is_loopback() && !https {
+        tracing::warn!(
+            "the HTTP listener is reachable from other hosts over plain http: browsers allow \
+             the camera only on https pages (set http.tls_cert and http.tls_key, or put a TLS \
+             proxy in front), and tokens travel in clear text"
+        );
     }
 }
 
@@ -261,22 +319,32 @@ mod tests {
     fn cross_origin_requests_are_refused() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
-        assert!(origin_problem(&h).is_none());
+        assert!(origin_problem(&h, false, false).is_none());
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://127.0.0.1:8080"),
         );
-        assert!(origin_problem(&h).is_none());
+        assert!(origin_problem(&h, false, false).is_none());
+        // The scheme is the listener's.
+        assert!(origin_problem(&h, false, true).is_some());
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://evil.example"),
         );
-        assert!(origin_problem(&h).is_some());
+        assert!(origin_problem(&h, false, false).is_some());
+        assert!(origin_problem(&h, true, false).is_some());
         h.remove(header::ORIGIN);
         h.insert(
             header::HOST,
             HeaderValue::from_static("rebound.example:8080"),
         );
-        assert!(origin_problem(&h).is_some());
+        assert!(origin_problem(&h, false, false).is_some());
+        // With API keys any host name is served (tokens guard the calls).
+        assert!(origin_problem(&h, true, true).is_none());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://rebound.example:8080"),
+        );
+        assert!(origin_problem(&h, true, true).is_none());
     }
 }

@@ -158,6 +158,18 @@ pub fn authorize(
         }
         return Ok(None);
     }
+    let tok = bearer(headers)?;
+    let not_granted = match ep {
+        Endpoint::Whip => "the token does not grant publish",
+        Endpoint::Whep => "the token does not grant subscribe",
+    };
+    token::verify(&web.keys, tok, room, ep.grant(), SystemTime::now())
+        .map(Some)
+        .map_err(|e| token_refusal(e, not_granted))
+}
+
+/// The token of `Authorization: Bearer <token>`.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
     let Some(auth) = headers.get(header::AUTHORIZATION) else {
         return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
@@ -165,8 +177,7 @@ pub fn authorize(
             "Authorization: Bearer <room token> is required",
         ));
     };
-    let tok = auth
-        .to_str()
+    auth.to_str()
         .ok()
         .and_then(|v| {
             v.strip_prefix("Bearer ")
@@ -179,41 +190,42 @@ pub fn authorize(
                 "bad_token",
                 "Authorization must be Bearer <room token>",
             )
-        })?;
-    token::verify(&web.keys, tok, room, ep.grant(), SystemTime::now())
-        .map(Some)
-        .map_err(|e| {
-            let status = match e {
-                TokenError::WrongRoom | TokenError::NotGranted => StatusCode::FORBIDDEN,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            let label = match e {
-                TokenError::Expired => "expired",
-                TokenError::WrongRoom => "wrong_room",
-                TokenError::NotGranted => "not_granted",
-                _ => "bad_token",
-            };
-            let reason = match e {
-                TokenError::Expired => "the token has expired",
-                TokenError::WrongRoom => "the token is for another room",
-                TokenError::NotGranted => match ep {
-                    Endpoint::Whip => "the token does not grant publish",
-                    Endpoint::Whep => "the token does not grant subscribe",
-                },
-                _ => "invalid token",
-            };
-            Refusal::new(status, label, reason)
         })
 }
 
+/// The refusal of a token that did not verify (`not_granted`: what to say
+/// when it lacks a grant).
+pub(crate) fn token_refusal(e: TokenError, not_granted: &'static str) -> Refusal {
+    let status = match e {
+        TokenError::WrongRoom | TokenError::NotGranted => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let label = match e {
+        TokenError::Expired => "expired",
+        TokenError::WrongRoom => "wrong_room",
+        TokenError::NotGranted => "not_granted",
+        _ => "bad_token",
+    };
+    let reason = match e {
+        TokenError::Expired => "the token has expired",
+        TokenError::WrongRoom => "the token is for another room",
+        TokenError::NotGranted => not_granted,
+        _ => "invalid token",
+    };
+    Refusal::new(status, label, reason)
+}
+
 /// The `Access-Control-Allow-Origin` for a request, if CORS is granted:
-/// any origin with tokens, loopback `http://` origins in dev mode.
+/// any origin with tokens, loopback origins in dev mode.
 fn allowed_origin(web: &Web, headers: &HeaderMap) -> Option<HeaderValue> {
     let origin = headers.get(header::ORIGIN)?;
     if !web.keys.is_empty() {
         return Some(HeaderValue::from_static("*"));
     }
-    let host = origin.to_str().ok()?.strip_prefix("http://")?;
+    let o = origin.to_str().ok()?;
+    let host = o
+        .strip_prefix("http://")
+        .or_else(|| o.strip_prefix("https://"))?;
     loopback_host(host).then(|| origin.clone())
 }
 
