@@ -139,6 +139,11 @@ static ONE_BROWSER_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Runs `node run.mjs <args>` in `tests/browser` (installing its npm
 /// packages first if needed) against the daemon cargo built for this test.
 fn run_scenario(args: &[&str]) {
+    run_scenario_with(args, &[]);
+}
+
+/// [`run_scenario`] with extra environment variables for node (and the daemon it starts).
+fn run_scenario_with(args: &[&str], env: &[(&str, &str)]) {
     let _one = ONE_BROWSER_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -172,6 +177,7 @@ fn run_scenario(args: &[&str]) {
         .env("KASKADE_BIN", env!("CARGO_BIN_EXE_kaskade"))
         .env("KASKADE_CHROMIUM", &chromium)
         .env("HOME", &home.0)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
@@ -238,6 +244,53 @@ fn browser_end_to_end_encrypted_media_passes_through() {
 #[test]
 fn browser_demo_app_pages_see_each_other_and_pick_a_layer() {
     run_scenario(&["--scenario", "demo"]);
+}
+
+/// The demo app in public (issue 13): the router has API keys and serves
+/// https with a certificate from a test CA (Chromium runs with
+/// `--ignore-certificate-errors`); two pages open
+/// `/?room=NAME&token=JWT`, must take the token out of the address bar and
+/// decode each other's camera through the token-guarded demo signalling;
+/// a page with another room's token is refused.
+#[test]
+fn browser_demo_app_over_https_with_a_room_token() {
+    use kaskade_router::auth::token::{mint, Claims};
+    use rcgen::{CertificateParams, KeyPair, SanType};
+    let dir = TempDir::new("kaskade-browser-tls");
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.0.join("http.pem"), dir.0.join("http.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let secret = "browser-test-secret-0123456789";
+    let room = format!("public-{}", std::process::id());
+    let token = |room: &str| {
+        let mut c = Claims::new(room, std::time::SystemTime::now(), Duration::from_secs(600));
+        c.publish = true;
+        c.subscribe = true;
+        mint("backend", secret.as_bytes(), &c)
+    };
+    let keys = format!("backend:{secret}");
+    let (cert_file, key_file) = (
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    );
+    let (mine, other) = (token(&room), token("another-room"));
+    run_scenario_with(
+        &["--scenario", "demo-tls"],
+        &[
+            ("KASKADE_API_KEYS", &keys),
+            ("KASKADE_TEST_HTTP_CERT", &cert_file),
+            ("KASKADE_TEST_HTTP_KEY", &key_file),
+            ("KASKADE_TEST_DEMO_ROOM", &room),
+            ("KASKADE_TEST_DEMO_TOKEN", &mine),
+            ("KASKADE_TEST_OTHER_TOKEN", &other),
+        ],
+    );
 }
 
 /// The example backend of docs/examples/node-backend (no browser): it

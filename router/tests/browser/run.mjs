@@ -22,6 +22,11 @@
 //                                                 one room, each decodes the other, a layer picked
 //                                                 in one shows in its decoded width, a leaver's
 //                                                 tile goes away
+//   KASKADE_BIN=... node run.mjs --scenario demo-tls
+//                                                 the demo app over https with API keys: two pages
+//                                                 join with a room token and decode each other
+//                                                 (demo-tls.mjs; needs the KASKADE_TEST_* env of
+//                                                 router/tests/browser.rs)
 //   KASKADE_BIN=... node run.mjs --scenario whip
 //                                                 a page publishes with plain-fetch WHIP, another
 //                                                 plays it with WHEP and decodes (whip.mjs)
@@ -67,6 +72,7 @@ import protoLoader from '@grpc/proto-loader';
 import { chromium } from 'playwright-core';
 
 import { whipScenario } from './whip.mjs';
+import { demoTlsScenario } from './demo-tls.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const PROTO_DIR = path.resolve(HERE, '../../../protocol/proto');
@@ -78,7 +84,7 @@ const SCENARIO = (() => {
   const eq = process.argv.find((a) => a.startsWith('--scenario='));
   return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
 })();
-const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'example', 'e2ee', 'whip'];
+const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip'];
 const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
@@ -383,7 +389,7 @@ function startPageServer() {
 }
 
 // ---------------------------------------------------------------- browser
-async function launchBrowser(userDataDir) {
+async function launchBrowser(userDataDir, extraArgs = []) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`Chromium not found at ${CHROMIUM}: run \`bash .ci/run\` or \`apt-get install chromium\` (or set KASKADE_CHROMIUM)`);
   }
@@ -391,7 +397,7 @@ async function launchBrowser(userDataDir) {
   return chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: CHROMIUM_ARGS,
+    args: [...CHROMIUM_ARGS, ...extraArgs],
     timeout: 30_000,
     env: { ...process.env, HOME: process.env.HOME || userDataDir },
   });
@@ -1495,6 +1501,14 @@ async function main() {
       if (VERBOSE) printDaemonTails();
       console.log(`browser whip: a WHEP page decodes a WHIP page's simulcast camera (${r.width}x${r.height}, ${r.frames} frames; ` +
         `layer=low ${r.lowWidth}x${r.lowHeight}) ${r.mediaMs} ms after its POST; PATCH 204, DELETE 200/404; total ${since()}s`);
+    } else if (SCENARIO === 'demo-tls') {
+      const r = await demoTlsScenario(ctx, {
+        startDaemon, requireBin, launchBrowser, checkDaemon, log, sleep, diag, pushTail,
+        mediaTimeoutMs: MEDIA_TIMEOUT_MS, verbose: VERBOSE,
+      });
+      if (VERBOSE) printDaemonTails();
+      console.log(`browser demo-tls: two https demo pages with a room token decode each other (${r.width}x${r.height}) ` +
+        `${r.mediaMs} ms after opening; another room's token refused ("${r.refused}"); total ${since()}s`);
     } else if (SCENARIO === 'example') {
       const r = await exampleScenario(ctx);
       console.log(`example backend: page and kaskade.js served, CreateSession answered (${r.answerLines} SDP lines), ` +

@@ -3,11 +3,29 @@
 // active speaker highlighted. Signalling goes to the demo endpoint of the
 // router that serves this page (/demo/api, /demo/events); an integrator's
 // page does the same through its own backend (docs/examples/).
+//
+// When the router has API keys, the page needs a room token granting publish
+// and subscribe: /?room=NAME&token=JWT. The token is taken out of the
+// address bar at once (history, bookmarks, screen shares) and sent only as
+// `Authorization: Bearer` to this router; the page sends no Referer.
 import { KaskadeSession } from '/kaskade.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const ID_RE = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+/** The room token, if the address carried one (then removed from it). */
+const token = params.get('token');
+if (token !== null) {
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(null, '', `${location.pathname}${rest ? `?${rest}` : ''}`);
+}
+
+/** The headers every call to the demo endpoint carries. */
+function authHeaders() {
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
 
 let session = null;
 let events = null;
@@ -24,7 +42,7 @@ function demoSignal(room, participantId) {
     const body = method === 'CreateSession' ? { ...request, roomId: room, participantId } : request;
     const resp = await fetch(`/demo/api/${method}`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', ...authHeaders() },
       body: JSON.stringify(body),
       keepalive: method === 'CloseSession',
     });
@@ -131,25 +149,49 @@ async function refreshStats() {
   view.tiles = rows;
 }
 
+/**
+ * The room's events: server-sent events read with fetch, which (unlike
+ * EventSource) can send the token. Resolves once the router watches the
+ * room, with an object whose close() ends the stream.
+ */
 function openEvents(room) {
+  const ctrl = new AbortController();
   return new Promise((resolve, reject) => {
-    const es = new EventSource(`/demo/events?room=${encodeURIComponent(room)}`);
     let watching = false;
-    es.onmessage = (m) => {
-      const ev = JSON.parse(m.data);
+    const onMessage = (text) => {
+      const data = text.split('\n').filter((l) => l.startsWith('data:'))
+        .map((l) => l.slice(5).replace(/^ /, '')).join('\n');
+      if (!data) return; // a keep-alive comment
+      const ev = JSON.parse(data);
       if (ev.watching) {
         watching = true;
-        resolve(es);
-        return;
-      }
-      if (session) session.handleEvent(ev);
-    };
-    es.onerror = () => {
-      if (!watching) {
-        es.close();
-        reject(new Error('cannot watch the room'));
+        resolve({ close: () => ctrl.abort() });
+      } else if (session) {
+        session.handleEvent(ev);
       }
     };
+    (async () => {
+      const resp = await fetch(`/demo/events?room=${encodeURIComponent(room)}`, {
+        headers: authHeaders(), signal: ctrl.signal, cache: 'no-store',
+      });
+      if (!resp.ok) throw new Error(`cannot watch the room: HTTP ${resp.status}: ${(await resp.text()).trim()}`);
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value.replace(/\r\n?/g, '\n');
+        for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
+          onMessage(buf.slice(0, i));
+          buf = buf.slice(i + 2);
+        }
+      }
+      throw new Error('the event stream ended');
+    })().catch((e) => {
+      if (e.name === 'AbortError') return;
+      if (watching) status(`events: ${e.message}`);
+      else reject(e);
+    });
   });
 }
 
