@@ -165,6 +165,12 @@ impl KeySet {
         self.keys.is_empty()
     }
 
+    /// Whether some key has its secret here (from `KASKADE_API_KEYS`), which
+    /// room tokens need: keys known by digest only verify none.
+    pub fn can_verify_tokens(&self) -> bool {
+        self.keys.iter().any(|k| k.secret.is_some())
+    }
+
     /// The key with this id.
     pub fn get(&self, id: &str) -> Option<&ApiKey> {
         self.keys.iter().find(|k| k.id == id)

@@ -368,7 +368,8 @@ impl Resolved {
                 format!(
                     "{a} is not a loopback address and no API key is set: off loopback the demo \
                      signalling, WHIP and WHEP need room tokens, which need API keys: set {} \
-                     (id:secret) or api.keys (or set http.listen to \"\" to turn it off)",
+                     (id:secret; tokens are verified with the secret), or set http.listen to \
+                     \"\" to turn it off",
                     crate::auth::API_KEYS_ENV
                 ),
             )),

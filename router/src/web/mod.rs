@@ -236,6 +236,13 @@ pub async fn serve(
     if let Ok(a) = listener.local_addr() {
         log_urls(a, !keys.is_empty(), tls.is_some());
     }
+    if !keys.is_empty() && !keys.can_verify_tokens() {
+        tracing::warn!(
+            "no API key has its secret here ({}; api.keys holds digests only): every room \
+             token is refused, so the demo signalling, WHIP and WHEP refuse every request",
+            crate::auth::API_KEYS_ENV
+        );
+    }
     let app = router(plane, metrics.clone(), keys, tls.is_some());
     let shutdown = async move {
         let _ = stop.wait_for(|v| *v).await;
