@@ -106,6 +106,44 @@ fn a_non_loopback_http_listen_needs_api_keys() {
     assert_eq!(whip, StatusCode::UNAUTHORIZED);
 }
 
+#[test]
+fn bad_http_tls_files_are_refused_with_exit_64() {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+            .args([
+                "serve",
+                "--control-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "",
+                "--media-port-start",
+                "0",
+                "--workers",
+                "1",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--http-tls-cert", "/nonexistent/http.pem"]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("http.tls_key"), "{err}");
+    let (code, err) = run(&[
+        "--http-tls-cert",
+        "/nonexistent/http.pem",
+        "--http-tls-key",
+        "/nonexistent/http.key",
+    ]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("http.tls_cert /nonexistent/http.pem"), "{err}");
+}
+
 /// A CA and a certificate for 127.0.0.1 it signed, written to `dir`.
 fn write_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, String) {
     let ca_key = KeyPair::generate().unwrap();
