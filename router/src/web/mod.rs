@@ -7,12 +7,13 @@
 //! Every asset is compiled into the binary; nothing is fetched from
 //! elsewhere. Without API keys (dev mode, loopback only) requests must name
 //! a loopback host (`Host`), so a web page elsewhere cannot reach the
-//! listener through DNS rebinding. With API keys (the listener may then be
-//! public) the assets are served to any host name and every signalling,
-//! WHIP and WHEP request needs a room token instead. Either way a
-//! cross-site page cannot post to the demo signalling (JSON bodies only,
-//! which browsers never send cross-site without a CORS preflight this
-//! server never grants, and an `Origin` of another site is refused).
+//! listener through DNS rebinding, and a cross-site page cannot post to the
+//! demo signalling (an `Origin` of another site is refused, and bodies are
+//! JSON only, which browsers never send cross-site without a CORS preflight
+//! this server never grants). With API keys (the listener may then be
+//! public, or behind a TLS proxy that rewrites `Host`) the assets are served
+//! to any host name and every signalling, WHIP and WHEP request needs a
+//! room token instead: a credential no other page can borrow.
 
 pub mod demo;
 pub mod json;
@@ -57,8 +58,6 @@ pub struct Web {
     keys: Arc<KeySet>,
     /// The live WHIP and WHEP resources.
     resources: resource::Resources,
-    /// Served over https.
-    https: bool,
 }
 
 impl Web {
@@ -98,12 +97,14 @@ fn loopback_host(host: &str) -> bool {
 }
 
 impl Web {
-    /// Refuses requests that do not come from a page of this listener
-    /// itself: an `Origin` of another site, and without API keys a `Host`
-    /// that is not loopback (DNS rebinding).
+    /// Without API keys, refuses requests that do not come from a page of
+    /// this listener itself: a `Host` that is not loopback (DNS rebinding),
+    /// an `Origin` of another site. With API keys tokens guard the calls.
     pub(crate) fn check_origin(&self, headers: &HeaderMap) -> Result<(), Forbidden> {
-        origin_problem(headers, !self.keys.is_empty(), self.https)
-            .map_or(Ok(()), |reason| Err(Forbidden(reason)))
+        if !self.keys.is_empty() {
+            return Ok(());
+        }
+        origin_problem(headers).map_or(Ok(()), |reason| Err(Forbidden(reason)))
     }
 }
 
@@ -117,26 +118,28 @@ impl IntoResponse for Forbidden {
     }
 }
 
-/// Why a request is refused, if it is: `keys` (tokens guard the listener,
-/// any host name may be served), `https` (the scheme of its own pages).
-fn origin_problem(headers: &HeaderMap, keys: bool, https: bool) -> Option<&'static str> {
+/// Why a request to a router without API keys is refused, if it is.
+fn origin_problem(headers: &HeaderMap) -> Option<&'static str> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !keys && !loopback_host(host) {
+    if !loopback_host(host) {
         return Some(
             "the demo is served to loopback host names only (127.0.0.1, [::1], localhost) \
              while the router has no API keys",
         );
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let scheme = if https { "https://" } else { "http://" };
+        // Either scheme: one port serves one of them, so the host is enough.
         let same = origin
             .to_str()
             .ok()
-            .and_then(|o| o.strip_prefix(scheme))
-            .is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host));
+            .and_then(|o| {
+                o.strip_prefix("http://")
+                    .or_else(|| o.strip_prefix("https://"))
+            })
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
         if !same {
             return Some("cross-origin requests are refused");
         }
@@ -189,16 +192,14 @@ async fn not_found(State(web): State<Arc<Web>>) -> Response {
     )
 }
 
-/// The routes, over one control plane; `keys` verify room tokens;
-/// `https`: the listener serves https (its pages' origin).
-pub fn router(plane: Arc<Control>, metrics: Metrics, keys: Arc<KeySet>, https: bool) -> Router {
+/// The routes, over one control plane; `keys` verify room tokens.
+pub fn router(plane: Arc<Control>, metrics: Metrics, keys: Arc<KeySet>) -> Router {
     let web = Arc::new(Web {
         plane,
         metrics,
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         keys,
         resources: resource::Resources::default(),
-        https,
     });
     let mut r = Router::new();
     for (path, _, _) in ASSETS {
@@ -243,7 +244,7 @@ pub async fn serve(
             crate::auth::API_KEYS_ENV
         );
     }
-    let app = router(plane, metrics.clone(), keys, tls.is_some());
+    let app = router(plane, metrics.clone(), keys);
     let shutdown = async move {
         let _ = stop.wait_for(|v| *v).await;
     };
@@ -326,32 +327,21 @@ mod tests {
     fn cross_origin_requests_are_refused() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
-        assert!(origin_problem(&h, false, false).is_none());
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://127.0.0.1:8080"),
-        );
-        assert!(origin_problem(&h, false, false).is_none());
-        // The scheme is the listener's.
-        assert!(origin_problem(&h, false, true).is_some());
+        assert!(origin_problem(&h).is_none());
+        for same in ["http://127.0.0.1:8080", "https://127.0.0.1:8080"] {
+            h.insert(header::ORIGIN, HeaderValue::from_static(same));
+            assert!(origin_problem(&h).is_none(), "{same}");
+        }
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://evil.example"),
         );
-        assert!(origin_problem(&h, false, false).is_some());
-        assert!(origin_problem(&h, true, false).is_some());
+        assert!(origin_problem(&h).is_some());
         h.remove(header::ORIGIN);
         h.insert(
             header::HOST,
             HeaderValue::from_static("rebound.example:8080"),
         );
-        assert!(origin_problem(&h, false, false).is_some());
-        // With API keys any host name is served (tokens guard the calls).
-        assert!(origin_problem(&h, true, true).is_none());
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("https://rebound.example:8080"),
-        );
-        assert!(origin_problem(&h, true, true).is_none());
+        assert!(origin_problem(&h).is_some());
     }
 }
