@@ -8,7 +8,7 @@
 // and subscribe: /?room=NAME&token=JWT. The token is taken out of the
 // address bar at once (history, bookmarks, screen shares) and sent only as
 // `Authorization: Bearer` to this router; the page sends no Referer.
-import { KaskadeSession } from '/kaskade.js';
+import { KaskadeSession, httpSignal } from '/kaskade.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -36,26 +36,12 @@ function status(text) {
   $('status').textContent = text;
 }
 
-/** The demo endpoint: one SessionService call as JSON. */
+/** The demo endpoint: one SessionService call as JSON, with the token if any. */
 function demoSignal(room, participantId) {
-  return async (method, request) => {
-    const body = method === 'CreateSession' ? { ...request, roomId: room, participantId } : request;
-    const resp = await fetch(`/demo/api/${method}`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', ...authHeaders() },
-      body: JSON.stringify(body),
-      keepalive: method === 'CloseSession',
-    });
-    const text = await resp.text();
-    if (!resp.ok) {
-      let err = { code: `HTTP_${resp.status}`, message: text };
-      try { err = JSON.parse(text); } catch { /* plain text */ }
-      const e = new Error(`${method}: ${err.code}: ${err.message}`);
-      e.code = err.code;
-      throw e;
-    }
-    return JSON.parse(text);
-  };
+  return httpSignal('/demo/api', {
+    token,
+    extend: (method, request) => (method === 'CreateSession' ? { ...request, roomId: room, participantId } : request),
+  });
 }
 
 function tile(key, label) {

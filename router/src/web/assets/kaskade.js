@@ -45,6 +45,34 @@ export class KaskadeError extends Error {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
+ * A `signal` function that POSTs each call as JSON to `${url}/${method}`:
+ * the router's demo endpoint (`/demo/api`), or a backend of yours that
+ * takes calls the same way. With `token` (a room token) every call carries
+ * `Authorization: Bearer <token>`; `extend(method, request)` may add fields
+ * (the demo adds roomId and participantId to CreateSession). Errors are
+ * KaskadeErrors with the router's code (`HTTP_<status>` for plain text).
+ */
+export function httpSignal(url, { token = null, extend = (method, request) => request } = {}) {
+  return async (method, request) => {
+    const headers = { 'content-type': 'application/json' };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const resp = await fetch(`${url}/${method}`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify(extend(method, request)),
+      keepalive: method === 'CloseSession',
+    });
+    const text = await resp.text();
+    if (!resp.ok) {
+      let err = { code: `HTTP_${resp.status}`, message: text.trim() };
+      try { err = JSON.parse(text); } catch { /* plain text */ }
+      throw new KaskadeError(err.code, `${method}: ${err.message}`);
+    }
+    return JSON.parse(text);
+  };
+}
+
+/**
  * One participant's session: one RTCPeerConnection to the router, which
  * publishes the local tracks and receives the subscribed ones.
  *
