@@ -106,6 +106,21 @@ fn a_non_loopback_http_listen_needs_api_keys() {
     assert_eq!(whip, StatusCode::UNAUTHORIZED);
 }
 
+/// Embedders that skip `with_api_keys` get the same refusal from `start`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_router_refuses_a_public_http_listener_without_keys() {
+    let mut cfg = Resolved::ephemeral(1);
+    cfg.http_listen = Some("0.0.0.0:0".parse().unwrap());
+    match server::start(&cfg, Metrics::new()).await {
+        Err(server::StartError::Config(e)) => assert!(e.contains("http.listen"), "{e}"),
+        Err(e) => panic!("not a config error: {e}"),
+        Ok(r) => {
+            r.shutdown().await;
+            panic!("started without API keys on 0.0.0.0");
+        }
+    }
+}
+
 #[test]
 fn bad_http_tls_files_are_refused_with_exit_64() {
     let run = |extra: &[&str]| {
