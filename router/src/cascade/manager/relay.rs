@@ -2,7 +2,9 @@
 //! QUIC datagrams), and one task per connection that runs its [`RelayRx`] (QUIC datagrams →
 //! batches for the home workers). They only move bytes and timers; the machines decide.
 
-use crate::cascade::relay::{RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats};
+use crate::cascade::relay::{
+    Budget, LinkRate, RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats,
+};
 use crate::control::Control;
 use crate::media::bus::BusMsg;
 use crate::media::types::LinkId;
@@ -27,8 +29,10 @@ pub struct LinkCounters {
     pub datagrams_sent: AtomicU64,
     /// Datagrams received.
     pub datagrams_received: AtomicU64,
-    /// Media not sent (link down, too large, congested).
+    /// Media not sent (link down, too large, over the link's budget).
     pub datagrams_dropped: AtomicU64,
+    /// Of those, dropped because the link's budget (`cascade.link_rate_mbps`) was spent.
+    pub budget_dropped: AtomicU64,
     /// Packets the far side asked for again.
     pub nacked: AtomicU64,
     /// Packets resent from the cache.
@@ -56,6 +60,8 @@ pub enum TxUpdate {
         frames: Option<mpsc::UnboundedSender<cpb::Frame>>,
         /// Its counters.
         counters: Arc<LinkCounters>,
+        /// `kaskade_cascade_link_budget_dropped_total{peer}` of its peer.
+        budget_dropped: IntCounter,
     },
     /// A track is announced on a link as `num` (None: withdrawn).
     Map {
@@ -79,26 +85,48 @@ pub enum TxUpdate {
     },
 }
 
-#[derive(Default)]
 struct TxLink {
     tx: RelayTx,
+    budget: Budget,
     conn: Option<quinn::Connection>,
     frames: Option<mpsc::UnboundedSender<cpb::Frame>>,
     counters: Arc<LinkCounters>,
+    budget_dropped: Option<IntCounter>,
     seen: TxStats,
 }
 
 impl TxLink {
-    /// Sends what the machine produced; counts the outcome.
+    fn new(rate: LinkRate) -> Self {
+        Self {
+            tx: RelayTx::new(),
+            budget: Budget::new(rate),
+            conn: None,
+            frames: None,
+            counters: Arc::default(),
+            budget_dropped: None,
+            seen: TxStats::default(),
+        }
+    }
+
+    /// Sends what the machine produced, within the link's budget; counts the outcome.
     fn flush(&mut self) {
+        let now = Instant::now();
         while let Some(o) = self.tx.poll_output() {
             match o {
                 TxOutput::Datagram { data, repair } => {
-                    let sent = self
-                        .conn
-                        .as_ref()
-                        .is_some_and(|c| c.send_datagram(data).is_ok());
-                    if sent {
+                    let Some(conn) = &self.conn else {
+                        add(&self.counters.datagrams_dropped, 1);
+                        continue;
+                    };
+                    if !self.budget.admit(now, data.len()) {
+                        add(&self.counters.datagrams_dropped, 1);
+                        add(&self.counters.budget_dropped, 1);
+                        if let Some(m) = &self.budget_dropped {
+                            m.inc();
+                        }
+                        continue;
+                    }
+                    if conn.send_datagram(data).is_ok() {
                         add(&self.counters.datagrams_sent, 1);
                         add(&self.counters.retransmitted, u64::from(repair));
                     } else {
@@ -126,6 +154,7 @@ impl TxLink {
 pub async fn run_tx(
     mut packets: mpsc::Receiver<(LinkId, Arc<MediaPacket>)>,
     mut updates: mpsc::UnboundedReceiver<TxUpdate>,
+    rate: LinkRate,
 ) {
     let mut links: HashMap<LinkId, TxLink> = HashMap::new();
     loop {
@@ -141,15 +170,16 @@ pub async fn run_tx(
             u = updates.recv() => {
                 let Some(u) = u else { return };
                 match u {
-                    TxUpdate::Link { link, conn, frames, counters } => {
-                        let l = links.entry(link).or_default();
+                    TxUpdate::Link { link, conn, frames, counters, budget_dropped } => {
+                        let l = links.entry(link).or_insert_with(|| TxLink::new(rate));
                         l.tx.reset();
                         l.conn = conn;
                         l.frames = frames;
                         l.counters = counters;
+                        l.budget_dropped = Some(budget_dropped);
                     }
                     TxUpdate::Map { link, track, num } => {
-                        links.entry(link).or_default().tx.map(track, num);
+                        links.entry(link).or_insert_with(|| TxLink::new(rate)).tx.map(track, num);
                     }
                     TxUpdate::Nack { link, num, layer, seqs } => {
                         if let Some(l) = links.get_mut(&link) {
