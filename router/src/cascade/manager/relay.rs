@@ -6,9 +6,9 @@ use crate::cascade::relay::{
     Budget, LinkRate, RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats,
 };
 use crate::control::Control;
-use crate::media::bus::BusMsg;
+use crate::media::bus::{BusBatch, BusMsg, Outbox};
 use crate::media::types::LinkId;
-use crate::media::MediaPacket;
+use crate::media::{MediaPacket, WorkerId};
 use kaskade_protocol::cascade as cpb;
 use prometheus::IntCounter;
 use std::collections::HashMap;
@@ -16,11 +16,13 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Datagrams taken from a connection per wake-up (one ingest per worker per batch).
 const RX_BATCH: usize = 64;
+/// How soon messages a full worker inbox refused are offered again when nothing else arrives.
+const RETRY: Duration = Duration::from_millis(5);
 
 /// Figures of one link, kept across its connections, shared by its tasks.
 #[derive(Debug, Default)]
@@ -251,8 +253,18 @@ pub async fn run_rx(t: RxTask) {
     } = t;
     let mut rx = RelayRx::new();
     let mut seen = RxStats::default();
+    // Per home worker: the batch being built, and what a full inbox refused (kept audio and
+    // layer reports, offered again first).
+    let workers = control.worker_count();
+    let mut outbox = Outbox::new(workers);
+    let mut batches: Vec<BusBatch> = vec![Vec::new(); workers];
     loop {
-        let deadline = rx.poll_timeout();
+        let waiting = (0..workers).any(|w| outbox.waiting(w) > 0);
+        let deadline = match (rx.poll_timeout(), waiting) {
+            // Offer what a full inbox refused again soon, even if nothing else arrives.
+            (d, true) => Some(d.map_or(Instant::now() + RETRY, |d| d.min(Instant::now() + RETRY))),
+            (d, false) => d,
+        };
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -282,7 +294,16 @@ pub async fn run_rx(t: RxTask) {
             () = sleep => rx.handle_timeout(Instant::now()),
         }
         while let Some((worker, batch)) = rx.poll_batch() {
-            control.ingest(worker, batch.into_iter().map(BusMsg::Ingest).collect());
+            if let Some(b) = batches.get_mut(worker.index()) {
+                b.extend(batch.into_iter().map(BusMsg::Ingest));
+            }
+        }
+        for (i, b) in batches.iter_mut().enumerate() {
+            if !b.is_empty() || outbox.waiting(i) > 0 {
+                // Worker indexes fit a u16: there are at most as many as cores.
+                let w = WorkerId(u16::try_from(i).unwrap_or(u16::MAX));
+                control.ingest_batch(&mut outbox, w, b);
+            }
         }
         while let Some(n) = rx.poll_nack() {
             let _ = frames.send(cpb::Frame {
