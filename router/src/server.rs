@@ -491,7 +491,7 @@ pub fn preflight(cfg: &Resolved) -> Result<ListenerTls, String> {
                 cfg.region
             ));
         }
-        crate::cascade::tls::endpoint_configs(&ca, &cert, &key).map_err(|e| {
+        crate::cascade::tls::endpoint_configs(&ca, &cert, &key, c.link_rate).map_err(|e| {
             format!(
                 "cascade.cert {} / cascade.ca {}: {e}",
                 c.cert.display(),

@@ -13,6 +13,7 @@ use kaskade_protocol::cascade::datagram::{self as wire, MediaHeader};
 use kaskade_protocol::cascade::fragment::{Fragmenter, Reassembler};
 use kaskade_protocol::cascade::framing::{self, FrameReader};
 use kaskade_router::cascade::cert::{self, NodeIdentity};
+use kaskade_router::cascade::relay::LinkRate;
 use kaskade_router::cascade::tls;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::pem::PemObject as _;
@@ -42,7 +43,8 @@ fn ids(specs: &[&str]) -> Vec<NodeIdentity> {
 
 /// A router's endpoint: accepts links and dials with its own certificate.
 fn endpoint(p: &Pems) -> quinn::Endpoint {
-    let (server, client) = tls::endpoint_configs(&p.ca, &p.cert, &p.key).unwrap();
+    let (server, client) =
+        tls::endpoint_configs(&p.ca, &p.cert, &p.key, LinkRate::from_mbps(100)).unwrap();
     let mut ep = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(client);
     ep
@@ -78,7 +80,7 @@ fn custom_client(
     config.alpn_protocols = vec![tls::ALPN.to_vec()];
     let mut client =
         quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(config).unwrap()));
-    client.transport_config(Arc::new(tls::transport_config()));
+    client.transport_config(Arc::new(tls::transport_config(LinkRate::from_mbps(100))));
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     (ep, client)
 }
@@ -388,6 +390,7 @@ fn router(dir: &Path, id: &str, region: &str, peers: &[(&str, SocketAddr)]) -> R
             })
             .collect(),
         auto_link: true,
+        link_rate: LinkRate::from_mbps(100),
     };
     let (relay, relay_rx) = tokio::sync::mpsc::channel(16);
     let cascade = kaskade_router::cascade::manager::start(&cfg, control.clone(), relay_rx).unwrap();
@@ -541,6 +544,7 @@ fn certificate_files_are_checked_before_anything_is_bound() {
         key: d.join(format!("{node}.key")),
         peers: Vec::new(),
         auto_link: true,
+        link_rate: LinkRate::from_mbps(100),
     };
     check_files(&cfg("fra"), "fra", "eu-de-fra").unwrap();
     let e = check_files(&cfg("ams"), "fra", "eu-de-fra").unwrap_err();

@@ -157,3 +157,95 @@ fn keyframe_retries_for_a_remote_track_reach_its_origin_from_any_worker() {
         "the first request and the retries every ~350 ms reached the origin: {requests}"
     );
 }
+
+/// Relayed media enters its home worker under the bus's overload policy,
+/// like media from another worker: while the worker's inbox is full, video
+/// is shed (counted) and audio is kept and handed over first once there is
+/// room again.
+#[test]
+fn relayed_media_into_a_full_inbox_sheds_video_and_keeps_audio() {
+    use kaskade_router::media::{BusMsg, MediaPacket, Outbox};
+    use std::sync::Arc;
+    use str0m::format::{Codec, CodecSpec, FormatParams, PayloadParams};
+    use str0m::media::Frequency;
+
+    // One worker with an inbox of 4 batches.
+    let mut sim = Sim::with_bus_capacity(1, 24, 4);
+    let video = remote_video(&mut sim, "TR0000000000000003", &[]);
+    let audio = sim
+        .control
+        .add_remote_track(RemoteTrack {
+            room: kaskade_protocol::RoomId::parse("r").unwrap(),
+            path: vec!["fra".into()],
+            origin_track_id: "TR0000000000000004".into(),
+            participant: "alice".into(),
+            kind: MediaKind::Audio,
+            rids: Vec::new(),
+        })
+        .expect("room exists");
+    sim.pump();
+    assert_eq!(video.worker, audio.worker);
+    let w = video.worker;
+    let pkt = |info: &kaskade_router::media::TrackInfo, seq: u64| {
+        let (codec, clock_rate) = match info.kind {
+            MediaKind::Audio => (Codec::Opus, Frequency::FORTY_EIGHT_KHZ),
+            MediaKind::Video => (Codec::Vp8, Frequency::NINETY_KHZ),
+        };
+        let params = PayloadParams::new(
+            96.into(),
+            None,
+            CodecSpec {
+                codec,
+                clock_rate,
+                channels: None,
+                format: FormatParams::default(),
+            },
+        );
+        BusMsg::Ingest(Arc::new(MediaPacket {
+            track: info.id,
+            kind: info.kind,
+            layer: 0,
+            params,
+            seq,
+            rtp_time: seq as u32 * 960,
+            marker: true,
+            keyframe: false,
+            audio_level: None,
+            voice_activity: None,
+            arrival: sim.now,
+            vp8: None,
+            payload: Arc::from(vec![0u8; 32]),
+        }))
+    };
+    let dropped = |sim: &Sim| {
+        sim.control
+            .metrics()
+            .bus_dropped
+            .with_label_values(&["link"])
+            .get()
+    };
+    let mut outbox = Outbox::new(sim.control.worker_count());
+
+    // The worker does not run: its inbox fills with 4 batches.
+    for seq in 1..=4 {
+        let mut b = vec![pkt(&video, seq)];
+        assert!(sim.control.ingest_batch(&mut outbox, w, &mut b));
+        assert!(b.is_empty());
+    }
+    // Full: the video of the next batches is shed, the audio kept.
+    let mut b = vec![pkt(&video, 5), pkt(&audio, 1), pkt(&video, 6)];
+    assert!(!sim.control.ingest_batch(&mut outbox, w, &mut b));
+    let mut b = vec![pkt(&audio, 2)];
+    assert!(!sim.control.ingest_batch(&mut outbox, w, &mut b));
+    assert_eq!(dropped(&sim), 2, "two video packets shed");
+    // Two audio packets and one overload note for the video track wait.
+    assert_eq!(outbox.waiting(w.index()), 3);
+
+    // The worker drains its inbox; the next (empty) offer hands over what waited.
+    sim.pump();
+    let mut empty = Vec::new();
+    assert!(sim.control.ingest_batch(&mut outbox, w, &mut empty));
+    assert_eq!(outbox.waiting(w.index()), 0);
+    assert_eq!(dropped(&sim), 2, "no audio lost");
+    sim.pump();
+}

@@ -7,6 +7,8 @@
 //!   and the file helpers behind `kaskade cert …`;
 //! - [`tls`]: quinn endpoint configurations with mutual TLS 1.3 against the cluster CA, and
 //!   reading a connected peer's identity;
+//! - [`congestion`]: the quinn congestion controller of links, whose window follows the
+//!   configured link rate (see [`relay::budget`]);
 //! - [`codec`]: codec parameters on the link (str0m's `PayloadParams` ↔ the typed
 //!   `CodecParams` message).
 //!
@@ -16,6 +18,7 @@
 pub mod api;
 pub mod cert;
 pub mod codec;
+pub mod congestion;
 pub mod link;
 pub mod manager;
 pub mod relay;

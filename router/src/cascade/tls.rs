@@ -29,6 +29,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{client::WebPkiServerVerifier, RootCertStore};
 
 use super::cert::{identity_of, node_dns_name, CertError, NodeIdentity};
+use super::congestion::FixedRateFactory;
+use super::relay::LinkRate;
 
 /// ALPN protocol of cascade links.
 pub const ALPN: &[u8] = b"kaskade-cascade/1";
@@ -39,8 +41,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive buffer for incoming datagrams (quinn drops datagrams beyond it): ~170 ms at
 /// 100 Mbit/s.
 pub const DATAGRAM_RECEIVE_BUFFER: usize = 2 << 20;
-/// Send buffer for outgoing datagrams (quinn drops the oldest beyond it).
-pub const DATAGRAM_SEND_BUFFER: usize = 1 << 20;
 /// Concurrent bidirectional streams a peer may open (control uses one).
 pub const MAX_BIDI_STREAMS: u32 = 4;
 /// Concurrent unidirectional streams a peer may open.
@@ -90,16 +90,20 @@ pub fn server_name(node_id: &str) -> String {
     node_dns_name(node_id)
 }
 
-/// The transport parameters of a cascade link (same on both sides).
-pub fn transport_config() -> TransportConfig {
+/// The transport parameters of a cascade link (same on both sides) that may send at `rate`:
+/// the congestion window follows the rate, not loss ([`FixedRateFactory`]), and the datagram
+/// send buffer holds only a short time of it ([`LinkRate::send_buffer`]; quinn drops the
+/// oldest beyond it).
+pub fn transport_config(rate: LinkRate) -> TransportConfig {
     let mut t = TransportConfig::default();
+    t.congestion_controller_factory(Arc::new(FixedRateFactory::new(rate)));
     t.keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(Some(
             // 10 s is far below the 2^62 ms limit of a QUIC varint: the conversion cannot fail.
             IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout fits a varint"),
         ))
         .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
-        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
+        .datagram_send_buffer_size(rate.send_buffer())
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS))
         .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
     t
@@ -108,7 +112,7 @@ pub fn transport_config() -> TransportConfig {
 /// Builds the QUIC server and client configurations of a router from the cluster CA, its
 /// certificate and its key (all PEM).
 ///
-/// Both configurations use [`transport_config`]. The router's own certificate is checked up
+/// Both configurations use [`transport_config`] of `rate`. The router's own certificate is checked up
 /// front: it must chain to `ca_pem`, carry a valid identity, and be valid both as a server
 /// certificate for its own [`server_name`] and as a client certificate; otherwise no peer would
 /// accept it, and we say so now rather than at the first link.
@@ -116,6 +120,7 @@ pub fn endpoint_configs(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    rate: LinkRate,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
 
@@ -177,7 +182,7 @@ pub fn endpoint_configs(
     client.resumption = rustls::client::Resumption::disabled();
     client.enable_early_data = false;
 
-    let transport = Arc::new(transport_config());
+    let transport = Arc::new(transport_config(rate));
     let mut server_config =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server)?));
     server_config.transport_config(transport.clone());
@@ -202,35 +207,37 @@ mod tests {
     use super::*;
     use crate::cascade::cert::{generate_ca, generate_node};
 
+    const RATE: LinkRate = LinkRate::from_mbps(100);
+
     #[test]
     fn configs_build_and_check_own_certificate() {
         let (ca, ca_key) = generate_ca("test").unwrap();
         let (cert, key) = generate_node(&ca, &ca_key, "fra", "eu-de-fra", &[]).unwrap();
-        endpoint_configs(&ca, &cert, &key).unwrap();
+        endpoint_configs(&ca, &cert, &key, RATE).unwrap();
 
         // A certificate from another CA is caught before any link.
         let (other_ca, other_key) = generate_ca("other").unwrap();
         let (foreign, foreign_key) =
             generate_node(&other_ca, &other_key, "fra", "eu-de-fra", &[]).unwrap();
         assert!(matches!(
-            endpoint_configs(&ca, &foreign, &foreign_key),
+            endpoint_configs(&ca, &foreign, &foreign_key, RATE),
             Err(TlsError::OwnCertificate(_))
         ));
         // Key of another certificate.
         let (_, key2) = generate_node(&ca, &ca_key, "ams", "eu-nl-ams", &[]).unwrap();
-        assert!(endpoint_configs(&ca, &cert, &key2).is_err());
+        assert!(endpoint_configs(&ca, &cert, &key2, RATE).is_err());
         // The CA as a node certificate carries no identity.
         assert!(matches!(
-            endpoint_configs(&ca, &ca, &ca_key),
+            endpoint_configs(&ca, &ca, &ca_key, RATE),
             Err(TlsError::Identity(_))
         ));
         // Garbage.
         assert!(matches!(
-            endpoint_configs("nope", &cert, &key),
+            endpoint_configs("nope", &cert, &key, RATE),
             Err(TlsError::Pem { .. })
         ));
         assert!(matches!(
-            endpoint_configs(&ca, &cert, "nope"),
+            endpoint_configs(&ca, &cert, "nope", RATE),
             Err(TlsError::Pem { .. })
         ));
     }

@@ -273,6 +273,12 @@ config_keys! {
         auto_link: bool = true,
             env "KASKADE_CASCADE_AUTO_LINK", flag "cascade-auto-link", value "BOOL",
             rule Rule::Any;
+        /// What each link may send, in Mbit/s: QUIC's window follows this rate instead of
+        /// shrinking on random loss, and relayed media beyond it (over 100 ms) is dropped and
+        /// counted, not queued. Set it to the bandwidth kept for router-to-router traffic.
+        link_rate_mbps: u64 = 100,
+            env "KASKADE_CASCADE_LINK_RATE_MBPS", flag "cascade-link-rate-mbps", value "MBPS",
+            rule Rule::Range(1, 100_000);
     }
 
     /// `[shutdown]`: draining on SIGTERM or RouterService.Drain.

@@ -82,6 +82,8 @@ pub struct CascadeResolved {
     pub peers: Vec<PeerAddr>,
     /// Link rooms hosted on both ends of a link without `LinkRoom`.
     pub auto_link: bool,
+    /// What each link may send.
+    pub link_rate: crate::cascade::relay::LinkRate,
 }
 
 fn value(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -229,6 +231,7 @@ impl Config {
             key: file("cascade.key", &c.key)?,
             peers,
             auto_link: c.auto_link,
+            link_rate: crate::cascade::relay::LinkRate::from_mbps(c.link_rate_mbps),
         }))
     }
 }

@@ -24,7 +24,7 @@ pub mod vp8;
 pub mod worker;
 
 pub use self::core::{Outputs, WorkerCore};
-pub use bus::{BusBatch, BusMsg};
+pub use bus::{BusBatch, BusMsg, Outbox};
 pub use command::{CloseReason, Command, MediaError, WorkerEvent};
 pub use layer::{Layer, LayerMask};
 pub use rtc::RtcFactory;

@@ -309,6 +309,7 @@ impl Manager {
                     conn: None,
                     frames: None,
                     counters,
+                    budget_dropped: self.metrics.budget_dropped_for(peer.as_str()),
                 });
             }
             Output::TxMap { link, track, num } => {
@@ -423,6 +424,7 @@ impl Manager {
             conn: Some(conn.clone()),
             frames: Some(frames.clone()),
             counters,
+            budget_dropped: self.metrics.budget_dropped_for(peer.as_str()),
         });
         let label = [peer.as_str()];
         self.metrics.link_up.with_label_values(&label).set(1);
@@ -457,7 +459,7 @@ impl Manager {
         (tx, rx)
     }
 
-    /// RTT and bytes of every live link into the metrics.
+    /// RTT, congestion window and bytes of every live link into the metrics.
     fn update_stats(&mut self) {
         let ids: Vec<ConnId> = self.live.keys().copied().collect();
         for id in ids {
@@ -469,6 +471,11 @@ impl Manager {
                 .rtt
                 .with_label_values(&[l.peer.as_str()])
                 .set(l.conn.rtt().as_secs_f64());
+            let cwnd = l.conn.congestion_state().window();
+            self.metrics
+                .cwnd
+                .with_label_values(&[l.peer.as_str()])
+                .set(i64::try_from(cwnd).unwrap_or(i64::MAX));
             if let Some(l) = self.live.get_mut(&id) {
                 l.counted = counted;
             }

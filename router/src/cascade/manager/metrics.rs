@@ -59,6 +59,11 @@ pub struct CascadeMetrics {
     pub lost: IntCounterVec,
     /// `kaskade_cascade_link_bytes_total{peer,direction}`: UDP bytes of the link's connections.
     pub bytes: IntCounterVec,
+    /// `kaskade_cascade_link_budget_dropped_total{peer}`: relayed datagrams dropped because
+    /// the link's budget (`cascade.link_rate_mbps`) was spent.
+    pub budget_dropped: IntCounterVec,
+    /// `kaskade_cascade_link_congestion_window_bytes{peer}`: the QUIC congestion window.
+    pub cwnd: IntGaugeVec,
     /// `kaskade_cascade_link_reconnects_total{peer}`: times the link came back after a break.
     pub reconnects: IntCounterVec,
     /// `kaskade_cascade_handshakes_refused_total{reason}`.
@@ -115,6 +120,22 @@ impl CascadeMetrics {
             ),
             &["peer", "direction"],
         );
+        let name = "kaskade_cascade_link_budget_dropped_total";
+        let budget_dropped = IntCounterVec::new(
+            opts(
+                name,
+                "Relayed datagrams to a peer router dropped because the link's budget (cascade.link_rate_mbps) was spent.",
+            ),
+            &["peer"],
+        );
+        let name = "kaskade_cascade_link_congestion_window_bytes";
+        let cwnd = IntGaugeVec::new(
+            opts(
+                name,
+                "QUIC congestion window of the cascade link to a peer router (follows cascade.link_rate_mbps and the round trip).",
+            ),
+            &["peer"],
+        );
         let name = "kaskade_cascade_link_reconnects_total";
         let reconnects = IntCounterVec::new(
             opts(
@@ -134,6 +155,16 @@ impl CascadeMetrics {
             rtt: register(registry, rtt, "kaskade_cascade_link_rtt_seconds"),
             lost: register(registry, lost, "kaskade_cascade_link_lost_packets_total"),
             bytes: register(registry, bytes, "kaskade_cascade_link_bytes_total"),
+            budget_dropped: register(
+                registry,
+                budget_dropped,
+                "kaskade_cascade_link_budget_dropped_total",
+            ),
+            cwnd: register(
+                registry,
+                cwnd,
+                "kaskade_cascade_link_congestion_window_bytes",
+            ),
             reconnects: register(
                 registry,
                 reconnects,
@@ -150,6 +181,11 @@ impl CascadeMetrics {
             m.refused.with_label_values(&[r.as_str()]);
         }
         m
+    }
+
+    /// The budget-drop counter of one peer (resolved once per link change).
+    pub fn budget_dropped_for(&self, peer: &str) -> IntCounter {
+        self.budget_dropped.with_label_values(&[peer])
     }
 
     /// The lost-packets counter of one peer (resolved once per connection).

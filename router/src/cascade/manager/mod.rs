@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod relay;
 
 use super::link::{ConnId, NodeId};
+use super::relay::LinkRate;
 use super::tls;
 use super::NodeIdentity;
 use crate::config::CascadeResolved;
@@ -117,6 +118,8 @@ struct TlsFiles {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    /// What each link may send (part of the transport configuration).
+    rate: LinkRate,
 }
 
 impl TlsFiles {
@@ -141,7 +144,7 @@ impl TlsFiles {
                 )));
             }
         }
-        let (server, client) = tls::endpoint_configs(&ca, &cert, &key)
+        let (server, client) = tls::endpoint_configs(&ca, &cert, &key, self.rate)
             .map_err(|e| CascadeStartError::Config(e.to_string()))?;
         Ok((identity, server, client))
     }
@@ -270,6 +273,7 @@ pub fn check_files(
         ca: cfg.ca.clone(),
         cert: cfg.cert.clone(),
         key: cfg.key.clone(),
+        rate: cfg.link_rate,
     };
     let own = NodeIdentity {
         node_id: node_id.into(),
@@ -293,6 +297,7 @@ pub fn start(
         ca: cfg.ca.clone(),
         cert: cfg.cert.clone(),
         key: cfg.key.clone(),
+        rate: cfg.link_rate,
     };
     let own = control.identity();
     let own = NodeIdentity {
@@ -313,7 +318,7 @@ pub fn start(
         })?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (tx_updates, tx_updates_rx) = mpsc::unbounded_channel();
-    tokio::spawn(relay::run_tx(relay, tx_updates_rx));
+    tokio::spawn(relay::run_tx(relay, tx_updates_rx, cfg.link_rate));
     tokio::spawn(conn::accept_loop(endpoint.clone(), cmd_tx.clone()));
     let metrics = metrics::CascadeMetrics::new(&control.metrics().registry);
     let m = driver::Manager::new(driver::Setup {

@@ -2,11 +2,13 @@
 //! QUIC datagrams), and one task per connection that runs its [`RelayRx`] (QUIC datagrams →
 //! batches for the home workers). They only move bytes and timers; the machines decide.
 
-use crate::cascade::relay::{RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats};
+use crate::cascade::relay::{
+    Budget, LinkRate, RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats,
+};
 use crate::control::Control;
-use crate::media::bus::BusMsg;
+use crate::media::bus::{BusBatch, BusMsg, Outbox};
 use crate::media::types::LinkId;
-use crate::media::MediaPacket;
+use crate::media::{MediaPacket, WorkerId};
 use kaskade_protocol::cascade as cpb;
 use prometheus::IntCounter;
 use std::collections::HashMap;
@@ -14,11 +16,13 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Datagrams taken from a connection per wake-up (one ingest per worker per batch).
 const RX_BATCH: usize = 64;
+/// How soon messages a full worker inbox refused are offered again when nothing else arrives.
+const RETRY: Duration = Duration::from_millis(5);
 
 /// Figures of one link, kept across its connections, shared by its tasks.
 #[derive(Debug, Default)]
@@ -27,8 +31,10 @@ pub struct LinkCounters {
     pub datagrams_sent: AtomicU64,
     /// Datagrams received.
     pub datagrams_received: AtomicU64,
-    /// Media not sent (link down, too large, congested).
+    /// Media not sent (link down, too large, over the link's budget).
     pub datagrams_dropped: AtomicU64,
+    /// Of those, dropped because the link's budget (`cascade.link_rate_mbps`) was spent.
+    pub budget_dropped: AtomicU64,
     /// Packets the far side asked for again.
     pub nacked: AtomicU64,
     /// Packets resent from the cache.
@@ -56,6 +62,8 @@ pub enum TxUpdate {
         frames: Option<mpsc::UnboundedSender<cpb::Frame>>,
         /// Its counters.
         counters: Arc<LinkCounters>,
+        /// `kaskade_cascade_link_budget_dropped_total{peer}` of its peer.
+        budget_dropped: IntCounter,
     },
     /// A track is announced on a link as `num` (None: withdrawn).
     Map {
@@ -79,26 +87,48 @@ pub enum TxUpdate {
     },
 }
 
-#[derive(Default)]
 struct TxLink {
     tx: RelayTx,
+    budget: Budget,
     conn: Option<quinn::Connection>,
     frames: Option<mpsc::UnboundedSender<cpb::Frame>>,
     counters: Arc<LinkCounters>,
+    budget_dropped: Option<IntCounter>,
     seen: TxStats,
 }
 
 impl TxLink {
-    /// Sends what the machine produced; counts the outcome.
+    fn new(rate: LinkRate) -> Self {
+        Self {
+            tx: RelayTx::new(),
+            budget: Budget::new(rate),
+            conn: None,
+            frames: None,
+            counters: Arc::default(),
+            budget_dropped: None,
+            seen: TxStats::default(),
+        }
+    }
+
+    /// Sends what the machine produced, within the link's budget; counts the outcome.
     fn flush(&mut self) {
+        let now = Instant::now();
         while let Some(o) = self.tx.poll_output() {
             match o {
                 TxOutput::Datagram { data, repair } => {
-                    let sent = self
-                        .conn
-                        .as_ref()
-                        .is_some_and(|c| c.send_datagram(data).is_ok());
-                    if sent {
+                    let Some(conn) = &self.conn else {
+                        add(&self.counters.datagrams_dropped, 1);
+                        continue;
+                    };
+                    if !self.budget.admit(now, data.len()) {
+                        add(&self.counters.datagrams_dropped, 1);
+                        add(&self.counters.budget_dropped, 1);
+                        if let Some(m) = &self.budget_dropped {
+                            m.inc();
+                        }
+                        continue;
+                    }
+                    if conn.send_datagram(data).is_ok() {
                         add(&self.counters.datagrams_sent, 1);
                         add(&self.counters.retransmitted, u64::from(repair));
                     } else {
@@ -126,6 +156,7 @@ impl TxLink {
 pub async fn run_tx(
     mut packets: mpsc::Receiver<(LinkId, Arc<MediaPacket>)>,
     mut updates: mpsc::UnboundedReceiver<TxUpdate>,
+    rate: LinkRate,
 ) {
     let mut links: HashMap<LinkId, TxLink> = HashMap::new();
     loop {
@@ -141,15 +172,16 @@ pub async fn run_tx(
             u = updates.recv() => {
                 let Some(u) = u else { return };
                 match u {
-                    TxUpdate::Link { link, conn, frames, counters } => {
-                        let l = links.entry(link).or_default();
+                    TxUpdate::Link { link, conn, frames, counters, budget_dropped } => {
+                        let l = links.entry(link).or_insert_with(|| TxLink::new(rate));
                         l.tx.reset();
                         l.conn = conn;
                         l.frames = frames;
                         l.counters = counters;
+                        l.budget_dropped = Some(budget_dropped);
                     }
                     TxUpdate::Map { link, track, num } => {
-                        links.entry(link).or_default().tx.map(track, num);
+                        links.entry(link).or_insert_with(|| TxLink::new(rate)).tx.map(track, num);
                     }
                     TxUpdate::Nack { link, num, layer, seqs } => {
                         if let Some(l) = links.get_mut(&link) {
@@ -221,8 +253,18 @@ pub async fn run_rx(t: RxTask) {
     } = t;
     let mut rx = RelayRx::new();
     let mut seen = RxStats::default();
+    // Per home worker: the batch being built, and what a full inbox refused (kept audio and
+    // layer reports, offered again first).
+    let workers = control.worker_count();
+    let mut outbox = Outbox::new(workers);
+    let mut batches: Vec<BusBatch> = vec![Vec::new(); workers];
     loop {
-        let deadline = rx.poll_timeout();
+        let waiting = (0..workers).any(|w| outbox.waiting(w) > 0);
+        let deadline = match (rx.poll_timeout(), waiting) {
+            // Offer what a full inbox refused again soon, even if nothing else arrives.
+            (d, true) => Some(d.map_or(Instant::now() + RETRY, |d| d.min(Instant::now() + RETRY))),
+            (d, false) => d,
+        };
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -252,7 +294,16 @@ pub async fn run_rx(t: RxTask) {
             () = sleep => rx.handle_timeout(Instant::now()),
         }
         while let Some((worker, batch)) = rx.poll_batch() {
-            control.ingest(worker, batch.into_iter().map(BusMsg::Ingest).collect());
+            if let Some(b) = batches.get_mut(worker.index()) {
+                b.extend(batch.into_iter().map(BusMsg::Ingest));
+            }
+        }
+        for (i, b) in batches.iter_mut().enumerate() {
+            if !b.is_empty() || outbox.waiting(i) > 0 {
+                // Worker indexes fit a u16: there are at most as many as cores.
+                let w = WorkerId(u16::try_from(i).unwrap_or(u16::MAX));
+                control.ingest_batch(&mut outbox, w, b);
+            }
         }
         while let Some(n) = rx.poll_nack() {
             let _ = frames.send(cpb::Frame {

@@ -5,7 +5,7 @@
 use super::Control;
 use crate::control::error::ApiError;
 use crate::control::registry::{region_allowed, Registry};
-use crate::media::bus::BusMsg;
+use crate::media::bus::{BusBatch, BusMsg, Outbox};
 use crate::media::types::LinkId;
 use crate::media::{Command, TrackInfo, WorkerId};
 use kaskade_protocol::v1 as pb;
@@ -197,6 +197,41 @@ impl Control {
                 false
             }
         }
+    }
+
+    /// The number of media workers (per-worker tables of the cascade's tasks).
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Hands relayed media to a remote track's home worker the way one worker hands media to
+    /// another: one batch and one wake-up, under the bus's overload policy
+    /// ([`Outbox::hand_over`]). A full inbox sheds the batch's video (counted in
+    /// `kaskade_bus_dropped_total{kind="link"}`, with an overload note so the worker's
+    /// subscribers resume at a keyframe) and keeps audio and layer reports in `outbox` to be
+    /// offered first next time. `batch` is left empty. Never blocks.
+    pub fn ingest_batch(
+        &self,
+        outbox: &mut Outbox,
+        worker: WorkerId,
+        batch: &mut BusBatch,
+    ) -> bool {
+        let Some(h) = self.workers.get(worker.index()) else {
+            batch.clear();
+            return false;
+        };
+        let (sent, shed) = outbox.hand_over(worker.index(), batch, &h.bus);
+        if sent {
+            let _ = h.waker.wake();
+        }
+        let dropped = shed.video + shed.other + shed.datagrams;
+        if dropped > 0 {
+            self.metrics
+                .bus_dropped
+                .with_label_values(&["link"])
+                .inc_by(dropped);
+        }
+        sent
     }
 
     /// A link of `room` to `peer` came up or went down.
