@@ -25,7 +25,7 @@ use super::NodeIdentity;
 use crate::control::registry::region_allowed;
 use crate::media::{TrackInfo, WorkerId};
 use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
-use net::Delivery;
+pub(crate) use net::Delivery;
 use rand::rngs::StdRng;
 use rand::SeedableRng as _;
 use std::collections::BTreeMap;

@@ -1,0 +1,284 @@
+//! Whole routers in a cascade on one virtual clock (`kaskade_router::testkit::cluster`):
+//! each router with its real worker cores and control plane and str0m clients as browsers,
+//! their cascades' real link and relay machines, the routers joined by a simulated network
+//! with delay, jitter, loss and breaks. No sockets, no sleeps; seeded.
+//!
+//! Routers in a chain a – b – c (a and c are not peers); room "r" on each links itself.
+
+mod common;
+
+use common::checks::{mid_of, track};
+use common::cluster::Cluster;
+use kaskade_loadtest::MediaRecv;
+use kaskade_protocol::v1 as pb;
+use kaskade_router::cascade::link::LinkConfig;
+use kaskade_router::cascade::sim::Impairment;
+use std::time::{Duration, Instant};
+use str0m::media::MediaKind;
+
+const NODES: [(&str, &str); 3] = [("a", "eu-a-1"), ("b", "eu-b-1"), ("c", "eu-c-1")];
+
+fn chain(imp: Impairment, seed: u64) -> Cluster {
+    Cluster::new(
+        &NODES,
+        &[("a", "b", imp), ("b", "c", imp)],
+        2,
+        LinkConfig::default(),
+        seed,
+    )
+}
+
+fn clean() -> Impairment {
+    Impairment {
+        delay: Duration::from_millis(10),
+        ..Impairment::default()
+    }
+}
+
+/// A publisher on a, subscribers on c.
+struct Setup {
+    publ: usize,
+    subs: Vec<usize>,
+    /// The publisher's tracks as c lists them, and each subscriber's subscriptions.
+    tracks: Vec<pb::Track>,
+    subscriptions: Vec<Vec<pb::Subscription>>,
+}
+
+/// Room "r" on every router, links up; alice publishes audio and video on a; `n` subscribers
+/// on c subscribe to both once c has them; media flows for a second.
+fn publish_on_a_subscribe_on_c(cl: &mut Cluster, n: usize) -> Setup {
+    for (node, _) in NODES {
+        cl.sim(node).create_room("r");
+    }
+    cl.run_for(Duration::from_secs(3));
+    assert!(cl.link("a", "b").conn.is_some(), "a – b is up");
+    assert!(cl.link("b", "c").conn.is_some(), "b – c is up");
+
+    let a = cl.sim("a");
+    let publ = a.add_client(|c| c);
+    a.clients[publ].client.add_audio();
+    a.clients[publ].client.add_video(&[]);
+    assert_eq!(a.join("r", publ, "alice").len(), 2);
+    let ok = cl.run_until(Duration::from_secs(10), |cl| {
+        let a = cl.sim("a");
+        a.connected(publ)
+    });
+    assert!(ok, "the publisher connects to a");
+
+    let room = kaskade_protocol::RoomId::parse("r").unwrap();
+    let ok = cl.run_until(Duration::from_secs(5), |cl| {
+        cl.sim("c").control.remote_tracks_via(&room, "b").len() == 2
+    });
+    assert!(ok, "both tracks reach c through b");
+
+    let tracks: Vec<pb::Track> = cl
+        .sim("c")
+        .control
+        .remote_tracks_via(&room, "b")
+        .into_iter()
+        .map(|id| {
+            let info = cl.sim("c").control.track_info(id).expect("remote track");
+            assert_eq!(info.path, ["a", "b"], "the track crossed a, then b");
+            pb::Track {
+                track_id: id.to_string(),
+                kind: match info.kind {
+                    MediaKind::Audio => pb::TrackKind::Audio,
+                    MediaKind::Video => pb::TrackKind::Video,
+                } as i32,
+                ..Default::default()
+            }
+        })
+        .collect();
+    let mut subs = Vec::new();
+    for i in 0..n {
+        let c = cl.sim("c");
+        let s = c.add_client(|c| c);
+        c.clients[s].client.add_data_channel("k");
+        c.join("r", s, &format!("sub{i}"));
+        subs.push(s);
+    }
+    let ok = cl.run_until(Duration::from_secs(10), |cl| {
+        let c = cl.sim("c");
+        subs.iter().all(|s| c.connected(*s))
+    });
+    assert!(ok, "the subscribers connect to c");
+    let subscriptions = subs
+        .iter()
+        .map(|s| cl.sim("c").subscribe(*s, &tracks))
+        .collect();
+    cl.run_for(Duration::from_secs(1));
+    Setup {
+        publ,
+        subs,
+        tracks,
+        subscriptions,
+    }
+}
+
+fn received<'a>(cl: &'a mut Cluster, s: &Setup, k: usize, kind: pb::TrackKind) -> &'a MediaRecv {
+    let t = track(&s.tracks, kind);
+    let mid = mid_of(&s.subscriptions[k], &t);
+    cl.sim("c").clients[s.subs[k]]
+        .client
+        .received_on(mid)
+        .expect("media on the subscribed line")
+}
+
+/// Packets (whole, or first fragments) that crossed from `from` to `to`.
+fn packets_across(cl: &Cluster, from: &str, to: &str) -> u64 {
+    cl.carried(from, to).per_layer.iter().sum()
+}
+
+#[test]
+fn a_chain_carries_media_from_a_to_c_and_each_track_once_per_link() {
+    let mut cl = chain(clean(), 1);
+    let s = publish_on_a_subscribe_on_c(&mut cl, 2);
+
+    // What the subscribers got so far, then a window of two seconds.
+    let before: Vec<u64> = (0..2)
+        .map(|k| {
+            received(&mut cl, &s, k, pb::TrackKind::Audio).packets
+                + received(&mut cl, &s, k, pb::TrackKind::Video).packets
+        })
+        .collect();
+    cl.net.reset_carried();
+    cl.run_for(Duration::from_secs(2));
+
+    for k in 0..2 {
+        let v = received(&mut cl, &s, k, pb::TrackKind::Video);
+        assert_eq!(
+            v.first_packet_keyframe,
+            Some(true),
+            "video starts on a keyframe"
+        );
+        assert!(v.first_frame_at.is_some(), "a first frame was complete");
+        assert!(v.packets > 100, "video flows: {} packets", v.packets);
+        let a = received(&mut cl, &s, k, pb::TrackKind::Audio);
+        assert!(a.packets > 50, "audio flows: {} packets", a.packets);
+    }
+    // Each track is announced once on each link, downstream only.
+    for (from, to) in [("a", "b"), ("b", "c")] {
+        assert_eq!(
+            cl.link(from, to).tracks_sent,
+            2,
+            "{from} → {to}: both tracks"
+        );
+        assert_eq!(
+            cl.link(to, from).tracks_sent,
+            0,
+            "{to} → {from}: nothing back"
+        );
+        assert_eq!(packets_across(&cl, to, from), 0, "no media {to} → {from}");
+    }
+    // Each packet crosses each link once, whatever the number of subscribers.
+    let ab = packets_across(&cl, "a", "b");
+    let bc = packets_across(&cl, "b", "c");
+    for (k, before) in before.into_iter().enumerate() {
+        let got = received(&mut cl, &s, k, pb::TrackKind::Audio).packets
+            + received(&mut cl, &s, k, pb::TrackKind::Video).packets
+            - before;
+        assert!(got > 150, "subscriber {k} got {got} packets in the window");
+        for (name, n) in [("a → b", ab), ("b → c", bc)] {
+            assert!(
+                n * 10 < got * 11 && got * 10 < n * 11,
+                "{name}: {n} packets crossed for {got} received by subscriber {k}"
+            );
+        }
+    }
+    let (ab, bc) = (cl.counts("a", "b"), cl.counts("b", "c"));
+    eprintln!("window: a → b {ab:?}, b → c {bc:?}");
+    assert!(ab.datagrams_sent > 0 && ab.datagrams_dropped == 0, "{ab:?}");
+    // Everything sent arrived, but for what is still in flight (10 ms of it).
+    for (tx, rx) in [(ab, cl.counts("b", "a")), (bc, cl.counts("c", "b"))] {
+        assert!(
+            tx.datagrams_sent - rx.datagrams_received <= 5,
+            "{tx:?} {rx:?}"
+        );
+    }
+    assert_eq!(cl.counts("c", "b").lost, 0);
+    let _ = s.publ;
+}
+
+#[test]
+fn two_percent_loss_is_repaired_over_both_links() {
+    let lossy = Impairment {
+        delay: Duration::from_millis(20),
+        jitter: Duration::from_millis(10),
+        loss: 0.02,
+    };
+    let mut cl = chain(lossy, 2);
+    let s = publish_on_a_subscribe_on_c(&mut cl, 1);
+    cl.run_for(Duration::from_secs(4));
+
+    let v = received(&mut cl, &s, 0, pb::TrackKind::Video);
+    assert!(v.packets > 300, "video flows: {} packets", v.packets);
+    assert!(v.first_frame_at.is_some(), "a first frame was complete");
+    let (ba, cb) = (cl.counts("b", "a"), cl.counts("c", "b"));
+    let (ab, bc) = (cl.counts("a", "b"), cl.counts("b", "c"));
+    for (name, tx, rx) in [("a → b", ab, ba), ("b → c", bc, cb)] {
+        eprintln!("{name}: sent {tx:?} received {rx:?}");
+        assert!(
+            tx.nacked > 0 && tx.retransmitted > 0,
+            "{name}: losses were repaired: {tx:?}"
+        );
+        // Loss after repair: what was never received even after asking.
+        assert!(
+            rx.lost * 200 < rx.datagrams_received,
+            "{name}: {} lost after repair of {} received",
+            rx.lost,
+            rx.datagrams_received
+        );
+    }
+}
+
+#[test]
+fn after_a_link_break_the_subscriber_resumes_on_a_keyframe() {
+    let mut cl = chain(clean(), 3);
+    let s = publish_on_a_subscribe_on_c(&mut cl, 1);
+    assert!(received(&mut cl, &s, 0, pb::TrackKind::Video).packets > 50);
+
+    cl.break_link("b", "c");
+    cl.run_for(Duration::from_millis(500));
+    let during = received(&mut cl, &s, 0, pb::TrackKind::Video).packets;
+    cl.run_for(Duration::from_millis(500));
+    assert_eq!(
+        received(&mut cl, &s, 0, pb::TrackKind::Video).packets,
+        during,
+        "nothing arrives while b – c is broken"
+    );
+
+    cl.heal("b", "c");
+    let healed: Instant = cl.now;
+    let ok = cl.run_until(Duration::from_secs(10), |cl| {
+        cl.link("b", "c").conn.is_some()
+    });
+    assert!(ok, "b – c comes back");
+    cl.run_for(Duration::from_secs(2));
+    assert_eq!(cl.link("c", "b").reconnects, 1);
+
+    let v = received(&mut cl, &s, 0, pb::TrackKind::Video);
+    assert!(
+        v.packets > during + 50,
+        "video flows again: {} after {during}",
+        v.packets
+    );
+    let after: Vec<_> = v.log.iter().filter(|p| p.at > healed).collect();
+    let resumed = after.first().expect("packets after the link healed").at;
+    let keyframe = after
+        .iter()
+        .find(|p| p.is_keyframe_start)
+        .expect("a keyframe after the link healed");
+    eprintln!(
+        "resumed {:?} after healing, keyframe {:?} after resuming, first resumed packet a keyframe: {}",
+        resumed - healed,
+        keyframe.at - resumed,
+        after[0].is_keyframe_start
+    );
+    // The router forwards the first resumed packets as they come (deltas, after a gap the
+    // subscriber cannot repair); a keyframe follows. See docs/cascade.md.
+    assert!(
+        keyframe.at - resumed < Duration::from_millis(1500),
+        "keyframe {:?} after resuming",
+        keyframe.at - resumed
+    );
+}
