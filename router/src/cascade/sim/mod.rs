@@ -10,8 +10,8 @@
 //! real worker's keyframe throttle and overload policy are not here: the media tests cover
 //! them).
 //!
-//! A later step runs whole routers, workers included, in the testkit's `Sim` with these
-//! machines in between (docs/cascade.md).
+//! `testkit::cluster` (feature `testkit`) runs whole routers, workers and control plane
+//! included, with these machines and this network in between (docs/cascade.md).
 
 mod net;
 mod node;

@@ -157,6 +157,11 @@ impl Cluster {
         self.routers[self.idx(node)].side.counts(l.link)
     }
 
+    /// A router's relay receive figures over all its connections, past and present.
+    pub fn rx_stats(&self, node: &str) -> crate::cascade::relay::RxStats {
+        self.routers[self.idx(node)].side.rx_stats()
+    }
+
     /// What `from` sent to `to` over the network.
     pub fn carried(&self, from: &str, to: &str) -> Carried {
         self.net.carried(self.idx(from), self.idx(to))

@@ -67,6 +67,8 @@ pub struct Side {
     tx: BTreeMap<LinkId, TxLink>,
     rx: BTreeMap<ConnId, RxConn>,
     link_conn: BTreeMap<LinkId, ConnId>,
+    /// Receive figures of connections that ended.
+    rx_done: RxStats,
     /// Home workers of remote tracks.
     homes: BTreeMap<TrackId, WorkerId>,
     counts: BTreeMap<LinkId, LinkCounts>,
@@ -93,6 +95,7 @@ impl Side {
             tx: BTreeMap::new(),
             rx: BTreeMap::new(),
             link_conn: BTreeMap::new(),
+            rx_done: RxStats::default(),
             homes: BTreeMap::new(),
             counts: BTreeMap::new(),
             replies: BTreeMap::new(),
@@ -102,6 +105,15 @@ impl Side {
     /// A link's figures.
     pub fn counts(&self, link: LinkId) -> LinkCounts {
         self.counts.get(&link).copied().unwrap_or_default()
+    }
+
+    /// The relay receive figures over all connections, past and present.
+    pub fn rx_stats(&self) -> RxStats {
+        let mut s = self.rx_done;
+        for r in self.rx.values() {
+            s += r.rx.stats();
+        }
+        s
     }
 
     /// When something of this side is next due.
@@ -287,7 +299,9 @@ impl Side {
                 if self.link_conn.get(&link) == Some(&conn) {
                     self.link_conn.remove(&link);
                 }
-                self.rx.remove(&conn);
+                if let Some(r) = self.rx.remove(&conn) {
+                    self.rx_done += r.rx.stats();
+                }
                 self.tx.entry(link).or_default().tx.reset();
             }
             Output::TxMap { link, track, num } => {
