@@ -231,30 +231,28 @@ fn two_percent_loss_is_repaired_over_both_links() {
     }
 }
 
-#[test]
-fn after_a_link_break_video_resumes_and_a_keyframe_follows() {
-    let mut cl = chain(clean(), 3);
+/// Link `x` – `y` of the chain breaks for a second and heals.
+fn break_and_resume(x: &str, y: &str, seed: u64) {
+    let mut cl = chain(clean(), seed);
     let s = publish_on_a_subscribe_on_c(&mut cl, 1);
     assert!(received(&mut cl, &s, 0, pb::TrackKind::Video).packets > 50);
 
-    cl.break_link("b", "c");
+    cl.break_link(x, y);
     cl.run_for(Duration::from_millis(500));
     let during = received(&mut cl, &s, 0, pb::TrackKind::Video).packets;
     cl.run_for(Duration::from_millis(500));
     assert_eq!(
         received(&mut cl, &s, 0, pb::TrackKind::Video).packets,
         during,
-        "nothing arrives while b – c is broken"
+        "nothing arrives while {x} – {y} is broken"
     );
 
-    cl.heal("b", "c");
+    cl.heal(x, y);
     let healed: Instant = cl.now;
-    let ok = cl.run_until(Duration::from_secs(10), |cl| {
-        cl.link("b", "c").conn.is_some()
-    });
-    assert!(ok, "b – c comes back");
+    let ok = cl.run_until(Duration::from_secs(10), |cl| cl.link(x, y).conn.is_some());
+    assert!(ok, "{x} – {y} comes back");
     cl.run_for(Duration::from_secs(2));
-    assert_eq!(cl.link("c", "b").reconnects, 1);
+    assert_eq!(cl.link(y, x).reconnects, 1);
 
     let v = received(&mut cl, &s, 0, pb::TrackKind::Video);
     assert!(
@@ -275,6 +273,16 @@ fn after_a_link_break_video_resumes_and_a_keyframe_follows() {
         "keyframe {:?} after resuming",
         keyframe.at - resumed
     );
+}
+
+#[test]
+fn after_a_link_break_video_resumes_and_a_keyframe_follows() {
+    break_and_resume("b", "c", 3);
+}
+
+#[test]
+fn after_an_upstream_link_break_video_resumes_and_a_keyframe_follows() {
+    break_and_resume("a", "b", 4);
 }
 
 /// What a run of the lossy chain measured, to compare runs.
@@ -312,12 +320,17 @@ fn a_seed_fixes_the_run() {
 #[ignore]
 fn figures() {
     for seed in 1..=7 {
-        // Break and resume.
+        // Break and resume, b – c on odd seeds, a – b on even ones.
+        let (x, y) = if seed % 2 == 1 {
+            ("b", "c")
+        } else {
+            ("a", "b")
+        };
         let mut cl = chain(clean(), seed);
         let s = publish_on_a_subscribe_on_c(&mut cl, 1);
-        cl.break_link("b", "c");
+        cl.break_link(x, y);
         cl.run_for(Duration::from_secs(1));
-        cl.heal("b", "c");
+        cl.heal(x, y);
         let healed = cl.now;
         let kf_before = cl.sim("a").clients[s.publ]
             .client
@@ -351,7 +364,7 @@ fn figures() {
             .map(|l| l.highest_index - l.first_index + 1 - l.received)
             .sum();
         eprintln!(
-            "seed {seed}: resumed {:?} after heal, keyframe {kf:?} after resume ({deltas} packets before it), publisher PLIs {kf_before}->{kf_after}; \
+            "seed {seed}: {x} – {y} resumed {:?} after heal, keyframe {kf:?} after resume ({deltas} packets before it), publisher PLIs {kf_before}->{kf_after}; \
              2 %: a->b sent {} nacked {} lost {} of {} received; subscriber video {} packets, {missing} missing",
             resumed - healed,
             ab.datagrams_sent,
