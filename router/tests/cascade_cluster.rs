@@ -46,13 +46,18 @@ struct Setup {
     subscriptions: Vec<Vec<pb::Subscription>>,
 }
 
-/// Room "r" on every router, links up; alice publishes audio and video on a; `n` subscribers
-/// on c subscribe to both once c has them; media flows for a second.
+/// Room "r" on every router, links up; then [`publish_and_subscribe`].
 fn publish_on_a_subscribe_on_c(cl: &mut Cluster, n: usize) -> Setup {
     for (node, _) in NODES {
         cl.sim(node).create_room("r");
     }
     cl.run_for(Duration::from_secs(3));
+    publish_and_subscribe(cl, n)
+}
+
+/// With room "r" linked along the chain: alice publishes audio and video on a; `n`
+/// subscribers on c subscribe to both once c has them; media flows for a second.
+fn publish_and_subscribe(cl: &mut Cluster, n: usize) -> Setup {
     assert!(cl.link("a", "b").conn.is_some(), "a – b is up");
     assert!(cl.link("b", "c").conn.is_some(), "b – c is up");
 
@@ -283,6 +288,54 @@ fn after_a_link_break_video_resumes_and_a_keyframe_follows() {
 #[test]
 fn after_an_upstream_link_break_video_resumes_and_a_keyframe_follows() {
     break_and_resume("a", "b", 4);
+}
+
+#[test]
+fn link_room_builds_the_chain_without_auto_linking() {
+    let cfg = LinkConfig {
+        auto_link: false,
+        ..LinkConfig::default()
+    };
+    let mut cl = Cluster::new(
+        &NODES,
+        &[("a", "b", clean()), ("b", "c", clean())],
+        2,
+        cfg,
+        6,
+    );
+    // The room on the ends only: b holds it for the links (`ensure_room_for_link`).
+    cl.sim("a").create_room("r");
+    cl.sim("c").create_room("r");
+    cl.run_for(Duration::from_secs(3));
+    assert!(
+        cl.link("a", "b").rooms.is_empty(),
+        "nothing links by itself"
+    );
+    let from_a = cl.link_room("a", "r", "b");
+    let from_c = cl.link_room("c", "r", "b");
+    cl.run_for(Duration::from_millis(300));
+    for (node, req) in [("a", from_a), ("c", from_c)] {
+        let peer = cl
+            .reply(node, req)
+            .expect("an answer")
+            .as_ref()
+            .expect("linked");
+        assert_eq!(
+            (peer.node_id.as_str(), peer.region.as_str()),
+            ("b", "eu-b-1")
+        );
+    }
+    let room = cl
+        .sim("b")
+        .control
+        .room_policy(&kaskade_protocol::RoomId::parse("r").unwrap());
+    assert!(room.is_some(), "b holds the room");
+
+    let s = publish_and_subscribe(&mut cl, 1);
+    cl.run_for(Duration::from_secs(1));
+    let v = received(&mut cl, &s, 0, pb::TrackKind::Video);
+    assert_eq!(v.first_packet_keyframe, Some(true));
+    assert!(v.packets > 50, "video flows: {} packets", v.packets);
 }
 
 /// What a run of the lossy chain measured, to compare runs.

@@ -19,11 +19,14 @@ mod side;
 pub use side::{LinkCounts, Side};
 
 use super::{Sim, SimOptions};
-use crate::cascade::link::{Admission, LinkConfig, LinkControl, LinkView, NodeId};
+use crate::cascade::link::{
+    Admission, LinkConfig, LinkControl, LinkView, NodeId, RequestId, RouterRef,
+};
 use crate::cascade::sim::{Carried, Delivery, Impairment, Net};
 use crate::cascade::NodeIdentity;
-use crate::control::Identity;
+use crate::control::{ApiError, Identity};
 use hooks::HookQueue;
+use kaskade_protocol::RoomId;
 use rand::rngs::StdRng;
 use rand::SeedableRng as _;
 use side::Env;
@@ -53,6 +56,7 @@ pub struct Cluster {
     pub net: Net,
     rng: StdRng,
     ids: BTreeMap<NodeId, usize>,
+    next_req: u64,
 }
 
 impl Cluster {
@@ -114,6 +118,7 @@ impl Cluster {
             net,
             rng: StdRng::seed_from_u64(seed),
             ids,
+            next_req: 0,
         }
     }
 
@@ -165,6 +170,26 @@ impl Cluster {
     /// What `from` sent to `to` over the network.
     pub fn carried(&self, from: &str, to: &str) -> Carried {
         self.net.carried(self.idx(from), self.idx(to))
+    }
+
+    /// `CascadeService.LinkRoom` on `node`; the answer comes in [`Self::reply`].
+    pub fn link_room(&mut self, node: &str, room: &str, peer: &str) -> RequestId {
+        let i = self.idx(node);
+        self.next_req += 1;
+        let req = RequestId(self.next_req);
+        let room = RoomId::parse(room).unwrap_or_else(|e| panic!("room id {room:?}: {e}"));
+        let now = self.now;
+        self.routers[i]
+            .side
+            .machine
+            .link_room(now, room, NodeId::from(peer), req);
+        self.settle();
+        req
+    }
+
+    /// The answer to a `LinkRoom` call on `node`, once there is one.
+    pub fn reply(&self, node: &str, req: RequestId) -> Option<&Result<RouterRef, ApiError>> {
+        self.routers[self.idx(node)].side.replies.get(&req)
     }
 
     // ----- what the network does --------------------------------------------
