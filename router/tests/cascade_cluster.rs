@@ -9,7 +9,7 @@ mod common;
 
 use common::checks::{mid_of, track};
 use common::cluster::{Cluster, LinkCounts};
-use kaskade_loadtest::MediaRecv;
+use kaskade_loadtest::{MediaRecv, VideoLayer};
 use kaskade_protocol::v1 as pb;
 use kaskade_router::cascade::link::LinkConfig;
 use kaskade_router::cascade::sim::Impairment;
@@ -58,13 +58,21 @@ fn publish_on_a_subscribe_on_c(cl: &mut Cluster, n: usize) -> Setup {
 /// With room "r" linked along the chain: alice publishes audio and video on a; `n`
 /// subscribers on c subscribe to both once c has them; media flows for a second.
 fn publish_and_subscribe(cl: &mut Cluster, n: usize) -> Setup {
+    publish_layer_and_subscribe(cl, n, None)
+}
+
+/// [`publish_and_subscribe`], the video one `layer` if given (the client's default if not).
+fn publish_layer_and_subscribe(cl: &mut Cluster, n: usize, layer: Option<VideoLayer>) -> Setup {
     assert!(cl.link("a", "b").conn.is_some(), "a – b is up");
     assert!(cl.link("b", "c").conn.is_some(), "b – c is up");
 
     let a = cl.sim("a");
     let publ = a.add_client(|c| c);
     a.clients[publ].client.add_audio();
-    let video = a.clients[publ].client.add_video(&[]);
+    let video = match layer {
+        Some(l) => a.clients[publ].client.add_video_layers(&[], &[l]),
+        None => a.clients[publ].client.add_video(&[]),
+    };
     assert_eq!(a.join("r", publ, "alice").len(), 2);
     let ok = cl.run_until(Duration::from_secs(10), |cl| {
         let a = cl.sim("a");
@@ -336,6 +344,34 @@ fn link_room_builds_the_chain_without_auto_linking() {
     let v = received(&mut cl, &s, 0, pb::TrackKind::Video);
     assert_eq!(v.first_packet_keyframe, Some(true));
     assert!(v.packets > 50, "video flows: {} packets", v.packets);
+}
+
+#[test]
+fn a_link_sends_within_its_budget_and_counts_what_it_drops() {
+    let mut cl = chain(clean(), 8);
+    cl.set_link_rate(1);
+    for (node, _) in NODES {
+        cl.sim(node).create_room("r");
+    }
+    cl.run_for(Duration::from_secs(3));
+    // 2.5 Mbit/s of video into a 1 Mbit/s link.
+    let layer = VideoLayer::new(1280, 720, 2_500_000);
+    let s = publish_layer_and_subscribe(&mut cl, 1, Some(layer));
+    cl.net.reset_carried();
+    let before = cl.counts("a", "b");
+    cl.run_for(Duration::from_secs(2));
+    let ab = cl.counts("a", "b");
+    let bytes = cl.carried("a", "b").bytes;
+    assert!(
+        bytes * 8 <= 2 * 1_000_000 * 11 / 10,
+        "a → b carried {bytes} bytes in 2 s"
+    );
+    assert!(
+        ab.budget_dropped > before.budget_dropped,
+        "over the budget is dropped and counted: {ab:?}"
+    );
+    assert_eq!(ab.budget_dropped, ab.datagrams_dropped, "{ab:?}");
+    assert!(received(&mut cl, &s, 0, pb::TrackKind::Audio).packets > 0);
 }
 
 /// What a run of the lossy chain measured, to compare runs.

@@ -9,9 +9,10 @@
 //! outputs go to the control plane (remote tracks, link demand, keyframe requests) and the
 //! network, packets the workers relay go through the link's `RelayTx`, and datagrams that
 //! arrive go through the connection's `RelayRx` into the home workers with
-//! `Control::ingest_batch`. What the production driver adds and this does not: QUIC itself
-//! (congestion control, the link budget `cascade.link_rate_mbps`, TLS), the metrics of the
-//! cascade (`kaskade_cascade_*`; [`Side::counts`] has the link figures instead).
+//! `Control::ingest_batch`; each link sends within its budget (`cascade.link_rate_mbps`).
+//! What the production driver adds and this does not: QUIC itself (congestion control,
+//! TLS), the metrics of the cascade (`kaskade_cascade_*`; [`Side::counts`] has the link
+//! figures instead).
 
 mod hooks;
 mod side;
@@ -22,8 +23,10 @@ use super::{Sim, SimOptions};
 use crate::cascade::link::{
     Admission, LinkConfig, LinkControl, LinkView, NodeId, RequestId, RouterRef,
 };
+use crate::cascade::relay::LinkRate;
 use crate::cascade::sim::{Carried, Delivery, Impairment, Net};
 use crate::cascade::NodeIdentity;
+use crate::config::CascadeConfig;
 use crate::control::{ApiError, Identity};
 use hooks::HookQueue;
 use kaskade_protocol::RoomId;
@@ -83,6 +86,7 @@ impl Cluster {
             peers[ia].push(NodeId::from(*b));
             peers[ib].push(NodeId::from(*a));
         }
+        let default_rate = LinkRate::from_mbps(CascadeConfig::default().link_rate_mbps);
         let mut routers = Vec::new();
         for (i, (id, region)) in nodes.iter().enumerate() {
             net.names.push(id.to_string());
@@ -107,7 +111,7 @@ impl Cluster {
             let machine = LinkControl::new(identity.clone(), peers[i].clone(), cfg.clone(), start);
             routers.push(Router {
                 sim,
-                side: Side::new(machine, hooks),
+                side: Side::new(machine, hooks, default_rate),
                 identity,
             });
         }
@@ -119,6 +123,14 @@ impl Cluster {
             rng: StdRng::seed_from_u64(seed),
             ids,
             next_req: 0,
+        }
+    }
+
+    /// Every router's links may send `mbps` (`cascade.link_rate_mbps`; its default unless
+    /// set). For links that come up afterwards: call it before any does.
+    pub fn set_link_rate(&mut self, mbps: u64) {
+        for r in &mut self.routers {
+            r.side.rate = LinkRate::from_mbps(mbps);
         }
     }
 

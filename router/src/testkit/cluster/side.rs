@@ -5,7 +5,9 @@
 
 use super::hooks::{Hook, HookQueue};
 use crate::cascade::link::{ConnId, LinkControl, NodeId, Output, RequestId, RouterRef};
-use crate::cascade::relay::{RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats};
+use crate::cascade::relay::{
+    Budget, LinkRate, RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats,
+};
 use crate::cascade::sim::{Net, MAX_DATAGRAM};
 use crate::control::{ApiError, Control};
 use crate::media::bus::{BusMsg, Outbox};
@@ -28,8 +30,10 @@ pub struct LinkCounts {
     pub datagrams_sent: u64,
     /// Media datagrams received.
     pub datagrams_received: u64,
-    /// Media not sent (link down, too large).
+    /// Media not sent (link down, too large, over the link's budget).
     pub datagrams_dropped: u64,
+    /// Of those, dropped because the link's budget (`cascade.link_rate_mbps`) was spent.
+    pub budget_dropped: u64,
     /// Packets the far side asked for again.
     pub nacked: u64,
     /// Packets resent.
@@ -52,10 +56,21 @@ struct RxConn {
 }
 
 /// The sending side of one link (what `relay::run_tx` keeps per link).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TxLink {
     tx: RelayTx,
+    budget: Budget,
     seen: TxStats,
+}
+
+impl TxLink {
+    fn new(rate: LinkRate) -> Self {
+        Self {
+            tx: RelayTx::new(),
+            budget: Budget::new(rate),
+            seen: TxStats::default(),
+        }
+    }
 }
 
 /// One router's cascade.
@@ -64,6 +79,8 @@ pub struct Side {
     /// The link-control machine.
     pub machine: LinkControl,
     pub(super) hooks: Arc<HookQueue>,
+    /// What each link may send (`cascade.link_rate_mbps`).
+    pub(super) rate: LinkRate,
     tx: BTreeMap<LinkId, TxLink>,
     rx: BTreeMap<ConnId, RxConn>,
     link_conn: BTreeMap<LinkId, ConnId>,
@@ -88,10 +105,11 @@ pub(super) struct Env<'a> {
 }
 
 impl Side {
-    pub(super) fn new(machine: LinkControl, hooks: Arc<HookQueue>) -> Self {
+    pub(super) fn new(machine: LinkControl, hooks: Arc<HookQueue>, rate: LinkRate) -> Self {
         Self {
             machine,
             hooks,
+            rate,
             tx: BTreeMap::new(),
             rx: BTreeMap::new(),
             link_conn: BTreeMap::new(),
@@ -215,6 +233,11 @@ impl Side {
                         c.datagrams_dropped += 1;
                         continue;
                     };
+                    if !l.budget.admit(env.now, data.len()) {
+                        c.datagrams_dropped += 1;
+                        c.budget_dropped += 1;
+                        continue;
+                    }
                     env.net
                         .send_datagram(env.now, env.rng, env.idx, conn, data, repair);
                     c.datagrams_sent += 1;
@@ -269,6 +292,7 @@ impl Side {
     fn output(&mut self, env: &mut Env<'_>, o: Output) {
         let c = env.control;
         let now = env.now;
+        let rate = self.rate;
         match o {
             Output::Dial(peer) => {
                 let to = env.ids.get(&peer).copied();
@@ -280,7 +304,11 @@ impl Side {
             }
             Output::Close { conn, code, .. } => env.net.close(now, env.idx, conn, env.me, code),
             Output::LinkUp { link, conn, .. } => {
-                self.tx.entry(link).or_default().tx.reset();
+                self.tx
+                    .entry(link)
+                    .or_insert_with(|| TxLink::new(rate))
+                    .tx
+                    .reset();
                 self.link_conn.insert(link, conn);
                 let workers = c.worker_count();
                 self.rx.insert(
@@ -302,10 +330,18 @@ impl Side {
                 if let Some(r) = self.rx.remove(&conn) {
                     self.rx_done += r.rx.stats();
                 }
-                self.tx.entry(link).or_default().tx.reset();
+                self.tx
+                    .entry(link)
+                    .or_insert_with(|| TxLink::new(rate))
+                    .tx
+                    .reset();
             }
             Output::TxMap { link, track, num } => {
-                self.tx.entry(link).or_default().tx.map(track, num);
+                self.tx
+                    .entry(link)
+                    .or_insert_with(|| TxLink::new(rate))
+                    .tx
+                    .map(track, num);
             }
             Output::TxNack {
                 link,
