@@ -4,6 +4,7 @@
 //! router's tests and by the benchmarks.
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
+pub mod cluster;
 mod port;
 mod rooms;
 
@@ -12,6 +13,7 @@ pub use rooms::{Pair, Room};
 use crate::control::{Control, Identity, Limits};
 use crate::media::drive::{Drive, Turn};
 use crate::media::placement::Policy;
+use crate::media::types::{LinkId, MediaPacket};
 use crate::media::worker::{WorkerHandle, WorkerLoad};
 use crate::media::{BusBatch, RtcFactory, WorkerCore, WorkerEvent, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
@@ -111,6 +113,9 @@ pub struct Sim {
     inboxes: Vec<Sender<BusBatch>>,
     loads: Vec<Arc<WorkerLoad>>,
     seed: u64,
+    /// Packets the workers handed to the cascade, when there is one (a
+    /// [`cluster::Cluster`] takes them); dropped otherwise.
+    pub(crate) relayed: Option<Vec<(LinkId, Arc<MediaPacket>)>>,
 }
 
 pub fn worker_addr(i: usize) -> SocketAddr {
@@ -141,8 +146,23 @@ impl Sim {
 
     /// A router set up as `options` say.
     pub fn with_options(workers: usize, seed: u64, options: SimOptions) -> Self {
+        let identity = Identity {
+            node_id: "sim".into(),
+            region: "eu-sim-1".into(),
+        };
+        Self::with_identity(workers, seed, options, identity, Instant::now())
+    }
+
+    /// [`Sim::with_options`] for the router `identity`, its clock starting at
+    /// `t0` (routers of one [`cluster::Cluster`] share it).
+    pub fn with_identity(
+        workers: usize,
+        seed: u64,
+        options: SimOptions,
+        identity: Identity,
+        t0: Instant,
+    ) -> Self {
         let capacity = options.bus_capacity;
-        let t0 = Instant::now();
         let metrics = Metrics::new();
         let factory = RtcFactory::new()
             .expect("crypto provider")
@@ -203,10 +223,7 @@ impl Sim {
             handles,
             metrics.clone(),
             options.limits,
-            Identity {
-                node_id: "sim".into(),
-                region: "eu-sim-1".into(),
-            },
+            identity,
         ));
         control.set_placement(options.placement);
         Sim {
@@ -222,6 +239,7 @@ impl Sim {
             inboxes,
             loads,
             seed,
+            relayed: None,
         }
     }
 
@@ -299,6 +317,7 @@ impl Sim {
             now,
             inboxes,
             router_mark,
+            relayed,
             ..
         } = self;
         let w = &mut workers[i];
@@ -310,6 +329,7 @@ impl Sim {
             net,
             control,
             events,
+            relayed,
             mark: *router_mark,
         };
         w.drive.turn(&mut w.core, &mut port, timers)
@@ -355,18 +375,7 @@ impl Sim {
         let end = self.now + d;
         while self.now < end {
             self.step();
-            let mut next = end;
-            for w in &self.workers {
-                if let Some(t) = w.core.poll_timeout() {
-                    next = next.min(t);
-                }
-            }
-            for c in &self.clients {
-                next = next.min(c.client.next_timeout());
-            }
-            if let Some(t) = self.net.next_delivery() {
-                next = next.min(t);
-            }
+            let next = self.next_timeout().min(end);
             // Keep the clock moving even if something asks to be woken "now".
             self.now = next
                 .max(self.now + Duration::from_micros(200))
@@ -390,7 +399,26 @@ impl Sim {
         cond(self)
     }
 
-    fn step(&mut self) {
+    /// When something is next due: a worker's timer, a client's, a datagram.
+    pub fn next_timeout(&self) -> Instant {
+        let mut next = self.now + Duration::from_secs(3600);
+        for w in &self.workers {
+            if let Some(t) = w.core.poll_timeout() {
+                next = next.min(t);
+            }
+        }
+        for c in &self.clients {
+            next = next.min(c.client.next_timeout());
+        }
+        if let Some(t) = self.net.next_delivery() {
+            next = next.min(t);
+        }
+        next
+    }
+
+    /// Runs everything due at `self.now`: worker timers, clients, the
+    /// network's deliveries.
+    pub(crate) fn step(&mut self) {
         let now = self.now;
         (self.router_mark)(true);
         self.turn_all(true);

@@ -33,6 +33,8 @@ pub(super) struct SimPort<'a> {
     pub(super) net: &'a mut SimNet,
     pub(super) control: &'a Control,
     pub(super) events: &'a mut Vec<WorkerEvent>,
+    /// Where packets for the cascade go (`None`: no cascade, dropped).
+    pub(super) relayed: &'a mut Option<Vec<(LinkId, Arc<MediaPacket>)>>,
     /// `Sim::router_mark`: the simulated network's own work is not the router's.
     pub(super) mark: fn(bool),
 }
@@ -99,8 +101,10 @@ impl Port for SimPort<'_> {
         self.control.on_worker_event(ev);
     }
 
-    fn relay(&mut self, _link: LinkId, _pkt: Arc<MediaPacket>) -> bool {
-        // No cascade in the simulation.
+    fn relay(&mut self, link: LinkId, pkt: Arc<MediaPacket>) -> bool {
+        if let Some(out) = self.relayed.as_mut() {
+            out.push((link, pkt));
+        }
         true
     }
 

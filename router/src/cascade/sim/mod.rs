@@ -10,8 +10,8 @@
 //! real worker's keyframe throttle and overload policy are not here: the media tests cover
 //! them).
 //!
-//! A later step runs whole routers, workers included, in the testkit's `Sim` with these
-//! machines in between (docs/cascade.md).
+//! `testkit::cluster` (feature `testkit`) runs whole routers, workers and control plane
+//! included, with these machines and this network in between (docs/cascade.md).
 
 mod net;
 mod node;
@@ -25,7 +25,7 @@ use super::NodeIdentity;
 use crate::control::registry::region_allowed;
 use crate::media::{TrackInfo, WorkerId};
 use kaskade_protocol::{ParticipantId, RoomId, SessionId, TrackId};
-use net::Delivery;
+pub(crate) use net::Delivery;
 use rand::rngs::StdRng;
 use rand::SeedableRng as _;
 use std::collections::BTreeMap;

@@ -55,23 +55,23 @@ pub struct Carried {
 }
 
 #[derive(Debug)]
-pub(super) struct Pair {
-    pub(super) up: bool,
-    pub(super) imp: Impairment,
+pub(crate) struct Pair {
+    pub(crate) up: bool,
+    pub(crate) imp: Impairment,
 }
 
 #[derive(Debug)]
-pub(super) struct Conn {
+pub(crate) struct Conn {
     /// (node index, its connection id) for both ends.
-    pub(super) ends: [(usize, ConnId); 2],
-    pub(super) open: bool,
+    pub(crate) ends: [(usize, ConnId); 2],
+    pub(crate) open: bool,
     /// Per direction (from end 0, from end 1): when its last frame lands (frames stay ordered).
     last_frame: [Instant; 2],
 }
 
 /// Something that happens at a node at a given time.
 #[derive(Debug)]
-pub(super) enum Delivery {
+pub(crate) enum Delivery {
     /// A dial completes (both routers learn of the connection).
     Established { dialer: usize, acceptor: usize },
     /// A dial failed.
@@ -100,8 +100,8 @@ pub(super) enum Delivery {
 /// The network.
 #[derive(Debug)]
 pub struct Net {
-    pub(super) pairs: BTreeMap<(usize, usize), Pair>,
-    pub(super) conns: Vec<Conn>,
+    pub(crate) pairs: BTreeMap<(usize, usize), Pair>,
+    pub(crate) conns: Vec<Conn>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     pending: BTreeMap<u64, Delivery>,
     seq: u64,
@@ -109,8 +109,8 @@ pub struct Net {
     /// Record control frames per direction (off for long runs).
     pub record_frames: bool,
     /// Node ids by index, and which nodes run.
-    pub(super) names: Vec<String>,
-    pub(super) running: Vec<bool>,
+    pub(crate) names: Vec<String>,
+    pub(crate) running: Vec<bool>,
 }
 
 fn key(a: usize, b: usize) -> (usize, usize) {
@@ -118,7 +118,7 @@ fn key(a: usize, b: usize) -> (usize, usize) {
 }
 
 impl Net {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             pairs: BTreeMap::new(),
             conns: Vec::new(),
@@ -132,42 +132,49 @@ impl Net {
         }
     }
 
-    pub(super) fn index_of(&self, name: &str) -> usize {
+    pub(crate) fn index_of(&self, name: &str) -> usize {
         self.names
             .iter()
             .position(|n| n == name)
             .unwrap_or_else(|| unreachable!("every node is registered with the network"))
     }
 
-    pub(super) fn alive(&self, node: usize) -> bool {
+    pub(crate) fn alive(&self, node: usize) -> bool {
         self.running.get(node).copied().unwrap_or(false)
     }
 
-    pub(super) fn add_pair(&mut self, a: usize, b: usize, imp: Impairment) {
+    pub(crate) fn add_pair(&mut self, a: usize, b: usize, imp: Impairment) {
         self.pairs.insert(key(a, b), Pair { up: true, imp });
     }
 
-    pub(super) fn pair_mut(&mut self, a: usize, b: usize) -> Option<&mut Pair> {
+    pub(crate) fn pair_mut(&mut self, a: usize, b: usize) -> Option<&mut Pair> {
         self.pairs.get_mut(&key(a, b))
+    }
+
+    /// The one-way delay between two routers (zero if they are no pair).
+    pub(crate) fn delay(&self, a: usize, b: usize) -> Duration {
+        self.pairs
+            .get(&key(a, b))
+            .map_or(Duration::ZERO, |p| p.imp.delay)
     }
 
     fn reachable(&self, a: usize, b: usize) -> Option<Impairment> {
         self.pairs.get(&key(a, b)).filter(|p| p.up).map(|p| p.imp)
     }
 
-    pub(super) fn at(&mut self, when: Instant, d: Delivery) {
+    pub(crate) fn at(&mut self, when: Instant, d: Delivery) {
         self.seq += 1;
         self.queue.push(Reverse((when, self.seq)));
         self.pending.insert(self.seq, d);
     }
 
     /// When the next delivery is due.
-    pub(super) fn next_time(&self) -> Option<Instant> {
+    pub(crate) fn next_time(&self) -> Option<Instant> {
         self.queue.peek().map(|Reverse((t, _))| *t)
     }
 
     /// The next delivery due at or before `now`.
-    pub(super) fn pop_due(&mut self, now: Instant) -> Option<Delivery> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<Delivery> {
         let Reverse((t, s)) = *self.queue.peek()?;
         if t > now {
             return None;
@@ -177,7 +184,7 @@ impl Net {
     }
 
     /// `from` dials `to`: established after a round trip if `to` is reachable and alive.
-    pub(super) fn dial(
+    pub(crate) fn dial(
         &mut self,
         now: Instant,
         from: usize,
@@ -201,7 +208,7 @@ impl Net {
     }
 
     /// A connection between two nodes, both having accepted it.
-    pub(super) fn open(&mut self, now: Instant, a: (usize, ConnId), b: (usize, ConnId)) {
+    pub(crate) fn open(&mut self, now: Instant, a: (usize, ConnId), b: (usize, ConnId)) {
         self.conns.push(Conn {
             ends: [a, b],
             open: true,
@@ -222,7 +229,7 @@ impl Net {
         })
     }
 
-    pub(super) fn send_frame(
+    pub(crate) fn send_frame(
         &mut self,
         now: Instant,
         from: (usize, &NodeId),
@@ -256,7 +263,7 @@ impl Net {
         );
     }
 
-    pub(super) fn send_datagram(
+    pub(crate) fn send_datagram(
         &mut self,
         now: Instant,
         rng: &mut StdRng,
@@ -301,7 +308,7 @@ impl Net {
 
     /// `node` closes its connection `conn` (or it dies): the other end learns it a one-way
     /// delay later (at once when the path is broken: its idle timeout, shortened).
-    pub(super) fn close(
+    pub(crate) fn close(
         &mut self,
         now: Instant,
         node: usize,
@@ -328,7 +335,7 @@ impl Net {
     }
 
     /// Every open connection between `a` and `b`.
-    pub(super) fn conns_between(&self, a: usize, b: usize) -> Vec<[(usize, ConnId); 2]> {
+    pub(crate) fn conns_between(&self, a: usize, b: usize) -> Vec<[(usize, ConnId); 2]> {
         self.conns
             .iter()
             .filter(|c| c.open && key(c.ends[0].0, c.ends[1].0) == key(a, b))
@@ -337,7 +344,7 @@ impl Net {
     }
 
     /// Every open connection of `node`.
-    pub(super) fn conns_of(&self, node: usize) -> Vec<[(usize, ConnId); 2]> {
+    pub(crate) fn conns_of(&self, node: usize) -> Vec<[(usize, ConnId); 2]> {
         self.conns
             .iter()
             .filter(|c| c.open && c.ends.iter().any(|e| e.0 == node))
@@ -345,7 +352,7 @@ impl Net {
             .collect()
     }
 
-    pub(super) fn mark_closed(&mut self, ends: [(usize, ConnId); 2]) {
+    pub(crate) fn mark_closed(&mut self, ends: [(usize, ConnId); 2]) {
         for c in &mut self.conns {
             if c.ends == ends {
                 c.open = false;
