@@ -8,7 +8,11 @@
 //!   `fanout<N>[w<W>][s]` (1 publisher → N subscribers on the top layer) or
 //!   `meet<R>x<S>[w<W>][s]` (R meetings of S participants, middle layer), on
 //!   W workers (default 1); a trailing `s` spreads every session over the
-//!   least loaded worker (the placement before rooms were kept together).
+//!   least loaded worker (the placement before rooms were kept together); a
+//!   trailing `p` puts every worker on one UDP port (`media.single_port`):
+//!   datagrams reach the worker their source hashes to and are handed over
+//!   from there. With both `X` and `Xp` in the list, the instruction counts
+//!   also give the cost of one hand-over.
 //! * `KASKADE_BENCH_RUNS` (default 5): timed windows per shape.
 //! * `KASKADE_BENCH_WINDOW_MS` (default 3000): virtual time per window.
 //! * `KASKADE_BENCH_CALLGRIND=0`: skip the instruction counts (one window per
@@ -31,6 +35,10 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn parse_shape(name: &str) -> Option<(String, Shape)> {
+    let (name, single_port) = match name.strip_suffix('p') {
+        Some(rest) => (rest, true),
+        None => (name, false),
+    };
     let (s, spread) = match name.strip_suffix('s') {
         Some(rest) => (rest, true),
         None => (name, false),
@@ -39,6 +47,10 @@ fn parse_shape(name: &str) -> Option<(String, Shape)> {
     if spread {
         shape.placement = kaskade_router::media::placement::Policy::LeastLoaded;
         name.push('s');
+    }
+    if single_port {
+        shape.single_port = true;
+        name.push('p');
     }
     Some((name, shape))
 }
@@ -86,20 +98,20 @@ fn main() {
         window()
     );
     println!();
-    println!("| shape | forwarded per window | router CPU ns / forwarded packet |");
-    println!("|---|---|---|");
+    println!("| shape | forwarded per window | handed over per window | router CPU ns / forwarded packet |");
+    println!("|---|---|---|---|");
     for (name, shape) in shapes() {
         let mut s = Scenario::new(shape, SEED, WARMUP);
         let mut ns = Vec::new();
-        let mut fwd = 0;
+        let (mut fwd, mut handed) = (0, 0);
         for _ in 0..runs {
             let w = s.measure(window());
-            fwd = w.forwarded;
+            (fwd, handed) = (w.forwarded, w.handovers);
             ns.push(w.cpu_ns());
         }
         let m = Summary::of(&ns);
         println!(
-            "| {name} | {fwd} | {:.0} [{:.0}–{:.0}] |",
+            "| {name} | {fwd} | {handed} | {:.0} [{:.0}–{:.0}] |",
             m.median, m.min, m.max
         );
     }
@@ -123,23 +135,48 @@ fn instructions() {
     println!();
     println!("Router user-space instructions per forwarded packet (callgrind, one window, deterministic)");
     println!();
-    println!("| shape | forwarded | instructions / forwarded packet | dump |");
-    println!("|---|---|---|---|");
+    println!("| shape | forwarded | handed over | instructions / forwarded packet | dump |");
+    println!("|---|---|---|---|---|");
     let rows = kaskade_bench::measure::callgrind_dumps(&dir);
+    // name -> (forwarded, handed over, instructions)
+    let mut counts: Vec<(String, u64, u64, u64)> = Vec::new();
     for (label, total, path) in rows {
         let mut it = label.split_whitespace();
-        let (Some(name), Some(fwd)) = (
-            it.next(),
-            it.next()
-                .and_then(|f| f.strip_prefix("forwarded="))
-                .and_then(|f| f.parse::<u64>().ok()),
-        ) else {
+        let field = |f: Option<&str>, key: &str| {
+            f.and_then(|f| f.strip_prefix(key))
+                .and_then(|f| f.parse::<u64>().ok())
+        };
+        let (Some(name), Some(fwd)) = (it.next(), field(it.next(), "forwarded=")) else {
             continue;
         };
+        let handed = field(it.next(), "handovers=").unwrap_or(0);
         println!(
-            "| {name} | {fwd} | {:.0} | {} |",
+            "| {name} | {fwd} | {handed} | {:.0} | {} |",
             total as f64 / fwd.max(1) as f64,
             path.display()
+        );
+        counts.push((name.to_string(), fwd, handed, total));
+    }
+    // Single port next to the same shape on a port per worker: what the
+    // hand-overs added, per datagram handed over (at the same forwarded count).
+    for (name, fwd, handed, total) in &counts {
+        let Some(base) = name.strip_suffix('p') else {
+            continue;
+        };
+        let Some((_, bfwd, _, btotal)) = counts.iter().find(|c| c.0 == base) else {
+            continue;
+        };
+        if *handed == 0 {
+            continue;
+        }
+        let per_fwd = *total as f64 / (*fwd).max(1) as f64;
+        let base_per_fwd = *btotal as f64 / (*bfwd).max(1) as f64;
+        println!();
+        println!(
+            "{name} vs {base}: {:+.0} instructions per forwarded packet, \
+             {:+.0} per datagram handed over ({handed} handed over, {fwd} forwarded)",
+            per_fwd - base_per_fwd,
+            (per_fwd - base_per_fwd) * *fwd as f64 / *handed as f64
         );
     }
 }
@@ -152,6 +189,9 @@ fn callgrind_child() {
     for (name, shape) in shapes() {
         let mut s = Scenario::new(shape, SEED, WARMUP);
         let w = s.measure(window());
-        callgrind::dump(&format!("{name} forwarded={}", w.forwarded));
+        callgrind::dump(&format!(
+            "{name} forwarded={} handovers={}",
+            w.forwarded, w.handovers
+        ));
     }
 }

@@ -42,6 +42,9 @@ pub struct Shape {
     /// How the router places sessions (the production default: rooms kept
     /// together while they fit a share of a worker).
     pub placement: Policy,
+    /// Every worker on one UDP port (`media.single_port`): datagrams reach
+    /// the worker their source hashes to and are handed over from there.
+    pub single_port: bool,
 }
 
 impl Shape {
@@ -57,6 +60,7 @@ impl Shape {
             meeting: false,
             layer: 2,
             placement: Policy::default(),
+            single_port: false,
         }
     }
 
@@ -72,6 +76,7 @@ impl Shape {
             meeting: true,
             layer: 1,
             placement: Policy::default(),
+            single_port: false,
         }
     }
 }
@@ -124,6 +129,9 @@ pub struct Window {
     pub forwarded: u64,
     /// Router thread CPU time (zero under callgrind).
     pub cpu: Duration,
+    /// Datagrams handed from the worker that read them to the one that
+    /// hosts their session (single port).
+    pub handovers: u64,
 }
 
 impl Window {
@@ -143,6 +151,7 @@ impl Scenario {
             seed,
             SimOptions {
                 placement: shape.placement,
+                single_port: shape.single_port,
                 ..Default::default()
             },
         );
@@ -225,6 +234,7 @@ impl Scenario {
     /// Runs `d` of virtual time with the router's work measured.
     pub fn measure(&mut self, d: Duration) -> Window {
         let before = self.forwarded();
+        let handed = self.handovers();
         SPENT.with(|s| s.set(Duration::ZERO));
         CALLGRIND.with(|c| c.set(callgrind::running_on_valgrind()));
         MEASURING.with(|m| m.set(true));
@@ -233,7 +243,13 @@ impl Scenario {
         Window {
             forwarded: self.forwarded() - before,
             cpu: SPENT.with(Cell::get),
+            handovers: self.handovers() - handed,
         }
+    }
+
+    /// Datagrams handed over between workers so far (single port).
+    pub fn handovers(&self) -> u64 {
+        self.sim.metric("kaskade_single_port_handovers_total") as u64
     }
 
     /// RTP packets forwarded so far.

@@ -59,7 +59,11 @@ impl TcpTransport {
     pub fn send(&mut self, dst: SocketAddr, data: &[u8]) -> io::Result<bool> {
         let mut opened = false;
         if self.stream.is_none() {
-            self.stream = Some(TcpStream::connect(dst)?);
+            let stream = TcpStream::connect(dst)?;
+            // No Nagle delay, as browsers' ICE-TCP sockets: a packet waiting
+            // for the ACK of the previous one would add tens of ms.
+            stream.set_nodelay(true)?;
+            self.stream = Some(stream);
             self.peer = Some(dst);
             opened = true;
         }

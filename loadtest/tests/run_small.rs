@@ -158,6 +158,43 @@ fn run_tool(args: &[&str], out: &Path) -> (Option<i32>, Value, String) {
     )
 }
 
+/// `--transport tcp`: every client's only candidate is an active ICE-TCP
+/// one, the started router gets `--media-tcp-listen`; every subscription
+/// receives, and the router counts one TCP connection per client.
+#[test]
+fn clients_over_ice_tcp_receive_everything() {
+    let out = std::env::temp_dir().join(format!("kaskade-lt-tcp-{}", std::process::id()));
+    let (code, report, _) = run_tool(
+        &[
+            "--transport",
+            "tcp",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "3",
+            "--duration",
+            "3s",
+            "--warmup",
+            "1s",
+            "--ramp-up",
+            "40",
+            "--max-join-failures",
+            "0",
+            "--min-receiving",
+            "100%",
+        ],
+        &out,
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(report["scenario"]["transport"], "tcp");
+    let run = &report["runs"][0];
+    assert_eq!(f(run, "joins.failed"), 0.0, "{}", run["joins"]["reasons"]);
+    // 3 subscribers × (audio + video).
+    assert_eq!(f(run, "media.subscriptions_receiving"), 6.0);
+    assert!(f(run, "media.loss_video.expected") > 100.0, "video flowed");
+    assert_eq!(f(run, "cpu.router_tcp_connections"), 4.0);
+}
+
 #[test]
 fn subscribers_on_a_linked_router_receive_the_publishers_media() {
     let out = std::env::temp_dir().join(format!("kaskade-lt-cascade-{}", std::process::id()));

@@ -4,8 +4,9 @@
 //! scenario, publishes the camera as three simulcast layers whose switching
 //! the subscriber must see follow `UpdateSubscription`; and in a third,
 //! publishes on one router while the subscriber decodes it on another,
-//! linked to the first over QUIC (cascading); and in a fourth, publishes
-//! with plain-fetch WHIP while another page plays it with WHEP.
+//! linked to the first over QUIC (cascading); in a fourth, publishes
+//! with plain-fetch WHIP while another page plays it with WHEP; and, in a
+//! network namespace that drops UDP, connects both pages over ICE-TCP.
 //!
 //! The scenarios live in `tests/browser/run.mjs` (Node.js, Playwright,
 //! gRPC); these tests only prepare their environment and run them. They need
@@ -139,11 +140,57 @@ static ONE_BROWSER_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Runs `node run.mjs <args>` in `tests/browser` (installing its npm
 /// packages first if needed) against the daemon cargo built for this test.
 fn run_scenario(args: &[&str]) {
-    run_scenario_with(args, &[]);
+    run_scenario_full(&[], args, &[]);
 }
 
 /// [`run_scenario`] with extra environment variables for node (and the daemon it starts).
 fn run_scenario_with(args: &[&str], env: &[(&str, &str)]) {
+    run_scenario_full(&[], args, env);
+}
+
+/// Sets up a network namespace in which only `lo` is up and every UDP
+/// packet is dropped (nft, or iptables if nft is missing), then runs the
+/// rest of its arguments there: `sh -c NO_UDP_NAMESPACE sh COMMAND ARGS...`
+/// inside `unshare --net`.
+const NO_UDP_NAMESPACE: &str = "ip link set lo up || exit 1; \
+    nft 'add table inet kaskade_e2e; \
+         add chain inet kaskade_e2e out { type filter hook output priority 0; policy accept; }; \
+         add rule inet kaskade_e2e out meta l4proto udp drop' \
+    || { iptables -w -A OUTPUT -p udp -j DROP && ip6tables -w -A OUTPUT -p udp -j DROP; } \
+    || exit 1; \
+    exec \"$@\"";
+
+/// The command prefix that runs a program in a fresh network namespace
+/// without UDP, or why there can be none here (not root, no `unshare`,
+/// `ip`, `nft` or `iptables`).
+fn no_udp_namespace() -> Result<Vec<&'static str>, String> {
+    let prefix = vec!["unshare", "--net", "--", "sh", "-c", NO_UDP_NAMESPACE, "sh"];
+    let out = Command::new(prefix[0])
+        .args(&prefix[1..])
+        .arg("true")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `unshare`: {e}"))?;
+    if out.status.success() {
+        Ok(prefix)
+    } else {
+        Err(format!(
+            "`unshare --net` with `lo` up and UDP dropped failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `node run.mjs <args>` as [`run_scenario`] does, behind the command
+/// prefix `wrapper` (empty: none).
+fn run_scenario_in(wrapper: &[&str], args: &[&str]) {
+    run_scenario_full(wrapper, args, &[]);
+}
+
+/// Runs `node run.mjs <args>` behind the command prefix `wrapper` (empty:
+/// none) with extra environment variables `env`.
+fn run_scenario_full(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) {
     let _one = ONE_BROWSER_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -170,7 +217,15 @@ fn run_scenario_with(args: &[&str], env: &[(&str, &str)]) {
     let start = Instant::now();
     // Output is inherited: the scenario's progress and, on failure, the
     // daemon's stderr tail, the page consoles and the last stats show live.
-    let mut node = Command::new("node")
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg("node");
+            c
+        }
+        None => Command::new("node"),
+    };
+    let mut node = command
         .arg("run.mjs")
         .args(args)
         .current_dir(&dir)
@@ -291,6 +346,29 @@ fn browser_demo_app_over_https_with_a_room_token() {
             ("KASKADE_TEST_OTHER_TOKEN", &other),
         ],
     );
+}
+
+/// ICE-TCP for a browser whose UDP is dropped: the daemon, Node.js and
+/// Chromium run in a network namespace of their own with only `lo` up and
+/// an nft rule dropping every UDP packet (the scenario checks that UDP
+/// really is dropped). The router (`--media-tcp-listen`) offers a passive
+/// TCP candidate beside its UDP one; both pages must select a TCP pair
+/// (getStats), the subscriber decode the video, receive the audio and open
+/// its data channel, and the router count both connections as active.
+/// Skips, saying why, where no such namespace can be made (it needs root).
+#[test]
+fn browser_connects_over_ice_tcp_when_udp_is_dropped() {
+    let wrapper = match no_udp_namespace() {
+        Ok(w) => w,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED browser_connects_over_ice_tcp_when_udp_is_dropped: no network namespace \
+                 without UDP here ({why}); run it as root with unshare, ip and nft (or iptables)"
+            );
+            return;
+        }
+    };
+    run_scenario_in(&wrapper, &["--scenario", "tcp"]);
 }
 
 /// The example backend of docs/examples/node-backend (no browser): it

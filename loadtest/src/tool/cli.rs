@@ -13,7 +13,7 @@ use super::output::{write_reports, JsonReport, Machine};
 use super::report::{comparison_table, medians};
 use super::router::find_router_bin;
 use super::run::{run_once, RunOpts};
-use super::scenario::{Bootstrap, LayerPref, Scenario};
+use super::scenario::{Bootstrap, LayerPref, Scenario, Transport};
 use super::target::TargetSpec;
 use super::thresholds::{Thresholds, Violation};
 use super::units::{Dur, Frac, Rate};
@@ -80,6 +80,11 @@ pub struct Cli {
     /// recvonly (a receive-only video transceiver, no SCTP).
     #[arg(long)]
     subscriber_bootstrap: Option<Bootstrap>,
+    /// How clients reach the router: udp, or tcp (ICE-TCP: each client's only
+    /// candidate is an active TCP one, as behind a firewall that drops UDP;
+    /// a kaskade this tool starts gets `--media-tcp-listen`).
+    #[arg(long)]
+    transport: Option<Transport>,
     /// Measured steady state (after ramp-up and warm-up), e.g. 30s.
     #[arg(long)]
     duration: Option<Dur>,
@@ -238,6 +243,7 @@ impl Cli {
         set!(layers);
         set!(subscriber_layer);
         set!(subscriber_bootstrap);
+        set!(transport);
         set!(duration);
         set!(warmup);
         set!(ramp_up);
@@ -323,6 +329,9 @@ impl Cli {
         }
         let kaskade = self.compare || self.target == TargetKind::Kaskade;
         let janus = self.compare || self.target == TargetKind::Janus;
+        if janus && scn.transport == Transport::Tcp {
+            return Err("transport tcp: kaskade only (no --compare or --target janus)".into());
+        }
         if kaskade {
             if let Some(control) = self.control {
                 v.push(TargetSpec::KaskadeExisting {

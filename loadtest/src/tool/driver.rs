@@ -1,6 +1,7 @@
 //! Many clients on a few threads: each thread owns a group of [`Client`]s with
-//! non-blocking UDP sockets registered with one `mio::Poll`, so a wake-up costs work
-//! only for the sockets that have data and the clients whose timers are due.
+//! non-blocking UDP sockets (or ICE-TCP connections, [`ClientIo::Tcp`])
+//! registered with one `mio::Poll`, so a wake-up costs work only for the sockets
+//! that have data and the clients whose timers are due.
 //!
 //! The driver also measures what clients receive, in the thread, per packet (through
 //! the client's packet tap): latency into HDR histograms, bytes per simulcast layer,
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use kaskade_loadtest::media::split_source_tag;
-use kaskade_loadtest::{Client, Datagram, Link, RecvPacket};
+use kaskade_loadtest::{Client, Datagram, Link, RecvPacket, TcpTransport};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use str0m::media::{MediaKind, Mid};
@@ -45,15 +46,25 @@ pub type ClientId = u32;
 #[error("driver thread gone")]
 pub struct DriverGone;
 
+/// How a client's datagrams travel.
+pub enum ClientIo {
+    /// Its own UDP socket (made non-blocking by the driver), whose address is
+    /// the client's local address.
+    Udp(std::net::UdpSocket),
+    /// One ICE-TCP connection (the client is configured with
+    /// `ClientConfig::tcp`), opened at its first datagram. Never impaired.
+    Tcp,
+}
+
 /// A client to add.
 pub struct NewClient {
     /// Its id (decides its thread: `id % threads`).
     pub id: ClientId,
-    /// The client, whose local address is the socket's.
+    /// The client.
     pub client: Client,
-    /// Its socket (made non-blocking by the driver).
-    pub socket: std::net::UdpSocket,
-    /// Impairment of its traffic, both directions.
+    /// Its socket or connection.
+    pub io: ClientIo,
+    /// Impairment of its traffic, both directions (UDP only).
     pub impair: Option<Link>,
     /// Its group (the router it joined in a cascade; below [`MAX_GROUPS`]).
     pub group: u8,
@@ -78,7 +89,7 @@ pub struct TrackRx {
 pub struct Slot {
     /// The client.
     pub client: Client,
-    socket: UdpSocket,
+    io: SlotIo,
     addr: SocketAddr,
     impaired: bool,
     group: u8,
@@ -90,6 +101,16 @@ pub struct Slot {
     /// When the client asked for media (zero of time to first frame).
     pub media_requested_at: Option<Instant>,
     tracks: HashMap<Mid, TrackRx>,
+}
+
+/// A client's socket or connection in its driver thread.
+enum SlotIo {
+    Udp(UdpSocket),
+    /// `registered`: the connection is open and in the poll.
+    Tcp {
+        t: TcpTransport,
+        registered: bool,
+    },
 }
 
 /// What the driver threads measured since the previous interval.
@@ -526,26 +547,40 @@ impl DriverThread {
 
     fn add(&mut self, c: NewClient) -> Result<(), String> {
         let local = self.local(c.id);
-        c.socket.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let addr = c.socket.local_addr().map_err(|e| e.to_string())?;
-        let mut socket = UdpSocket::from_std(c.socket);
-        self.poll
-            .registry()
-            .register(&mut socket, Token(local), Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-        if let Some(link) = c.impair {
-            self.impairer.add_client(addr, link);
-        }
+        let (io, addr, impair) = match c.io {
+            ClientIo::Udp(socket) => {
+                socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let addr = socket.local_addr().map_err(|e| e.to_string())?;
+                let mut socket = UdpSocket::from_std(socket);
+                self.poll
+                    .registry()
+                    .register(&mut socket, Token(local), Interest::READABLE)
+                    .map_err(|e| e.to_string())?;
+                if let Some(link) = c.impair {
+                    self.impairer.add_client(addr, link);
+                }
+                self.by_addr.insert(addr, local);
+                (SlotIo::Udp(socket), addr, c.impair)
+            }
+            // Every TCP client has the same candidate address: not in by_addr.
+            ClientIo::Tcp => (
+                SlotIo::Tcp {
+                    t: TcpTransport::new(),
+                    registered: false,
+                },
+                c.client.local_addr(),
+                None,
+            ),
+        };
         if self.slots.len() <= local {
             self.slots.resize_with(local + 1, || None);
         }
-        self.by_addr.insert(addr, local);
         let next = c.client.next_timeout();
         self.slots[local] = Some(Slot {
             client: c.client,
-            socket,
+            io,
             addr,
-            impaired: c.impair.is_some(),
+            impaired: impair.is_some(),
             group: c.group.min(MAX_GROUPS as u8 - 1),
             next,
             dirty: true,
@@ -560,9 +595,18 @@ impl DriverThread {
     fn remove(&mut self, id: ClientId) {
         let local = self.local(id);
         if let Some(mut slot) = self.slots.get_mut(local).and_then(Option::take) {
-            let _ = self.poll.registry().deregister(&mut slot.socket);
-            self.by_addr.remove(&slot.addr);
-            self.impairer.remove_client(slot.addr);
+            match &mut slot.io {
+                SlotIo::Udp(socket) => {
+                    let _ = self.poll.registry().deregister(socket);
+                    self.by_addr.remove(&slot.addr);
+                    self.impairer.remove_client(slot.addr);
+                }
+                SlotIo::Tcp { t, registered } => {
+                    if let (true, Some(stream)) = (*registered, t.stream_mut()) {
+                        let _ = self.poll.registry().deregister(stream);
+                    }
+                }
+            }
         }
     }
 
@@ -570,9 +614,21 @@ impl DriverThread {
         let Some(slot) = self.slots.get_mut(local).and_then(Option::as_mut) else {
             return;
         };
+        let socket = match &mut slot.io {
+            SlotIo::Udp(socket) => socket,
+            SlotIo::Tcp { t, .. } => {
+                let client = &mut slot.client;
+                // Writable: what is queued goes out. A closed connection
+                // leaves the client to time out, as a browser's would.
+                let _ = t.flush();
+                let _ = t.recv(|src, p| client.handle_receive(Instant::now(), src, p));
+                slot.dirty = true;
+                return;
+            }
+        };
         let mut errors = 0;
         loop {
-            match slot.socket.recv_from(&mut self.buf) {
+            match socket.recv_from(&mut self.buf) {
                 Ok((n, src)) => {
                     let now = Instant::now();
                     if slot.impaired {
@@ -624,8 +680,10 @@ impl DriverThread {
                         .and_then(|l| self.slots.get(*l))
                         .and_then(Option::as_ref)
                     {
-                        if slot.socket.send_to(&d.data, d.dst).is_err() {
-                            self.send_drops += 1;
+                        if let SlotIo::Udp(socket) = &slot.io {
+                            if socket.send_to(&d.data, d.dst).is_err() {
+                                self.send_drops += 1;
+                            }
                         }
                     }
                 }
@@ -653,15 +711,47 @@ impl DriverThread {
         let mut next = now + MAX_NAP;
         let epoch = self.epoch;
         let measuring = self.measuring;
-        for slot in self.slots.iter_mut().flatten() {
+        for (local, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
             if slot.dirty {
                 slot.dirty = false;
                 while let Some(d) = slot.client.poll_transmit() {
                     if slot.impaired {
                         self.impairer.push(now, d);
-                    } else if slot.socket.send_to(&d.data, d.dst).is_err() {
-                        // A full socket buffer drops the datagram, as a network would.
-                        self.send_drops += 1;
+                        continue;
+                    }
+                    match &mut slot.io {
+                        SlotIo::Udp(socket) => {
+                            if socket.send_to(&d.data, d.dst).is_err() {
+                                // A full socket buffer drops the datagram, as a network would.
+                                self.send_drops += 1;
+                            }
+                        }
+                        SlotIo::Tcp { t, registered } => {
+                            let dropped = t.dropped;
+                            match t.send(d.dst, &d.data) {
+                                Ok(opened) => {
+                                    if opened {
+                                        // Readable for the router's packets,
+                                        // writable for what the socket did not take.
+                                        if let Some(stream) = t.stream_mut() {
+                                            *registered = self
+                                                .poll
+                                                .registry()
+                                                .register(
+                                                    stream,
+                                                    Token(local),
+                                                    Interest::READABLE | Interest::WRITABLE,
+                                                )
+                                                .is_ok();
+                                        }
+                                    }
+                                    // A full queue drops, as a full socket buffer does.
+                                    self.send_drops += t.dropped - dropped;
+                                }
+                                Err(_) => self.send_drops += 1,
+                            }
+                        }
                     }
                 }
                 let (interval, window, tracks) =

@@ -189,6 +189,9 @@ pub struct CpuFigures {
     pub router_us_per_forwarded: Option<f64>,
     /// Router CPU µs per packet the subscribers received (comparable across SFUs).
     pub router_us_per_delivered: Option<f64>,
+    /// ICE-TCP connections the router had open at the end of the window
+    /// (kaskade metrics).
+    pub router_tcp_connections: Option<u64>,
     /// Load generator CPU seconds in the window.
     pub generator_cpu_secs: Option<f64>,
     /// Load generator CPU, percent of one core.
@@ -379,6 +382,9 @@ impl RunReport {
             c.router_forwarded.map_or("–".into(), |v| v.to_string()),
             opt(c.router_us_per_delivered, 2),
         );
+        if let Some(n) = c.router_tcp_connections.filter(|n| *n > 0) {
+            let _ = writeln!(o, "tcp        {n} ICE-TCP connections open at the end");
+        }
         if !c.router_threads.is_empty() {
             let list: Vec<String> = c
                 .router_threads

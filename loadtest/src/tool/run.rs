@@ -445,6 +445,7 @@ fn cpu_figures(
             .zip(forwarded)
             .and_then(|(d, f)| cpu_us_per_packet(d, f)),
         router_us_per_delivered: router.and_then(|d| cpu_us_per_packet(d, window.packets)),
+        router_tcp_connections: after.tcp_active().map(|v| v.max(0.0) as u64),
         generator_cpu_secs: own.map(|d| d.as_secs_f64()),
         generator_cpu_pct: pct(own),
         generator_us_per_received: own.and_then(|d| cpu_us_per_packet(d, window.packets)),

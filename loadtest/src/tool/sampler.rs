@@ -26,6 +26,8 @@ pub struct RouterSnap {
     pub threads: Vec<(String, Duration)>,
     /// `kaskade_rtp_packets_forwarded_total`.
     pub forwarded: Option<f64>,
+    /// `kaskade_tcp_connections{state="active"}`: ICE-TCP connections open.
+    pub tcp_active: Option<f64>,
     /// Resident memory, bytes.
     pub rss: Option<u64>,
     /// Open file descriptors.
@@ -57,13 +59,16 @@ impl Snapshot {
     pub async fn take(routers: &[RouterRef], threads: bool, links: &[Kaskade]) -> Snapshot {
         let mut out = Vec::with_capacity(routers.len());
         for (i, r) in routers.iter().enumerate() {
-            let forwarded = match &r.metrics {
-                Some(m) => prom::scrape(m)
-                    .await
-                    .ok()
-                    .map(|e| e.sum("kaskade_rtp_packets_forwarded_total", &[])),
+            let exposition = match &r.metrics {
+                Some(m) => prom::scrape(m).await.ok(),
                 None => None,
             };
+            let forwarded = exposition
+                .as_ref()
+                .map(|e| e.sum("kaskade_rtp_packets_forwarded_total", &[]));
+            let tcp_active = exposition
+                .as_ref()
+                .map(|e| e.sum("kaskade_tcp_connections", &[("state", "active")]));
             let links = match links.get(i) {
                 Some(k) => k.links().await.ok().map(|l| LinkTotals::of(&l)),
                 None => None,
@@ -75,6 +80,7 @@ impl Snapshot {
                     _ => vec![],
                 },
                 forwarded,
+                tcp_active,
                 rss: r.pid.and_then(rss_bytes),
                 fds: r.pid.and_then(open_fds),
                 links,
@@ -95,6 +101,11 @@ impl Snapshot {
     /// Forwarded packets of all routers.
     pub fn forwarded(&self) -> Option<f64> {
         sum_opt(self.routers.iter().map(|r| r.forwarded))
+    }
+
+    /// ICE-TCP connections open on all routers.
+    pub fn tcp_active(&self) -> Option<f64> {
+        sum_opt(self.routers.iter().map(|r| r.tcp_active))
     }
 
     /// Resident memory of all routers, bytes.

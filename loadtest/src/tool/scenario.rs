@@ -72,6 +72,30 @@ impl std::str::FromStr for Bootstrap {
     }
 }
 
+/// How the clients reach the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// UDP, one socket per client.
+    #[default]
+    Udp,
+    /// ICE-TCP: each client's only candidate is an active TCP one, paired
+    /// with the router's passive candidate (`media.tcp_listen`), as a
+    /// browser whose UDP is blocked. kaskade only.
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "udp" => Ok(Transport::Udp),
+            "tcp" => Ok(Transport::Tcp),
+            _ => Err(format!("'{s}': expected udp or tcp")),
+        }
+    }
+}
+
 /// Network impairment applied in user space to a share of the clients of one role.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -205,6 +229,8 @@ pub struct Scenario {
     pub cycles: u32,
     /// Cascade: subscribers spread over routers linked to the publishers' one.
     pub cascade: CascadeSpec,
+    /// How the clients reach the router (UDP, or ICE-TCP).
+    pub transport: Transport,
 }
 
 impl Default for Scenario {
@@ -229,6 +255,7 @@ impl Default for Scenario {
             publisher_impairment: ImpairSpec::default(),
             cycles: 0,
             cascade: CascadeSpec::default(),
+            transport: Transport::Udp,
         }
     }
 }
@@ -353,6 +380,15 @@ impl Scenario {
                 "cycles: join/leave cycles need subscribers, no meeting, no cascade".into(),
             );
         }
+        if self.transport == Transport::Tcp
+            && (self.subscriber_impairment.is_active()
+                || self.publisher_impairment.is_active()
+                || self.cascade.is_active())
+        {
+            return Err(
+                "transport tcp: no impairment (it works on datagrams) and no cascade".into(),
+            );
+        }
         if self.cascade.is_active() {
             if self.meeting {
                 return Err(
@@ -412,6 +448,10 @@ impl Scenario {
             Bootstrap::Datachannel => "",
             Bootstrap::Recvonly => ", subscribers bootstrap recvonly",
         };
+        let transport = match self.transport {
+            Transport::Udp => "",
+            Transport::Tcp => ", over ICE-TCP",
+        };
         let mode = if self.cycles > 0 {
             format!(
                 ", {} join/leave cycles, {} at a time",
@@ -427,7 +467,7 @@ impl Scenario {
             String::new()
         };
         format!(
-            "{} room(s) × {who}{extra}, {media}, layer {:?}{bootstrap}{mode}, {} measured",
+            "{} room(s) × {who}{extra}, {media}, layer {:?}{bootstrap}{transport}{mode}, {} measured",
             self.rooms, self.subscriber_layer, self.duration
         )
     }
@@ -436,6 +476,18 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_transport_parses_and_refuses_what_works_on_datagrams() {
+        assert_eq!("TCP".parse::<Transport>(), Ok(Transport::Tcp));
+        assert!("quic".parse::<Transport>().is_err());
+        let mut s = Scenario::from_toml("transport = \"tcp\"").unwrap();
+        assert_eq!(s.transport, Transport::Tcp);
+        s.validate().unwrap();
+        assert!(s.shape().contains("ICE-TCP"));
+        s.subscriber_impairment.loss = Frac(0.02);
+        assert!(s.validate().unwrap_err().contains("transport tcp"));
+    }
 
     #[test]
     fn presets_are_valid() {

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use kaskade_loadtest::tcp::candidate_addr;
 use kaskade_loadtest::{Client, ClientConfig, BROWSER_KEYFRAME_MIN_INTERVAL};
 use serde::Serialize;
 
-use super::driver::{ClientId, Driver, NewClient};
+use super::driver::{ClientId, ClientIo, Driver, NewClient};
 use super::impair::{link_of, selected};
-use super::scenario::Scenario;
+use super::scenario::{Scenario, Transport};
 
 /// What a client does in the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -159,16 +160,25 @@ impl Joins {
             Role::Publisher | Role::Participant => (&s.publisher_impairment, s.publishers),
         };
         let impaired = selected(spec, room * n + index, s.rooms * n);
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(self.ip, 0))
-            .map_err(|e| format!("bind: {e}"))?;
-        let addr = socket.local_addr().map_err(|e| format!("bind: {e}"))?;
-        grow_buffers(&socket);
-        if let Ok(mut p) = self.ports.lock() {
-            p.insert(addr.port());
-        }
+        let (io, addr) = match s.transport {
+            Transport::Udp => {
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(self.ip, 0))
+                    .map_err(|e| format!("bind: {e}"))?;
+                let addr = socket.local_addr().map_err(|e| format!("bind: {e}"))?;
+                grow_buffers(&socket);
+                if let Ok(mut p) = self.ports.lock() {
+                    p.insert(addr.port());
+                }
+                (ClientIo::Udp(socket), addr)
+            }
+            // The connection opens at the client's first datagram to the
+            // router's passive candidate.
+            Transport::Tcp => (ClientIo::Tcp, candidate_addr(self.ip)),
+        };
         // The client tag (low 24 bits of the seed) is the id: probes name their source.
         let seed = (s.seed << 24) | u64::from(id & 0x00ff_ffff);
         let config = ClientConfig::new(addr, self.epoch)
+            .tcp(s.transport == Transport::Tcp)
             .seed(seed)
             .packet_tap(true)
             .auto_keyframe_request(Some(Duration::from_millis(500)))
@@ -181,7 +191,7 @@ impl Joins {
             .add(NewClient {
                 id,
                 client,
-                socket,
+                io,
                 impair: impaired.then(|| link_of(spec)),
                 group,
             })

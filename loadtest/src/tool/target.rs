@@ -14,7 +14,7 @@ use super::kaskade::{room_id, Kaskade};
 use super::limits::{raises, Needs};
 use super::prom;
 use super::router::{bin_version, RouterProcess};
-use super::scenario::Scenario;
+use super::scenario::{Scenario, Transport};
 use super::session::{Joins, Publisher, Role};
 
 /// What to run against.
@@ -162,7 +162,12 @@ impl Started {
         match spec {
             TargetSpec::KaskadeSpawn { bin, workers } => {
                 let log = log_dir.join(format!("{file_tag}.log"));
-                let p = RouterProcess::start(bin, *workers, &log, &[], &env)?;
+                // ICE-TCP clients need the router's passive TCP candidate.
+                let args: Vec<String> = match scn.transport {
+                    Transport::Udp => vec![],
+                    Transport::Tcp => vec!["--media-tcp-listen".into(), "127.0.0.1:0".into()],
+                };
+                let p = RouterProcess::start(bin, *workers, &log, &args, &env)?;
                 let k = Kaskade::connect(p.ready.control).await?;
                 let metrics = p.ready.metrics.map(HttpApi::new);
                 let info = kaskade_info(metrics.as_ref(), Some(bin)).await;

@@ -388,6 +388,10 @@
             nominated: pair.nominated,
             local: l ? `${l.address}:${l.port}/${l.protocol} ${l.candidateType}` : undefined,
             remote: r ? `${r.address}:${r.port}/${r.protocol} ${r.candidateType}` : undefined,
+            // "udp" or "tcp" (with tcpType "active", "passive" or "so").
+            localProtocol: l ? l.protocol : undefined,
+            remoteProtocol: r ? r.protocol : undefined,
+            localTcpType: l ? l.tcpType : undefined,
             rtt: pair.currentRoundTripTime,
             availableOutgoingBitrate: pair.availableOutgoingBitrate,
           };

@@ -30,6 +30,11 @@
 //   KASKADE_BIN=... node run.mjs --scenario whip
 //                                                 a page publishes with plain-fetch WHIP, another
 //                                                 plays it with WHEP and decodes (whip.mjs)
+//   KASKADE_BIN=... node run.mjs --scenario tcp
+//                                                 ICE-TCP: run inside a network namespace that drops
+//                                                 UDP (browser.rs sets one up; the scenario checks);
+//                                                 both pages must connect to the router's passive TCP
+//                                                 candidate, the subscriber decode the video
 //   KASKADE_BIN=... node run.mjs --scenario example
 //                                                 no browser: the example backend of
 //                                                 docs/examples/node-backend relays a session's
@@ -84,7 +89,7 @@ const SCENARIO = (() => {
   const eq = process.argv.find((a) => a.startsWith('--scenario='));
   return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
 })();
-const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip'];
+const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip', 'tcp'];
 const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
@@ -462,15 +467,17 @@ async function selfCheck(ctx) {
 }
 
 // Starts the daemon, the browser with both pages and the room.
-async function startRoom(ctx) {
+// `daemonArgs` follow the daemon's common arguments.
+async function startRoom(ctx, { daemonArgs = [] } = {}) {
   const bin = process.env.KASKADE_BIN;
   if (!bin) throw new Error('KASKADE_BIN is not set (path to the kaskade binary)');
   if (!existsSync(bin)) throw new Error(`KASKADE_BIN=${bin} does not exist (build it with cargo build -p kaskade-router)`);
   const { v1 } = loadApi();
 
-  ctx.daemon = startDaemon(bin);
+  ctx.daemon = startDaemon(bin, { extraArgs: daemonArgs });
   ctx.daemons = [ctx.daemon];
   const ready = await ctx.daemon.ready;
+  ctx.ready = ready;
   log(`daemon ready: control=${ready.control} metrics=${ready.metrics} media=${ready.media.join(',')}`);
 
   ctx.rooms = new v1.RoomService(ready.control, grpc.credentials.createInsecure());
@@ -616,6 +623,73 @@ async function fullScenario(ctx) {
   }
   await startSubscriber(ctx, room, tracks.map((t) => t.track_id));
   return waitForMedia(ctx);
+}
+
+// ---------------------------------------------------------------- ICE-TCP
+// Chromium whose UDP is dropped (browser.rs runs this scenario in a network
+// namespace with only `lo` and an nft rule dropping UDP) must connect to the
+// router's passive TCP candidate (media.tcp_listen), which the router offers
+// beside its UDP one, and the subscriber decode the video, receive the audio
+// and open its data channel over it.
+
+// Sends a datagram to a socket of our own on 127.0.0.1: if it arrives, UDP
+// is not blocked and this scenario would test nothing.
+async function udpReachesLoopback() {
+  const sock = dgram.createSocket('udp4');
+  try {
+    await new Promise((resolve, reject) => {
+      sock.once('error', reject);
+      sock.bind(0, '127.0.0.1', resolve);
+    });
+    const got = new Promise((resolve) => sock.once('message', () => resolve(true)));
+    const { port } = sock.address();
+    for (let i = 0; i < 3; i += 1) sock.send('kaskade-e2e-udp-probe', port, '127.0.0.1');
+    return await Promise.race([got, sleep(500).then(() => false)]);
+  } finally {
+    sock.close();
+  }
+}
+
+// The selected pair of a page's getStats summary, which must be TCP on both ends.
+function requireTcpPair(label, st) {
+  const pair = st && st.pair;
+  if (!pair || pair.localProtocol !== 'tcp' || pair.remoteProtocol !== 'tcp') {
+    throw new Error(`the ${label}'s selected candidate pair should be TCP on both ends: ${JSON.stringify(pair)}`);
+  }
+  return `${pair.local} (${pair.localTcpType || '?'}) -> ${pair.remote}`;
+}
+
+// One value of a Prometheus text exposition (`name{labels}`), or null.
+function metricValue(text, series) {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line ? Number(line.slice(series.length + 1)) : null;
+}
+
+async function tcpScenario(ctx) {
+  if (await udpReachesLoopback()) {
+    throw new Error('UDP on 127.0.0.1 is not blocked: the tcp scenario must run in a network namespace ' +
+      'that drops UDP (cargo test -p kaskade-router --test browser sets one up)');
+  }
+  log('UDP on 127.0.0.1 is dropped, as it should be');
+  const room = await startRoom(ctx, { daemonArgs: ['--media-tcp-listen', '127.0.0.1:0'] });
+  if (!ctx.ready.tcp) throw new Error(`the ready line names no TCP listener: ${JSON.stringify(ctx.ready)}`);
+  log(`router ICE-TCP listener ${ctx.ready.tcp}`);
+  const { session, tracks } = await startPublisher(ctx, room);
+  const cands = candidatesOf(session.sdp_answer);
+  if (!cands.some((c) => / tcp /i.test(c) && /tcptype passive/.test(c)) || !cands.some((c) => / udp /i.test(c))) {
+    throw new Error(`the router's answer should offer a passive TCP and a UDP candidate: ${JSON.stringify(cands)}`);
+  }
+  await startSubscriber(ctx, room, tracks.map((t) => t.track_id));
+  const media = await waitForMedia(ctx);
+  const { p, s } = await collectStats(ctx.pages.pub, ctx.pages.sub);
+  const pubPair = requireTcpPair('publisher', p);
+  const subPair = requireTcpPair('subscriber', s);
+  const metrics = await (await fetch(`http://${ctx.ready.metrics}/metrics`)).text();
+  const active = metricValue(metrics, 'kaskade_tcp_connections{state="active"}');
+  if (!(active >= 2)) {
+    throw new Error(`kaskade_tcp_connections{state="active"} should count both pages' connections, is ${active}`);
+  }
+  return { media, pubPair, subPair, active };
 }
 
 // ---------------------------------------------------------------- simulcast
@@ -1509,6 +1583,17 @@ async function main() {
       if (VERBOSE) printDaemonTails();
       console.log(`browser demo-tls: two https demo pages with a room token decode each other (${r.width}x${r.height}) ` +
         `${r.mediaMs} ms after opening; another room's token refused ("${r.refused}"); total ${since()}s`);
+    } else if (SCENARIO === 'tcp') {
+      const r = await tcpScenario(ctx);
+      try {
+        await rpc(ctx.rooms, 'RoomService', 'DeleteRoom', { room_id: ROOM_ID });
+      } catch (e) {
+        log(`note: ${e.message}`);
+      }
+      if (VERBOSE) printDaemonTails();
+      console.log(`browser tcp: UDP dropped, both pages connected over ICE-TCP (publisher ${r.pubPair}, ` +
+        `subscriber ${r.subPair}; router: ${r.active} active TCP connections); framesDecoded=${r.media.frames} ` +
+        `audioPackets=${r.media.audio} (media flowing after ${r.media.mediaSecs}s); total ${since()}s`);
     } else if (SCENARIO === 'example') {
       const r = await exampleScenario(ctx);
       console.log(`example backend: page and kaskade.js served, CreateSession answered (${r.answerLines} SDP lines), ` +
