@@ -117,10 +117,12 @@ fuzz_target!(|data: &[u8]| {
         }
         w.sim.run_for(Duration::from_millis(5));
         assert_eq!(
-            w.sim.metric("kaskade_session_failures_total"),
-            0.0,
+            w.sim.metrics.session_failures.get(),
+            0,
             "a session failed (str0m panicked?)"
         );
+        // What the control plane was told is not looked at: keep memory flat.
+        w.sim.events.clear();
     });
 });
 

@@ -182,9 +182,11 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(w.sim.workers[0].core.session_count() <= 2);
         assert_eq!(
-            w.sim.metric("kaskade_session_failures_total"),
-            0.0,
+            w.sim.metrics.session_failures.get(),
+            0,
             "a session failed (str0m panicked?)"
         );
+        // What the control plane was told is not looked at: keep memory flat.
+        w.sim.events.clear();
     });
 });
