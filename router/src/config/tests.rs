@@ -205,6 +205,27 @@ fn keyframe_interval_is_bounded() {
     );
 }
 
+/// Found by the `config` fuzz target: a value with a control character was shown with Rust's
+/// escapes (`"a\0b"`), which is no TOML, though `show` is the value "as written in a config
+/// file" (`--help`'s defaults).
+#[test]
+fn shown_values_read_back_from_a_file() {
+    let mut c = Config::default();
+    c.set("control.tls_cert", &["a\u{0}b\u{6}\"c\\"]).unwrap();
+    c.set("webhooks.urls", &["x\u{7f}y,z"]).unwrap();
+    let mut back = Config::default();
+    for name in ["control.tls_cert", "webhooks.urls"] {
+        let k = key(name).unwrap();
+        let shown = (k.get)(&c).show();
+        let (section, field) = name.split_once('.').unwrap();
+        back = Config::from_toml(&format!("[{section}]\n{field} = {shown}\n"))
+            .unwrap_or_else(|e| panic!("{name} = {shown} is not TOML: {e}"));
+        assert_eq!((k.get)(&back).show(), shown);
+    }
+    assert_eq!(back.webhooks.urls, c.webhooks.urls);
+    assert_eq!(key("media.bind").unwrap().default_shown(), "\"127.0.0.1\"");
+}
+
 #[test]
 fn metrics_can_be_disabled() {
     let mut c = Config::default();

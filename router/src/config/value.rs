@@ -147,8 +147,13 @@ impl Setting for String {
         }
     }
     fn show(&self) -> String {
-        format!("{self:?}")
+        toml_string(self)
     }
+}
+
+/// `s` as a TOML string (Rust's `{:?}` escapes, `\0` or `\u{6}`, are not TOML).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 impl Setting for bool {
@@ -182,7 +187,8 @@ impl Setting for Vec<String> {
         Ok(())
     }
     fn show(&self) -> String {
-        format!("{self:?}")
+        let items: Vec<String> = self.iter().map(|v| toml_string(v)).collect();
+        format!("[{}]", items.join(", "))
     }
     fn is_list(&self) -> bool {
         true

@@ -5,14 +5,31 @@
 //! numbers continue without gaps except for real loss, and RTP timestamps
 //! advance by the real elapsed time, never backwards.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+/// Offsets of earlier stretches of the current source kept for late packets.
+const EARLIER: usize = 16;
 
 /// Rewrites extended sequence numbers of the current source into the
 /// outgoing stream's space.
+///
+/// Each packet dropped on purpose ([`drop_packet`](Self::drop_packet)) at the
+/// head of the stream shifts the later packets down by one, so the current
+/// source is numbered in stretches, each with its own offset. A packet that
+/// arrives late (reordered) is numbered with the offset of its own stretch,
+/// so it takes the slot it left, never one already given to another packet;
+/// one older than the last 16 stretches (`EARLIER`) is not forwarded.
 #[derive(Debug, Clone)]
 pub struct SeqRewriter {
-    /// `out = in + offset` for the current source; `None` before the first packet.
+    /// `out = in + offset` from `since` on; `None` before the first packet.
     offset: Option<i64>,
+    /// First source number the current offset applies to.
+    since: u64,
+    /// Earlier stretches of the current source, oldest first: (first source
+    /// number, offset); each ends just before the next one's start (or
+    /// `since`) with the dropped packet that ended it.
+    earlier: VecDeque<(u64, i64)>,
     /// First source sequence number of the current source (older packets are dropped).
     source_start: u64,
     /// Highest outgoing sequence number written.
@@ -27,6 +44,8 @@ impl SeqRewriter {
     pub fn new(start: u16) -> Self {
         Self {
             offset: None,
+            since: 0,
+            earlier: VecDeque::with_capacity(EARLIER),
             source_start: 0,
             highest: None,
             start: u64::from(start),
@@ -44,31 +63,58 @@ impl SeqRewriter {
         let next = self.highest.map_or(self.start, |h| h + 1);
         self.offset = Some(next as i64 - first as i64);
         self.source_start = first;
+        self.since = first;
+        self.earlier.clear();
+    }
+
+    /// The offset for source number `seq`: the current one, or that of the
+    /// earlier stretch it belongs to; `None` for the packet that ended a
+    /// stretch (dropped on purpose) and for what is older than the kept ones.
+    fn offset_of(&self, seq: u64) -> Option<i64> {
+        let offset = self.offset?;
+        if seq < self.source_start {
+            return None;
+        }
+        if seq >= self.since {
+            return Some(offset);
+        }
+        let mut end = self.since;
+        for &(from, off) in self.earlier.iter().rev() {
+            if seq >= from {
+                // `end - 1` is the dropped packet that closed this stretch.
+                return (seq + 1 != end).then_some(off);
+            }
+            end = from;
+        }
+        None
     }
 
     /// A packet of the current source is deliberately not forwarded (a
-    /// filtered temporal layer): later packets close the gap. Assumes the
-    /// source arrives in order around such drops.
+    /// filtered temporal layer): later packets close the gap. A late one
+    /// (older than a packet already written) leaves its slot empty.
     pub fn drop_packet(&mut self, seq: u64) {
         let Some(off) = self.offset else {
             return;
         };
-        if seq < self.source_start {
+        if seq < self.since {
             return;
         }
         let out = (seq as i64 + off) as u64;
         if self.highest.is_none_or(|h| out > h) {
+            if self.earlier.len() == EARLIER {
+                self.earlier.pop_front();
+            }
+            self.earlier.push_back((self.since, off));
+            self.since = seq + 1;
             self.offset = Some(off - 1);
         }
     }
 
     /// The outgoing number for a packet of the current source, or `None`
-    /// when it predates the switch (it belongs to the previous source).
+    /// when it predates the switch (it belongs to the previous source), or
+    /// it has no slot left (see the type's doc).
     pub fn rewrite(&mut self, seq: u64) -> Option<u64> {
-        let offset = self.offset?;
-        if seq < self.source_start {
-            return None;
-        }
+        let offset = self.offset_of(seq)?;
         let out = (seq as i64 + offset) as u64;
         self.highest = Some(self.highest.map_or(out, |h| h.max(out)));
         Some(out)
@@ -173,6 +219,42 @@ mod tests {
         s.drop_packet(3);
         assert_eq!(s.rewrite(4), Some(101));
         assert_eq!(s.rewrite(6), Some(103), "real loss (5) stays a gap");
+    }
+
+    /// Found by the `media_payload` fuzz target: a packet that arrives late, after a later one
+    /// of a filtered temporal layer closed the gap, was given the number of a packet already
+    /// sent (and, at a stream starting at 0, a number below 0: 2^64 - 1).
+    #[test]
+    fn late_packet_after_a_drop_never_reuses_a_number() {
+        let mut s = SeqRewriter::new(100);
+        s.switch_to(1);
+        assert_eq!(s.rewrite(1), Some(100));
+        // 2 is late (reordered); 3 is filtered; 4 closes the gap.
+        s.drop_packet(3);
+        assert_eq!(s.rewrite(4), Some(102));
+        assert_eq!(
+            s.rewrite(2),
+            Some(101),
+            "a late packet takes the slot it left"
+        );
+        assert_eq!(s.rewrite(3), None, "the dropped packet has no slot");
+        assert_eq!(s.rewrite(5), Some(103));
+
+        let mut s = SeqRewriter::new(0);
+        s.switch_to(10);
+        s.drop_packet(11);
+        assert_eq!(s.rewrite(12), Some(1));
+        assert_eq!(s.rewrite(10), Some(0), "not 2^64 - 1");
+        assert_eq!(s.rewrite(11), None);
+
+        // Older than the stretches kept: not forwarded rather than numbered twice.
+        let mut s = SeqRewriter::new(0);
+        s.switch_to(0);
+        for k in 0..=EARLIER as u64 {
+            s.drop_packet(2 * k + 1);
+            s.rewrite(2 * k + 2);
+        }
+        assert_eq!(s.rewrite(0), None);
     }
 
     #[test]
