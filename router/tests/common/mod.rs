@@ -5,6 +5,8 @@
 pub use kaskade_router::testkit::*;
 
 #[allow(dead_code)]
+pub mod cascade;
+#[allow(dead_code)]
 pub mod checks;
 #[allow(dead_code)]
 pub mod daemon;

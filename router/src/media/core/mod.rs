@@ -32,6 +32,7 @@
 //! `crate::media::drive` is the one loop that calls them, in its order.
 
 mod commands;
+mod drain;
 mod exchange;
 mod fanout;
 mod keyframes;
@@ -468,97 +469,6 @@ impl WorkerCore {
                 self.fail_session(key);
                 Err(MediaError::Internal)
             }
-        }
-    }
-
-    // ----- str0m's outputs ------------------------------------------------
-
-    fn drain_session(&mut self, now: Instant, key: SessionKey) {
-        self.drain_session_with(now, key, false);
-    }
-
-    /// Drains a session (after a timeout round if `timeout`), queues its
-    /// events and moves its deadline.
-    fn drain_session_with(&mut self, now: Instant, key: SessionKey, timeout: bool) {
-        let Some(sess) = self.sessions.get_mut(key) else {
-            return;
-        };
-        let mut events = std::mem::take(&mut self.scratch_events);
-        let tx = &mut self.out.transmits;
-        let ok = guarded(|| {
-            if timeout {
-                sess.drain_after_timeout(now, tx, &mut events)
-            } else {
-                sess.drain(now, tx, &mut events)
-            }
-        })
-        .is_some_and(|r| r.is_ok());
-        self.queue.extend(events.drain(..).map(|e| (key, e)));
-        self.scratch_events = events;
-        if ok {
-            self.sessions.reschedule(key);
-        } else {
-            self.fail_session(key);
-        }
-    }
-
-    fn process_queue(&mut self, now: Instant) {
-        while let Some((key, ev)) = self.queue.pop_front() {
-            if self.sessions.get(key).is_none() {
-                continue;
-            }
-            self.handle_event(now, key, ev);
-        }
-    }
-
-    fn handle_event(&mut self, now: Instant, key: SessionKey, ev: Event) {
-        match ev {
-            Event::RtpPacket(p) => self.on_rtp(now, key, p),
-            Event::Connected => {
-                let Some(s) = self.sessions.get_mut(key) else {
-                    return;
-                };
-                if s.on_connected() {
-                    let session = s.id();
-                    self.out.events.push(WorkerEvent::Connected { session });
-                }
-                let attached = s.activate_awaiting();
-                self.sessions.reschedule(key);
-                if attached {
-                    // WHEP: a layer and its keyframe, now that it can be sent.
-                    self.select_layers(now, key);
-                    self.send_demand();
-                }
-            }
-            Event::IceConnectionStateChange(state) => {
-                if let Some(s) = self.sessions.get_mut(key) {
-                    s.on_ice_state(now, state);
-                    self.sessions.reschedule(key);
-                }
-            }
-            Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate, .. }) => {
-                if let Some(s) = self.sessions.get_mut(key) {
-                    s.set_estimate(estimate.as_u64());
-                }
-            }
-            Event::KeyframeRequest(r) => {
-                let Some(s) = self.sessions.get(key) else {
-                    return;
-                };
-                let Some(track) = s.track_of_mid(r.mid) else {
-                    return;
-                };
-                let Some(o) = s.out(track) else {
-                    return;
-                };
-                let Some(layer) = o.current.or(o.target()) else {
-                    return;
-                };
-                let w = o.publisher_worker;
-                self.stats.kf_subscriber.inc();
-                self.route_keyframe_request(now, w, track, layer);
-            }
-            _ => {}
         }
     }
 
