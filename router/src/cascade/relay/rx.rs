@@ -8,6 +8,11 @@
 //!   all), and counted lost if still missing after [`LOSS_DEADLINE`]. A missing packet that
 //!   arrives late counts as repaired; one that arrives twice (a late original and its
 //!   retransmission) is delivered once.
+//! - **Resync**: the first packet of a track and layer on a connection (after a break, nobody
+//!   can repair what was sent meanwhile), the first after a gap too large to NACK, and the first
+//!   after a packet given up on carry [`MediaPacket::resync`]: subscribers forwarded that layer
+//!   resume at a keyframe and ask for one, and the flag travels on with the packet to further
+//!   links (their downstream link never broke).
 //! - **Codec holding**: the codec travels on the control stream and may arrive after the
 //!   first datagrams (often the keyframe): up to [`EARLY_PACKETS`] per track are held until it
 //!   does.
@@ -74,6 +79,8 @@ pub struct RxStats {
     pub repaired: u64,
     /// Missing packets given up on: the residual loss.
     pub lost: u64,
+    /// Packets delivered with the resync flag (set here, or as received).
+    pub resyncs: u64,
 }
 
 impl std::ops::AddAssign for RxStats {
@@ -88,6 +95,7 @@ impl std::ops::AddAssign for RxStats {
         self.nacked += s.nacked;
         self.repaired += s.repaired;
         self.lost += s.lost;
+        self.resyncs += s.resyncs;
     }
 }
 
@@ -141,6 +149,8 @@ struct SeqState {
     highest: Option<u32>,
     seen: Window,
     missing: BTreeMap<u32, Missing>,
+    /// A packet was lost for good: the next one delivered carries the resync flag.
+    resync: bool,
 }
 
 #[derive(Debug)]
@@ -203,6 +213,7 @@ impl RelayRx {
         let route = r.route;
         for (dg, at) in std::mem::take(&mut r.early) {
             let pkt = media_packet(&route, params, &dg, at);
+            self.stats.resyncs += u64::from(pkt.resync);
             push_batch(&mut self.batches, route.worker, pkt);
             self.stats.delivered += 1;
         }
@@ -215,23 +226,24 @@ impl RelayRx {
             self.stats.malformed += 1;
             return;
         };
-        let Some(dg) = self.reassembler.push(now, dg) else {
+        let Some(mut dg) = self.reassembler.push(now, dg) else {
             return;
         };
         let Some(r) = self.routes.get_mut(&dg.header.track) else {
             self.stats.unrouted += 1;
             return;
         };
-        if !track_gaps(
+        let Some(resync) = track_gaps(
             &mut self.seqs,
             &mut self.nacks,
             &mut self.stats,
             &dg.header,
             now,
-        ) {
+        ) else {
             self.stats.duplicates += 1;
             return;
-        }
+        };
+        dg.header.resync |= resync;
         let Some(params) = r.params else {
             if r.early.len() < EARLY_PACKETS {
                 r.early.push((dg, now));
@@ -242,6 +254,7 @@ impl RelayRx {
         };
         let route = r.route;
         let pkt = media_packet(&route, params, &dg, now);
+        self.stats.resyncs += u64::from(pkt.resync);
         push_batch(&mut self.batches, route.worker, pkt);
         self.stats.delivered += 1;
     }
@@ -252,9 +265,11 @@ impl RelayRx {
         self.reassembler.expire(now);
         for ((num, layer), s) in self.seqs.iter_mut() {
             let mut again = Vec::new();
+            let mut gave_up = false;
             s.missing.retain(|seq, m| {
                 if now.saturating_duration_since(m.first) >= LOSS_DEADLINE {
                     self.stats.lost += 1;
+                    gave_up = true;
                     return false;
                 }
                 if m.tries < NACK_TRIES && now.saturating_duration_since(m.last) >= NACK_RETRY {
@@ -264,6 +279,7 @@ impl RelayRx {
                 }
                 true
             });
+            s.resync |= gave_up;
             push_nack(&mut self.nacks, &mut self.stats, *num, *layer, again);
         }
     }
@@ -335,31 +351,33 @@ fn push_nack(
     });
 }
 
-/// Notes the packet's sequence number: NACKs new gaps, closes repaired ones. False for a
-/// packet seen before (or too old to tell), which is not delivered again.
+/// Notes the packet's sequence number: NACKs new gaps, closes repaired ones. `None` for a
+/// packet seen before (or too old to tell), which is not delivered again; else whether it is
+/// the first after packets lost for good (it then carries the resync flag).
 fn track_gaps(
     seqs: &mut HashMap<(u32, u8), SeqState>,
     nacks: &mut VecDeque<cpb::Nack>,
     stats: &mut RxStats,
     h: &MediaHeader,
     now: Instant,
-) -> bool {
+) -> Option<bool> {
     let s = seqs.entry((h.track, h.layer)).or_default();
     let Some(high) = s.highest else {
+        // The first on this connection: whatever came before (on a broken one) is gone.
         s.highest = Some(h.seq);
         s.seen.see(h.seq);
-        return true;
+        return Some(true);
     };
     let ahead = h.seq.wrapping_sub(high);
     if ahead == 0 || ahead > u32::MAX / 2 {
         // A late packet (perhaps a retransmission), or a duplicate.
         if high.wrapping_sub(h.seq) >= Window::LEN || !s.seen.see(h.seq) {
-            return false;
+            return None;
         }
         if s.missing.remove(&h.seq).is_some() {
             stats.repaired += 1;
         }
-        return true;
+        return Some(std::mem::take(&mut s.resync));
     }
     s.seen.advance(high, h.seq);
     s.seen.see(h.seq);
@@ -379,10 +397,14 @@ fn track_gaps(
         while s.missing.len() > MAX_MISSING {
             s.missing.pop_first();
             stats.lost += 1;
+            s.resync = true;
         }
         push_nack(nacks, stats, h.track, h.layer, gap);
+    } else if ahead > MAX_NACK_GAP {
+        // Too many missing to ask for.
+        s.resync = true;
     }
-    true
+    Some(std::mem::take(&mut s.resync))
 }
 
 /// The media packet of a relayed datagram, for the track's home worker.
@@ -409,6 +431,7 @@ fn media_packet(
         rtp_time: dg.header.timestamp,
         marker: dg.header.marker,
         keyframe: dg.header.keyframe,
+        resync: dg.header.resync,
         audio_level: dg.header.audio_level,
         voice_activity: dg.header.audio_level.map(|_| dg.header.voice_activity),
         arrival,

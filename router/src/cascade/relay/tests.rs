@@ -252,3 +252,77 @@ fn a_link_that_is_down_drops_and_counts() {
     let (codec, dgs) = send(&mut tx, [2], 10, 1200);
     assert_eq!((codec.len(), dgs.len()), (1, 1));
 }
+
+/// Sequence numbers delivered with the resync flag.
+fn resynced(rx: &mut RelayRx) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Some((_, batch)) = rx.poll_batch() {
+        seqs.extend(batch.iter().filter(|p| p.resync).map(|p| p.seq));
+    }
+    seqs
+}
+
+#[test]
+fn the_first_packet_after_packets_lost_for_good_carries_resync() {
+    let t0 = Instant::now();
+    let mut tx = RelayTx::new();
+    tx.map(TRACK, Some(NUM));
+    let (codec, dgs) = send(&mut tx, 1..=200, 100, 1200);
+    let mut rx = receiver(&codec[0]);
+    // The first on a connection: what came before it (on a broken one) is gone.
+    rx.handle_datagram(t0, dgs[0].clone());
+    rx.handle_datagram(t0, dgs[1].clone());
+    assert_eq!(resynced(&mut rx), vec![1]);
+    // A gap that is repaired: no resync.
+    rx.handle_datagram(t0, dgs[3].clone());
+    rx.handle_datagram(t0, dgs[2].clone());
+    assert_eq!(resynced(&mut rx), Vec::<u64>::new());
+    // A gap given up on: the next packet after the loss deadline carries it, once.
+    rx.handle_datagram(t0, dgs[5].clone());
+    nacks(&mut rx);
+    let mut t = t0;
+    while let Some(next) = rx.poll_timeout() {
+        t = next;
+        rx.handle_timeout(t);
+        nacks(&mut rx);
+    }
+    assert_eq!(rx.stats().lost, 1);
+    rx.handle_datagram(t, dgs[6].clone());
+    rx.handle_datagram(t, dgs[7].clone());
+    assert_eq!(resynced(&mut rx), vec![7]);
+    // A gap too large to NACK.
+    rx.handle_datagram(t, dgs[150].clone());
+    assert_eq!(nacks(&mut rx), Vec::<u32>::new());
+    assert_eq!(resynced(&mut rx), vec![151]);
+    assert_eq!(rx.stats().resyncs, 3);
+}
+
+#[test]
+fn a_resync_received_is_kept_and_sent_on() {
+    let t0 = Instant::now();
+    let mut tx = RelayTx::new();
+    tx.map(TRACK, Some(NUM));
+    let (codec, dgs) = send(&mut tx, 1..=3, 100, 1200);
+    let mut rx = receiver(&codec[0]);
+    for d in dgs {
+        rx.handle_datagram(t0, d);
+    }
+    assert_eq!(resynced(&mut rx), vec![1], "the first only");
+    // Relayed onward (a middle router), the flag travels with the packet.
+    let mut onward = RelayTx::new();
+    onward.map(TRACK, Some(NUM));
+    let mut flagged = packet(t0, TRACK, MediaKind::Video, 0, 2, 100);
+    flagged.resync = true;
+    onward.handle_packet(&packet(t0, TRACK, MediaKind::Video, 0, 1, 100), Some(1200));
+    onward.handle_packet(&flagged, Some(1200));
+    let (codec, dgs) = drain(&mut onward);
+    let mut far = receiver(&codec[0]);
+    for d in dgs {
+        far.handle_datagram(t0, d);
+    }
+    assert_eq!(
+        resynced(&mut far),
+        vec![1, 2],
+        "its own first, and the one relayed"
+    );
+}
