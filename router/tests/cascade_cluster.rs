@@ -244,6 +244,38 @@ fn two_percent_loss_is_repaired_over_both_links() {
     }
 }
 
+/// Jitter of 0–10 ms per datagram (it reorders them), no loss: nothing is NACKed for
+/// nothing, and the subscriber misses no packet (none of its first keyframe either).
+#[test]
+fn reordering_on_the_links_costs_no_nacks_and_no_packets() {
+    let jitter = Impairment {
+        delay: Duration::from_millis(20),
+        jitter: Duration::from_millis(10),
+        loss: 0.0,
+    };
+    let mut cl = chain(jitter, 1);
+    let s = publish_on_a_subscribe_on_c(&mut cl, 1);
+    cl.run_for(Duration::from_secs(3));
+    for (x, y) in [("a", "b"), ("b", "c")] {
+        let sent = cl.counts(x, y);
+        assert!(sent.datagrams_sent > 300, "{x} -> {y}: {sent:?}");
+        assert_eq!(
+            sent.nacked, 0,
+            "{x} -> {y}: reordered packets are not asked for"
+        );
+        assert_eq!(cl.counts(y, x).lost, 0);
+    }
+    let v = received(&mut cl, &s, 0, pb::TrackKind::Video);
+    assert_eq!(v.first_packet_keyframe, Some(true));
+    let missing: u64 = v
+        .sources
+        .iter()
+        .map(|l| l.highest_index - l.first_index + 1 - l.received)
+        .sum();
+    assert!(v.packets > 200, "video flows: {}", v.packets);
+    assert_eq!(missing, 0, "the subscriber misses nothing of {}", v.packets);
+}
+
 /// Link `x` – `y` of the chain breaks for a second and heals.
 fn break_and_resume(x: &str, y: &str, seed: u64) {
     let mut cl = chain(clean(), seed);
