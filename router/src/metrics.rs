@@ -32,6 +32,9 @@ pub struct Metrics {
     /// Subscriber streams resynchronised at a keyframe, and stepped down a
     /// layer, because their worker's inbox was full and video was shed.
     pub overload_resyncs: IntCounter,
+    /// Subscriber streams resynchronised at a keyframe because relayed
+    /// video of their layer was lost for good on a cascade link.
+    pub relay_resyncs: IntCounter,
     /// API requests refused by a limit, by limit.
     pub limit_refusals: IntCounterVec,
     /// HTTP requests (demo app, kaskade.js, demo signalling), by route and status.
@@ -107,6 +110,10 @@ impl Metrics {
         let overload_resyncs = counter(
             "kaskade_overload_resyncs_total",
             "Subscriber streams that resumed at a keyframe (and stepped down a layer) after video was shed on the fan-out bus.",
+        );
+        let relay_resyncs = counter(
+            "kaskade_relay_resyncs_total",
+            "Subscriber streams that resumed at a keyframe because relayed video of their layer was lost for good on a cascade link (a break, or a gap not repaired).",
         );
         let forwarded = counter_vec(
             &registry,
@@ -243,6 +250,7 @@ impl Metrics {
             api_errors,
             keyframe_requests,
             overload_resyncs,
+            relay_resyncs,
             limit_refusals,
             worker_packets,
             worker_bytes,
@@ -306,6 +314,9 @@ pub struct WorkerMetrics {
     /// Subscriber streams resynchronised (and stepped down) after video
     /// was shed on the bus.
     pub overload_resync: IntCounter,
+    /// Subscriber streams resynchronised because relayed video was lost
+    /// for good on a cascade link.
+    pub relay_resync: IntCounter,
     /// Sessions that never connected: no datagram from the peer.
     pub join_timeout: IntCounter,
     /// Sessions that never connected: ICE did not.
@@ -358,6 +369,7 @@ impl WorkerMetrics {
             kf_coalesced: m.keyframe_requests.with_label_values(&["coalesced"]),
             kf_sent: m.keyframe_requests.with_label_values(&["sent"]),
             overload_resync: m.overload_resyncs.clone(),
+            relay_resync: m.relay_resyncs.clone(),
             join_timeout: m.join_failures.with_label_values(&["timeout"]),
             join_ice: m.join_failures.with_label_values(&["ice"]),
             join_dtls: m.join_failures.with_label_values(&["dtls"]),

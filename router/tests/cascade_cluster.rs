@@ -244,6 +244,38 @@ fn two_percent_loss_is_repaired_over_both_links() {
     }
 }
 
+/// Jitter of 0–10 ms per datagram (it reorders them), no loss: nothing is NACKed for
+/// nothing, and the subscriber misses no packet (none of its first keyframe either).
+#[test]
+fn reordering_on_the_links_costs_no_nacks_and_no_packets() {
+    let jitter = Impairment {
+        delay: Duration::from_millis(20),
+        jitter: Duration::from_millis(10),
+        loss: 0.0,
+    };
+    let mut cl = chain(jitter, 1);
+    let s = publish_on_a_subscribe_on_c(&mut cl, 1);
+    cl.run_for(Duration::from_secs(3));
+    for (x, y) in [("a", "b"), ("b", "c")] {
+        let sent = cl.counts(x, y);
+        assert!(sent.datagrams_sent > 300, "{x} -> {y}: {sent:?}");
+        assert_eq!(
+            sent.nacked, 0,
+            "{x} -> {y}: reordered packets are not asked for"
+        );
+        assert_eq!(cl.counts(y, x).lost, 0);
+    }
+    let v = received(&mut cl, &s, 0, pb::TrackKind::Video);
+    assert_eq!(v.first_packet_keyframe, Some(true));
+    let missing: u64 = v
+        .sources
+        .iter()
+        .map(|l| l.highest_index - l.first_index + 1 - l.received)
+        .sum();
+    assert!(v.packets > 200, "video flows: {}", v.packets);
+    assert_eq!(missing, 0, "the subscriber misses nothing of {}", v.packets);
+}
+
 /// Link `x` – `y` of the chain breaks for a second and heals.
 fn break_and_resume(x: &str, y: &str, seed: u64) {
     let mut cl = chain(clean(), seed);
@@ -262,11 +294,29 @@ fn break_and_resume(x: &str, y: &str, seed: u64) {
 
     cl.heal(x, y);
     let healed: Instant = cl.now;
+    let requests = |cl: &mut Cluster| {
+        cl.sim("a").clients[s.publ]
+            .client
+            .keyframe_requests(s.video, None)
+    };
+    let kf_before = requests(&mut cl);
     let ok = cl.run_until(Duration::from_secs(10), |cl| cl.link(x, y).conn.is_some());
     assert!(ok, "{x} – {y} comes back");
     cl.run_for(Duration::from_secs(2));
     assert_eq!(cl.link(y, x).reconnects, 1);
+    assert!(
+        requests(&mut cl) > kf_before,
+        "the publisher was asked for a keyframe after {x} – {y} came back"
+    );
 
+    // Media resumes with audio (nothing to resync); video waits for the keyframe asked for.
+    let audio = received(&mut cl, &s, 0, pb::TrackKind::Audio);
+    let resumed = audio
+        .log
+        .iter()
+        .find(|p| p.at > healed)
+        .expect("audio after the link healed")
+        .at;
     let v = received(&mut cl, &s, 0, pb::TrackKind::Video);
     assert!(
         v.packets > during + 50,
@@ -274,17 +324,15 @@ fn break_and_resume(x: &str, y: &str, seed: u64) {
         v.packets
     );
     let after: Vec<_> = v.log.iter().filter(|p| p.at > healed).collect();
-    let resumed = after.first().expect("packets after the link healed").at;
-    let keyframe = after
-        .iter()
-        .find(|p| p.is_keyframe_start)
-        .expect("a keyframe after the link healed");
-    // The router forwards the first resumed packets as they come (deltas, after a gap the
-    // subscriber cannot repair); a keyframe follows. See docs/cascade.md.
+    let first = after.first().expect("video after the link healed");
     assert!(
-        keyframe.at - resumed < Duration::from_millis(1500),
-        "keyframe {:?} after resuming",
-        keyframe.at - resumed
+        first.is_keyframe_start,
+        "video resumes at a keyframe, not with deltas after a gap nobody can repair"
+    );
+    assert!(
+        first.at.saturating_duration_since(resumed) < Duration::from_millis(100),
+        "keyframe {:?} after the first resumed packet",
+        first.at.saturating_duration_since(resumed)
     );
 }
 
@@ -428,13 +476,19 @@ fn figures() {
         let kf_after = cl.sim("a").clients[s.publ]
             .client
             .keyframe_requests(s.video, None);
+        // Media resumes with audio; video waits for its keyframe.
+        let resumed = received(&mut cl, &s, 0, pb::TrackKind::Audio)
+            .log
+            .iter()
+            .find(|p| p.at > healed)
+            .expect("audio after heal")
+            .at;
         let v = received(&mut cl, &s, 0, pb::TrackKind::Video);
         let after: Vec<_> = v.log.iter().filter(|p| p.at > healed).collect();
-        let resumed = after[0].at;
         let kf = after
             .iter()
             .find(|p| p.is_keyframe_start)
-            .map(|p| p.at - resumed);
+            .map(|p| p.at.saturating_duration_since(resumed));
         let deltas = after.iter().take_while(|p| !p.is_keyframe_start).count();
         // Loss.
         let lossy = Impairment {

@@ -140,6 +140,7 @@ async fn linked_routers_know_each_other_and_exchange_media_and_frames() {
         timestamp: 90_000,
         audio_level: None,
         voice_activity: false,
+        resync: false,
     };
 
     // Router B: accept, check who called, echo one media packet and one control frame.

@@ -7,7 +7,8 @@
 //! offset size field
 //!  0     1    version (high nibble, 1) | kind (low nibble, 0 = media)
 //!  1     1    flags: 0x01 marker, 0x02 keyframe, 0x04 audio level present,
-//!                    0x08 fragment, 0x10 voice activity; other bits must be 0
+//!                    0x08 fragment, 0x10 voice activity, 0x20 resync (packets of this
+//!                    track and layer before it are lost for good); other bits must be 0
 //!  2     4    track: link-local track number
 //!  6     1    layer: simulcast layer index
 //!  7     4    sequence number: low 32 bits of the extended RTP sequence number
@@ -46,8 +47,13 @@ const FLAG_KEYFRAME: u8 = 0x02;
 const FLAG_AUDIO_LEVEL: u8 = 0x04;
 const FLAG_FRAGMENT: u8 = 0x08;
 const FLAG_VOICE_ACTIVITY: u8 = 0x10;
-const KNOWN_FLAGS: u8 =
-    FLAG_MARKER | FLAG_KEYFRAME | FLAG_AUDIO_LEVEL | FLAG_FRAGMENT | FLAG_VOICE_ACTIVITY;
+const FLAG_RESYNC: u8 = 0x20;
+const KNOWN_FLAGS: u8 = FLAG_MARKER
+    | FLAG_KEYFRAME
+    | FLAG_AUDIO_LEVEL
+    | FLAG_FRAGMENT
+    | FLAG_VOICE_ACTIVITY
+    | FLAG_RESYNC;
 
 /// The per-packet header of a relayed media packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -68,6 +74,9 @@ pub struct MediaHeader {
     pub audio_level: Option<i8>,
     /// Voice activity flag of the audio level extension.
     pub voice_activity: bool,
+    /// Packets of this track and layer before this one are lost for good (a link on the way
+    /// broke, or a gap could not be repaired): subscribers resume at a keyframe.
+    pub resync: bool,
 }
 
 /// Fragment fields: this datagram is fragment `index` of `count` of packet `id`.
@@ -164,6 +173,9 @@ impl MediaHeader {
         if self.voice_activity {
             flags |= FLAG_VOICE_ACTIVITY;
         }
+        if self.resync {
+            flags |= FLAG_RESYNC;
+        }
         out.put_u8((WIRE_VERSION << 4) | KIND_MEDIA);
         out.put_u8(flags);
         out.put_u32(self.track);
@@ -226,6 +238,7 @@ pub fn decode_header(
         timestamp: buf.get_u32(),
         audio_level: None,
         voice_activity: flags & FLAG_VOICE_ACTIVITY != 0,
+        resync: flags & FLAG_RESYNC != 0,
     };
     if has_level {
         header.audio_level = Some(buf.get_i8());
@@ -295,6 +308,7 @@ pub(crate) mod tests {
             timestamp: 0x1234_5678,
             audio_level: None,
             voice_activity: false,
+            resync: false,
         }
     }
 
@@ -320,6 +334,7 @@ pub(crate) mod tests {
             voice_activity: true,
             keyframe: true,
             marker: false,
+            resync: true,
             ..h
         };
         let mut b = BytesMut::new();

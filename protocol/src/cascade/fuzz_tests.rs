@@ -37,7 +37,7 @@ fn random_input_never_panics() {
                 b[0] = 0x10; // get past the version check
             }
             if len > 1 && rng.random_bool(0.5) {
-                b[1] &= 0x1f; // the known flags
+                b[1] &= 0x3f; // the known flags
             }
             b
         } else {

@@ -305,6 +305,7 @@ mod tests {
             rtp_time: 0,
             marker: false,
             keyframe: false,
+            resync: false,
             audio_level: None,
             voice_activity: None,
             arrival: Instant::now(),

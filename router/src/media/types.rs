@@ -73,6 +73,10 @@ pub struct MediaPacket {
     pub marker: bool,
     /// The packet starts a keyframe.
     pub keyframe: bool,
+    /// Packets of this track and layer before this one are lost for good (a cascade link on
+    /// the way broke, or a gap could not be repaired): subscribers forwarded this layer resume
+    /// at a keyframe, and the flag is relayed onward. Always false for local tracks.
+    pub resync: bool,
     /// Audio level header extension value, if present.
     pub audio_level: Option<i8>,
     /// Voice activity flag from the audio level extension, if present.

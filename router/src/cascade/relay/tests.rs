@@ -1,6 +1,6 @@
 //! The relay machines on a virtual clock: a send side and a receive side joined by hand.
 
-use super::rx::{LOSS_DEADLINE, NACK_RETRY};
+use super::rx::{LOSS_DEADLINE, NACK_RETRY, REORDER_WAIT};
 use super::*;
 use crate::cascade::sim::packet;
 use crate::media::WorkerId;
@@ -74,7 +74,7 @@ fn nacks(rx: &mut RelayRx) -> Vec<u32> {
 }
 
 #[test]
-fn a_gap_is_nacked_at_once_then_twice_more_then_counted_lost() {
+fn a_gap_is_nacked_after_the_reorder_wait_then_twice_more_then_counted_lost() {
     let t0 = Instant::now();
     let mut tx = RelayTx::new();
     tx.map(TRACK, Some(NUM));
@@ -86,9 +86,13 @@ fn a_gap_is_nacked_at_once_then_twice_more_then_counted_lost() {
             rx.handle_datagram(t0, d);
         }
     }
-    assert_eq!(delivered(&mut rx), vec![1, 2, 5]);
-    assert_eq!(nacks(&mut rx), vec![3, 4], "NACKed at once");
-    assert_eq!(rx.poll_timeout(), Some(t0 + NACK_RETRY));
+    assert_eq!(delivered(&mut rx), vec![1, 2], "5 waits behind the gap");
+    assert_eq!(nacks(&mut rx), Vec::<u32>::new(), "not at once");
+    assert_eq!(rx.poll_timeout(), Some(t0 + REORDER_WAIT));
+    rx.handle_timeout(t0 + REORDER_WAIT);
+    assert_eq!(delivered(&mut rx), vec![5], "released when the gap ages");
+    assert_eq!(nacks(&mut rx), vec![3, 4], "NACKed after the reorder wait");
+    assert_eq!(rx.poll_timeout(), Some(t0 + REORDER_WAIT + NACK_RETRY));
     let mut t = t0;
     let mut tries = 1;
     while let Some(next) = rx.poll_timeout() {
@@ -113,6 +117,7 @@ fn a_nacked_packet_is_resent_from_the_cache_and_counts_as_repaired() {
     let mut rx = receiver(&codec[0]);
     rx.handle_datagram(t0, dgs[0].clone());
     rx.handle_datagram(t0, dgs[3].clone());
+    rx.handle_timeout(t0 + REORDER_WAIT);
     let missing = nacks(&mut rx);
     assert_eq!(missing, vec![2, 3]);
     tx.handle_nack(NUM, 0, &missing);
@@ -145,7 +150,9 @@ fn fragmented_packets_cross_and_their_fragments_are_repaired() {
             rx.handle_datagram(t0, d.clone());
         }
     }
-    assert_eq!(delivered(&mut rx), vec![1, 3]);
+    assert_eq!(delivered(&mut rx), vec![1]);
+    rx.handle_timeout(t0 + REORDER_WAIT);
+    assert_eq!(delivered(&mut rx), vec![3]);
     let missing = nacks(&mut rx);
     assert_eq!(missing, vec![2]);
     tx.handle_nack(NUM, 0, &missing);
@@ -251,4 +258,154 @@ fn a_link_that_is_down_drops_and_counts() {
     tx.map(TRACK, Some(NUM));
     let (codec, dgs) = send(&mut tx, [2], 10, 1200);
     assert_eq!((codec.len(), dgs.len()), (1, 1));
+}
+
+/// Sequence numbers delivered with the resync flag.
+fn resynced(rx: &mut RelayRx) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Some((_, batch)) = rx.poll_batch() {
+        seqs.extend(batch.iter().filter(|p| p.resync).map(|p| p.seq));
+    }
+    seqs
+}
+
+#[test]
+fn the_first_packet_after_packets_lost_for_good_carries_resync() {
+    let t0 = Instant::now();
+    let mut tx = RelayTx::new();
+    tx.map(TRACK, Some(NUM));
+    let (codec, dgs) = send(&mut tx, 1..=200, 100, 1200);
+    let mut rx = receiver(&codec[0]);
+    // The first on a connection: what came before it (on a broken one) is gone.
+    rx.handle_datagram(t0, dgs[0].clone());
+    rx.handle_datagram(t0, dgs[1].clone());
+    assert_eq!(resynced(&mut rx), vec![1]);
+    // A gap that is repaired: no resync.
+    rx.handle_datagram(t0, dgs[3].clone());
+    rx.handle_datagram(t0, dgs[2].clone());
+    assert_eq!(resynced(&mut rx), Vec::<u64>::new());
+    // A gap given up on: the next packet after the loss deadline carries it, once.
+    rx.handle_datagram(t0, dgs[5].clone());
+    nacks(&mut rx);
+    let mut t = t0;
+    while let Some(next) = rx.poll_timeout() {
+        t = next;
+        rx.handle_timeout(t);
+        nacks(&mut rx);
+    }
+    assert_eq!(rx.stats().lost, 1);
+    rx.handle_datagram(t, dgs[6].clone());
+    rx.handle_datagram(t, dgs[7].clone());
+    assert_eq!(resynced(&mut rx), vec![7]);
+    // A gap too large to NACK.
+    rx.handle_datagram(t, dgs[150].clone());
+    assert_eq!(nacks(&mut rx), Vec::<u32>::new());
+    assert_eq!(resynced(&mut rx), vec![151]);
+    assert_eq!(rx.stats().resyncs, 3);
+}
+
+#[test]
+fn a_resync_received_is_kept_and_sent_on() {
+    let t0 = Instant::now();
+    let mut tx = RelayTx::new();
+    tx.map(TRACK, Some(NUM));
+    let (codec, dgs) = send(&mut tx, 1..=3, 100, 1200);
+    let mut rx = receiver(&codec[0]);
+    for d in dgs {
+        rx.handle_datagram(t0, d);
+    }
+    assert_eq!(resynced(&mut rx), vec![1], "the first only");
+    // Relayed onward (a middle router), the flag travels with the packet.
+    let mut onward = RelayTx::new();
+    onward.map(TRACK, Some(NUM));
+    let mut flagged = packet(t0, TRACK, MediaKind::Video, 0, 2, 100);
+    flagged.resync = true;
+    onward.handle_packet(&packet(t0, TRACK, MediaKind::Video, 0, 1, 100), Some(1200));
+    onward.handle_packet(&flagged, Some(1200));
+    let (codec, dgs) = drain(&mut onward);
+    let mut far = receiver(&codec[0]);
+    for d in dgs {
+        far.handle_datagram(t0, d);
+    }
+    assert_eq!(
+        resynced(&mut far),
+        vec![1, 2],
+        "its own first, and the one relayed"
+    );
+}
+
+#[test]
+fn reordered_packets_are_not_nacked_and_go_on_in_order() {
+    let t0 = Instant::now();
+    let mut tx = RelayTx::new();
+    tx.map(TRACK, Some(NUM));
+    let (codec, dgs) = send(&mut tx, 1..=6, 100, 1200);
+    let mut rx = receiver(&codec[0]);
+    let ms = Duration::from_millis;
+    // 1, 4, 3, 2, 6, 5: each overtaken by less than the reorder wait.
+    for (i, at) in [(0, 0), (3, 1), (2, 2), (1, 3), (5, 4), (4, 6)] {
+        rx.handle_datagram(t0 + ms(at), dgs[i].clone());
+    }
+    assert_eq!(
+        delivered(&mut rx),
+        vec![1, 2, 3, 4, 5, 6],
+        "in sequence order"
+    );
+    let mut t = t0;
+    while let Some(next) = rx.poll_timeout() {
+        t = next;
+        rx.handle_timeout(t);
+    }
+    assert_eq!(nacks(&mut rx), Vec::<u32>::new(), "nothing asked for again");
+    let s = rx.stats();
+    assert_eq!((s.nacked, s.lost, s.delivered), (0, 0, 6));
+    assert!(t <= t0 + ms(6), "no timer left behind");
+}
+
+#[test]
+fn packets_held_behind_a_gap_are_bounded() {
+    let t0 = Instant::now();
+    let mut tx = RelayTx::new();
+    tx.map(TRACK, Some(NUM));
+    let n = super::rx::MAX_HELD as u64 + 50;
+    // Payloads of 1 byte: many packets, one gap (2) kept young.
+    let (codec, dgs) = send(&mut tx, 1..=n + 2, 1, 1200);
+    let mut rx = receiver(&codec[0]);
+    rx.handle_datagram(t0, dgs[0].clone());
+    for d in dgs.iter().skip(2).take(n as usize) {
+        rx.handle_datagram(t0, d.clone());
+    }
+    let got = delivered(&mut rx);
+    assert_eq!(got.len(), 1 + 50, "1, then the oldest beyond the bound");
+    assert_eq!(got[1..], (3..53).collect::<Vec<u64>>()[..]);
+}
+
+#[test]
+fn a_keyframe_overtaken_at_the_start_goes_on_first_packet_first() {
+    let t0 = Instant::now();
+    let mut tx = RelayTx::new();
+    tx.map(TRACK, Some(NUM));
+    // 101 starts a keyframe (the sim's packets: every 100th); 102 overtakes it.
+    let (codec, dgs) = send(&mut tx, 101..=104, 100, 1200);
+    let mut rx = receiver(&codec[0]);
+    for i in [1, 0, 3, 2] {
+        rx.handle_datagram(t0, dgs[i].clone());
+    }
+    assert_eq!(
+        delivered(&mut rx),
+        Vec::<u64>::new(),
+        "held for the reorder wait"
+    );
+    assert_eq!(rx.poll_timeout(), Some(t0 + REORDER_WAIT));
+    rx.handle_timeout(t0 + REORDER_WAIT);
+    let mut got = Vec::new();
+    while let Some((_, batch)) = rx.poll_batch() {
+        got.extend(batch.iter().map(|p| (p.seq, p.resync)));
+    }
+    assert_eq!(
+        got,
+        vec![(101, true), (102, false), (103, false), (104, false)],
+        "in order, the resync flag on the first released (not on 102, the first to arrive)"
+    );
+    assert_eq!(rx.stats().nacked, 0);
 }

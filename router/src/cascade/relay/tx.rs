@@ -166,6 +166,7 @@ impl RelayTx {
             timestamp: pkt.rtp_time,
             audio_level: pkt.audio_level,
             voice_activity: pkt.voice_activity.unwrap_or(false),
+            resync: pkt.resync,
         };
         self.scratch.clear();
         if self

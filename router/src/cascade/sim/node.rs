@@ -423,6 +423,7 @@ pub fn packet(
         rtp_time: (seq as u32).wrapping_mul(3000),
         marker: true,
         keyframe: seq % 100 == 1,
+        resync: false,
         audio_level: None,
         voice_activity: None,
         arrival: at,

@@ -71,6 +71,7 @@ impl WorkerCore {
             rtp_time: p.header.timestamp,
             marker: p.header.marker,
             keyframe,
+            resync: false,
             audio_level: p.header.ext_vals.audio_level,
             voice_activity: p.header.ext_vals.voice_activity,
             arrival: p.timestamp,
@@ -127,6 +128,17 @@ impl WorkerCore {
             let Some(sess) = self.sessions.get_mut(*key) else {
                 continue;
             };
+            if pkt.resync && pkt.kind == MediaKind::Video {
+                // Relayed packets of this layer before this one are lost for good: a stream
+                // forwarded it resumes at a keyframe (and asks for one just below).
+                if let Some(o) = sess
+                    .out_mut(pkt.track)
+                    .filter(|o| o.current == Some(pkt.layer()))
+                {
+                    o.resync();
+                    self.stats.relay_resync.inc();
+                }
+            }
             let Some((res, switches)) = guarded(|| sess.forward(pkt, now)) else {
                 failed.push(*key);
                 continue;
