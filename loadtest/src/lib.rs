@@ -48,6 +48,7 @@
 //! assert!(b.received().iter().all(|r| r.packets > 0 && r.lost() == 0));
 //! ```
 
+#![warn(clippy::unwrap_used)]
 #![deny(missing_docs)]
 
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 //! frames, the media datagram codec, fragmentation and stream framing); the
 //! RFC 4571 framing of ICE-TCP ([`rfc4571`]); and the id newtypes shared by the router, the load tester and the tests.
 
+#![warn(clippy::unwrap_used)]
 #[cfg(feature = "str0m")]
 pub mod drain;
 pub mod ids;

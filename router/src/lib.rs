@@ -1,6 +1,7 @@
 //! kaskade: a WebRTC media router (SFU) for integrators who bring their own
 //! signalling. See `docs/architecture.md` for the shape of the code.
 
+#![warn(missing_docs, clippy::unwrap_used)]
 pub mod auth;
 pub mod cascade;
 pub mod config;

@@ -1,6 +1,7 @@
 //! `kaskade`: the daemon's command line. Thin: parse, load and validate the
 //! configuration before binding anything, start, wait for a signal, stop.
 
+#![warn(missing_docs, clippy::unwrap_used)]
 use clap::{Parser, Subcommand};
 use kaskade_router::cascade::NodeIdentity;
 use kaskade_router::config::{Config, KeyArgs, Resolved};

@@ -23,7 +23,7 @@ use super::scenario::ImpairSpec;
 use super::session::{Joins, PubTrack, Publisher};
 
 /// Node id of router `i` (0: the publishers').
-pub fn node_id(i: usize) -> String {
+pub(crate) fn node_id(i: usize) -> String {
     format!("lt{i}")
 }
 
@@ -33,7 +33,7 @@ fn free_udp_port() -> Result<u16, String> {
 }
 
 /// The routers of a cascade and the proxies between them; stopped when dropped.
-pub struct CascadeProcesses {
+pub(crate) struct CascadeProcesses {
     /// The routers, the publishers' first.
     pub routers: Vec<RouterProcess>,
     /// Link proxies (none without link impairment), kept running.
@@ -64,7 +64,7 @@ fn dev_cluster(bin: &Path, dir: &Path, n: usize) -> Result<(), String> {
 impl CascadeProcesses {
     /// Starts `1 + edges` routers in a star around router 0 (each edge peers
     /// with router 0), links impaired by `link` when it is active.
-    pub fn start(
+    pub(crate) fn start(
         bin: &Path,
         workers: u32,
         edges: u32,
@@ -134,7 +134,7 @@ impl CascadeProcesses {
 
 /// The control side of a cascade.
 #[derive(Debug)]
-pub struct CascadeTarget {
+pub(crate) struct CascadeTarget {
     /// One control client per router, the publishers' first.
     pub routers: Vec<Kaskade>,
     /// The run's room-id tag.
@@ -145,7 +145,10 @@ pub struct CascadeTarget {
 
 impl CascadeTarget {
     /// Connects to every router.
-    pub async fn connect(controls: &[SocketAddr], tag: &str) -> Result<CascadeTarget, String> {
+    pub(crate) async fn connect(
+        controls: &[SocketAddr],
+        tag: &str,
+    ) -> Result<CascadeTarget, String> {
         let mut routers = vec![];
         for c in controls {
             routers.push(Kaskade::connect(*c).await?);
@@ -159,7 +162,7 @@ impl CascadeTarget {
 
     /// Creates room `r` on the publishers' router and links it to every other
     /// router; returns the room's session limit on each router.
-    pub async fn create_room(&self, r: u32) -> Result<Vec<u32>, String> {
+    pub(crate) async fn create_room(&self, r: u32) -> Result<Vec<u32>, String> {
         let room = room_id(&self.tag, r);
         let mut limits = vec![self.routers[0].create_room(&room).await?];
         for (i, k) in self.routers.iter().enumerate().skip(1) {
@@ -183,7 +186,7 @@ impl CascadeTarget {
     }
 
     /// The tracks of `pubs` as router `k` relays them (waits until all are there).
-    pub async fn tracks_on(
+    pub(crate) async fn tracks_on(
         &self,
         joins: &Arc<Joins>,
         k: usize,
@@ -230,7 +233,7 @@ impl CascadeTarget {
     }
 
     /// Deletes the run's rooms on every router (best effort).
-    pub async fn cleanup(&self, rooms: u32) {
+    pub(crate) async fn cleanup(&self, rooms: u32) {
         for k in &self.routers {
             for r in 0..rooms {
                 k.delete_room(&room_id(&self.tag, r)).await;
@@ -241,7 +244,7 @@ impl CascadeTarget {
 
 /// What one router of a cascade did in the measured window.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct RouterFigures {
+pub(crate) struct RouterFigures {
     /// Node id.
     pub node: String,
     /// Role: `origin` (the publishers') or `edge`.
@@ -285,7 +288,7 @@ pub struct RouterFigures {
 
 /// Link counters of a router summed over its links.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LinkTotals {
+pub(crate) struct LinkTotals {
     /// Datagrams sent.
     pub datagrams_sent: u64,
     /// Datagrams received.
@@ -308,7 +311,7 @@ pub struct LinkTotals {
 
 impl LinkTotals {
     /// The sum over `links`.
-    pub fn of(links: &[pb::Link]) -> LinkTotals {
+    pub(crate) fn of(links: &[pb::Link]) -> LinkTotals {
         links.iter().fold(LinkTotals::default(), |mut t, l| {
             t.datagrams_sent += l.datagrams_sent;
             t.datagrams_received += l.datagrams_received;
@@ -324,7 +327,7 @@ impl LinkTotals {
     }
 
     /// The counters' increase from `before` (track counts: the later ones).
-    pub fn since(&self, before: &LinkTotals) -> LinkTotals {
+    pub(crate) fn since(&self, before: &LinkTotals) -> LinkTotals {
         LinkTotals {
             datagrams_sent: self.datagrams_sent.saturating_sub(before.datagrams_sent),
             datagrams_received: self

@@ -18,7 +18,7 @@ use super::session::{Joins, Publisher};
 
 /// What the cycles did.
 #[derive(Debug, Clone, Default)]
-pub struct Cycles {
+pub(crate) struct Cycles {
     /// Cycles done.
     pub done: u64,
     /// Of those, failed (the reason is in the join records).
@@ -28,7 +28,12 @@ pub struct Cycles {
 }
 
 /// Runs the scenario's join/leave cycles on router `k` (rooms named with `tag`).
-pub async fn churn(k: &Kaskade, tag: &str, joins: &Arc<Joins>, pubs: &[Vec<Publisher>]) -> Cycles {
+pub(crate) async fn churn(
+    k: &Kaskade,
+    tag: &str,
+    joins: &Arc<Joins>,
+    pubs: &[Vec<Publisher>],
+) -> Cycles {
     let scn = &joins.scenario;
     let total = u64::from(scn.cycles);
     let next = Arc::new(AtomicU64::new(0));
@@ -115,7 +120,7 @@ async fn first_media(joins: &Joins, id: ClientId) -> Result<(), String> {
 
 /// The figures of a churn run: cycles, their time, and the router's memory and
 /// descriptors before the first and after the last cycle.
-pub fn churn_figures(
+pub(crate) fn churn_figures(
     c: &Cycles,
     before: &Snapshot,
     after: &Snapshot,

@@ -27,7 +27,7 @@ const EXIT_USAGE: u8 = 64;
 
 /// What to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TargetKind {
+pub(crate) enum TargetKind {
     /// kaskade over its gRPC control API.
     Kaskade,
     /// Janus VideoRoom over its HTTP API.
@@ -41,7 +41,7 @@ pub enum TargetKind {
 /// 2 a run could not be done, 64 bad usage.
 #[derive(Debug, Parser)]
 #[command(name = "kaskade-loadtest", version)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Canonical scenario: s1 (1→50 fan-out), s2 (5×5 meeting), s3 (audio 10→200).
     #[arg(long)]
     preset: Option<String>,
@@ -212,7 +212,7 @@ pub struct Cli {
 
 impl Cli {
     /// The scenario: preset, then file, then flags.
-    pub fn scenario(&self) -> Result<Scenario, String> {
+    pub(crate) fn scenario(&self) -> Result<Scenario, String> {
         let mut s = match &self.preset {
             Some(p) => Scenario::preset(p)?,
             None => Scenario::default(),
@@ -309,7 +309,7 @@ impl Cli {
     }
 
     /// The targets, in the order runs take turns.
-    pub fn targets(&self, scn: &Scenario) -> Result<Vec<TargetSpec>, String> {
+    pub(crate) fn targets(&self, scn: &Scenario) -> Result<Vec<TargetSpec>, String> {
         let mut v = vec![];
         if scn.cascade.is_active() {
             if self.compare || self.target == TargetKind::Janus || self.control.is_some() {
@@ -358,7 +358,7 @@ impl Cli {
     }
 
     /// The thresholds.
-    pub fn thresholds(&self) -> Thresholds {
+    pub(crate) fn thresholds(&self) -> Thresholds {
         Thresholds {
             max_loss: self.max_loss,
             max_p99_latency: self.max_p99_latency,
@@ -372,7 +372,7 @@ impl Cli {
 }
 
 /// Entry point.
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let scn = match cli.scenario() {
         Ok(s) => s,

@@ -34,20 +34,20 @@ use super::measure::{latency_histogram, FreezeTracker, LayerTracker, SeqLoss};
 const MAX_NAP: Duration = Duration::from_millis(5);
 const WAKE: Token = Token(usize::MAX);
 /// Simulcast layers tracked per video stream.
-pub const MAX_LAYERS: usize = 4;
+pub(crate) const MAX_LAYERS: usize = 4;
 /// Groups of receivers measured apart (a cascade's routers).
-pub const MAX_GROUPS: usize = 4;
+pub(crate) const MAX_GROUPS: usize = 4;
 
 /// Global id of a client in a [`Driver`].
-pub type ClientId = u32;
+pub(crate) type ClientId = u32;
 
 /// The driver thread is gone (it panicked or was stopped).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("driver thread gone")]
-pub struct DriverGone;
+pub(crate) struct DriverGone;
 
 /// How a client's datagrams travel.
-pub enum ClientIo {
+pub(crate) enum ClientIo {
     /// Its own UDP socket (made non-blocking by the driver), whose address is
     /// the client's local address.
     Udp(std::net::UdpSocket),
@@ -57,7 +57,7 @@ pub enum ClientIo {
 }
 
 /// A client to add.
-pub struct NewClient {
+pub(crate) struct NewClient {
     /// Its id (decides its thread: `id % threads`).
     pub id: ClientId,
     /// The client.
@@ -72,7 +72,7 @@ pub struct NewClient {
 
 /// Per received track state kept by the driver.
 #[derive(Debug, Clone, Default)]
-pub struct TrackRx {
+pub(crate) struct TrackRx {
     /// Audio or video.
     pub kind: Option<MediaKind>,
     /// Frame gaps (video).
@@ -86,7 +86,7 @@ pub struct TrackRx {
 }
 
 /// A client in its driver thread.
-pub struct Slot {
+pub(crate) struct Slot {
     /// The client.
     pub client: Client,
     io: SlotIo,
@@ -115,7 +115,7 @@ enum SlotIo {
 
 /// What the driver threads measured since the previous interval.
 #[derive(Debug, Clone)]
-pub struct Interval {
+pub(crate) struct Interval {
     /// RTP packets received.
     pub packets: u64,
     /// Audio payload bytes received.
@@ -152,7 +152,7 @@ impl Interval {
     }
 
     /// Adds another thread's interval.
-    pub fn merge(&mut self, o: &Interval) {
+    pub(crate) fn merge(&mut self, o: &Interval) {
         self.packets += o.packets;
         self.audio_bytes += o.audio_bytes;
         for (a, b) in self.video_bytes.iter_mut().zip(o.video_bytes) {
@@ -170,7 +170,7 @@ impl Interval {
 
 /// What the driver threads measured while measuring was on.
 #[derive(Debug, Clone)]
-pub struct Window {
+pub(crate) struct Window {
     /// Audio latency (µs).
     pub latency_audio: Histogram<u64>,
     /// Video latency (µs).
@@ -189,7 +189,7 @@ pub struct Window {
 
 impl Window {
     /// An empty window.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Window {
             latency_video_by_group: (0..MAX_GROUPS).map(|_| latency_histogram()).collect(),
             latency_audio: latency_histogram(),
@@ -202,7 +202,7 @@ impl Window {
     }
 
     /// Adds another thread's window.
-    pub fn merge(&mut self, o: &Window) {
+    pub(crate) fn merge(&mut self, o: &Window) {
         let _ = self.latency_audio.add(&o.latency_audio);
         let _ = self.latency_video.add(&o.latency_video);
         let _ = self.lag.add(&o.lag);
@@ -223,7 +223,7 @@ impl Window {
 
 /// Final figures of one received track.
 #[derive(Debug, Clone)]
-pub struct TrackResult {
+pub(crate) struct TrackResult {
     /// Audio or video.
     pub kind: Option<MediaKind>,
     /// RTP packets received.
@@ -239,7 +239,7 @@ pub struct TrackResult {
 
 /// Final figures of one client.
 #[derive(Debug, Clone)]
-pub struct ClientResult {
+pub(crate) struct ClientResult {
     /// Its id.
     pub id: ClientId,
     /// When it asked for media.
@@ -280,7 +280,7 @@ struct Handle {
 }
 
 /// The driver: `n` threads of clients. See the [module docs](self).
-pub struct Driver {
+pub(crate) struct Driver {
     threads: Vec<Handle>,
 }
 
@@ -292,7 +292,7 @@ impl std::fmt::Debug for Driver {
 
 impl Driver {
     /// Starts `n` (at least 1) driver threads. `epoch` is the probes' time zero.
-    pub fn start(n: usize, epoch: Instant, seed: u64) -> std::io::Result<Driver> {
+    pub(crate) fn start(n: usize, epoch: Instant, seed: u64) -> std::io::Result<Driver> {
         let mut threads = vec![];
         for i in 0..n.max(1) {
             let poll = Poll::new()?;
@@ -336,7 +336,7 @@ impl Driver {
     }
 
     /// Adds a client to its thread.
-    pub async fn add(&self, c: NewClient) -> Result<(), String> {
+    pub(crate) async fn add(&self, c: NewClient) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         let t = self.thread_of(c.id);
         self.send(t, Cmd::Add(Box::new(c), tx))
@@ -345,7 +345,7 @@ impl Driver {
     }
 
     /// Runs `f` on the client's thread and returns its result.
-    pub async fn call<R: Send + 'static>(
+    pub(crate) async fn call<R: Send + 'static>(
         &self,
         id: ClientId,
         f: impl FnOnce(&mut Slot) -> R + Send + 'static,
@@ -359,19 +359,19 @@ impl Driver {
     }
 
     /// Removes a client (it has left): its socket closes, its figures are gone.
-    pub fn remove(&self, id: ClientId) {
+    pub(crate) fn remove(&self, id: ClientId) {
         let _ = self.send(self.thread_of(id), Cmd::Remove(id));
     }
 
     /// Waits until the client is connected (ICE + DTLS); returns when it happened.
-    pub async fn wait_connected(&self, id: ClientId) -> Result<Instant, DriverGone> {
+    pub(crate) async fn wait_connected(&self, id: ClientId) -> Result<Instant, DriverGone> {
         let (tx, rx) = oneshot::channel();
         self.send(self.thread_of(id), Cmd::WaitConnected(id, tx))?;
         rx.await.map_err(|_| DriverGone)
     }
 
     /// Takes every thread's interval figures, merged.
-    pub async fn interval(&self) -> Interval {
+    pub(crate) async fn interval(&self) -> Interval {
         let mut all = Interval::new();
         for t in 0..self.threads.len() {
             let (tx, rx) = oneshot::channel();
@@ -385,14 +385,14 @@ impl Driver {
     }
 
     /// Turns window measurement on or off.
-    pub fn measure(&self, on: bool) {
+    pub(crate) fn measure(&self, on: bool) {
         for t in 0..self.threads.len() {
             let _ = self.send(t, Cmd::Measure(on));
         }
     }
 
     /// Every thread's window figures, merged.
-    pub async fn window(&self) -> Window {
+    pub(crate) async fn window(&self) -> Window {
         let mut all = Window::empty();
         for t in 0..self.threads.len() {
             let (tx, rx) = oneshot::channel();
@@ -406,7 +406,7 @@ impl Driver {
     }
 
     /// Final figures of every client; `end` closes freeze tracking.
-    pub async fn collect(&self, end: Instant) -> Vec<ClientResult> {
+    pub(crate) async fn collect(&self, end: Instant) -> Vec<ClientResult> {
         let mut all = vec![];
         for t in 0..self.threads.len() {
             let (tx, rx) = oneshot::channel();
@@ -421,7 +421,7 @@ impl Driver {
     }
 
     /// Stops the threads (their clients are dropped).
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.shutdown();
     }
 

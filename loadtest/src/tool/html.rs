@@ -310,7 +310,7 @@ fn markdown_table_to_html(md: &str) -> String {
 
 /// What the page says about the invocation.
 #[derive(Debug, Clone, Default)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// The command line.
     pub command: String,
     /// When it ran (RFC 3339, UTC).
@@ -376,7 +376,7 @@ fn verdict(violations: &[Violation], thresholds_set: bool) -> String {
 }
 
 /// The whole page.
-pub fn page(
+pub(crate) fn page(
     runs: &[RunReport],
     meds: &[TargetMedians],
     violations: &[Violation],

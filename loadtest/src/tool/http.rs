@@ -21,7 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(40);
 /// An HTTP server's API: its address and a client that keeps its connections
 /// (cheap to clone; needs a tokio runtime).
 #[derive(Clone)]
-pub struct HttpApi {
+pub(crate) struct HttpApi {
     addr: SocketAddr,
     client: HttpClient,
 }
@@ -34,7 +34,7 @@ impl std::fmt::Debug for HttpApi {
 
 impl HttpApi {
     /// The API at `addr` (plain HTTP).
-    pub fn new(addr: SocketAddr) -> HttpApi {
+    pub(crate) fn new(addr: SocketAddr) -> HttpApi {
         let mut c = HttpConnector::new();
         c.set_nodelay(true);
         c.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -45,7 +45,7 @@ impl HttpApi {
     }
 
     /// Sends a request and returns the status and the body.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
@@ -84,7 +84,7 @@ impl HttpApi {
     }
 
     /// Sends a request and parses the JSON body of a 200 response.
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: &str,
         path: &str,
@@ -99,7 +99,7 @@ impl HttpApi {
     }
 
     /// The text of `GET path` (a 200 answer), e.g. a Prometheus exposition.
-    pub async fn get_text(&self, path: &str) -> Result<String, String> {
+    pub(crate) async fn get_text(&self, path: &str) -> Result<String, String> {
         let (status, body) = self.send(Method::GET, path, None).await?;
         if status != 200 {
             return Err(format!("GET {path}: HTTP {status}"));

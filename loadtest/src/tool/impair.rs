@@ -13,7 +13,7 @@ use kaskade_loadtest::{Datagram, Link, SimNet};
 use super::scenario::ImpairSpec;
 
 /// The link of an impairment spec (the same in both directions).
-pub fn link_of(spec: &ImpairSpec) -> Link {
+pub(crate) fn link_of(spec: &ImpairSpec) -> Link {
     let mut link = Link::with_delay(spec.delay.0)
         .jitter(spec.jitter.0)
         .loss(spec.loss.0);
@@ -26,7 +26,7 @@ pub fn link_of(spec: &ImpairSpec) -> Link {
 }
 
 /// Whether client `i` of `n` of a role is impaired: `fraction` of them, spread evenly.
-pub fn selected(spec: &ImpairSpec, i: u32, n: u32) -> bool {
+pub(crate) fn selected(spec: &ImpairSpec, i: u32, n: u32) -> bool {
     if !spec.is_active() || n == 0 {
         return false;
     }
@@ -38,7 +38,7 @@ pub fn selected(spec: &ImpairSpec, i: u32, n: u32) -> bool {
 
 /// Where an impaired datagram goes once it is due.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Due {
+pub(crate) enum Due {
     /// To the network (the client sent it): send it from the client's socket.
     Out(Datagram),
     /// To the client (the network delivered it): hand it to the client.
@@ -47,14 +47,14 @@ pub enum Due {
 
 /// Impairment of a group of clients, on the wall clock.
 #[derive(Debug)]
-pub struct Impairer {
+pub(crate) struct Impairer {
     net: SimNet,
     local: HashSet<SocketAddr>,
 }
 
 impl Impairer {
     /// An impairer whose randomness derives from `seed`.
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Impairer {
             net: SimNet::new(seed),
             local: HashSet::new(),
@@ -63,24 +63,24 @@ impl Impairer {
 
     /// Impairs a client's traffic in both directions (each direction is its own
     /// bottleneck).
-    pub fn add_client(&mut self, addr: SocketAddr, link: Link) {
+    pub(crate) fn add_client(&mut self, addr: SocketAddr, link: Link) {
         self.local.insert(addr);
         self.net.set_from(addr, link);
         self.net.set_to(addr, link);
     }
 
     /// Stops impairing a client that left (datagrams in flight are still delivered).
-    pub fn remove_client(&mut self, addr: SocketAddr) {
+    pub(crate) fn remove_client(&mut self, addr: SocketAddr) {
         self.local.remove(&addr);
     }
 
     /// A datagram sent by an impaired client (or arrived for one) at `now`.
-    pub fn push(&mut self, now: Instant, d: Datagram) {
+    pub(crate) fn push(&mut self, now: Instant, d: Datagram) {
         self.net.send(now, d);
     }
 
     /// The next datagram due by `now`.
-    pub fn poll(&mut self, now: Instant) -> Option<Due> {
+    pub(crate) fn poll(&mut self, now: Instant) -> Option<Due> {
         let d = self.net.poll_deliver(now)?;
         Some(if self.local.contains(&d.dst) {
             Due::In(d)
@@ -90,13 +90,13 @@ impl Impairer {
     }
 
     /// When the next datagram is due.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.net.next_delivery()
     }
 
     /// Datagrams dropped (loss or a full queue) so far for a client, both directions.
     #[cfg(test)]
-    pub fn dropped(&self, addr: SocketAddr) -> u64 {
+    pub(crate) fn dropped(&self, addr: SocketAddr) -> u64 {
         let to = self.net.stats_to(addr);
         let from = self.net.stats_from(addr);
         to.lost + to.queue_dropped + from.lost + from.queue_dropped

@@ -27,7 +27,7 @@ use super::session::{step, JanusFeed, JoinRecord, Joins, Publisher, Role};
 
 /// How to start Janus.
 #[derive(Debug, Clone)]
-pub struct JanusSpec {
+pub(crate) struct JanusSpec {
     /// The janus binary.
     pub bin: PathBuf,
 }
@@ -52,7 +52,7 @@ int getifaddrs(struct ifaddrs **ifap) {
 
 /// A Janus process this tool started; killed when dropped.
 #[derive(Debug)]
-pub struct JanusProcess {
+pub(crate) struct JanusProcess {
     child: Child,
     /// HTTP API address.
     pub http: SocketAddr,
@@ -163,7 +163,11 @@ admin: {{
 
 impl JanusProcess {
     /// Starts Janus with a fresh configuration under `log_dir`.
-    pub async fn start(s: &JanusSpec, log_dir: &Path, tag: &str) -> Result<JanusProcess, String> {
+    pub(crate) async fn start(
+        s: &JanusSpec,
+        log_dir: &Path,
+        tag: &str,
+    ) -> Result<JanusProcess, String> {
         if !s.bin.is_file() {
             return Err(format!(
                 "{} not found: install Debian's janus package (apt-get install -y janus)",
@@ -216,7 +220,7 @@ impl JanusProcess {
     }
 
     /// Its pid.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -351,14 +355,14 @@ impl JSession {
 
 /// Janus VideoRoom client.
 #[derive(Debug, Clone)]
-pub struct Janus {
+pub(crate) struct Janus {
     http: HttpApi,
     room_base: u64,
 }
 
 impl Janus {
     /// A client of the Janus at `http`; room numbers derive from `tag`.
-    pub fn new(http: SocketAddr, tag: &str) -> Janus {
+    pub(crate) fn new(http: SocketAddr, tag: &str) -> Janus {
         let h = tag
             .bytes()
             .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
@@ -373,7 +377,7 @@ impl Janus {
     }
 
     /// Creates room `r` for `publishers` publishers.
-    pub async fn create_room(&self, r: u32, publishers: u32) -> Result<(), String> {
+    pub(crate) async fn create_room(&self, r: u32, publishers: u32) -> Result<(), String> {
         let s = JSession::open(self.http.clone()).await?;
         let (_, v) = s
             .message(
@@ -391,7 +395,7 @@ impl Janus {
     }
 
     /// A publisher joins room `r` and publishes.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         joins: &Arc<Joins>,
         r: u32,
@@ -477,7 +481,7 @@ impl Janus {
     }
 
     /// A subscriber (new connection) joins room `r` and receives every stream of `pubs`.
-    pub async fn subscriber(
+    pub(crate) async fn subscriber(
         &self,
         joins: &Arc<Joins>,
         r: u32,
@@ -574,5 +578,5 @@ impl Janus {
     }
 
     /// Nothing to clean: the Janus process goes away with the run.
-    pub async fn cleanup(&self) {}
+    pub(crate) async fn cleanup(&self) {}
 }

@@ -16,7 +16,7 @@ use super::session::{step, JoinRecord, Joins, PubTrack, Publisher, Role};
 
 /// Control-API clients of one router.
 #[derive(Debug, Clone)]
-pub struct Kaskade {
+pub(crate) struct Kaskade {
     rooms: RoomServiceClient<Channel>,
     sessions: SessionServiceClient<Channel>,
     links: CascadeServiceClient<Channel>,
@@ -27,13 +27,13 @@ fn status(s: tonic::Status) -> String {
 }
 
 /// Room id of room index `r` in run `run`.
-pub fn room_id(run: &str, r: u32) -> String {
+pub(crate) fn room_id(run: &str, r: u32) -> String {
     format!("lt-{run}-{r}")
 }
 
 impl Kaskade {
     /// Connects to the control API.
-    pub async fn connect(control: SocketAddr) -> Result<Kaskade, String> {
+    pub(crate) async fn connect(control: SocketAddr) -> Result<Kaskade, String> {
         let channel = Channel::from_shared(format!("http://{control}"))
             .map_err(|e| e.to_string())?
             .connect()
@@ -47,7 +47,7 @@ impl Kaskade {
     }
 
     /// Creates a room at the router's default session limit; returns that limit.
-    pub async fn create_room(&self, room: &str) -> Result<u32, String> {
+    pub(crate) async fn create_room(&self, room: &str) -> Result<u32, String> {
         let r = self
             .rooms
             .clone()
@@ -62,7 +62,7 @@ impl Kaskade {
     }
 
     /// The room as the router sees it.
-    pub async fn get_room(&self, room: &str) -> Result<pb::Room, String> {
+    pub(crate) async fn get_room(&self, room: &str) -> Result<pb::Room, String> {
         self.rooms
             .clone()
             .get_room(pb::GetRoomRequest {
@@ -77,7 +77,7 @@ impl Kaskade {
 
     /// Links `room` with the same room on router `peer` (`LinkRoom`). A link
     /// that already exists (auto-linking) counts as done.
-    pub async fn link_room(&self, room: &str, peer: &str) -> Result<(), String> {
+    pub(crate) async fn link_room(&self, room: &str, peer: &str) -> Result<(), String> {
         let r = self
             .links
             .clone()
@@ -94,7 +94,7 @@ impl Kaskade {
     }
 
     /// The router's links and their counters (`ListLinks`).
-    pub async fn links(&self) -> Result<Vec<pb::Link>, String> {
+    pub(crate) async fn links(&self) -> Result<Vec<pb::Link>, String> {
         Ok(self
             .links
             .clone()
@@ -106,7 +106,7 @@ impl Kaskade {
     }
 
     /// Closes a session (a participant leaves).
-    pub async fn close_session(&self, session_id: &str) -> Result<(), String> {
+    pub(crate) async fn close_session(&self, session_id: &str) -> Result<(), String> {
         self.sessions
             .clone()
             .close_session(pb::CloseSessionRequest {
@@ -118,7 +118,7 @@ impl Kaskade {
     }
 
     /// Deletes a room (best effort, at the end of a run against a shared router).
-    pub async fn delete_room(&self, room: &str) {
+    pub(crate) async fn delete_room(&self, room: &str) {
         let _ = self
             .rooms
             .clone()
@@ -129,7 +129,7 @@ impl Kaskade {
     }
 
     /// A publisher joins `room`: audio and/or simulcast video, offer, answer, connected.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         joins: &Arc<Joins>,
         room_idx: u32,
@@ -218,7 +218,7 @@ impl Kaskade {
     /// A receive-only subscriber (receiver group `group`) joins `room` and
     /// subscribes to `tracks`; returns its client (once created) and its session.
     #[allow(clippy::too_many_arguments)]
-    pub async fn subscriber(
+    pub(crate) async fn subscriber(
         &self,
         joins: &Arc<Joins>,
         room_idx: u32,
@@ -263,7 +263,7 @@ impl Kaskade {
     }
 
     /// A meeting participant (already publishing) subscribes to the others' tracks.
-    pub async fn participant_subscribes(
+    pub(crate) async fn participant_subscribes(
         &self,
         joins: &Arc<Joins>,
         me: &Publisher,

@@ -9,7 +9,7 @@ use super::scenario::Scenario;
 
 /// A router limit the load tester knows about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
+pub(crate) struct Limit {
     /// The configuration key (docs/operations.md).
     pub key: &'static str,
     /// Its environment variable.
@@ -19,35 +19,35 @@ pub struct Limit {
 }
 
 /// `limits.max_sessions_per_room`.
-pub const SESSIONS_PER_ROOM: Limit = Limit {
+pub(crate) const SESSIONS_PER_ROOM: Limit = Limit {
     key: "limits.max_sessions_per_room",
     env: "KASKADE_LIMITS_MAX_SESSIONS_PER_ROOM",
     default: 100,
 };
 
 /// `limits.max_rooms`.
-pub const ROOMS: Limit = Limit {
+pub(crate) const ROOMS: Limit = Limit {
     key: "limits.max_rooms",
     env: "KASKADE_LIMITS_MAX_ROOMS",
     default: 10_000,
 };
 
 /// `limits.max_sessions` (sessions on the router).
-pub const SESSIONS: Limit = Limit {
+pub(crate) const SESSIONS: Limit = Limit {
     key: "limits.max_sessions",
     env: "KASKADE_LIMITS_MAX_SESSIONS",
     default: 10_000,
 };
 
 /// `limits.max_tracks` (published tracks on the router, relayed ones included).
-pub const TRACKS: Limit = Limit {
+pub(crate) const TRACKS: Limit = Limit {
     key: "limits.max_tracks",
     env: "KASKADE_LIMITS_MAX_TRACKS",
     default: 20_000,
 };
 
 /// `limits.max_subscriptions_per_session`.
-pub const SUBSCRIPTIONS_PER_SESSION: Limit = Limit {
+pub(crate) const SUBSCRIPTIONS_PER_SESSION: Limit = Limit {
     key: "limits.max_subscriptions_per_session",
     env: "KASKADE_LIMITS_MAX_SUBSCRIPTIONS_PER_SESSION",
     default: 512,
@@ -55,7 +55,7 @@ pub const SUBSCRIPTIONS_PER_SESSION: Limit = Limit {
 
 /// Every limit the tool plans for. A variable is only ever set when a scenario
 /// needs more than the default, so a router that predates a key never sees it.
-pub const ALL: [Limit; 5] = [
+pub(crate) const ALL: [Limit; 5] = [
     SESSIONS_PER_ROOM,
     ROOMS,
     SESSIONS,
@@ -65,7 +65,7 @@ pub const ALL: [Limit; 5] = [
 
 /// What a scenario needs of one router at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Needs {
+pub(crate) struct Needs {
     /// Sessions in the fullest room (a meeting participant is one session).
     pub sessions_per_room: u64,
     /// Rooms.
@@ -81,7 +81,7 @@ pub struct Needs {
 impl Needs {
     /// The needs of a scenario run on one router (a cascade's routers need at
     /// most as much each).
-    pub fn of(s: &Scenario) -> Needs {
+    pub(crate) fn of(s: &Scenario) -> Needs {
         let per_room = u64::from(s.publishers) + u64::from(s.subscribers);
         let tracks = u64::from(s.tracks_per_publisher());
         let others = if s.subscribers > 0 {
@@ -111,7 +111,7 @@ impl Needs {
 
 /// A limit raised for a router the tool starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Raise {
+pub(crate) struct Raise {
     /// Which limit.
     pub limit: Limit,
     /// The value it would have had.
@@ -122,12 +122,12 @@ pub struct Raise {
 
 impl Raise {
     /// The environment variable to set on the router process.
-    pub fn env(&self) -> (&'static str, String) {
+    pub(crate) fn env(&self) -> (&'static str, String) {
         (self.limit.env, self.to.to_string())
     }
 
     /// What the tool says about it.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         format!(
             "the scenario needs {} where the router allows {}: the router this tool starts \
              gets {} = {} ({}={})",
@@ -139,7 +139,7 @@ impl Raise {
 /// The limits to raise on a router this tool starts. `inherited` reads the
 /// environment the router would inherit (a limit set there counts instead of
 /// the default; one set higher than needed is left alone).
-pub fn raises(needs: &Needs, inherited: impl Fn(&str) -> Option<String>) -> Vec<Raise> {
+pub(crate) fn raises(needs: &Needs, inherited: impl Fn(&str) -> Option<String>) -> Vec<Raise> {
     ALL.into_iter()
         .filter_map(|limit| {
             let from = inherited(limit.env)
@@ -157,7 +157,7 @@ pub fn raises(needs: &Needs, inherited: impl Fn(&str) -> Option<String>) -> Vec<
 
 /// The warning for a room the router created with `room_max` sessions at most
 /// when `need` will join it (`None`: it fits).
-pub fn room_refusal(room: &str, room_max: u64, need: u64) -> Option<String> {
+pub(crate) fn room_refusal(room: &str, room_max: u64, need: u64) -> Option<String> {
     (need > room_max).then(|| {
         format!(
             "room {room} takes at most {room_max} sessions (the router's {}; raise it with {} \
@@ -173,7 +173,7 @@ pub fn room_refusal(room: &str, room_max: u64, need: u64) -> Option<String> {
 /// The warnings for a router the tool did not start, before the run: limits it
 /// cannot read back (it only learns a room's session limit once the room
 /// exists), named when the scenario needs more than their default.
-pub fn unknown_router_warnings(needs: &Needs) -> Vec<String> {
+pub(crate) fn unknown_router_warnings(needs: &Needs) -> Vec<String> {
     ALL.iter()
         .filter(|l| **l != SESSIONS_PER_ROOM && needs.of_limit(l) > l.default)
         .map(|l| {

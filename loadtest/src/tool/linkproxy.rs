@@ -23,7 +23,7 @@ const NAP: Duration = Duration::from_millis(20);
 
 /// A running proxy; stops when dropped.
 #[derive(Debug)]
-pub struct LinkProxy {
+pub(crate) struct LinkProxy {
     /// Where the dialling router sends.
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -33,7 +33,7 @@ pub struct LinkProxy {
 impl LinkProxy {
     /// A proxy on 127.0.0.1 that forwards to `upstream`, impaired by `link` in
     /// both directions.
-    pub fn start(upstream: SocketAddr, link: Link, seed: u64) -> std::io::Result<LinkProxy> {
+    pub(crate) fn start(upstream: SocketAddr, link: Link, seed: u64) -> std::io::Result<LinkProxy> {
         let mut front = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let mut upper = UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let addr = front.local_addr()?;

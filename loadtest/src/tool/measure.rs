@@ -7,13 +7,13 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// A gap between two video frames longer than this is a freeze.
-pub const FREEZE_GAP: Duration = Duration::from_millis(500);
+pub(crate) const FREEZE_GAP: Duration = Duration::from_millis(500);
 
 /// Largest latency the histograms hold, in microseconds (larger values saturate).
 const LATENCY_MAX_US: u64 = 60_000_000;
 
 /// A latency histogram in microseconds, 3 significant figures.
-pub fn latency_histogram() -> Histogram<u64> {
+pub(crate) fn latency_histogram() -> Histogram<u64> {
     // Bounds are constants that hdrhistogram accepts (low >= 1, high >= 2 * low,
     // sigfig <= 5), so construction cannot fail.
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("constant histogram bounds")
@@ -21,7 +21,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 
 /// Counts freezes: gaps between consecutive frames longer than [`FREEZE_GAP`].
 #[derive(Debug, Clone, Default)]
-pub struct FreezeTracker {
+pub(crate) struct FreezeTracker {
     last: Option<Instant>,
     /// Frames seen.
     pub frames: u64,
@@ -35,7 +35,7 @@ pub struct FreezeTracker {
 
 impl FreezeTracker {
     /// A frame was complete at `at`.
-    pub fn on_frame(&mut self, at: Instant) {
+    pub(crate) fn on_frame(&mut self, at: Instant) {
         if let Some(last) = self.last {
             self.gap(at.saturating_duration_since(last));
         }
@@ -53,7 +53,7 @@ impl FreezeTracker {
 
     /// The run ended at `end`: a stream stalled since its last frame counts as frozen.
     /// Call once.
-    pub fn finish(&mut self, end: Instant) {
+    pub(crate) fn finish(&mut self, end: Instant) {
         if let Some(last) = self.last {
             let gap = end.saturating_duration_since(last);
             if gap > FREEZE_GAP {
@@ -65,7 +65,7 @@ impl FreezeTracker {
 
 /// Counts changes of the layer a subscriber receives on one track.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LayerTracker {
+pub(crate) struct LayerTracker {
     /// Layer of the latest packet.
     pub current: Option<u8>,
     /// Changes after the first packet.
@@ -74,7 +74,7 @@ pub struct LayerTracker {
 
 impl LayerTracker {
     /// A packet of `layer` arrived.
-    pub fn on_packet(&mut self, layer: u8) {
+    pub(crate) fn on_packet(&mut self, layer: u8) {
         if let Some(c) = self.current {
             if c != layer {
                 self.switches += 1;
@@ -89,7 +89,7 @@ impl LayerTracker {
 /// what it forwards, so layer switches and dropped temporal layers leave no gaps:
 /// what remains is loss after NACK repair.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SeqLoss {
+pub(crate) struct SeqLoss {
     first: Option<u64>,
     highest: u64,
     /// Packets received.
@@ -98,7 +98,7 @@ pub struct SeqLoss {
 
 impl SeqLoss {
     /// A packet with extended sequence number `seq` arrived.
-    pub fn on_packet(&mut self, seq: u64) {
+    pub(crate) fn on_packet(&mut self, seq: u64) {
         match self.first {
             None => {
                 self.first = Some(seq);
@@ -113,19 +113,19 @@ impl SeqLoss {
     }
 
     /// Packets expected: first to highest sequence number.
-    pub fn expected(&self) -> u64 {
+    pub(crate) fn expected(&self) -> u64 {
         self.first.map_or(0, |f| self.highest - f + 1)
     }
 
     /// Packets missing (never negative: duplicates are not expected).
-    pub fn lost(&self) -> u64 {
+    pub(crate) fn lost(&self) -> u64 {
         self.expected().saturating_sub(self.received)
     }
 }
 
 /// Drops counted by the kernel for UDP sockets bound to `ports` (the `drops` column
 /// of `/proc/net/udp` text): datagrams that arrived while a socket buffer was full.
-pub fn udp_socket_drops(proc_net_udp: &str, ports: &std::collections::HashSet<u16>) -> u64 {
+pub(crate) fn udp_socket_drops(proc_net_udp: &str, ports: &std::collections::HashSet<u16>) -> u64 {
     proc_net_udp
         .lines()
         .skip(1)
@@ -142,7 +142,7 @@ pub fn udp_socket_drops(proc_net_udp: &str, ports: &std::collections::HashSet<u1
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     /// Samples.
     pub count: u64,
     /// Mean.
@@ -161,7 +161,7 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// Percentiles of a microsecond histogram.
-    pub fn of(h: &Histogram<u64>) -> Percentiles {
+    pub(crate) fn of(h: &Histogram<u64>) -> Percentiles {
         if h.is_empty() {
             return Percentiles::default();
         }
@@ -179,7 +179,7 @@ impl Percentiles {
 }
 
 /// Percentiles of a list of durations (join times and the like; small lists).
-pub fn percentiles_of(values: &[Duration]) -> Percentiles {
+pub(crate) fn percentiles_of(values: &[Duration]) -> Percentiles {
     let mut h = latency_histogram();
     for v in values {
         h.saturating_record(u64::try_from(v.as_micros()).unwrap_or(u64::MAX).max(1));
@@ -188,7 +188,7 @@ pub fn percentiles_of(values: &[Duration]) -> Percentiles {
 }
 
 /// Bits per second of `bytes` over `secs` (0 for an empty interval).
-pub fn bps(bytes: u64, secs: f64) -> f64 {
+pub(crate) fn bps(bytes: u64, secs: f64) -> f64 {
     if secs <= 0.0 {
         0.0
     } else {
@@ -197,7 +197,7 @@ pub fn bps(bytes: u64, secs: f64) -> f64 {
 }
 
 /// `part / whole` as a fraction (0 when `whole` is 0).
-pub fn ratio(part: u64, whole: u64) -> f64 {
+pub(crate) fn ratio(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
@@ -206,13 +206,13 @@ pub fn ratio(part: u64, whole: u64) -> f64 {
 }
 
 /// CPU microseconds per packet, `None` without packets.
-pub fn cpu_us_per_packet(cpu: Duration, packets: u64) -> Option<f64> {
+pub(crate) fn cpu_us_per_packet(cpu: Duration, packets: u64) -> Option<f64> {
     (packets > 0).then(|| cpu.as_secs_f64() * 1e6 / packets as f64)
 }
 
 /// Median and spread (min, max) of some figures; `None` if empty or all missing.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Spread {
+pub(crate) struct Spread {
     /// Median (mean of the middle two for an even count).
     pub median: f64,
     /// Smallest.
@@ -224,7 +224,7 @@ pub struct Spread {
 }
 
 /// The median and spread of the finite values.
-pub fn spread(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+pub(crate) fn spread(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
     let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return None;

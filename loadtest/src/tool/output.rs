@@ -11,7 +11,7 @@ use super::thresholds::{Thresholds, Violation};
 
 /// What the machine is, for the report.
 #[derive(Debug, Serialize)]
-pub struct Machine {
+pub(crate) struct Machine {
     /// CPUs this process may use.
     pub nproc: usize,
     /// CPU model.
@@ -22,7 +22,7 @@ pub struct Machine {
 
 impl Machine {
     /// Probes this machine.
-    pub fn probe() -> Machine {
+    pub(crate) fn probe() -> Machine {
         let (cpu_model, kernel) = super::procfs::machine();
         Machine {
             nproc: std::thread::available_parallelism().map_or(1, usize::from),
@@ -32,14 +32,14 @@ impl Machine {
     }
 
     /// One line for reports.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!("{} × {}, Linux {}", self.nproc, self.cpu_model, self.kernel)
     }
 }
 
 /// The JSON report.
 #[derive(Debug, Serialize)]
-pub struct JsonReport<'a> {
+pub(crate) struct JsonReport<'a> {
     /// The tool's name.
     pub tool: &'static str,
     /// The tool's version.
@@ -67,7 +67,7 @@ pub struct JsonReport<'a> {
 }
 
 /// Writes report.json and report.html into `dir`.
-pub fn write_reports(
+pub(crate) fn write_reports(
     dir: &Path,
     json: &JsonReport<'_>,
     html_page: &str,

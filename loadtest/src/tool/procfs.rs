@@ -17,14 +17,14 @@ fn process(pid: u32) -> Option<Process> {
 
 /// CPU time used so far by process `pid`, all threads, user + system (`None`
 /// if it is gone or unreadable).
-pub fn cpu_time(pid: u32) -> Option<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
     let st = process(pid)?.stat().ok()?;
     Some(ticks(st.utime + st.stime))
 }
 
 /// CPU time used so far by each thread of process `pid`, with the thread's
 /// name (empty if the process is gone).
-pub fn thread_cpu_times(pid: u32) -> Vec<(String, Duration)> {
+pub(crate) fn thread_cpu_times(pid: u32) -> Vec<(String, Duration)> {
     let Some(tasks) = process(pid).and_then(|p| p.tasks().ok()) else {
         return Vec::new();
     };
@@ -36,22 +36,22 @@ pub fn thread_cpu_times(pid: u32) -> Vec<(String, Duration)> {
 }
 
 /// CPU time used so far by this process.
-pub fn own_cpu_time() -> Option<Duration> {
+pub(crate) fn own_cpu_time() -> Option<Duration> {
     cpu_time(std::process::id())
 }
 
 /// Resident memory of process `pid`, bytes.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     Some(process(pid)?.stat().ok()?.rss_bytes().get())
 }
 
 /// Open file descriptors of process `pid`.
-pub fn open_fds(pid: u32) -> Option<u64> {
+pub(crate) fn open_fds(pid: u32) -> Option<u64> {
     process(pid)?.fd_count().ok().map(|n| n as u64)
 }
 
 /// The machine's CPU model (first processor) and kernel release.
-pub fn machine() -> (String, String) {
+pub(crate) fn machine() -> (String, String) {
     let model = procfs::CpuInfo::current()
         .ok()
         .and_then(|c| c.model_name(0).map(str::to_string))

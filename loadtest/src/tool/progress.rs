@@ -10,7 +10,7 @@ use super::scenario::Scenario;
 
 /// Prints samples as they come.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     on: bool,
     /// The live line on a terminal; `None`: plain lines.
     bar: Option<ProgressBar>,
@@ -21,7 +21,7 @@ pub struct Progress {
 
 impl Progress {
     /// A progress printer (`on` false: silent).
-    pub fn new(on: bool, label: &str, scn: &Scenario) -> Progress {
+    pub(crate) fn new(on: bool, label: &str, scn: &Scenario) -> Progress {
         let bar = (on && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             // A constant template: `with_template` only fails on a malformed one.
@@ -40,7 +40,7 @@ impl Progress {
     }
 
     /// The text of one progress line.
-    pub fn text(&self, s: &Sample) -> String {
+    pub(crate) fn text(&self, s: &Sample) -> String {
         let video: Vec<String> = s
             .rx_bps_layers
             .iter()
@@ -86,7 +86,7 @@ impl Progress {
     }
 
     /// Shows one sample.
-    pub fn line(&mut self, s: &Sample) {
+    pub(crate) fn line(&mut self, s: &Sample) {
         if !self.on {
             return;
         }
@@ -101,7 +101,7 @@ impl Progress {
     }
 
     /// Leaves the last line on a terminal.
-    pub fn done(&mut self) {
+    pub(crate) fn done(&mut self) {
         if let Some(b) = self.bar.take() {
             b.abandon();
         }

@@ -9,7 +9,7 @@ use super::http::HttpApi;
 
 /// One sample line: `name{label="value",...} value [timestamp]`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Metric name (with `_total`, `_bucket`, ... as written).
     pub name: String,
     /// Labels in the order written.
@@ -20,7 +20,7 @@ pub struct Sample {
 
 impl Sample {
     /// The value of label `key`.
-    pub fn label(&self, key: &str) -> Option<&str> {
+    pub(crate) fn label(&self, key: &str) -> Option<&str> {
         self.labels
             .iter()
             .find(|(k, _)| k == key)
@@ -30,26 +30,26 @@ impl Sample {
 
 /// A parsed exposition.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Exposition {
+pub(crate) struct Exposition {
     /// Every sample, in order.
     pub samples: Vec<Sample>,
 }
 
 impl Exposition {
     /// Parses the text format; lines that do not parse are skipped.
-    pub fn parse(text: &str) -> Exposition {
+    pub(crate) fn parse(text: &str) -> Exposition {
         Exposition {
             samples: text.lines().filter_map(parse_line).collect(),
         }
     }
 
     /// Sum of the samples of `name` whose labels include every pair of `with`.
-    pub fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+    pub(crate) fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
         self.matching(name, with).map(|s| s.value).sum()
     }
 
     /// The samples of `name` whose labels include every pair of `with`.
-    pub fn matching<'a>(
+    pub(crate) fn matching<'a>(
         &'a self,
         name: &'a str,
         with: &'a [(&'a str, &'a str)],
@@ -120,12 +120,12 @@ fn parse_labels<'a>(mut s: &'a str, out: &mut Vec<(String, String)>) -> Option<&
 }
 
 /// Fetches and parses `GET /metrics`.
-pub async fn scrape(api: &HttpApi) -> Result<Exposition, String> {
+pub(crate) async fn scrape(api: &HttpApi) -> Result<Exposition, String> {
     Ok(Exposition::parse(&api.get_text("/metrics").await?))
 }
 
 /// The router's `kaskade_build_info{version,commit}`, when it exports it.
-pub fn build_info(e: &Exposition) -> Option<(String, String)> {
+pub(crate) fn build_info(e: &Exposition) -> Option<(String, String)> {
     let s = e.matching("kaskade_build_info", &[]).next()?;
     Some((
         s.label("version").unwrap_or("").to_string(),

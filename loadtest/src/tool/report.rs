@@ -14,7 +14,7 @@ use super::trend::Trend;
 
 /// One per-second sample.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Seconds since the run started.
     pub t: f64,
     /// ramp, warmup, measure or end.
@@ -51,7 +51,7 @@ pub struct Sample {
 
 /// A failed join.
 #[derive(Debug, Clone, Serialize)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// Client id.
     pub client: u32,
     /// Role.
@@ -68,7 +68,7 @@ pub struct Failure {
 
 /// Joins.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct JoinFigures {
+pub(crate) struct JoinFigures {
     /// Joins attempted (publishers, subscribers, meeting subscriptions).
     pub attempted: u64,
     /// Joins that failed.
@@ -95,7 +95,7 @@ pub struct JoinFigures {
 
 /// Loss of one kind of media.
 #[derive(Debug, Clone, Copy, Serialize, Default)]
-pub struct Loss {
+pub(crate) struct Loss {
     /// RTP packets missing at the end (after NACK/RTX repair).
     pub lost: u64,
     /// RTP packets expected.
@@ -106,7 +106,7 @@ pub struct Loss {
 
 /// What subscribers received in the measured window.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct MediaFigures {
+pub(crate) struct MediaFigures {
     /// Length of the window, seconds.
     pub window_secs: f64,
     /// Subscriptions (track × receiver) expected.
@@ -163,7 +163,7 @@ pub struct MediaFigures {
 
 /// CPU of one router thread (threads of one name summed) in the window.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct ThreadCpu {
+pub(crate) struct ThreadCpu {
     /// Thread name (`kaskade-media-N` for kaskade's media workers).
     pub name: String,
     /// CPU seconds in the window.
@@ -174,7 +174,7 @@ pub struct ThreadCpu {
 
 /// CPU of the router and of the load generator in the window.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct CpuFigures {
+pub(crate) struct CpuFigures {
     /// Router process id, when known.
     pub router_pid: Option<u32>,
     /// Router CPU per thread name, busiest first.
@@ -208,7 +208,7 @@ pub struct CpuFigures {
 
 /// One run against one target.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
+pub(crate) struct RunReport {
     /// Target label, e.g. `kaskade w1`.
     pub target: String,
     /// Repetition index (0-based).
@@ -240,7 +240,7 @@ pub struct RunReport {
 
 /// What a join/leave soak did.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct ChurnFigures {
+pub(crate) struct ChurnFigures {
     /// Cycles done (join, subscribe, leave).
     pub cycles: u64,
     /// Cycles that failed somewhere.
@@ -266,7 +266,7 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 }
 
 /// Formats bits per second.
-pub fn fmt_bps(bps: f64) -> String {
+pub(crate) fn fmt_bps(bps: f64) -> String {
     if bps >= 1e6 {
         format!("{:.2} Mbps", bps / 1e6)
     } else {
@@ -276,7 +276,7 @@ pub fn fmt_bps(bps: f64) -> String {
 
 impl RunReport {
     /// The human summary.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let mut o = String::new();
         let j = &self.joins;
         let m = &self.media;
@@ -455,7 +455,7 @@ impl RunReport {
 
 /// Medians over repeats of one target's runs.
 #[derive(Debug, Clone, Serialize)]
-pub struct TargetMedians {
+pub(crate) struct TargetMedians {
     /// Target label.
     pub target: String,
     /// Runs.
@@ -489,7 +489,7 @@ pub struct TargetMedians {
 }
 
 /// Medians of every target's runs.
-pub fn medians(runs: &[RunReport]) -> Vec<TargetMedians> {
+pub(crate) fn medians(runs: &[RunReport]) -> Vec<TargetMedians> {
     let mut targets: Vec<String> = vec![];
     for r in runs {
         if !targets.contains(&r.target) {
@@ -534,7 +534,7 @@ fn cell(s: &Option<Spread>, digits: usize, spread: bool) -> String {
 }
 
 /// The side-by-side table (Markdown), medians with the spread in parentheses.
-pub fn comparison_table(meds: &[TargetMedians]) -> String {
+pub(crate) fn comparison_table(meds: &[TargetMedians]) -> String {
     let mut o = String::new();
     type Row<'a> = (&'a str, &'a dyn Fn(&TargetMedians) -> String);
     let rows: [Row<'_>; 12] = [

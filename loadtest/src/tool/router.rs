@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 /// The addresses in the router's `KASKADE_READY` line.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Ready {
+pub(crate) struct Ready {
     /// gRPC control address.
     pub control: SocketAddr,
     /// Prometheus address (absent when metrics are off).
@@ -20,7 +20,7 @@ pub struct Ready {
 }
 
 /// Parses a `KASKADE_READY {...}` line.
-pub fn parse_ready(line: &str) -> Result<Ready, String> {
+pub(crate) fn parse_ready(line: &str) -> Result<Ready, String> {
     let json = line
         .trim()
         .strip_prefix("KASKADE_READY ")
@@ -30,7 +30,7 @@ pub fn parse_ready(line: &str) -> Result<Ready, String> {
 
 /// A router process this tool started; stopped (SIGTERM, then SIGKILL) when dropped.
 #[derive(Debug)]
-pub struct RouterProcess {
+pub(crate) struct RouterProcess {
     child: Child,
     /// Its addresses.
     pub ready: Ready,
@@ -39,7 +39,7 @@ pub struct RouterProcess {
 impl RouterProcess {
     /// Starts `bin serve` with `workers` media workers on ephemeral loopback ports,
     /// `extra` arguments and `env` variables; its stderr goes to `log`.
-    pub fn start(
+    pub(crate) fn start(
         bin: &Path,
         workers: u32,
         log: &Path,
@@ -112,25 +112,25 @@ impl RouterProcess {
     }
 
     /// Its process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Stops it: SIGTERM, up to 5 s, then SIGKILL.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         terminate(&mut self.child);
     }
 }
 
 /// The version `bin --version` prints (`kaskade 0.1.0` → `0.1.0`).
-pub fn bin_version(bin: &Path) -> Option<String> {
+pub(crate) fn bin_version(bin: &Path) -> Option<String> {
     let out = Command::new(bin).arg("--version").output().ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
     Some(text.split_whitespace().last()?.to_string())
 }
 
 /// Stops a child process: SIGTERM, up to 5 s for it to exit, then SIGKILL.
-pub fn terminate(child: &mut std::process::Child) {
+pub(crate) fn terminate(child: &mut std::process::Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -159,7 +159,7 @@ impl Drop for RouterProcess {
 
 /// The router binary to use: `explicit`, else `target/release/kaskade` or
 /// `target/debug/kaskade` next to this executable or under the current directory.
-pub fn find_router_bin(explicit: Option<&Path>) -> Result<PathBuf, String> {
+pub(crate) fn find_router_bin(explicit: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(p) = explicit {
         return if p.is_file() {
             Ok(p.to_path_buf())

@@ -26,7 +26,7 @@ use super::target::{Started, Target, TargetSpec};
 
 /// Options of a run that are not the scenario.
 #[derive(Debug, Clone)]
-pub struct RunOpts {
+pub(crate) struct RunOpts {
     /// Driver threads.
     pub threads: usize,
     /// Where logs go.
@@ -36,7 +36,7 @@ pub struct RunOpts {
 }
 
 /// Runs the scenario once against a target.
-pub async fn run_once(
+pub(crate) async fn run_once(
     scn: &Scenario,
     spec: &TargetSpec,
     opts: &RunOpts,

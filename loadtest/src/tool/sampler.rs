@@ -19,7 +19,7 @@ use super::target::RouterRef;
 
 /// One router's counters at one moment.
 #[derive(Debug, Clone, Default)]
-pub struct RouterSnap {
+pub(crate) struct RouterSnap {
     /// CPU time of the process.
     pub cpu: Option<Duration>,
     /// CPU time per thread, with the thread's name.
@@ -38,7 +38,7 @@ pub struct RouterSnap {
 
 /// Every router's and the generator's counters at one moment.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// When.
     pub at: Instant,
     /// Per router, in the target's order.
@@ -56,7 +56,7 @@ fn sum_opt<T: std::iter::Sum<T>>(v: impl Iterator<Item = Option<T>>) -> Option<T
 impl Snapshot {
     /// Reads the counters of `routers`; `threads` also per thread, `links`
     /// (one control client per router) the cascade links.
-    pub async fn take(routers: &[RouterRef], threads: bool, links: &[Kaskade]) -> Snapshot {
+    pub(crate) async fn take(routers: &[RouterRef], threads: bool, links: &[Kaskade]) -> Snapshot {
         let mut out = Vec::with_capacity(routers.len());
         for (i, r) in routers.iter().enumerate() {
             let exposition = match &r.metrics {
@@ -94,32 +94,32 @@ impl Snapshot {
     }
 
     /// CPU time of all routers.
-    pub fn cpu(&self) -> Option<Duration> {
+    pub(crate) fn cpu(&self) -> Option<Duration> {
         sum_opt(self.routers.iter().map(|r| r.cpu))
     }
 
     /// Forwarded packets of all routers.
-    pub fn forwarded(&self) -> Option<f64> {
+    pub(crate) fn forwarded(&self) -> Option<f64> {
         sum_opt(self.routers.iter().map(|r| r.forwarded))
     }
 
     /// ICE-TCP connections open on all routers.
-    pub fn tcp_active(&self) -> Option<f64> {
+    pub(crate) fn tcp_active(&self) -> Option<f64> {
         sum_opt(self.routers.iter().map(|r| r.tcp_active))
     }
 
     /// Resident memory of all routers, bytes.
-    pub fn rss(&self) -> Option<u64> {
+    pub(crate) fn rss(&self) -> Option<u64> {
         sum_opt(self.routers.iter().map(|r| r.rss))
     }
 
     /// Open descriptors of all routers.
-    pub fn fds(&self) -> Option<u64> {
+    pub(crate) fn fds(&self) -> Option<u64> {
         sum_opt(self.routers.iter().map(|r| r.fds))
     }
 
     /// CPU time per thread name over all routers.
-    pub fn threads(&self) -> Vec<(String, Duration)> {
+    pub(crate) fn threads(&self) -> Vec<(String, Duration)> {
         self.routers
             .iter()
             .flat_map(|r| r.threads.iter().cloned())
@@ -128,12 +128,12 @@ impl Snapshot {
 }
 
 /// `b − a` of two optional counters.
-pub fn cpu_delta(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+pub(crate) fn cpu_delta(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     Some(b?.saturating_sub(a?))
 }
 
 /// What the sampler needs.
-pub struct SampleLoop {
+pub(crate) struct SampleLoop {
     /// The run's join state.
     pub joins: Arc<Joins>,
     /// The target's routers.
@@ -148,7 +148,7 @@ pub struct SampleLoop {
 
 impl SampleLoop {
     /// Samples once a second until `stop`; returns the series.
-    pub async fn run(mut self) -> Vec<Sample> {
+    pub(crate) async fn run(mut self) -> Vec<Sample> {
         let start = Instant::now();
         let mut series = vec![];
         let mut last = Snapshot::take(&self.routers, false, &[]).await;

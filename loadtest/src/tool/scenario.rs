@@ -10,7 +10,7 @@ use super::units::{Dur, Frac, Rate};
 /// Which simulcast layer subscribers ask for (`UpdateSubscription.max_spatial_layer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum LayerPref {
+pub(crate) enum LayerPref {
     /// Leave it to the router (no `UpdateSubscription`).
     #[default]
     Auto,
@@ -24,7 +24,7 @@ pub enum LayerPref {
 
 impl LayerPref {
     /// The spatial layer index for `n` layers, `None` for [`LayerPref::Auto`].
-    pub fn index(self, n: usize) -> Option<u32> {
+    pub(crate) fn index(self, n: usize) -> Option<u32> {
         let top = n.saturating_sub(1) as u32;
         match self {
             LayerPref::Auto => None,
@@ -53,7 +53,7 @@ impl std::str::FromStr for LayerPref {
 /// offer and need neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Bootstrap {
+pub(crate) enum Bootstrap {
     /// A data channel (the flow docs/api.md shows first).
     #[default]
     Datachannel,
@@ -75,7 +75,7 @@ impl std::str::FromStr for Bootstrap {
 /// How the clients reach the router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Transport {
+pub(crate) enum Transport {
     /// UDP, one socket per client.
     #[default]
     Udp,
@@ -99,7 +99,7 @@ impl std::str::FromStr for Transport {
 /// Network impairment applied in user space to a share of the clients of one role.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ImpairSpec {
+pub(crate) struct ImpairSpec {
     /// One-way delay added in each direction.
     pub delay: Dur,
     /// Extra delay, uniform in `[0, jitter]`, per packet (order kept).
@@ -129,7 +129,7 @@ impl Default for ImpairSpec {
 
 impl ImpairSpec {
     /// Whether it changes anything.
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.fraction.0 > 0.0
             && (!self.delay.0.is_zero()
                 || !self.jitter.0.is_zero()
@@ -142,7 +142,7 @@ impl ImpairSpec {
 /// and links (kaskade only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CascadeSpec {
+pub(crate) struct CascadeSpec {
     /// Routers besides the publishers' one that subscribers join (0: no cascade).
     pub edge_routers: u32,
     /// Share of the subscribers that join the publishers' router: the baseline
@@ -165,13 +165,13 @@ impl Default for CascadeSpec {
 
 impl CascadeSpec {
     /// Whether the scenario is a cascade.
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.edge_routers > 0
     }
 
     /// The router (0: the publishers') subscriber `i` of `n` joins: the origin
     /// share spread evenly, the rest round-robin over the edge routers.
-    pub fn router_of(&self, i: u32, n: u32) -> u32 {
+    pub(crate) fn router_of(&self, i: u32, n: u32) -> u32 {
         if !self.is_active() {
             return 0;
         }
@@ -189,7 +189,7 @@ impl CascadeSpec {
 /// A load-test scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     /// A name for reports.
     pub name: String,
     /// Rooms.
@@ -261,11 +261,11 @@ impl Default for Scenario {
 }
 
 /// The canonical scenarios of `shared/PERFORMANCE.md`.
-pub const PRESETS: &[&str] = &["s1", "s2", "s3", "s4", "soak-s2", "churn"];
+pub(crate) const PRESETS: &[&str] = &["s1", "s2", "s3", "s4", "soak-s2", "churn"];
 
 impl Scenario {
     /// A canonical scenario by id (`s1`, `s2`, `s3`).
-    pub fn preset(id: &str) -> Result<Scenario, String> {
+    pub(crate) fn preset(id: &str) -> Result<Scenario, String> {
         let base = Scenario::default();
         match id.to_ascii_lowercase().as_str() {
             "s1" => Ok(Scenario {
@@ -337,14 +337,14 @@ impl Scenario {
     }
 
     /// Parses a TOML scenario file's contents (unknown keys are errors).
-    pub fn from_toml(text: &str) -> Result<Scenario, String> {
+    pub(crate) fn from_toml(text: &str) -> Result<Scenario, String> {
         let s: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
         s.validate()?;
         Ok(s)
     }
 
     /// Checks the scenario makes sense.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.rooms == 0 {
             return Err("rooms must be at least 1".into());
         }
@@ -406,17 +406,17 @@ impl Scenario {
     }
 
     /// Clients the run creates (a meeting participant is one kaskade session).
-    pub fn participants(&self) -> u32 {
+    pub(crate) fn participants(&self) -> u32 {
         self.rooms * (self.publishers + self.subscribers)
     }
 
     /// Tracks each publisher sends.
-    pub fn tracks_per_publisher(&self) -> u32 {
+    pub(crate) fn tracks_per_publisher(&self) -> u32 {
         u32::from(self.audio) + u32::from(self.video)
     }
 
     /// Subscribed tracks in the whole run (what the router fans out to).
-    pub fn subscriptions(&self) -> u32 {
+    pub(crate) fn subscriptions(&self) -> u32 {
         let per_room_receivers = |others: u32| others * self.tracks_per_publisher();
         let subs = self.subscribers * per_room_receivers(self.publishers);
         let meeting = if self.meeting {
@@ -428,7 +428,7 @@ impl Scenario {
     }
 
     /// One line describing the shape.
-    pub fn shape(&self) -> String {
+    pub(crate) fn shape(&self) -> String {
         let media = match (self.audio, self.video) {
             (true, true) => format!("audio+VP8 {}", self.layers.join("/")),
             (false, true) => format!("VP8 {}", self.layers.join("/")),

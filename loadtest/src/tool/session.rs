@@ -19,7 +19,7 @@ use super::scenario::{Scenario, Transport};
 /// What a client does in the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     /// Publishes only.
     Publisher,
     /// Receives only.
@@ -31,7 +31,7 @@ pub enum Role {
 
 /// A published track.
 #[derive(Debug, Clone)]
-pub struct PubTrack {
+pub(crate) struct PubTrack {
     /// Router track id (kaskade) or stream mid (Janus).
     pub track_id: String,
     /// Video.
@@ -40,14 +40,14 @@ pub struct PubTrack {
 
 /// Janus ids of a publisher.
 #[derive(Debug, Clone, Copy)]
-pub struct JanusFeed {
+pub(crate) struct JanusFeed {
     /// Feed (publisher) id in the room.
     pub feed: u64,
 }
 
 /// A publisher that joined.
 #[derive(Debug, Clone)]
-pub struct Publisher {
+pub(crate) struct Publisher {
     /// Its client.
     pub id: ClientId,
     /// Its session (kaskade).
@@ -60,7 +60,7 @@ pub struct Publisher {
 
 /// How one join went.
 #[derive(Debug, Clone)]
-pub struct JoinRecord {
+pub(crate) struct JoinRecord {
     /// The client.
     pub id: ClientId,
     /// Its role.
@@ -83,7 +83,7 @@ pub struct JoinRecord {
 
 /// The shared state of a run's join tasks.
 #[derive(Debug)]
-pub struct Joins {
+pub(crate) struct Joins {
     /// The client driver.
     pub driver: Driver,
     /// The scenario.
@@ -101,7 +101,7 @@ pub struct Joins {
 
 impl Joins {
     /// Join state over a started driver.
-    pub fn new(driver: Driver, scenario: Scenario, epoch: Instant) -> Self {
+    pub(crate) fn new(driver: Driver, scenario: Scenario, epoch: Instant) -> Self {
         Joins {
             driver,
             scenario,
@@ -117,7 +117,7 @@ impl Joins {
 
     /// A new publishing client with the scenario's tracks (audio, and video
     /// as simulcast when it has more than one layer).
-    pub async fn new_publisher(
+    pub(crate) async fn new_publisher(
         &self,
         role: Role,
         room: u32,
@@ -145,7 +145,7 @@ impl Joins {
     /// Creates a client for `role` (impaired as the scenario says) in receiver
     /// group `group`, sets it up with `setup` (tracks, channels) and adds it to the
     /// driver. Returns its id and record.
-    pub async fn new_client(
+    pub(crate) async fn new_client(
         &self,
         role: Role,
         room: u32,
@@ -211,7 +211,7 @@ impl Joins {
     }
 
     /// Waits for the client to connect, within the scenario's join timeout.
-    pub async fn connected(&self, id: ClientId, step: &str) -> Result<Instant, String> {
+    pub(crate) async fn connected(&self, id: ClientId, step: &str) -> Result<Instant, String> {
         let limit = self.scenario.join_timeout.0;
         match tokio::time::timeout(limit, self.driver.wait_connected(id)).await {
             Ok(Ok(t)) => Ok(t),
@@ -238,7 +238,7 @@ impl Joins {
     }
 
     /// Marks when the client asked for media (time-to-first-frame zero).
-    pub async fn media_requested(&self, id: ClientId, at: Instant) {
+    pub(crate) async fn media_requested(&self, id: ClientId, at: Instant) {
         let _ = self
             .driver
             .call(id, move |s| s.media_requested_at = Some(at))
@@ -246,24 +246,24 @@ impl Joins {
     }
 
     /// Counts a finished join/leave cycle; returns how many are done.
-    pub fn cycle_done(&self) -> u64 {
+    pub(crate) fn cycle_done(&self) -> u64 {
         self.cycles.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Join/leave cycles done so far.
-    pub fn cycles_done(&self) -> u64 {
+    pub(crate) fn cycles_done(&self) -> u64 {
         self.cycles.load(Ordering::Relaxed)
     }
 
     /// Stores a join's outcome.
-    pub fn record(&self, r: JoinRecord) {
+    pub(crate) fn record(&self, r: JoinRecord) {
         if let Ok(mut v) = self.records.lock() {
             v.push(r);
         }
     }
 
     /// Adds a note for the report (printed once).
-    pub fn note(&self, text: String) {
+    pub(crate) fn note(&self, text: String) {
         if let Ok(mut v) = self.notes.lock() {
             if !v.contains(&text) {
                 eprintln!("note: {text}");
@@ -273,17 +273,17 @@ impl Joins {
     }
 
     /// The outcomes so far.
-    pub fn records(&self) -> Vec<JoinRecord> {
+    pub(crate) fn records(&self) -> Vec<JoinRecord> {
         self.records.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// The clients' UDP ports.
-    pub fn ports(&self) -> HashSet<u16> {
+    pub(crate) fn ports(&self) -> HashSet<u16> {
         self.ports.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// The notes so far.
-    pub fn notes(&self) -> Vec<String> {
+    pub(crate) fn notes(&self) -> Vec<String> {
         self.notes.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
@@ -313,7 +313,7 @@ fn grow_buffers(socket: &std::net::UdpSocket) {
 }
 
 /// Runs a step with the scenario's join timeout, naming the step in the error.
-pub async fn step<T>(
+pub(crate) async fn step<T>(
     limit: Duration,
     name: &str,
     f: impl std::future::Future<Output = Result<T, String>>,

@@ -10,15 +10,15 @@ use super::scenario::Scenario;
 use super::trend::{trend, Trend};
 
 /// Tolerance for memory: within ±5 % of its median over the span.
-pub const RSS_TOLERANCE: f64 = 0.05;
+pub(crate) const RSS_TOLERANCE: f64 = 0.05;
 /// Tolerance for CPU per packet (a shared 2-core machine is noisy).
-pub const CPU_TOLERANCE: f64 = 0.15;
+pub(crate) const CPU_TOLERANCE: f64 = 0.15;
 /// Tolerance for latency percentiles per second.
-pub const LATENCY_TOLERANCE: f64 = 0.25;
+pub(crate) const LATENCY_TOLERANCE: f64 = 0.25;
 
 /// The trends of a run's measured samples: against time, or against cycles
 /// done in a churn run.
-pub fn trends(scn: &Scenario, series: &[Sample]) -> Vec<Trend> {
+pub(crate) fn trends(scn: &Scenario, series: &[Sample]) -> Vec<Trend> {
     let measured: Vec<&Sample> = series.iter().filter(|s| s.phase == "measure").collect();
     let pts = |x: &dyn Fn(&Sample) -> f64, y: &dyn Fn(&Sample) -> Option<f64>| -> Vec<(f64, f64)> {
         measured
@@ -68,7 +68,7 @@ pub fn trends(scn: &Scenario, series: &[Sample]) -> Vec<Trend> {
 
 /// Per-router figures of a cascade over the measured window (router 0: the
 /// publishers').
-pub fn router_figures(
+pub(crate) fn router_figures(
     names: &[String],
     before: &Snapshot,
     after: &Snapshot,

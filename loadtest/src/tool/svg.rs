@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 /// One line of a chart.
 #[derive(Debug, Clone)]
-pub struct Series {
+pub(crate) struct Series {
     /// Legend text.
     pub name: String,
     /// CSS colour.
@@ -15,12 +15,12 @@ pub struct Series {
 }
 
 /// Colours for series, in order.
-pub const PALETTE: [&str; 8] = [
+pub(crate) const PALETTE: [&str; 8] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
 
 /// Escapes text for XML.
-pub fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -28,7 +28,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// A round tick step for a range: 1, 2 or 5 × 10^k, about `n` ticks.
-pub fn tick_step(range: f64, n: usize) -> f64 {
+pub(crate) fn tick_step(range: f64, n: usize) -> f64 {
     if !(range.is_finite() && range > 0.0) {
         return 1.0;
     }
@@ -69,7 +69,7 @@ fn trim(v: f64) -> String {
 }
 
 /// A line chart. `span` shades an x range (e.g. the measured window).
-pub fn line_chart(
+pub(crate) fn line_chart(
     title: &str,
     y_label: &str,
     series: &[Series],

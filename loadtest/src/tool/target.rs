@@ -19,7 +19,7 @@ use super::session::{Joins, Publisher, Role};
 
 /// What to run against.
 #[derive(Debug, Clone)]
-pub enum TargetSpec {
+pub(crate) enum TargetSpec {
     /// Start `bin` with `workers` media workers.
     KaskadeSpawn {
         /// The router binary.
@@ -49,7 +49,7 @@ pub enum TargetSpec {
 
 impl TargetSpec {
     /// A short label for tables.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             TargetSpec::KaskadeSpawn { workers, .. } => format!("kaskade w{workers}"),
             TargetSpec::KaskadeExisting { control, .. } => format!("kaskade @{control}"),
@@ -61,7 +61,7 @@ impl TargetSpec {
 
 /// Which build the target is (for the report).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct TargetInfo {
+pub(crate) struct TargetInfo {
     /// Version, e.g. `0.1.0` (kaskade) or `1.1.2` (Janus).
     pub version: Option<String>,
     /// Commit the router was built from.
@@ -72,7 +72,7 @@ pub struct TargetInfo {
 
 /// One router of the target, for per-router figures.
 #[derive(Debug, Clone)]
-pub struct RouterRef {
+pub(crate) struct RouterRef {
     /// Node id (cascade) or the target label.
     pub name: String,
     /// Process id, for CPU and memory figures.
@@ -131,7 +131,7 @@ async fn kaskade_info(metrics: Option<&HttpApi>, bin: Option<&Path>) -> TargetIn
 }
 
 /// A started target: how to reach it and what keeps it alive.
-pub struct Started {
+pub(crate) struct Started {
     /// The control side.
     pub target: Target,
     /// Process id, for CPU figures (a cascade: the publishers' router).
@@ -149,7 +149,7 @@ pub struct Started {
 impl Started {
     /// Starts (or connects to) the target for `scn`; logs go to `log_dir`. A
     /// router started here gets the limits the scenario needs raised.
-    pub async fn start(
+    pub(crate) async fn start(
         spec: &TargetSpec,
         scn: &Scenario,
         log_dir: &Path,
@@ -267,7 +267,7 @@ impl Started {
 
 /// The control side of a target.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub(crate) enum Target {
     /// kaskade over gRPC, with the run's room-id tag.
     Kaskade(Box<Kaskade>, String),
     /// Janus VideoRoom over HTTP.
@@ -279,7 +279,11 @@ pub enum Target {
 impl Target {
     /// Creates room `r`; returns its name and session limit on each router
     /// (empty when the target does not say).
-    pub async fn create_room(&self, r: u32, publishers: u32) -> Result<Vec<(String, u32)>, String> {
+    pub(crate) async fn create_room(
+        &self,
+        r: u32,
+        publishers: u32,
+    ) -> Result<Vec<(String, u32)>, String> {
         match self {
             Target::Kaskade(k, tag) => {
                 let room = room_id(tag, r);
@@ -299,7 +303,7 @@ impl Target {
     }
 
     /// Publisher `index` of room `r` joins.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         joins: &Arc<Joins>,
         r: u32,
@@ -318,7 +322,7 @@ impl Target {
     }
 
     /// Receive-only subscriber `index` of room `r` joins and subscribes to `pubs`.
-    pub async fn subscriber(
+    pub(crate) async fn subscriber(
         &self,
         joins: &Arc<Joins>,
         r: u32,
@@ -364,7 +368,7 @@ impl Target {
     }
 
     /// Meeting participant `me` subscribes to the other publishers of its room.
-    pub async fn participant(
+    pub(crate) async fn participant(
         &self,
         joins: &Arc<Joins>,
         me: &Publisher,
@@ -386,7 +390,7 @@ impl Target {
     }
 
     /// Removes what the run created on a shared target (best effort).
-    pub async fn cleanup(&self, rooms: u32) {
+    pub(crate) async fn cleanup(&self, rooms: u32) {
         match self {
             Target::Kaskade(k, tag) => {
                 for r in 0..rooms {

@@ -7,7 +7,7 @@ use super::units::{Dur, Frac};
 
 /// The limits the user set (unset ones are not checked).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     /// Largest loss after repair (all media).
     pub max_loss: Option<Frac>,
     /// Largest p99 end-to-end latency (audio and video).
@@ -26,7 +26,7 @@ pub struct Thresholds {
 
 /// A broken limit.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Violation {
+pub(crate) struct Violation {
     /// The run's target.
     pub target: String,
     /// The run's repeat index.
@@ -39,7 +39,7 @@ pub struct Violation {
 
 impl Thresholds {
     /// Whether no limit is set.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.max_loss.is_none()
             && self.max_p99_latency.is_none()
             && self.max_join_failures.is_none()
@@ -50,7 +50,7 @@ impl Thresholds {
     }
 
     /// The limits a run breaks.
-    pub fn check(&self, r: &RunReport) -> Vec<Violation> {
+    pub(crate) fn check(&self, r: &RunReport) -> Vec<Violation> {
         let mut v = vec![];
         let mut fail = |limit: String, measured: String| {
             v.push(Violation {

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 /// The trend of one figure over a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Trend {
+pub(crate) struct Trend {
     /// What was measured, with its unit.
     pub figure: String,
     /// Points used.
@@ -47,7 +47,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The trend of `points` (x, y); non-finite y values are left out. `None` with
 /// fewer than 10 points or a zero median.
-pub fn trend(figure: &str, points: &[(f64, f64)], tolerance: f64) -> Option<Trend> {
+pub(crate) fn trend(figure: &str, points: &[(f64, f64)], tolerance: f64) -> Option<Trend> {
     let p: Vec<(f64, f64)> = points
         .iter()
         .copied()
@@ -91,7 +91,7 @@ pub fn trend(figure: &str, points: &[(f64, f64)], tolerance: f64) -> Option<Tren
 
 impl Trend {
     /// One line for the summary.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "{}: median {:.3} [{:.3}–{:.3}], first tenth {:.3} → last tenth {:.3} ({:+.1} %), \
              fitted {:+.1} % over the span: {}",

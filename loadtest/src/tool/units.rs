@@ -13,15 +13,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A duration: `humantime`'s syntax (`250us`, `200ms`, `1.5s`, `30m`, `1m 30s`);
 /// bare numbers are seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Dur(pub Duration);
+pub(crate) struct Dur(pub Duration);
 
 /// A fraction 0.0–1.0: `1%`, `0.5%` or a bare number `0.01`.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
-pub struct Frac(pub f64);
+pub(crate) struct Frac(pub f64);
 
 /// A bit rate in bits per second: `2mbps`, `1.5M`, `500kbps`, `64k`, `300000`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Rate(pub u64);
+pub(crate) struct Rate(pub u64);
 
 fn split_number(s: &str) -> Result<(f64, String), String> {
     let s = s.trim();

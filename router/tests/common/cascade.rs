@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use str0m::media::Mid;
 
-pub fn certs(nodes: &[&str]) -> PathBuf {
+pub(crate) fn certs(nodes: &[&str]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "kaskade-cascade-{}-{}",
         std::process::id(),
@@ -22,7 +22,7 @@ pub fn certs(nodes: &[&str]) -> PathBuf {
     dir
 }
 
-pub fn node_args(
+pub(crate) fn node_args(
     dir: &Path,
     id: &str,
     region: &str,
@@ -51,7 +51,7 @@ pub fn node_args(
 }
 
 /// Starts a router with [`node_args`].
-pub fn start_node(
+pub(crate) fn start_node(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     id: &str,
@@ -65,7 +65,7 @@ pub fn start_node(
 /// The arguments of fra, ams and par in a line (fra–ams, ams–par) listening on
 /// `ports`; each dials its neighbours at `to`: fra→ams, ams→fra, ams→par,
 /// par→ams (the neighbour itself, or an impairment proxy in front of it).
-pub fn line_args(dir: &Path, ports: [u16; 3], to: [String; 4]) -> [Vec<String>; 3] {
+pub(crate) fn line_args(dir: &Path, ports: [u16; 3], to: [String; 4]) -> [Vec<String>; 3] {
     let [fa, af, ap, pa] = to;
     [
         node_args(dir, "fra", "eu-de-fra", ports[0], &[("ams".into(), fa)]),
@@ -81,7 +81,10 @@ pub fn line_args(dir: &Path, ports: [u16; 3], to: [String; 4]) -> [Vec<String>; 
 }
 
 /// Three routers in a line, dialling each other directly.
-pub fn direct_line(rt: &tokio::runtime::Runtime, dir: &Path) -> ([Vec<String>; 3], [Daemon; 3]) {
+pub(crate) fn direct_line(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+) -> ([Vec<String>; 3], [Daemon; 3]) {
     let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
     let at = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let args = line_args(dir, ports, [at(1), at(0), at(2), at(1)]);
@@ -89,7 +92,7 @@ pub fn direct_line(rt: &tokio::runtime::Runtime, dir: &Path) -> ([Vec<String>; 3
     (args, daemons)
 }
 
-pub fn link(
+pub(crate) fn link(
     rt: &tokio::runtime::Runtime,
     d: &mut Daemon,
     room: &str,
@@ -104,7 +107,7 @@ pub fn link(
 
 /// The remote tracks of `room` on `d`, once there are `n` (or after 10 s): woken by the
 /// room's events, not by polling.
-pub fn wait_remote_tracks(
+pub(crate) fn wait_remote_tracks(
     rt: &tokio::runtime::Runtime,
     d: &mut Daemon,
     room: &str,
@@ -149,7 +152,7 @@ pub fn wait_remote_tracks(
 
 /// Subscribes `session` to one track and completes the offer/answer; the
 /// track's media line in the subscriber's SDP.
-pub fn subscribe_one(
+pub(crate) fn subscribe_one(
     rt: &tokio::runtime::Runtime,
     d: &mut Daemon,
     session: &str,
@@ -160,7 +163,7 @@ pub fn subscribe_one(
 }
 
 /// Drives the clients until all are connected (panics after `limit`).
-pub fn connect_all(clients: &mut [&mut UdpClient], limit: Duration) {
+pub(crate) fn connect_all(clients: &mut [&mut UdpClient], limit: Duration) {
     assert!(
         drive_until(clients, limit, |x| x
             .iter()
@@ -169,13 +172,13 @@ pub fn connect_all(clients: &mut [&mut UdpClient], limit: Duration) {
     );
 }
 
-pub fn video_packets(c: &UdpClient, mid: Mid) -> u64 {
+pub(crate) fn video_packets(c: &UdpClient, mid: Mid) -> u64 {
     c.client.received_on(mid).map_or(0, |r| r.packets)
 }
 
 /// Two routers, fra (eu-de-fra) and ams (eu-nl-ams), dialling each other
 /// directly.
-pub fn fra_and_ams(rt: &tokio::runtime::Runtime) -> (Daemon, Daemon) {
+pub(crate) fn fra_and_ams(rt: &tokio::runtime::Runtime) -> (Daemon, Daemon) {
     let dir = certs(&["fra:eu-de-fra", "ams:eu-nl-ams"]);
     let (pa, pb_) = (free_udp_port(), free_udp_port());
     let a = start_node(

@@ -4,7 +4,7 @@ use kaskade_loadtest::MediaRecv;
 use kaskade_protocol::v1 as pb;
 
 /// The subscriber's media line of `track`.
-pub fn mid_of(subs: &[pb::Subscription], track: &pb::Track) -> str0m::media::Mid {
+pub(crate) fn mid_of(subs: &[pb::Subscription], track: &pb::Track) -> str0m::media::Mid {
     let s = subs
         .iter()
         .find(|s| s.track_id == track.track_id)
@@ -13,7 +13,7 @@ pub fn mid_of(subs: &[pb::Subscription], track: &pb::Track) -> str0m::media::Mid
 }
 
 /// What simulated client `c`, subscribed as `subs`, received of `track`.
-pub fn received<'a>(
+pub(crate) fn received<'a>(
     sim: &'a kaskade_router::testkit::Sim,
     c: usize,
     subs: &[pb::Subscription],
@@ -27,7 +27,7 @@ pub fn received<'a>(
 
 /// When simulated client `c` completed its first frame of `video`,
 /// subscribed as `subs`.
-pub fn first_frame_at(
+pub(crate) fn first_frame_at(
     sim: &kaskade_router::testkit::Sim,
     c: usize,
     subs: &[pb::Subscription],
@@ -39,7 +39,7 @@ pub fn first_frame_at(
 }
 
 /// The track of `kind` among `tracks`.
-pub fn track(tracks: &[pb::Track], kind: pb::TrackKind) -> pb::Track {
+pub(crate) fn track(tracks: &[pb::Track], kind: pb::TrackKind) -> pb::Track {
     tracks
         .iter()
         .find(|t| t.kind == kind as i32)
@@ -48,7 +48,7 @@ pub fn track(tracks: &[pb::Track], kind: pb::TrackKind) -> pb::Track {
 }
 
 /// The layer (0 low .. 2 high) a received packet came from, via its probe.
-pub fn layer(p: &kaskade_loadtest::RecvPacket) -> u8 {
+pub(crate) fn layer(p: &kaskade_loadtest::RecvPacket) -> u8 {
     kaskade_loadtest::media::split_source_tag(p.probe.as_ref().expect("probe").source_tag).2
 }
 
@@ -58,7 +58,7 @@ pub fn layer(p: &kaskade_loadtest::RecvPacket) -> u8 {
 /// packet has a VP8 descriptor) picture ids continuous. The log is taken in
 /// sequence order (retransmissions arrive late). Returns the number of
 /// switches.
-pub fn assert_clean_switches(r: &MediaRecv) -> usize {
+pub(crate) fn assert_clean_switches(r: &MediaRecv) -> usize {
     let mut log: Vec<&kaskade_loadtest::RecvPacket> = r.log.iter().collect();
     log.sort_by_key(|p| p.seq);
     log.dedup_by_key(|p| p.seq);

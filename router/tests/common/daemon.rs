@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 /// A running `kaskade serve`.
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub child: Child,
     pub control: SocketAddr,
     pub metrics: SocketAddr,
@@ -42,7 +42,7 @@ fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// A UDP port that was free a moment ago (for configs that need ports up front).
-pub fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -52,7 +52,7 @@ pub fn free_udp_port() -> u16 {
 
 impl Daemon {
     /// Starts `kaskade serve` on free loopback ports with extra `args`.
-    pub fn start(rt: &tokio::runtime::Runtime, args: &[String]) -> Daemon {
+    pub(crate) fn start(rt: &tokio::runtime::Runtime, args: &[String]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kaskade"))
             .args([
                 "serve",
@@ -110,7 +110,7 @@ impl Daemon {
     }
 
     /// Creates a room.
-    pub fn create_room(
+    pub(crate) fn create_room(
         &mut self,
         rt: &tokio::runtime::Runtime,
         room: &str,
@@ -125,7 +125,7 @@ impl Daemon {
     }
 
     /// Joins `client`'s queued offer as `participant`; returns the tracks it publishes.
-    pub fn join(
+    pub(crate) fn join(
         &mut self,
         rt: &tokio::runtime::Runtime,
         room: &str,
@@ -147,7 +147,7 @@ impl Daemon {
     }
 
     /// Subscribes `session` (driven by `client`) to tracks; returns the mids.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &mut self,
         rt: &tokio::runtime::Runtime,
         session: &str,
@@ -170,7 +170,7 @@ impl Daemon {
         r.subscriptions
     }
 
-    pub fn room(&mut self, rt: &tokio::runtime::Runtime, room: &str) -> pb::Room {
+    pub(crate) fn room(&mut self, rt: &tokio::runtime::Runtime, room: &str) -> pb::Room {
         rt.block_on(self.rooms.get_room(pb::GetRoomRequest {
             room_id: room.into(),
         }))
@@ -180,7 +180,7 @@ impl Daemon {
         .unwrap()
     }
 
-    pub fn links(&mut self, rt: &tokio::runtime::Runtime) -> Vec<pb::Link> {
+    pub(crate) fn links(&mut self, rt: &tokio::runtime::Runtime) -> Vec<pb::Link> {
         rt.block_on(self.links.list_links(pb::ListLinksRequest {}))
             .unwrap()
             .into_inner()
@@ -189,7 +189,7 @@ impl Daemon {
 }
 
 /// The text of a metrics endpoint.
-pub fn scrape(addr: SocketAddr) -> String {
+pub(crate) fn scrape(addr: SocketAddr) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
@@ -201,7 +201,7 @@ pub fn scrape(addr: SocketAddr) -> String {
 
 /// The sum of the series of `text` that start with `name` (a metric, or
 /// one series of it with its labels).
-pub fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -209,7 +209,7 @@ pub fn metric(text: &str, name: &str) -> f64 {
 }
 
 /// A str0m client on loopback.
-pub fn client(seed: u64, t0: Instant) -> UdpClient {
+pub(crate) fn client(seed: u64, t0: Instant) -> UdpClient {
     UdpClient::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), t0, |c| {
         c.seed(seed).packet_log(100_000).auto_keyframe_request(None)
     })
@@ -217,6 +217,6 @@ pub fn client(seed: u64, t0: Instant) -> UdpClient {
 }
 
 /// Drives clients for `d` (wall clock).
-pub fn drive(clients: &mut [&mut UdpClient], d: Duration) {
+pub(crate) fn drive(clients: &mut [&mut UdpClient], d: Duration) {
     drive_until(clients, d, |_| false);
 }

@@ -2,15 +2,15 @@
 
 #![allow(unused_imports)]
 
-pub use kaskade_router::testkit::*;
+pub(crate) use kaskade_router::testkit::*;
 
 #[allow(dead_code)]
-pub mod cascade;
+pub(crate) mod cascade;
 #[allow(dead_code)]
-pub mod checks;
+pub(crate) mod checks;
 #[allow(dead_code)]
-pub mod daemon;
+pub(crate) mod daemon;
 #[allow(dead_code)]
-pub mod proxy;
+pub(crate) mod proxy;
 #[allow(dead_code)]
-pub mod web;
+pub(crate) mod web;

@@ -11,13 +11,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
-pub struct Impairment {
+pub(crate) struct Impairment {
     pub delay: Duration,
     pub jitter: Duration,
     pub loss: f64,
 }
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     /// Bytes forwarded client → upstream, and upstream → client.
     pub up_bytes: Arc<AtomicU64>,
@@ -58,7 +58,7 @@ impl Ord for Due {
 
 impl Proxy {
     /// A proxy on 127.0.0.1 forwarding to `upstream`.
-    pub fn start(upstream: SocketAddr, imp: Impairment, seed: u64) -> Proxy {
+    pub(crate) fn start(upstream: SocketAddr, imp: Impairment, seed: u64) -> Proxy {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         front
             .set_read_timeout(Some(Duration::from_millis(50)))

@@ -17,20 +17,20 @@ use std::time::{Duration, Instant, SystemTime};
 use str0m::media::MediaKind;
 use tokio::runtime::Runtime;
 
-pub type HttpClient =
+pub(crate) type HttpClient =
     Client<hyper_util::client::legacy::connect::HttpConnector, Full<bytes::Bytes>>;
 
-pub const KEY: &str = "backend";
-pub const SECRET: &str = "whip-test-secret-0123456789";
+pub(crate) const KEY: &str = "backend";
+pub(crate) const SECRET: &str = "whip-test-secret-0123456789";
 
-pub struct Router {
+pub(crate) struct Router {
     pub rt: Runtime,
     pub running: Running,
     pub metrics: Metrics,
     pub http: HttpClient,
 }
 
-pub fn start(keys: bool) -> Router {
+pub(crate) fn start(keys: bool) -> Router {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -55,14 +55,14 @@ pub fn start(keys: bool) -> Router {
     }
 }
 
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub headers: hyper::HeaderMap,
     pub body: String,
 }
 
 impl Answer {
-    pub fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -71,7 +71,13 @@ impl Answer {
 }
 
 impl Router {
-    pub fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    pub(crate) fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Answer {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.running.http.unwrap()));
@@ -94,7 +100,7 @@ impl Router {
         })
     }
 
-    pub fn refusals(&self, endpoint: &str, reason: &str) -> String {
+    pub(crate) fn refusals(&self, endpoint: &str, reason: &str) -> String {
         let text = self.metrics.render();
         let series =
             format!("kaskade_whip_refusals_total{{endpoint=\"{endpoint}\",reason=\"{reason}\"}}");
@@ -106,20 +112,20 @@ impl Router {
     }
 }
 
-pub fn token(room: &str, publish: bool, subscribe: bool, ttl: Duration) -> String {
+pub(crate) fn token(room: &str, publish: bool, subscribe: bool, ttl: Duration) -> String {
     let mut c = Claims::new(room, SystemTime::now(), ttl);
     c.publish = publish;
     c.subscribe = subscribe;
     mint(KEY, SECRET.as_bytes(), &c)
 }
 
-pub fn bearer(t: &str) -> String {
+pub(crate) fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
 
-pub const SDP: (&str, &str) = ("content-type", "application/sdp");
+pub(crate) const SDP: (&str, &str) = ("content-type", "application/sdp");
 
-pub fn video_packets(c: &UdpClient) -> u64 {
+pub(crate) fn video_packets(c: &UdpClient) -> u64 {
     c.client
         .received()
         .iter()
@@ -128,7 +134,7 @@ pub fn video_packets(c: &UdpClient) -> u64 {
         .sum()
 }
 
-pub fn light_layers() -> Vec<VideoLayer> {
+pub(crate) fn light_layers() -> Vec<VideoLayer> {
     vec![
         VideoLayer::new(320, 180, 60_000),
         VideoLayer::new(640, 360, 150_000),
@@ -137,7 +143,7 @@ pub fn light_layers() -> Vec<VideoLayer> {
 }
 
 /// A viewer with receive-only audio and video lines (what a WHEP player offers).
-pub fn viewer(seed: u64, t0: Instant) -> UdpClient {
+pub(crate) fn viewer(seed: u64, t0: Instant) -> UdpClient {
     let mut v = client(seed, t0);
     v.client.add_receiver(MediaKind::Audio);
     v.client.add_receiver(MediaKind::Video);

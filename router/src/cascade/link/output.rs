@@ -279,7 +279,7 @@ pub fn kind_num(k: MediaKind) -> u32 {
 }
 
 /// The kind announced on the wire.
-pub fn kind_of(n: u32) -> Option<MediaKind> {
+pub(super) fn kind_of(n: u32) -> Option<MediaKind> {
     match n {
         1 => Some(MediaKind::Audio),
         2 => Some(MediaKind::Video),

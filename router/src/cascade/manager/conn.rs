@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 const CONTROL_STREAM_WAIT: Duration = Duration::from_secs(5);
 
 /// Closes a link connection, saying why.
-pub fn close(conn: &quinn::Connection, code: CloseCode) {
+pub(super) fn close(conn: &quinn::Connection, code: CloseCode) {
     conn.close(
         quinn::VarInt::from_u32(code.code()),
         code.reason().as_bytes(),
@@ -24,7 +24,7 @@ pub fn close(conn: &quinn::Connection, code: CloseCode) {
 }
 
 /// Whether a connection error is a refusal, and whose.
-pub fn refusal(e: &quinn::ConnectionError) -> Option<Refusal> {
+pub(super) fn refusal(e: &quinn::ConnectionError) -> Option<Refusal> {
     use quinn::ConnectionError as E;
     let crypto = |code: u64| (0x100..0x200).contains(&code);
     match e {
@@ -44,7 +44,7 @@ pub fn refusal(e: &quinn::ConnectionError) -> Option<Refusal> {
 }
 
 /// Accepts links until the endpoint closes.
-pub async fn accept_loop(endpoint: quinn::Endpoint, cmd: mpsc::UnboundedSender<Cmd>) {
+pub(super) async fn accept_loop(endpoint: quinn::Endpoint, cmd: mpsc::UnboundedSender<Cmd>) {
     while let Some(incoming) = endpoint.accept().await {
         let cmd = cmd.clone();
         tokio::spawn(async move {
@@ -99,7 +99,7 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, cmd: mpsc::UnboundedSender<C
 }
 
 /// Dials a peer; reports [`Cmd::Connected`] or [`Cmd::DialFailed`].
-pub async fn dial(
+pub(super) async fn dial(
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
     peer: NodeId,
@@ -158,7 +158,7 @@ pub async fn dial(
 }
 
 /// Writes control frames until the channel or the stream closes.
-pub async fn write_frames(
+pub(super) async fn write_frames(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<cpb::Frame>,
 ) {
@@ -176,7 +176,7 @@ pub async fn write_frames(
 
 /// Reads control frames until the stream ends; then reports the connection gone (with the
 /// refusal, if the peer refused it).
-pub async fn read_frames(
+pub(super) async fn read_frames(
     mut recv: quinn::RecvStream,
     conn: quinn::Connection,
     peer: NodeId,

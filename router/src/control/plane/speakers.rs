@@ -58,4 +58,4 @@ impl Control {
 
 /// How often held-back speaker events are looked at (they are due at most
 /// this much late).
-pub const SPEAKER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+pub(super) const SPEAKER_POLL: std::time::Duration = std::time::Duration::from_millis(50);

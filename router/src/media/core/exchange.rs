@@ -38,7 +38,7 @@ struct Measured {
 
 /// Both sides of the exchange on one worker.
 #[derive(Debug, Default)]
-pub struct LayerExchange {
+pub(super) struct LayerExchange {
     /// Tracks published here.
     measured: HashMap<TrackId, Measured>,
     /// Layer state of the tracks subscribed here.
@@ -49,7 +49,7 @@ pub struct LayerExchange {
 
 impl LayerExchange {
     /// Nothing published or subscribed.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::default()
     }
 
@@ -57,7 +57,7 @@ impl LayerExchange {
 
     /// A track with `layers` layers is published here; `wanted` is what the
     /// publisher sends at first.
-    pub fn publish(&mut self, track: TrackId, kind: MediaKind, layers: usize, remote: bool) {
+    pub(super) fn publish(&mut self, track: TrackId, kind: MediaKind, layers: usize, remote: bool) {
         // A browser sends every layer at first; a remote track sends none
         // until asked.
         let wanted = if remote || layers == 0 {
@@ -79,12 +79,12 @@ impl LayerExchange {
     }
 
     /// The track is no longer published here.
-    pub fn unpublish(&mut self, track: TrackId) {
+    pub(super) fn unpublish(&mut self, track: TrackId) {
         self.measured.remove(&track);
     }
 
     /// A packet of a published track arrived.
-    pub fn on_packet(
+    pub(super) fn on_packet(
         &mut self,
         now: Instant,
         track: TrackId,
@@ -99,7 +99,7 @@ impl LayerExchange {
 
     /// The origin router's view of a remote track's layers (shared with
     /// the subscriber workers at the next tick).
-    pub fn set_remote_layers(&mut self, track: TrackId, layers: Arc<[LayerState]>) {
+    pub(super) fn set_remote_layers(&mut self, track: TrackId, layers: Arc<[LayerState]>) {
         if let Some(m) = self.measured.get_mut(&track) {
             m.info = layers;
             m.info_sent = None;
@@ -107,7 +107,7 @@ impl LayerExchange {
     }
 
     /// A link started relaying the track: it needs the layer state at once.
-    pub fn resend_info(&mut self, track: TrackId) {
+    pub(super) fn resend_info(&mut self, track: TrackId) {
         if let Some(m) = self.measured.get_mut(&track) {
             m.info_sent = None;
         }
@@ -115,7 +115,11 @@ impl LayerExchange {
 
     /// The layer state to give a new destination of a video track now (a
     /// remote track's once its origin has said).
-    pub fn info_for_new_dest(&mut self, now: Instant, track: TrackId) -> Option<Arc<[LayerState]>> {
+    pub(super) fn info_for_new_dest(
+        &mut self,
+        now: Instant,
+        track: TrackId,
+    ) -> Option<Arc<[LayerState]>> {
         let m = self.measured.get_mut(&track)?;
         if m.kind != MediaKind::Video || (m.remote && m.info.is_empty()) {
             return None;
@@ -129,7 +133,7 @@ impl LayerExchange {
     /// A keyframe of `layer` of a remote track was asked for, which implies
     /// the layer is wanted: the new demand, if it grew (said before the
     /// request, or the origin answers with a keyframe it does not relay yet).
-    pub fn want_remote(&mut self, track: TrackId, layer: Layer) -> Option<LayerMask> {
+    pub(super) fn want_remote(&mut self, track: TrackId, layer: Layer) -> Option<LayerMask> {
         let m = self.measured.get_mut(&track).filter(|m| m.remote)?;
         if m.wanted.contains(layer) {
             return None;
@@ -142,7 +146,13 @@ impl LayerExchange {
     /// result with the workers (and links) that have subscribers, when it
     /// changed or went stale. Layer info for this worker itself is stored
     /// at once.
-    pub fn share_info(&mut self, now: Instant, id: WorkerId, fanout: &FanOut, out: &mut Outputs) {
+    pub(super) fn share_info(
+        &mut self,
+        now: Instant,
+        id: WorkerId,
+        fanout: &FanOut,
+        out: &mut Outputs,
+    ) {
         for (track, m) in self.measured.iter_mut() {
             if m.kind != MediaKind::Video {
                 continue;
@@ -196,7 +206,7 @@ impl LayerExchange {
     /// Reports layers that became wanted or unwanted by every subscriber
     /// and link: to the control plane per layer, or for a remote track to
     /// its link as one mask.
-    pub fn report_demand(&mut self, fanout: &FanOut, out: &mut Outputs) {
+    pub(super) fn report_demand(&mut self, fanout: &FanOut, out: &mut Outputs) {
         for (track, m) in self.measured.iter_mut() {
             let Some(p) = fanout.published(*track) else {
                 continue;
@@ -230,24 +240,24 @@ impl LayerExchange {
     // ----- subscriber side ---------------------------------------------------
 
     /// Layer state of a track subscribed here, from its publisher's worker.
-    pub fn set_layer_info(&mut self, track: TrackId, layers: Arc<[LayerState]>) {
+    pub(super) fn set_layer_info(&mut self, track: TrackId, layers: Arc<[LayerState]>) {
         self.layer_info.insert(track, layers);
     }
 
     /// The layer state of a track subscribed here, if its publisher's worker
     /// has said.
-    pub fn layer_info(&self, track: TrackId) -> Option<&Arc<[LayerState]>> {
+    pub(super) fn layer_info(&self, track: TrackId) -> Option<&Arc<[LayerState]>> {
         self.layer_info.get(&track)
     }
 
     /// Whether `mask` is news for `track`'s publisher worker (and remembers
     /// it as sent).
-    pub fn demand_changed(&mut self, track: TrackId, mask: LayerMask) -> bool {
+    pub(super) fn demand_changed(&mut self, track: TrackId, mask: LayerMask) -> bool {
         self.demand_sent.insert(track, mask) != Some(mask)
     }
 
     /// Forgets what concerns tracks neither subscribed nor published here.
-    pub fn prune(&mut self, fanout: &FanOut) {
+    pub(super) fn prune(&mut self, fanout: &FanOut) {
         self.demand_sent.retain(|t, _| fanout.is_subscribed(*t));
         let measured = &self.measured;
         self.layer_info

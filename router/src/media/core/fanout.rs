@@ -14,7 +14,7 @@ use str0m::media::{MediaKind, Mid, Rid};
 
 /// A worker with subscribers of a published track.
 #[derive(Debug, Clone, Copy)]
-pub struct Dest {
+pub(super) struct Dest {
     /// The worker.
     pub worker: WorkerId,
     /// Subscribers there.
@@ -26,7 +26,7 @@ pub struct Dest {
 /// A track published on this worker: by a local session, or (`session`
 /// `None`) relayed from another router with this worker as its home.
 #[derive(Debug)]
-pub struct Published {
+pub(super) struct Published {
     /// The publishing session (None: a remote track).
     pub session: Option<SessionKey>,
     /// Audio or video.
@@ -41,7 +41,12 @@ pub struct Published {
 
 impl Published {
     /// A track with no subscriber yet.
-    pub fn new(session: Option<SessionKey>, kind: MediaKind, mid: Mid, rids: Vec<Rid>) -> Self {
+    pub(super) fn new(
+        session: Option<SessionKey>,
+        kind: MediaKind,
+        mid: Mid,
+        rids: Vec<Rid>,
+    ) -> Self {
         Self {
             session,
             kind,
@@ -53,22 +58,22 @@ impl Published {
     }
 
     /// The workers with subscribers.
-    pub fn dests(&self) -> &[Dest] {
+    pub(super) fn dests(&self) -> &[Dest] {
         &self.dests
     }
 
     /// Whether the track is relayed to other routers.
-    pub fn relayed(&self) -> bool {
+    pub(super) fn relayed(&self) -> bool {
         !self.links.is_empty()
     }
 
     /// Layers the track has.
-    pub fn all_layers(&self) -> LayerMask {
+    pub(super) fn all_layers(&self) -> LayerMask {
         LayerMask::first(self.rids.len())
     }
 
     /// Layers some worker or link needs.
-    pub fn wanted(&self) -> LayerMask {
+    pub(super) fn wanted(&self) -> LayerMask {
         let mut m = LayerMask::NONE;
         for d in &self.dests {
             m |= d.mask;
@@ -90,7 +95,7 @@ struct Subscribed {
 
 /// The fan-out tables of one worker.
 #[derive(Debug)]
-pub struct FanOut {
+pub(super) struct FanOut {
     id: WorkerId,
     published: HashMap<TrackId, Published>,
     subscribed: HashMap<TrackId, Subscribed>,
@@ -98,7 +103,7 @@ pub struct FanOut {
 
 impl FanOut {
     /// Empty tables of worker `id`.
-    pub fn new(id: WorkerId) -> Self {
+    pub(super) fn new(id: WorkerId) -> Self {
         Self {
             id,
             published: HashMap::new(),
@@ -109,29 +114,29 @@ impl FanOut {
     // ----- published here ----------------------------------------------------
 
     /// A track is published on this worker.
-    pub fn publish(&mut self, track: TrackId, p: Published) {
+    pub(super) fn publish(&mut self, track: TrackId, p: Published) {
         self.published.insert(track, p);
     }
 
     /// The track is no longer published here.
-    pub fn unpublish(&mut self, track: TrackId) -> Option<Published> {
+    pub(super) fn unpublish(&mut self, track: TrackId) -> Option<Published> {
         self.published.remove(&track)
     }
 
     /// A track published here.
-    pub fn published(&self, track: TrackId) -> Option<&Published> {
+    pub(super) fn published(&self, track: TrackId) -> Option<&Published> {
         self.published.get(&track)
     }
 
     /// Whether anything is published here.
-    pub fn publishes_anything(&self) -> bool {
+    pub(super) fn publishes_anything(&self) -> bool {
         !self.published.is_empty()
     }
 
     /// A subscriber of `track` now lives on `worker`. Until that worker says
     /// which layers it needs it gets every one, so a new subscriber sees
     /// keyframes at once. Returns whether the worker is a new destination.
-    pub fn add_dest(&mut self, track: TrackId, worker: WorkerId) -> bool {
+    pub(super) fn add_dest(&mut self, track: TrackId, worker: WorkerId) -> bool {
         let Some(p) = self.published.get_mut(&track) else {
             return false;
         };
@@ -152,7 +157,7 @@ impl FanOut {
     }
 
     /// One subscriber of `track` on `worker` went away.
-    pub fn remove_dest(&mut self, track: TrackId, worker: WorkerId) {
+    pub(super) fn remove_dest(&mut self, track: TrackId, worker: WorkerId) {
         let Some(p) = self.published.get_mut(&track) else {
             return;
         };
@@ -165,7 +170,7 @@ impl FanOut {
     }
 
     /// `worker`'s subscribers of `track` need `mask`.
-    pub fn set_demand(&mut self, track: TrackId, worker: WorkerId, mask: LayerMask) {
+    pub(super) fn set_demand(&mut self, track: TrackId, worker: WorkerId, mask: LayerMask) {
         if let Some(d) = self
             .published
             .get_mut(&track)
@@ -177,7 +182,7 @@ impl FanOut {
 
     /// Relays the layers in `mask` of `track` to `link` (none: stops).
     /// Returns whether the link is new for the track.
-    pub fn set_link(&mut self, track: TrackId, link: LinkId, mask: LayerMask) -> bool {
+    pub(super) fn set_link(&mut self, track: TrackId, link: LinkId, mask: LayerMask) -> bool {
         let Some(p) = self.published.get_mut(&track) else {
             return false;
         };
@@ -192,7 +197,7 @@ impl FanOut {
     /// Sends a packet of a track published here to every other worker and
     /// link that needs its layer (the payload is shared, never copied).
     /// Returns whether this worker's own subscribers need it too.
-    pub fn dispatch(
+    pub(super) fn dispatch(
         &self,
         pkt: &Arc<MediaPacket>,
         layer: Layer,
@@ -224,7 +229,7 @@ impl FanOut {
     // ----- subscribed here -----------------------------------------------------
 
     /// Session `key` subscribes to `track`, published on `publisher`.
-    pub fn subscribe(&mut self, track: TrackId, key: SessionKey, publisher: WorkerId) {
+    pub(super) fn subscribe(&mut self, track: TrackId, key: SessionKey, publisher: WorkerId) {
         let s = self.subscribed.entry(track).or_insert(Subscribed {
             subs: Vec::new(),
             publisher,
@@ -236,7 +241,7 @@ impl FanOut {
     }
 
     /// Session `key` no longer subscribes to `track`.
-    pub fn unsubscribe(&mut self, track: TrackId, key: SessionKey) {
+    pub(super) fn unsubscribe(&mut self, track: TrackId, key: SessionKey) {
         if let Some(s) = self.subscribed.get_mut(&track) {
             s.subs.retain(|k| *k != key);
             if s.subs.is_empty() {
@@ -246,7 +251,7 @@ impl FanOut {
     }
 
     /// The track is gone: its local subscribers, who no longer get it.
-    pub fn drop_subscribers(&mut self, track: TrackId) -> Vec<SessionKey> {
+    pub(super) fn drop_subscribers(&mut self, track: TrackId) -> Vec<SessionKey> {
         self.subscribed
             .remove(&track)
             .map(|s| s.subs)
@@ -254,17 +259,19 @@ impl FanOut {
     }
 
     /// The local subscribers of `track`.
-    pub fn subscribers(&self, track: TrackId) -> &[SessionKey] {
+    pub(super) fn subscribers(&self, track: TrackId) -> &[SessionKey] {
         self.subscribed.get(&track).map_or(&[], |s| &s.subs)
     }
 
     /// Whether some session here subscribes to `track`.
-    pub fn is_subscribed(&self, track: TrackId) -> bool {
+    pub(super) fn is_subscribed(&self, track: TrackId) -> bool {
         self.subscribed.contains_key(&track)
     }
 
     /// The tracks subscribed here, with their subscribers and publisher's worker.
-    pub fn subscribed_tracks(&self) -> impl Iterator<Item = (TrackId, &[SessionKey], WorkerId)> {
+    pub(super) fn subscribed_tracks(
+        &self,
+    ) -> impl Iterator<Item = (TrackId, &[SessionKey], WorkerId)> {
         self.subscribed
             .iter()
             .map(|(t, s)| (*t, s.subs.as_slice(), s.publisher))
@@ -274,7 +281,7 @@ impl FanOut {
     /// itself for a track published here (a remote track's home worker is
     /// its publisher), else what the subscription said. Track ids carry no
     /// worker.
-    pub fn publisher_of(&self, track: TrackId) -> Option<WorkerId> {
+    pub(super) fn publisher_of(&self, track: TrackId) -> Option<WorkerId> {
         if self.published.contains_key(&track) {
             return Some(self.id);
         }

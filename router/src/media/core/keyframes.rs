@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// What to do with a keyframe request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     /// Ask the publisher now.
     Send,
     /// An earlier request is still being answered: its keyframe serves this one.
@@ -39,7 +39,7 @@ struct PerTrack {
 
 /// The throttle state of every track published on one worker.
 #[derive(Debug)]
-pub struct KeyframeThrottle {
+pub(super) struct KeyframeThrottle {
     tracks: HashMap<TrackId, PerTrack>,
     interval: Duration,
     /// When the earliest held request is due.
@@ -49,7 +49,7 @@ pub struct KeyframeThrottle {
 impl KeyframeThrottle {
     /// A throttle with the minimum `interval` between two requests to one
     /// publisher layer.
-    pub fn new(interval: Duration) -> Self {
+    pub(super) fn new(interval: Duration) -> Self {
         Self {
             tracks: HashMap::new(),
             interval,
@@ -58,12 +58,12 @@ impl KeyframeThrottle {
     }
 
     /// Sets the interval (`media.keyframe_interval_ms`).
-    pub fn set_interval(&mut self, interval: Duration) {
+    pub(super) fn set_interval(&mut self, interval: Duration) {
         self.interval = interval;
     }
 
     /// A track with `layers` layers is published here.
-    pub fn add(&mut self, track: TrackId, layers: usize) {
+    pub(super) fn add(&mut self, track: TrackId, layers: usize) {
         self.tracks.insert(
             track,
             PerTrack {
@@ -75,19 +75,19 @@ impl KeyframeThrottle {
     }
 
     /// The track is no longer published here.
-    pub fn remove(&mut self, track: TrackId) {
+    pub(super) fn remove(&mut self, track: TrackId) {
         self.tracks.remove(&track);
     }
 
     /// A keyframe of `layer` arrived from the publisher.
-    pub fn on_keyframe(&mut self, track: TrackId, layer: Layer) {
+    pub(super) fn on_keyframe(&mut self, track: TrackId, layer: Layer) {
         if let Some(t) = self.tracks.get_mut(&track) {
             t.answered.insert(layer);
         }
     }
 
     /// Decides on a request for a keyframe of `layer`.
-    pub fn request(&mut self, now: Instant, track: TrackId, layer: Layer) -> Verdict {
+    pub(super) fn request(&mut self, now: Instant, track: TrackId, layer: Layer) -> Verdict {
         let Some(t) = self.tracks.get_mut(&track) else {
             return Verdict::Unknown;
         };
@@ -110,13 +110,13 @@ impl KeyframeThrottle {
     }
 
     /// When [`KeyframeThrottle::take_due`] has something.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
         self.due
     }
 
     /// Moves the held requests into `out` once they are due (ask again for
     /// each: one still inside its interval is held again).
-    pub fn take_due(&mut self, now: Instant, out: &mut Vec<(TrackId, Layer)>) {
+    pub(super) fn take_due(&mut self, now: Instant, out: &mut Vec<(TrackId, Layer)>) {
         if self.due.is_none_or(|d| d > now) {
             return;
         }

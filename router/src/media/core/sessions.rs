@@ -14,7 +14,7 @@ use std::time::Instant;
 /// A session's slot. The generation tells a reused slot from the session
 /// that held it before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey {
+pub(super) struct SessionKey {
     slot: u32,
     generation: u32,
 }
@@ -27,7 +27,7 @@ struct Slot {
 
 /// The sessions of one worker.
 #[derive(Default)]
-pub struct SessionTable {
+pub(super) struct SessionTable {
     slots: Vec<Slot>,
     free: Vec<u32>,
     by_id: HashMap<SessionId, SessionKey>,
@@ -41,17 +41,17 @@ pub struct SessionTable {
 
 impl SessionTable {
     /// An empty table.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::default()
     }
 
     /// Number of sessions.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.by_id.len()
     }
 
     /// Adds a session (its id must be new) with its deadline.
-    pub fn insert(&mut self, session: Session) -> SessionKey {
+    pub(super) fn insert(&mut self, session: Session) -> SessionKey {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -72,7 +72,7 @@ impl SessionTable {
     }
 
     /// Removes a session and every way to find it.
-    pub fn remove(&mut self, key: SessionKey) -> Option<Session> {
+    pub(super) fn remove(&mut self, key: SessionKey) -> Option<Session> {
         let s = self.slots.get_mut(key.slot as usize)?;
         if s.generation != key.generation {
             return None;
@@ -93,7 +93,7 @@ impl SessionTable {
     }
 
     /// The session in `key`'s slot, if it is still that one.
-    pub fn get(&self, key: SessionKey) -> Option<&Session> {
+    pub(super) fn get(&self, key: SessionKey) -> Option<&Session> {
         let s = self.slots.get(key.slot as usize)?;
         (s.generation == key.generation)
             .then_some(s.session.as_ref())
@@ -101,7 +101,7 @@ impl SessionTable {
     }
 
     /// As [`SessionTable::get`], to change.
-    pub fn get_mut(&mut self, key: SessionKey) -> Option<&mut Session> {
+    pub(super) fn get_mut(&mut self, key: SessionKey) -> Option<&mut Session> {
         let s = self.slots.get_mut(key.slot as usize)?;
         (s.generation == key.generation)
             .then_some(s.session.as_mut())
@@ -109,34 +109,34 @@ impl SessionTable {
     }
 
     /// The key of a session id.
-    pub fn key(&self, id: SessionId) -> Option<SessionKey> {
+    pub(super) fn key(&self, id: SessionId) -> Option<SessionKey> {
         self.by_id.get(&id).copied()
     }
 
     /// The session datagrams from `src` belong to.
-    pub fn by_addr(&self, src: SocketAddr) -> Option<SessionKey> {
+    pub(super) fn by_addr(&self, src: SocketAddr) -> Option<SessionKey> {
         self.by_addr.get(&src).copied()
     }
 
     /// The session with this local ICE ufrag.
-    pub fn by_ufrag(&self, ufrag: &str) -> Option<SessionKey> {
+    pub(super) fn by_ufrag(&self, ufrag: &str) -> Option<SessionKey> {
         self.by_ufrag.get(ufrag).copied()
     }
 
     /// The session packets from ICE-TCP connection `src` belong to.
-    pub fn by_tcp(&self, src: SocketAddr) -> Option<SessionKey> {
+    pub(super) fn by_tcp(&self, src: SocketAddr) -> Option<SessionKey> {
         self.by_tcp.get(&src).copied()
     }
 
     /// Routes later packets from ICE-TCP connection `src` to `key`'s session.
-    pub fn learn_tcp_addr(&mut self, key: SessionKey, src: SocketAddr) {
+    pub(super) fn learn_tcp_addr(&mut self, key: SessionKey, src: SocketAddr) {
         if self.get_mut(key).is_some_and(|s| s.learn_tcp_addr(src)) {
             self.by_tcp.insert(src, key);
         }
     }
 
     /// Forgets ICE-TCP connection `src` (it closed).
-    pub fn forget_tcp_addr(&mut self, src: SocketAddr) {
+    pub(super) fn forget_tcp_addr(&mut self, src: SocketAddr) {
         if let Some(key) = self.by_tcp.remove(&src) {
             if let Some(s) = self.get_mut(key) {
                 s.forget_tcp_addr(src);
@@ -145,14 +145,14 @@ impl SessionTable {
     }
 
     /// Routes later datagrams from `src` to `key`'s session.
-    pub fn learn_addr(&mut self, key: SessionKey, src: SocketAddr) {
+    pub(super) fn learn_addr(&mut self, key: SessionKey, src: SocketAddr) {
         if self.get_mut(key).is_some_and(|s| s.learn_addr(src)) {
             self.by_addr.insert(src, key);
         }
     }
 
     /// Re-reads the session's deadline after str0m or its state changed.
-    pub fn reschedule(&mut self, key: SessionKey) {
+    pub(super) fn reschedule(&mut self, key: SessionKey) {
         if let Some(at) = self.get(key).map(Session::deadline) {
             if self.timers.get(key.slot) != Some(at) {
                 self.timers.set(key.slot, at);
@@ -161,20 +161,20 @@ impl SessionTable {
     }
 
     /// The earliest deadline of any session.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.timers.next()
     }
 
     /// A session whose deadline has come, taken off the queue: the caller
     /// handles it and [`SessionTable::reschedule`]s it.
-    pub fn pop_due(&mut self, now: Instant) -> Option<SessionKey> {
+    pub(super) fn pop_due(&mut self, now: Instant) -> Option<SessionKey> {
         let slot = self.timers.pop_due(now)?;
         let generation = self.slots.get(slot as usize)?.generation;
         Some(SessionKey { slot, generation })
     }
 
     /// Every session's key, in slot order.
-    pub fn keys(&self) -> Vec<SessionKey> {
+    pub(super) fn keys(&self) -> Vec<SessionKey> {
         self.slots
             .iter()
             .enumerate()
@@ -187,7 +187,7 @@ impl SessionTable {
     }
 
     /// Every session, in slot order.
-    pub fn iter(&self) -> impl Iterator<Item = (SessionKey, &Session)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (SessionKey, &Session)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
             s.session.as_ref().map(|sess| {
                 (

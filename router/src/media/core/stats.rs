@@ -7,7 +7,7 @@ use crate::metrics::WorkerMetrics;
 use prometheus::local::LocalIntCounter;
 
 /// The counters of one worker core (see [`WorkerMetrics`] for what each counts).
-pub struct CoreStats {
+pub(super) struct CoreStats {
     pub rtp_received: LocalIntCounter,
     pub fwd_audio: LocalIntCounter,
     pub fwd_video: LocalIntCounter,
@@ -29,7 +29,7 @@ pub struct CoreStats {
 
 impl CoreStats {
     /// Local counters for the shared metrics `m`.
-    pub fn new(m: &WorkerMetrics) -> Self {
+    pub(super) fn new(m: &WorkerMetrics) -> Self {
         Self {
             rtp_received: m.rtp_received.local(),
             fwd_audio: m.fwd_audio.local(),
@@ -52,7 +52,7 @@ impl CoreStats {
     }
 
     /// Adds what was counted since the last fold to the shared metrics.
-    pub fn fold(&self) {
+    pub(super) fn fold(&self) {
         for c in [
             &self.rtp_received,
             &self.fwd_audio,

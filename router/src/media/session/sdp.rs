@@ -14,7 +14,7 @@ use str0m::media::{Direction, MediaKind, Mid, Rid, Rids};
 pub type NewLine = (Mid, MediaKind, Vec<Rid>);
 
 /// A router offer waiting for the browser's answer.
-pub struct Pending {
+pub(super) struct Pending {
     /// str0m's half of the negotiation.
     pub offer: SdpPendingOffer,
     /// The mids of the offer's m-lines, in order: an answer lists the same.
