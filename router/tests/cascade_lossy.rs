@@ -7,13 +7,12 @@
 
 mod common;
 
+use common::cascade::{certs, node_args};
 use common::daemon::{client, drive, free_udp_port, metric, scrape, Daemon};
 use common::proxy::{Impairment, Proxy};
 use kaskade_loadtest::{drive_until, UdpClient};
 use kaskade_protocol::v1 as pb;
-use kaskade_router::cascade::cert::write_dev_cluster;
-use kaskade_router::cascade::NodeIdentity;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use str0m::media::Mid;
 
@@ -32,17 +31,8 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn certs(nodes: &[&str]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "kaskade-cascade-lossy-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let ids: Vec<NodeIdentity> = nodes.iter().map(|n| n.parse().unwrap()).collect();
-    write_dev_cluster(&dir, &ids, true).unwrap();
-    dir
-}
-
+/// A router of the dev cluster in `dir` with one peer (see
+/// [`common::cascade::node_args`]) and `extra` arguments.
 fn node(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
@@ -52,22 +42,7 @@ fn node(
     peer: (&str, String),
     extra: &[&str],
 ) -> Daemon {
-    let mut args: Vec<String> = vec![
-        "--node-id".into(),
-        id.into(),
-        "--region".into(),
-        region.into(),
-        "--cascade-listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--cascade-ca".into(),
-        dir.join("ca.pem").display().to_string(),
-        "--cascade-cert".into(),
-        dir.join(format!("{id}.pem")).display().to_string(),
-        "--cascade-key".into(),
-        dir.join(format!("{id}.key")).display().to_string(),
-        "--peer".into(),
-        format!("{}={}", peer.0, peer.1),
-    ];
+    let mut args = node_args(dir, id, region, port, &[(peer.0.to_string(), peer.1)]);
     args.extend(extra.iter().map(|a| a.to_string()));
     Daemon::start(rt, &args)
 }
