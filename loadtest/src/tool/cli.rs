@@ -217,6 +217,8 @@ impl Cli {
             Some(p) => Scenario::preset(p)?,
             None => Scenario::default(),
         };
+        // A preset's name describes its shape: one changed below says so.
+        let preset = s.shape();
         if let Some(path) = &self.scenario {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -303,6 +305,9 @@ impl Cli {
         }
         if let Some(v) = self.link_loss {
             c.link.loss = v;
+        }
+        if self.preset.is_some() && s.shape() != preset {
+            s.name = format!("{}, modified", s.name);
         }
         s.validate()?;
         Ok(s)
@@ -559,7 +564,11 @@ mod tests {
         let s = cli.scenario().unwrap();
         assert_eq!(s.subscribers, 12);
         assert_eq!(s.ramp_up, 8.0);
-        assert_eq!(s.name, "S1 fan-out 1→50");
+        assert_eq!(s.name, "S1 fan-out 1→50, modified");
+        let s = parse(&["--preset", "s1", "--ramp-up", "8"])
+            .scenario()
+            .unwrap();
+        assert_eq!(s.name, "S1 fan-out 1→50", "the shape is the preset's");
         std::fs::write(&f, "subscriberz = 12\n").unwrap();
         let cli = parse(&["--scenario", f.to_str().unwrap()]);
         assert!(cli.scenario().unwrap_err().contains("subscriberz"));

@@ -76,6 +76,8 @@ impl Default for SimOptions {
             limits: Limits {
                 max_rooms: 100,
                 max_sessions_per_room: 1001,
+                // A room of 1001 joins before anyone connects (the benches).
+                max_pending_sessions: 1001,
                 ..Limits::default()
             },
             placement: Policy::LeastLoaded,
