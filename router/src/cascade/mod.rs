@@ -21,6 +21,7 @@ pub mod codec;
 pub mod congestion;
 pub mod link;
 pub mod manager;
+pub mod plane;
 pub mod relay;
 #[cfg(any(test, feature = "testkit"))]
 pub mod sim;

@@ -5,17 +5,14 @@ use super::metrics::{CascadeMetrics, LogThrottle, Refusal};
 use super::relay::{self, LinkCounters, RxTask, RxUpdate, TxUpdate};
 use super::Cmd;
 use crate::cascade::link::{Admission, ConnId, LinkConfig, LinkControl, NodeId, Output, RequestId};
-use crate::cascade::relay::RxRoute;
+use crate::cascade::plane::PlaneSide;
 use crate::cascade::NodeIdentity;
 use crate::config::CascadeResolved;
 use crate::control::{ApiError, Control};
-use crate::media::bus::BusMsg;
 use crate::media::types::LinkId;
-use crate::media::WorkerId;
 use kaskade_protocol::cascade as cpb;
 use kaskade_protocol::cascade::close::CloseCode;
 use kaskade_protocol::v1 as pb;
-use kaskade_protocol::TrackId;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -64,7 +61,7 @@ pub(super) struct Manager {
     opening: HashMap<ConnId, (quinn::Connection, mpsc::UnboundedSender<cpb::Frame>)>,
     counters: HashMap<LinkId, Arc<LinkCounters>>,
     /// Home workers of remote tracks.
-    homes: HashMap<TrackId, WorkerId>,
+    plane: PlaneSide,
     calls: HashMap<RequestId, oneshot::Sender<Result<pb::RouterRef, ApiError>>>,
     next_call: u64,
 }
@@ -96,7 +93,7 @@ impl Manager {
             live: HashMap::new(),
             opening: HashMap::new(),
             counters: HashMap::new(),
-            homes: HashMap::new(),
+            plane: PlaneSide::default(),
             calls: HashMap::new(),
             next_call: 1,
         }
@@ -132,7 +129,7 @@ impl Manager {
             Cmd::RoomDeleted(room) => m.room_deleted(&room),
             Cmd::TrackPublished(info) => m.track_published(&info),
             Cmd::TrackUnpublished(track) => {
-                self.homes.remove(&track);
+                self.plane.forget(track);
                 self.machine.track_unpublished(track);
             }
             Cmd::RemoteDemand(track, mask) => m.remote_demand(track, mask),
@@ -258,6 +255,9 @@ impl Manager {
 
     fn output(&mut self, o: Output) {
         let c = &self.control;
+        let Some(o) = self.plane.apply(c, &mut self.machine, o) else {
+            return;
+        };
         match o {
             Output::Dial(peer) => {
                 if let Some(addr) = self.addrs.get(&peer).cloned() {
@@ -331,16 +331,8 @@ impl Manager {
             Output::RxRoute {
                 conn, num, route, ..
             } => {
-                let route = match route {
-                    Some((track, kind)) => match self.homes.get(&track) {
-                        Some(worker) => Some(RxRoute {
-                            track,
-                            worker: *worker,
-                            kind,
-                        }),
-                        None => return, // the control plane did not take the track
-                    },
-                    None => None,
+                let Some(route) = self.plane.route(route) else {
+                    return; // the control plane did not take the track
                 };
                 if let Some(l) = self.live.get(&conn) {
                     let _ = l.rx.send(RxUpdate::Route { num, route });
@@ -353,43 +345,16 @@ impl Manager {
                     let _ = l.rx.send(RxUpdate::Codec { num, params });
                 }
             }
-            Output::EnsureRoom { peer, room, policy } => {
-                let r = c
-                    .ensure_room_for_link(&room, &policy)
-                    .map(|()| c.room_policy(&room).unwrap_or_default())
-                    .map_err(|e| e.to_string());
-                self.machine.room_ready(&peer, room, r);
-            }
-            Output::AddRemoteTrack(t) => {
-                if let Some(info) = c.add_remote_track(t) {
-                    self.homes.insert(info.id, info.worker);
-                }
-            }
-            Output::RemoveRemoteTrack(track) => {
-                self.homes.remove(&track);
-                c.remove_remote_track(track);
-            }
-            Output::SetLinkDemand { track, link, mask } => c.set_link_demand(track, link, mask),
-            Output::RequestKeyframe { track, layer } => c.request_keyframe(track, layer),
-            Output::RemoteLayers { track, layers } => {
-                if let Some(w) = self.homes.get(&track) {
-                    c.ingest(*w, vec![BusMsg::RemoteLayers { track, layers }]);
-                }
-            }
-            Output::LinkChanged {
-                room,
-                peer,
-                region,
-                up,
-            } => c.link_changed(&room, peer.as_str(), &region, up),
-            Output::LinkRefused {
-                room,
-                peer,
-                region,
-                reason,
-                decided_by,
-            } => c.link_refused(&room, peer.as_str(), &region, &reason, decided_by.as_str()),
-            Output::Reached { room, node } => c.reached(&room, node.as_str(), ""),
+            // Taken by `PlaneSide::apply` above.
+            Output::EnsureRoom { .. }
+            | Output::AddRemoteTrack(_)
+            | Output::RemoveRemoteTrack(_)
+            | Output::SetLinkDemand { .. }
+            | Output::RequestKeyframe { .. }
+            | Output::RemoteLayers { .. }
+            | Output::LinkChanged { .. }
+            | Output::LinkRefused { .. }
+            | Output::Reached { .. } => {}
             Output::Reply { req, result } => {
                 if let Some(reply) = self.calls.remove(&req) {
                     let _ = reply.send(result.map(|r| pb::RouterRef {

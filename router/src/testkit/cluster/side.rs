@@ -5,16 +5,14 @@
 
 use super::hooks::{Hook, HookQueue};
 use crate::cascade::link::{ConnId, LinkControl, NodeId, Output, RequestId, RouterRef};
-use crate::cascade::relay::{
-    Budget, LinkRate, RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats,
-};
+use crate::cascade::plane::PlaneSide;
+use crate::cascade::relay::{Budget, LinkRate, RelayRx, RelayTx, RxStats, TxOutput, TxStats};
 use crate::cascade::sim::{Net, MAX_DATAGRAM};
 use crate::control::{ApiError, Control};
 use crate::media::bus::{BusMsg, Outbox};
 use crate::media::types::{LinkId, MediaPacket};
 use crate::media::{BusBatch, WorkerId};
 use kaskade_protocol::cascade::frame::Msg;
-use kaskade_protocol::TrackId;
 use rand::rngs::StdRng;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,7 +85,7 @@ pub struct Side {
     /// Receive figures of connections that ended.
     rx_done: RxStats,
     /// Home workers of remote tracks.
-    homes: BTreeMap<TrackId, WorkerId>,
+    plane: PlaneSide,
     counts: BTreeMap<LinkId, LinkCounts>,
     /// Answers to `LinkRoom` calls.
     pub replies: BTreeMap<RequestId, Result<RouterRef, ApiError>>,
@@ -114,7 +112,7 @@ impl Side {
             rx: BTreeMap::new(),
             link_conn: BTreeMap::new(),
             rx_done: RxStats::default(),
-            homes: BTreeMap::new(),
+            plane: PlaneSide::default(),
             counts: BTreeMap::new(),
             replies: BTreeMap::new(),
         }
@@ -194,7 +192,7 @@ impl Side {
                 Hook::RoomDeleted(room) => m.room_deleted(&room),
                 Hook::TrackPublished(info) => m.track_published(&info),
                 Hook::TrackUnpublished(track) => {
-                    self.homes.remove(&track);
+                    self.plane.forget(track);
                     m.track_unpublished(track);
                 }
                 Hook::RemoteDemand(track, mask) => m.remote_demand(track, mask),
@@ -291,6 +289,9 @@ impl Side {
     /// Carries out one output of the machine, as the production manager does.
     fn output(&mut self, env: &mut Env<'_>, o: Output) {
         let c = env.control;
+        let Some(o) = self.plane.apply(c, &mut self.machine, o) else {
+            return;
+        };
         let now = env.now;
         let rate = self.rate;
         match o {
@@ -357,16 +358,8 @@ impl Side {
             Output::RxRoute {
                 conn, num, route, ..
             } => {
-                let route = match route {
-                    Some((track, kind)) => match self.homes.get(&track) {
-                        Some(worker) => Some(RxRoute {
-                            track,
-                            worker: *worker,
-                            kind,
-                        }),
-                        None => return, // the control plane did not take the track
-                    },
-                    None => None,
+                let Some(route) = self.plane.route(route) else {
+                    return; // the control plane did not take the track
                 };
                 if let Some(r) = self.rx.get_mut(&conn) {
                     r.rx.set_route(num, route);
@@ -380,43 +373,16 @@ impl Side {
                 }
                 self.flush_rx(env, conn);
             }
-            Output::EnsureRoom { peer, room, policy } => {
-                let r = c
-                    .ensure_room_for_link(&room, &policy)
-                    .map(|()| c.room_policy(&room).unwrap_or_default())
-                    .map_err(|e| e.to_string());
-                self.machine.room_ready(&peer, room, r);
-            }
-            Output::AddRemoteTrack(t) => {
-                if let Some(info) = c.add_remote_track(t) {
-                    self.homes.insert(info.id, info.worker);
-                }
-            }
-            Output::RemoveRemoteTrack(track) => {
-                self.homes.remove(&track);
-                c.remove_remote_track(track);
-            }
-            Output::SetLinkDemand { track, link, mask } => c.set_link_demand(track, link, mask),
-            Output::RequestKeyframe { track, layer } => c.request_keyframe(track, layer),
-            Output::RemoteLayers { track, layers } => {
-                if let Some(w) = self.homes.get(&track) {
-                    c.ingest(*w, vec![BusMsg::RemoteLayers { track, layers }]);
-                }
-            }
-            Output::LinkChanged {
-                room,
-                peer,
-                region,
-                up,
-            } => c.link_changed(&room, peer.as_str(), &region, up),
-            Output::LinkRefused {
-                room,
-                peer,
-                region,
-                reason,
-                decided_by,
-            } => c.link_refused(&room, peer.as_str(), &region, &reason, decided_by.as_str()),
-            Output::Reached { room, node } => c.reached(&room, node.as_str(), ""),
+            // Taken by `PlaneSide::apply` above.
+            Output::EnsureRoom { .. }
+            | Output::AddRemoteTrack(_)
+            | Output::RemoveRemoteTrack(_)
+            | Output::SetLinkDemand { .. }
+            | Output::RequestKeyframe { .. }
+            | Output::RemoteLayers { .. }
+            | Output::LinkChanged { .. }
+            | Output::LinkRefused { .. }
+            | Output::Reached { .. } => {}
             Output::Reply { req, result } => {
                 self.replies.insert(req, result);
             }
