@@ -183,12 +183,8 @@ fn trend_table(r: &RunReport) -> String {
             t.last,
             t.change * 100.0,
             t.slope_change * 100.0,
-            if t.flat { "ok" } else { "bad" },
-            if t.flat {
-                format!("flat (±{:.0} %)", t.tolerance * 100.0)
-            } else {
-                format!("not flat (±{:.0} %)", t.tolerance * 100.0)
-            }
+            if t.grew { "bad" } else { "ok" },
+            t.verdict()
         );
     }
     o.push_str("</table>");

@@ -29,6 +29,10 @@ pub(crate) struct Trend {
     pub slope_change: f64,
     /// Both `change` and `slope_change` within `tolerance`.
     pub flat: bool,
+    /// `change` or `slope_change` above `+tolerance`: the figure crept up. Every
+    /// figure a soak watches (memory, descriptors, CPU per packet, latency) is
+    /// better lower, so only this fails; one that fell is reported as such.
+    pub grew: bool,
     /// The tolerance used.
     pub tolerance: f64,
 }
@@ -85,6 +89,7 @@ pub(crate) fn trend(figure: &str, points: &[(f64, f64)], tolerance: f64) -> Opti
         slope,
         slope_change,
         flat: change.abs() <= tolerance && slope_change.abs() <= tolerance,
+        grew: change > tolerance || slope_change > tolerance,
         tolerance,
     })
 }
@@ -103,12 +108,20 @@ impl Trend {
             self.last,
             self.change * 100.0,
             self.slope_change * 100.0,
-            if self.flat {
-                format!("flat (within ±{:.0} %)", self.tolerance * 100.0)
-            } else {
-                format!("NOT flat (beyond ±{:.0} %)", self.tolerance * 100.0)
-            }
+            self.verdict()
         )
+    }
+
+    /// "flat", "fell" (beyond the tolerance, downward only) or "GREW".
+    pub(crate) fn verdict(&self) -> String {
+        let tol = self.tolerance * 100.0;
+        if self.flat {
+            format!("flat (within ±{tol:.0} %)")
+        } else if self.grew {
+            format!("GREW (beyond +{tol:.0} %)")
+        } else {
+            format!("fell (beyond −{tol:.0} %), no growth")
+        }
     }
 }
 
@@ -139,7 +152,19 @@ mod tests {
         assert!(!t.flat, "{t:?}");
         assert!((t.slope - 0.05).abs() < 1e-9);
         assert!(t.change > 0.2 && t.slope_change > 0.2, "{t:?}");
-        assert!(t.line().contains("NOT flat"));
+        assert!(t.grew);
+        assert!(t.line().contains("GREW"), "{}", t.line());
+    }
+
+    #[test]
+    fn a_fall_is_not_growth() {
+        // CPU per packet falling from 15 to 11 over the run: not flat, not grown.
+        let pts: Vec<(f64, f64)> = (0..600)
+            .map(|i| (i as f64, 15.0 - 4.0 * i as f64 / 600.0))
+            .collect();
+        let t = trend("us/pkt", &pts, 0.15).unwrap();
+        assert!(!t.flat && !t.grew, "{t:?}");
+        assert!(t.line().contains("fell"), "{}", t.line());
     }
 
     #[test]
