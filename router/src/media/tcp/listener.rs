@@ -63,11 +63,22 @@ impl Drop for TcpListenerHandle {
     }
 }
 
-/// Binds the listener (non-blocking).
+/// The listen backlog: connections the kernel completes before the
+/// listener thread accepts them. The standard library's 128 overflows
+/// under a burst (a room's subscribers reconnecting at once, or a flood):
+/// the kernel then drops SYNs and each client retries only after a second.
+/// The kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 1024;
+
+/// Binds the listener (non-blocking, address reusable after a restart).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 /// Starts the listener thread for a router whose workers are `workers`.
@@ -276,5 +287,26 @@ impl Driver {
                 self.drop_stream(id, CloseReason::Shutdown);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst larger than the standard library's backlog of 128 completes
+    /// its handshakes while nobody accepts: no SYN is dropped, so no client
+    /// waits a second for its retry.
+    #[test]
+    fn a_burst_beyond_128_connections_is_queued_not_dropped() {
+        let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        let burst: Vec<_> = (0..300)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connection {i} not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(burst.len(), 300);
     }
 }
