@@ -8,7 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// The files of `control.tls_*` or `http.tls_*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,5 +125,48 @@ impl TlsFiles {
             vec![b"http/1.1".to_vec()]
         };
         Ok(Arc::new(cfg))
+    }
+}
+
+/// The TLS configuration in use; [`TlsState::reload`] swaps it for new
+/// connections (SIGHUP).
+pub struct TlsState {
+    files: TlsFiles,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState")
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl TlsState {
+    /// Loads the files once.
+    pub fn load(files: TlsFiles) -> Result<Self, String> {
+        let cfg = files.load()?;
+        Ok(Self {
+            files,
+            current: RwLock::new(cfg),
+        })
+    }
+
+    /// Reads the files again; on error the previous configuration stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let cfg = self.files.load()?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+        Ok(())
+    }
+
+    /// An acceptor with the configuration in use.
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let cfg = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        tokio_rustls::TlsAcceptor::from(cfg)
     }
 }

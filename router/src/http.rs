@@ -4,13 +4,13 @@
 //! drains).
 
 use crate::drain::Lifecycle;
+use crate::listener::Incoming;
 use crate::metrics::Metrics;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -60,9 +60,9 @@ pub fn routes(metrics: Metrics, lifecycle: Arc<Lifecycle>) -> Router {
         })
 }
 
-/// Serves `routes` on `listener` until `stop` resolves.
+/// Serves `routes` on the listener's connections until `stop` resolves.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Incoming,
     routes: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {

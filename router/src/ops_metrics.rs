@@ -1,7 +1,8 @@
 //! The operations metrics: process (CPU, memory, fds), build info, drain,
-//! API-key refusals and the control listener. Registered in the one
+//! API-key refusals and the three TCP listeners. Registered in the one
 //! registry of [`Metrics`](crate::metrics::Metrics).
 
+use crate::listener::ListenerMetrics;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// The commit this binary was built from (`KASKADE_BUILD_COMMIT` or git at
@@ -19,8 +20,40 @@ pub struct OpsMetrics {
     pub control_connections: IntGauge,
     /// Control connections not accepted or cut, by reason.
     pub control_accept_errors: IntCounterVec,
-    /// HTTP listener connections not accepted (https), by reason.
+    /// Open HTTP listener connections.
+    pub http_connections: IntGauge,
+    /// HTTP listener connections not accepted or cut, by reason.
     pub http_accept_errors: IntCounterVec,
+    /// Open metrics listener connections.
+    pub metrics_connections: IntGauge,
+    /// Metrics listener connections not accepted or cut, by reason.
+    pub metrics_accept_errors: IntCounterVec,
+}
+
+impl OpsMetrics {
+    /// The control API listener's connections.
+    pub fn control_listener(&self) -> ListenerMetrics {
+        ListenerMetrics {
+            connections: self.control_connections.clone(),
+            errors: self.control_accept_errors.clone(),
+        }
+    }
+
+    /// The HTTP listener's connections.
+    pub fn http_listener(&self) -> ListenerMetrics {
+        ListenerMetrics {
+            connections: self.http_connections.clone(),
+            errors: self.http_accept_errors.clone(),
+        }
+    }
+
+    /// The metrics listener's connections.
+    pub fn metrics_listener(&self) -> ListenerMetrics {
+        ListenerMetrics {
+            connections: self.metrics_connections.clone(),
+            errors: self.metrics_accept_errors.clone(),
+        }
+    }
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -82,12 +115,33 @@ impl OpsMetrics {
                 )
                 .unwrap_or_else(|e| static_def(e)),
             ),
+            http_connections: register(
+                r,
+                IntGauge::new("kaskade_http_connections", "Open HTTP listener connections.")
+                    .unwrap_or_else(|e| static_def(e)),
+            ),
             http_accept_errors: register(
                 r,
                 IntCounterVec::new(
                     Opts::new(
                         "kaskade_http_accept_errors_total",
-                        "HTTP listener connections not accepted when it serves https: tls (handshake failed or timed out), busy (too many handshakes at once), other (accept failed).",
+                        "HTTP listener connections not accepted or cut: fd_limit (out of file descriptors), limit (http.max_connections), tls (handshake failed or timed out), idle (http.idle_timeout), other.",
+                    ),
+                    &["reason"],
+                )
+                .unwrap_or_else(|e| static_def(e)),
+            ),
+            metrics_connections: register(
+                r,
+                IntGauge::new("kaskade_metrics_connections", "Open metrics listener connections.")
+                    .unwrap_or_else(|e| static_def(e)),
+            ),
+            metrics_accept_errors: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kaskade_metrics_accept_errors_total",
+                        "Metrics listener connections not accepted or cut: fd_limit (out of file descriptors), limit (metrics.max_connections), idle (metrics.idle_timeout), other.",
                     ),
                     &["reason"],
                 )

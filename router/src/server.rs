@@ -5,9 +5,10 @@
 use crate::auth::grpc::AuthLayer;
 use crate::config::Resolved;
 use crate::control::{Api, Control, Identity, Limits};
-use crate::control_listener::{ListenerLimits, TlsState};
 use crate::control_tls::TlsFiles;
+use crate::control_tls::TlsState;
 use crate::drain::{Lifecycle, RouterApi};
+use crate::listener::ListenerLimits;
 use crate::media::worker::{PreparedWorker, WorkerHandle};
 use crate::media::{RtcFactory, WorkerCore, WorkerId};
 use crate::metrics::{Metrics, WorkerMetrics};
@@ -367,6 +368,18 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
 
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(l) = metrics_listener {
+        let m = &cfg.config.metrics;
+        let limits = ListenerLimits {
+            max_connections: m.max_connections,
+            idle_timeout: m.idle_timeout.0,
+        };
+        let addr = cfg.metrics_listen.unwrap_or(control_addr);
+        let l = crate::listener::spawn("metrics", l, limits, None, &metrics.ops.metrics_listener())
+            .map_err(|source| StartError::Bind {
+                what: "metrics",
+                addr,
+                source,
+            })?;
         let mut stop = stop_rx.clone();
         let routes = crate::http::routes(metrics.clone(), lifecycle.clone());
         tokio::spawn(crate::http::serve(l, routes, async move {
@@ -374,12 +387,31 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         }));
     }
     if let Some(l) = http_listener {
+        let h = &cfg.config.http;
+        let limits = ListenerLimits {
+            max_connections: h.max_connections,
+            idle_timeout: h.idle_timeout.0,
+        };
+        let addr = cfg.http_listen.unwrap_or(control_addr);
+        let l = crate::listener::spawn(
+            "http",
+            l,
+            limits,
+            http_tls.clone(),
+            &metrics.ops.http_listener(),
+        )
+        .map_err(|source| StartError::Bind {
+            what: "http",
+            addr,
+            source,
+        })?;
         let web = crate::web::serve(
             l,
+            h.idle_timeout.0,
             plane.clone(),
             metrics.clone(),
             Arc::new(cfg.api_keys.clone()),
-            http_tls.clone(),
+            http_tls.is_some(),
             stop_rx.clone(),
         );
         tokio::spawn(web);
@@ -395,16 +427,23 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let c = &cfg.config.control;
-    let conns = crate::control_listener::spawn(
+    let limits = ListenerLimits {
+        max_connections: c.max_connections,
+        idle_timeout: c.idle_timeout.0,
+    };
+    let incoming = crate::listener::spawn(
+        "control",
         grpc_listener,
-        ListenerLimits {
-            max_connections: c.max_connections,
-            idle_timeout: c.idle_timeout.0,
-        },
+        limits,
         tls.clone(),
-        metrics.ops.clone(),
-    );
-    let incoming = tokio_stream::wrappers::UnboundedReceiverStream::new(conns);
+        &metrics.ops.control_listener(),
+    )
+    .map_err(|source| StartError::Bind {
+        what: "control",
+        addr: control_addr,
+        source,
+    })?
+    .into_stream();
     let auth = AuthLayer::new(Arc::new(cfg.api_keys.clone()), &metrics);
     let (keepalive, streams) = (c.keepalive_interval.0, c.max_concurrent_streams);
     let mut stop = stop_rx;

@@ -44,8 +44,8 @@ config_keys! {
             env "KASKADE_CONTROL_MAX_CONCURRENT_STREAMS", flag "control-max-concurrent-streams",
             value "N",
             rule Rule::Range(1, 65536);
-        /// A connection that sends nothing for this long is closed (an idle HTTP/2
-        /// client answers keepalive pings, so it stays).
+        /// A connection that moves no byte either way for this long is closed (an idle
+        /// HTTP/2 client answers keepalive pings, so it stays).
         idle_timeout: Span = Span::secs(120),
             env "KASKADE_CONTROL_IDLE_TIMEOUT", flag "control-idle-timeout", value "DURATION",
             rule Rule::Between(Duration::from_secs(1), Duration::from_secs(24 * 3600));
@@ -71,6 +71,15 @@ config_keys! {
         listen: String = "127.0.0.1:9464".into(),
             env "KASKADE_METRICS_LISTEN", flag "metrics-listen", value "ADDR",
             rule Rule::SocketAddrOrOff;
+        /// Most metrics connections open at once; more are closed as they come.
+        max_connections: usize = 64,
+            env "KASKADE_METRICS_MAX_CONNECTIONS", flag "metrics-max-connections", value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// A metrics connection that moves no byte either way for this long is closed
+        /// (longer than the scrape interval keeps a scraper's connection).
+        idle_timeout: Span = Span::secs(120),
+            env "KASKADE_METRICS_IDLE_TIMEOUT", flag "metrics-idle-timeout", value "DURATION",
+            rule Rule::Between(Duration::from_secs(1), Duration::from_secs(24 * 3600));
     }
 
     /// `[media]`: the media plane.
@@ -182,6 +191,17 @@ config_keys! {
         tls_key: String = String::new(),
             env "KASKADE_HTTP_TLS_KEY", flag "http-tls-key", value "FILE",
             rule Rule::Any;
+        /// Most HTTP connections open at once, TLS handshakes included; more are closed
+        /// as they come.
+        max_connections: usize = 1024,
+            env "KASKADE_HTTP_MAX_CONNECTIONS", flag "http-max-connections", value "N",
+            rule Rule::Range(1, 1_000_000);
+        /// An HTTP connection that moves no byte either way for this long is closed (an
+        /// event stream stays: it sends a keep-alive comment every third of this, at
+        /// most every 15 s).
+        idle_timeout: Span = Span::secs(60),
+            env "KASKADE_HTTP_IDLE_TIMEOUT", flag "http-idle-timeout", value "DURATION",
+            rule Rule::Between(Duration::from_secs(1), Duration::from_secs(24 * 3600));
     }
 
     /// `[webhooks]`: an HTTP POST per event.

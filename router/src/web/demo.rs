@@ -366,7 +366,7 @@ pub async fn events(State(web): State<Arc<Web>>, uri: Uri, headers: HeaderMap) -
         )
     });
     let resp = Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(web.keep_alive))
         .into_response();
     web.done(ROUTE, resp)
 }

@@ -18,13 +18,12 @@
 pub mod demo;
 pub mod json;
 pub mod resource;
-pub mod tls;
 pub mod whep;
 pub mod whip;
 
 use crate::auth::KeySet;
 use crate::control::Control;
-use crate::control_listener::TlsState;
+use crate::listener::Incoming;
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::State;
@@ -33,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, options, post};
 use axum::Router;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
 /// The demo app's page.
@@ -47,6 +46,14 @@ pub const KASKADE_JS: &str = include_str!("assets/kaskade.js");
 
 /// Event streams (`/demo/events`) open at once; more are refused (503).
 pub const MAX_EVENT_STREAMS: usize = 256;
+/// Longest pause between two keep-alive comments of an event stream.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The keep-alive interval of event streams: a third of the listener's idle
+/// timeout (so an open stream is never cut as idle), at most 15 s.
+pub fn sse_keep_alive(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 3).min(SSE_KEEP_ALIVE)
+}
 
 /// Shared by the handlers.
 #[derive(Debug)]
@@ -58,6 +65,8 @@ pub struct Web {
     keys: Arc<KeySet>,
     /// The live WHIP and WHEP resources.
     resources: resource::Resources,
+    /// Keep-alive interval of event streams ([`sse_keep_alive`]).
+    keep_alive: Duration,
 }
 
 impl Web {
@@ -192,14 +201,21 @@ async fn not_found(State(web): State<Arc<Web>>) -> Response {
     )
 }
 
-/// The routes, over one control plane; `keys` verify room tokens.
-pub fn router(plane: Arc<Control>, metrics: Metrics, keys: Arc<KeySet>) -> Router {
+/// The routes, over one control plane; `keys` verify room tokens; event
+/// streams send a keep-alive every `keep_alive`.
+pub fn router(
+    plane: Arc<Control>,
+    metrics: Metrics,
+    keys: Arc<KeySet>,
+    keep_alive: Duration,
+) -> Router {
     let web = Arc::new(Web {
         plane,
         metrics,
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         keys,
         resources: resource::Resources::default(),
+        keep_alive,
     });
     let mut r = Router::new();
     for (path, _, _) in ASSETS {
@@ -225,17 +241,19 @@ pub fn router(plane: Arc<Control>, metrics: Metrics, keys: Arc<KeySet>) -> Route
         .with_state(web)
 }
 
-/// Serves the HTTP listener until `stop` turns true, over https with `tls`.
+/// Serves the HTTP listener's connections until `stop` turns true;
+/// `idle_timeout` is `http.idle_timeout`, `https` whether they are TLS.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Incoming,
+    idle_timeout: Duration,
     plane: Arc<Control>,
     metrics: Metrics,
     keys: Arc<KeySet>,
-    tls: Option<Arc<TlsState>>,
+    https: bool,
     mut stop: watch::Receiver<bool>,
 ) {
-    if let Ok(a) = listener.local_addr() {
-        log_urls(a, !keys.is_empty(), tls.is_some());
+    if let Ok(a) = axum::serve::Listener::local_addr(&listener) {
+        log_urls(a, !keys.is_empty(), https);
     }
     if !keys.is_empty() && !keys.can_verify_tokens() {
         tracing::warn!(
@@ -244,22 +262,14 @@ pub async fn serve(
             crate::auth::API_KEYS_ENV
         );
     }
-    let app = router(plane, metrics.clone(), keys);
+    let app = router(plane, metrics, keys, sse_keep_alive(idle_timeout));
     let shutdown = async move {
         let _ = stop.wait_for(|v| *v).await;
     };
-    let r = match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(tls) => match tls::TlsListener::spawn(listener, tls, metrics.ops.clone()) {
-            Ok(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
-            Err(e) => Err(e),
-        },
-    };
-    if let Err(e) = r {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::error!(error = %e, "HTTP listener failed");
     }
 }
@@ -298,6 +308,15 @@ fn log_urls(a: std::net::SocketAddr, keys: bool, https: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_streams_keep_alive_within_a_third_of_the_idle_timeout() {
+        assert_eq!(sse_keep_alive(Duration::from_secs(60)), SSE_KEEP_ALIVE);
+        assert_eq!(
+            sse_keep_alive(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn only_loopback_hosts_pass() {
