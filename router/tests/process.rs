@@ -328,3 +328,21 @@ fn flags_override_environment_and_rust_log_is_honoured() {
         "RUST_LOG=debug shows debug lines: {err}"
     );
 }
+
+#[test]
+fn a_secret_comes_from_the_environment_never_from_a_command_line() {
+    // A command line is readable by every local user (/proc/PID/cmdline).
+    let url = ["--webhooks-url", "http://127.0.0.1:9/hook"];
+    let secret = "0123456789abcdef0123";
+    let (code, err) = serve_outcome(&[url[0], url[1], "--webhooks-secret", secret], &[]);
+    assert!(code.is_some_and(|c| c != 0), "refused: {err}");
+    assert!(err.contains("--webhooks-secret"), "{err}");
+    assert!(!err.contains(secret), "the refusal does not echo it: {err}");
+
+    let (code, err) = serve_outcome(&url, &[("KASKADE_WEBHOOKS_SECRET", secret)]);
+    assert_eq!(code, None, "the environment gives it: {err}");
+
+    let (code, err) = serve_outcome(&url, &[]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("webhooks"), "{err}");
+}

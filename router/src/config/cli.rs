@@ -2,6 +2,7 @@
 //! `env` fallback, built from [`KEYS`](super::KEYS). Flatten [`KeyArgs`]
 //! into a clap command; clap then resolves flag over environment, and
 //! [`Config::apply`](super::Config::apply) lays the result over the file.
+//! A key without a flag (a secret) is read from its variable alone.
 
 use super::table::Key;
 use super::KEYS;
@@ -25,7 +26,7 @@ impl KeyArgs {
 }
 
 fn arg(k: &'static Key) -> Option<Arg> {
-    let cli = k.cli?;
+    let cli = k.cli.filter(|c| !c.flag.is_empty())?;
     let list = (k.get)(&super::Config::default()).is_list();
     let mut range = String::new();
     if let Some(r) = k.rule.describe() {
@@ -78,6 +79,16 @@ impl FromArgMatches for KeyArgs {
                 let v: Vec<String> = v.cloned().collect();
                 self.values.retain(|(old, _)| old.name != k.name);
                 self.values.push((k, v));
+            }
+        }
+        // Keys without a flag (secrets) come from the environment only.
+        for k in KEYS.iter() {
+            let Some(cli) = k.cli.filter(|c| c.flag.is_empty()) else {
+                continue;
+            };
+            if let Ok(v) = std::env::var(cli.env) {
+                self.values.retain(|(old, _)| old.name != k.name);
+                self.values.push((k, vec![v]));
             }
         }
         Ok(())

@@ -3,7 +3,8 @@
 //! and `--help` placeholder, then the rule its value must pass. The doc
 //! comment is the key's `--help` text.
 //!
-//! New keys follow `KASKADE_<SECTION>_<KEY>` and `--section-key`; numbers
+//! New keys follow `KASKADE_<SECTION>_<KEY>` and `--section-key` (a secret
+//! has `flag ""`: the environment gives it, never a command line); numbers
 //! need a `Rule::Range` (a test checks both). Document the key in
 //! docs/operations.md and deploy/kaskade.toml (a test checks that too).
 
@@ -220,7 +221,7 @@ config_keys! {
             rule Rule::Any;
         /// The signing secret (HMAC-SHA256), at least 16 bytes; required with urls.
         secret: String = String::new(),
-            env "KASKADE_WEBHOOKS_SECRET", flag "webhooks-secret", value "SECRET",
+            env "KASKADE_WEBHOOKS_SECRET", flag "", value "SECRET",
             rule Rule::Any;
         /// Events held per URL while its receiver is slow or down; beyond, dropped and counted.
         queue: usize = 1000,

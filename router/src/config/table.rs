@@ -12,7 +12,9 @@ use super::Config;
 pub struct Cli {
     /// Environment variable, `KASKADE_<SECTION>_<KEY>`.
     pub env: &'static str,
-    /// Long flag without the dashes, `section-key` for new keys.
+    /// Long flag without the dashes, `section-key` for new keys; empty for
+    /// a secret, which the environment gives and a command line (readable
+    /// by every local user in /proc) never does.
     pub flag: &'static str,
     /// Placeholder in `--help`.
     pub value_name: &'static str,
