@@ -217,7 +217,7 @@ impl Metrics {
         let join_failures = counter_vec(
             &registry,
             "kaskade_join_failures_total",
-            "Sessions closed before they connected, by how far they got: timeout (no datagram from the peer), ice (ICE never connected), dtls (ICE connected, DTLS did not complete).",
+            "Sessions closed before they connected, by how far they got: timeout (no datagram from the peer), ice (ICE never connected), dtls (ICE connected, DTLS did not complete or failed).",
             &["step"],
         );
         let room_workers = Histogram::with_opts(

@@ -194,3 +194,64 @@ fn a_session_nobody_connects_to_is_a_join_failure() {
     }
     assert!(closed, "watchers were told");
 }
+
+/// A peer whose DTLS certificate is not the one its offer's fingerprint
+/// names (a tampered offer, or a stack whose certificate changed) is
+/// closed as `dtls failed` and counted as a join failure at the `dtls`
+/// step, not as the router's internal error.
+#[test]
+fn a_certificate_that_does_not_match_the_fingerprint_is_a_dtls_failure() {
+    let mut sim = Sim::new(1, 15);
+    sim.create_room("r");
+    let mut events = sim.control.watch("r").unwrap().events;
+    let c = sim.add_client(|c| c);
+    sim.clients[c].client.add_audio();
+    let offer = sim.clients[c].client.create_offer().unwrap();
+    // Another certificate's fingerprint: every byte of this one flipped.
+    let offer: String = offer
+        .lines()
+        .map(|l| match l.strip_prefix("a=fingerprint:sha-256 ") {
+            Some(fp) => {
+                let flipped: Vec<String> = fp
+                    .split(':')
+                    .map(|b| format!("{:02X}", !u8::from_str_radix(b, 16).unwrap()))
+                    .collect();
+                format!("a=fingerprint:sha-256 {}\r\n", flipped.join(":"))
+            }
+            None => format!("{l}\r\n"),
+        })
+        .collect();
+    let control = sim.control.clone();
+    let resp = sim
+        .api(
+            control.create_session(kaskade_protocol::v1::CreateSessionRequest {
+                room_id: "r".into(),
+                participant_id: "tampered".into(),
+                sdp_offer: offer,
+                metadata: String::new(),
+            }),
+        )
+        .unwrap();
+    sim.clients[c]
+        .client
+        .accept_answer(&resp.sdp_answer)
+        .unwrap();
+    let closed = sim.run_until(Duration::from_secs(10), |s| {
+        s.control.get_session(&resp.session_id).is_err()
+    });
+    assert!(closed, "closed at the handshake, not after the join timeout");
+    // Worker counters reach the shared metrics on the next tick.
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        sim.metric("kaskade_join_failures_total{step=\"dtls\"}"),
+        1.0
+    );
+    assert_eq!(sim.metric("kaskade_session_failures_total"), 0.0);
+    let mut reason = String::new();
+    while let Ok(e) = events.try_recv() {
+        if let Some(kaskade_protocol::v1::event::Kind::SessionClosed(c)) = e.kind {
+            reason = c.reason;
+        }
+    }
+    assert_eq!(reason, "dtls failed");
+}

@@ -226,6 +226,10 @@ pub enum CloseReason {
     IceTimeout,
     /// str0m failed internally (a panic or fatal error) for this session only.
     Internal,
+    /// The peer's DTLS failed: its certificate does not match the
+    /// fingerprint of its SDP, or the handshake broke off (kaskade takes
+    /// ECDSA client certificates only, as browsers send).
+    DtlsFailed,
     /// The router shuts down.
     Shutdown,
     /// The router drained and its grace period ran out.
@@ -239,6 +243,7 @@ impl CloseReason {
             CloseReason::Api => "closed by api",
             CloseReason::IceTimeout => "ice timeout",
             CloseReason::Internal => "internal error",
+            CloseReason::DtlsFailed => "dtls failed",
             CloseReason::Shutdown => "router shutdown",
             CloseReason::Drained => "router drained: grace period over",
         }

@@ -4,9 +4,10 @@
 
 use super::sessions::SessionKey;
 use super::{guarded, WorkerCore};
-use crate::media::command::WorkerEvent;
+use crate::media::command::{CloseReason, WorkerEvent};
 use std::time::Instant;
-use str0m::Event;
+use str0m::{Event, RtcError};
+
 
 impl WorkerCore {
     pub(super) fn drain_session(&mut self, now: Instant, key: SessionKey) {
@@ -21,20 +22,31 @@ impl WorkerCore {
         };
         let mut events = std::mem::take(&mut self.scratch_events);
         let tx = &mut self.out.transmits;
-        let ok = guarded(|| {
+        let r = guarded(|| {
             if timeout {
                 sess.drain_after_timeout(now, tx, &mut events)
             } else {
                 sess.drain(now, tx, &mut events)
             }
-        })
-        .is_some_and(|r| r.is_ok());
+        });
         self.queue.extend(events.drain(..).map(|e| (key, e)));
         self.scratch_events = events;
-        if ok {
-            self.sessions.reschedule(key);
-        } else {
-            self.fail_session(key);
+        match r {
+            Some(Ok(())) => self.sessions.reschedule(key),
+            // The peer's doing, not the router's: a certificate that is
+            // not the one its SDP names (str0m says `RemoteSdp` from its
+            // output only for that), a handshake it broke off.
+            Some(Err(e @ (RtcError::Dtls(_) | RtcError::RemoteSdp(_)))) => {
+                tracing::debug!(error = %e, "DTLS failed");
+                // Not connected yet: a join that failed at DTLS (ICE got
+                // through, or there would be no DTLS to fail; its event may
+                // still wait in the queue).
+                if self.sessions.get(key).is_some_and(|s| s.join_step().is_some()) {
+                    self.stats.join_dtls.inc();
+                }
+                self.close_session(key, CloseReason::DtlsFailed, true);
+            }
+            Some(Err(_)) | None => self.fail_session(key),
         }
     }
 
