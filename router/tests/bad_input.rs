@@ -239,7 +239,10 @@ fn a_certificate_that_does_not_match_the_fingerprint_is_a_dtls_failure() {
     let closed = sim.run_until(Duration::from_secs(10), |s| {
         s.control.get_session(&resp.session_id).is_err()
     });
-    assert!(closed, "closed at the handshake, not after the join timeout");
+    assert!(
+        closed,
+        "closed at the handshake, not after the join timeout"
+    );
     // Worker counters reach the shared metrics on the next tick.
     sim.run_for(Duration::from_secs(2));
     assert_eq!(

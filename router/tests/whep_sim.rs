@@ -157,3 +157,46 @@ fn a_viewer_that_never_connects_is_sent_nothing() {
     assert!(sim.metric("kaskade_rtp_packets_received_total") > 100.0);
     assert_eq!(sim.metric("kaskade_rtp_packets_forwarded_total"), 0.0);
 }
+
+/// Without `publisher=`, a viewer gets a publisher that has connected
+/// before one that never did (whose session sends nothing, for example an
+/// encoder whose handshake failed, until the join timeout ends it), even
+/// when the dead one comes first in id order.
+#[test]
+fn a_viewer_gets_a_connected_publisher_before_one_that_never_connected() {
+    let mut sim = Sim::new(1, 8);
+    sim.create_room("r");
+    let control = sim.control.clone();
+    let mut c = Vec::new();
+    for name in ["a-dead", "b-live"] {
+        let i = sim.add_client(|c| c);
+        sim.clients[i].client.add_audio();
+        sim.clients[i].client.add_video(&["l", "m", "h"]);
+        sim.join("r", i, name);
+        c.push(i);
+    }
+    // Nobody connected yet: the first in id order, as before.
+    assert_eq!(
+        control.viewer_tracks("r", None).unwrap().publisher.as_str(),
+        "a-dead"
+    );
+    // a-dead's packets never arrive: only b-live connects.
+    let dead = common::client_addr(c[0]);
+    sim.net
+        .set_from(dead, kaskade_loadtest::Link::default().loss(1.0));
+    sim.connect(&[c[1]]);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        control.viewer_tracks("r", None).unwrap().publisher.as_str(),
+        "b-live"
+    );
+    // Named, the dead one is still there to ask for.
+    assert_eq!(
+        control
+            .viewer_tracks("r", Some("a-dead"))
+            .unwrap()
+            .publisher
+            .as_str(),
+        "a-dead"
+    );
+}

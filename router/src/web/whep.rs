@@ -7,7 +7,8 @@
 //!
 //! Query parameters:
 //! - `publisher=ID`: the participant to play; by default the first
-//!   participant (in id order) that publishes anything. 404 when the named
+//!   participant (in id order) that publishes anything and has connected
+//!   (the first that publishes, if none has yet). 404 when the named
 //!   one publishes nothing, 409 when nobody publishes yet.
 //! - `layer=auto|low|mid|high`: the highest simulcast layer to receive;
 //!   `auto` (the default) lets the bandwidth estimate choose, like any

@@ -77,6 +77,7 @@ import protoLoader from '@grpc/proto-loader';
 import { chromium } from 'playwright-core';
 
 import { whipScenario } from './whip.mjs';
+import { gstWhipScenario } from './gst-whip.mjs';
 import { demoTlsScenario } from './demo-tls.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -89,7 +90,7 @@ const SCENARIO = (() => {
   const eq = process.argv.find((a) => a.startsWith('--scenario='));
   return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
 })();
-const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip', 'tcp'];
+const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip', 'gst-whip', 'tcp'];
 const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
@@ -1519,6 +1520,7 @@ async function cleanup(ctx) {
     async () => Promise.all((ctx.daemons || []).map(stopDaemon)),
     async () => ctx.pageServer && ctx.pageServer.close(),
     async () => ctx.backend && ctx.backend.kill('SIGTERM'),
+    async () => ctx.gst && ctx.gst.kill('SIGKILL'),
     async () => rmSync(ctx.userDataDir, { recursive: true, force: true }),
     async () => ctx.certDir && rmSync(ctx.certDir, { recursive: true, force: true }),
   ];
@@ -1575,6 +1577,15 @@ async function main() {
       if (VERBOSE) printDaemonTails();
       console.log(`browser whip: a WHEP page decodes a WHIP page's simulcast camera (${r.width}x${r.height}, ${r.frames} frames; ` +
         `layer=low ${r.lowWidth}x${r.lowHeight}) ${r.mediaMs} ms after its POST; PATCH 204, DELETE 200/404; total ${since()}s`);
+    } else if (SCENARIO === 'gst-whip') {
+      const r = await gstWhipScenario(ctx, {
+        startDaemon, requireBin, startPageServer, launchBrowser, checkDaemon, log, sleep, diag, pushTail,
+        roomId: ROOM_ID, mediaTimeoutMs: MEDIA_TIMEOUT_MS, verbose: VERBOSE,
+      });
+      if (VERBOSE) printDaemonTails();
+      console.log(`browser gst-whip: GStreamer webrtcbin with its RSA certificate refused at DTLS (the abandoned session closed ` +
+        `as "dtls failed"); with an ECDSA one its H.264 + Opus decode in a WHEP page (${r.width}x${r.height}, ${r.frames} frames, ` +
+        `${r.audio} audio packets) ${r.mediaMs} ms after the WHEP POST; DELETE 200; total ${since()}s`);
     } else if (SCENARIO === 'demo-tls') {
       const r = await demoTlsScenario(ctx, {
         startDaemon, requireBin, launchBrowser, checkDaemon, log, sleep, diag, pushTail,

@@ -4,16 +4,25 @@ libsrtp): the test pattern as H.264 (openh264, constrained baseline, as OBS
 sends) or VP8, and a sine tone as Opus, POSTed to a WHIP URL without trickle
 ICE (the offer waits for gathering, as RFC 9725 allows).
 
-    gst_whip.py URL [--codec h264|vp8] [--token T] [--seconds N]
+    gst_whip.py URL [--codec h264|vp8] [--cert ecdsa|gstreamer] [--token T] [--seconds N]
 
-Prints one line per milestone ("offer", "answer 201 LOCATION", "connected",
-"sent N"), and on SIGTERM/SIGINT or after --seconds DELETEs its resource and
-prints "deleted STATUS". Exits 1 if it does not connect within 20 s.
-router/tests/browser/gst-whip.mjs drives it; docs/whip.md shows the pipeline.
+GStreamer (1.22 at least) gives webrtcbin an RSA certificate, which kaskade's
+DTLS does not take (docs/whip.md): --cert ecdsa (the default) hands it an ECDSA
+one instead. Prints one line per milestone ("offer", "answer 201 LOCATION",
+"connected"), and on SIGTERM/SIGINT or after --seconds DELETEs its resource and
+prints "deleted STATUS". Exits 1 if it does not connect within 20 s (or its
+connection fails). GST_WHIP_SDP=1 prints the offer and the answer.
+router/tests/browser/gst-whip.mjs drives it.
 """
 
 import argparse
+import hashlib
+import os
+import re
 import signal
+import ssl
+import subprocess
+import tempfile
 import sys
 import urllib.error
 import urllib.parse
@@ -36,18 +45,51 @@ VIDEO = {
 }
 
 
+def ecdsa_pem():
+    """A self-signed ECDSA P-256 certificate and its key, as one PEM."""
+    with tempfile.TemporaryDirectory() as d:
+        key, crt = os.path.join(d, "k.pem"), os.path.join(d, "c.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=gst-whip"],
+            check=True, capture_output=True)
+        with open(crt) as c, open(key) as k:
+            return c.read() + k.read()
+
+
 def log(*args):
     print(*args, flush=True)
 
 
+NEEDED = ["webrtcbin", "nicesrc", "dtlssrtpenc", "srtpenc", "videotestsrc", "openh264enc",
+          "h264parse", "rtph264pay", "vp8enc", "rtpvp8pay", "audiotestsrc", "opusenc", "rtpopuspay"]
+
+
+def check():
+    """Whether everything the publisher needs is installed (exit status)."""
+    Gst.init(None)
+    missing = [e for e in NEEDED if Gst.ElementFactory.find(e) is None]
+    try:
+        subprocess.run(["openssl", "version"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        missing.append("the openssl command")
+    if missing:
+        sys.exit(f"missing: {', '.join(missing)}")
+    log(f"{Gst.version_string()}: every element there")
+
+
 def main():
+    if sys.argv[1:] == ["--check"]:
+        return check()
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
     ap.add_argument("--codec", choices=sorted(VIDEO), default="h264")
     ap.add_argument("--token", default="")
     ap.add_argument("--seconds", type=float, default=0)
-    ap.add_argument("--pem", default="",
-                    help="certificate and private key (PEM) for DTLS instead of GStreamer's RSA one")
+    ap.add_argument("--cert", choices=["ecdsa", "gstreamer"], default="ecdsa",
+                    help="DTLS certificate: a fresh ECDSA P-256 one (openssl), or GStreamer's own (RSA)")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the resource when stopping (no DELETE): the router ends it itself")
     ap.add_argument("--local-ip", default="127.0.0.1",
                     help="gather host candidates on this address only (libnice skips loopback otherwise)")
     args = ap.parse_args()
@@ -62,12 +104,22 @@ def main():
         "! rtpopuspay pt=111 ! application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! w."
     )
     w = pipe.get_by_name("w")
-    if args.pem:
-        with open(args.pem) as f:
-            pem = f.read()
+    # Publish only: both lines (video, audio) sendonly, as WHIP wants.
+    for i in range(2):
+        w.emit("get-transceiver", i).set_property(
+            "direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY)
+    fingerprint = None
+    if args.cert == "ecdsa":
+        pem = ecdsa_pem()
+        cert = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", pem, re.S)
+        if not cert:
+            sys.exit("openssl made no certificate")
+        digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.group(0))).hexdigest().upper()
+        fingerprint = ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
-        # webrtcbin makes its DTLS elements at negotiation; their "pem" is
-        # the transport's certificate, whose fingerprint goes in the offer.
+        # webrtcbin makes its DTLS elements as it creates the offer, too
+        # late for the offer's fingerprint: the handshake uses this
+        # certificate, and post_offer() puts its fingerprint in the offer.
         def on_element(_bin, _sub, el):
             if el.get_factory() and el.get_factory().get_name() == "dtlssrtpdec":
                 el.set_property("pem", pem)
@@ -92,8 +144,10 @@ def main():
 
     def post_offer():
         sdp = w.get_property("local-description").sdp.as_text()
+        if fingerprint:
+            sdp = re.sub(r"a=fingerprint:\S+ \S+", f"a=fingerprint:sha-256 {fingerprint}", sdp)
         log("offer")
-        if __import__("os").environ.get("GST_WHIP_SDP"):
+        if os.environ.get("GST_WHIP_SDP"):
             log(sdp)
         req = urllib.request.Request(args.url, data=sdp.encode(), headers=headers, method="POST")
         try:
@@ -108,7 +162,7 @@ def main():
             return fail(f"POST answered {status} without a Location")
         state["location"] = urllib.parse.urljoin(args.url, loc)
         log(f"answer {status} {loc}")
-        if __import__("os").environ.get("GST_WHIP_SDP"):
+        if os.environ.get("GST_WHIP_SDP"):
             log(body)
         ok, msg = GstSdp.SDPMessage.new_from_text(body)
         if ok != GstSdp.SDPResult.OK:
@@ -139,24 +193,6 @@ def main():
         elif s == GstWebRTC.WebRTCPeerConnectionState.FAILED:
             fail("connection failed")
 
-    def report():
-        def got(promise, _):
-            stats = promise.get_reply()
-            sent = 0
-            if stats is not None:
-                def each(_field, value, _):
-                    nonlocal sent
-                    if isinstance(value, Gst.Structure) and value.get_name() == "application/x-webrtc-stats":
-                        ok, kind = value.get_enum("type", GstWebRTC.WebRTCStatsType.__gtype__)
-                        if ok and kind == GstWebRTC.WebRTCStatsType.OUTBOUND_RTP:
-                            ok, n = value.get_uint64("packets-sent")
-                            sent += n if ok else 0
-                    return True
-                stats.foreach(each, None)
-            log(f"sent {sent}")
-        w.emit("get-stats", None, Gst.Promise.new_with_change_func(got, None))
-        return True
-
     def stop(*_):
         loop.quit()
         return False
@@ -166,16 +202,10 @@ def main():
             fail("not connected within 20 s")
         return False
 
-    # Publish only: every line sendonly, as WHIP wants.
-    w.connect(
-        "on-new-transceiver",
-        lambda _w, t: t.set_property("direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY),
-    )
     w.connect("on-negotiation-needed", on_negotiation_needed)
     w.connect("notify::ice-gathering-state", on_gathering)
     w.connect("notify::connection-state", on_connection)
     GLib.timeout_add_seconds(20, connect_deadline)
-    GLib.timeout_add_seconds(2, report)
     if args.seconds:
         GLib.timeout_add(int(args.seconds * 1000), stop)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -187,7 +217,7 @@ def main():
     pipe.set_state(Gst.State.PLAYING)
     loop.run()
 
-    if state["location"]:
+    if state["location"] and not args.keep:
         req = urllib.request.Request(state["location"], headers=headers, method="DELETE")
         try:
             with urllib.request.urlopen(req, timeout=5) as r:

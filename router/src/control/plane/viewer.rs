@@ -1,6 +1,7 @@
 //! What a viewer that cannot be told about tracks (WHEP) receives: the
 //! tracks of one publisher of the room, chosen by participant id or, when
-//! none is named, the first participant (in id order) that publishes.
+//! none is named, the first participant (in id order) that publishes and
+//! has connected; if none has, the first that publishes.
 
 use super::{ApiError, Control};
 use crate::control::error::parse_id;
@@ -18,7 +19,8 @@ pub struct ViewerTracks {
 
 impl Control {
     /// The tracks a viewer of `room` receives: those of `publisher`, or of
-    /// the first participant (in id order) that publishes any.
+    /// the first participant (in id order) that publishes any and has
+    /// connected (or, if none has, that publishes any).
     pub fn viewer_tracks(
         &self,
         room: &str,
@@ -43,9 +45,23 @@ impl Control {
             Some(p) => by.remove_entry(p).ok_or_else(|| {
                 ApiError::NotFound(format!("participant {p} publishes nothing in room {room}"))
             })?,
-            None => by.pop_first().ok_or_else(|| {
-                ApiError::FailedPrecondition(format!("nothing is published in room {room} yet"))
-            })?,
+            None => {
+                // A live publisher first: one whose session connected. A
+                // publisher that never connected (or an encoder's earlier
+                // session, not yet timed out) sends nothing to watch.
+                let live = by.keys().copied().find(|p| {
+                    reg.sessions
+                        .values()
+                        .any(|s| s.room == room && s.participant == **p && s.connected)
+                });
+                match live {
+                    Some(p) => by.remove_entry(p),
+                    None => by.pop_first(),
+                }
+                .ok_or_else(|| {
+                    ApiError::FailedPrecondition(format!("nothing is published in room {room} yet"))
+                })?
+            }
         };
         let (p, mut tracks) = chosen;
         tracks.sort_by(|a, b| (a.0.len(), &a.0).cmp(&(b.0.len(), &b.0)));

@@ -8,7 +8,6 @@ use crate::media::command::{CloseReason, WorkerEvent};
 use std::time::Instant;
 use str0m::{Event, RtcError};
 
-
 impl WorkerCore {
     pub(super) fn drain_session(&mut self, now: Instant, key: SessionKey) {
         self.drain_session_with(now, key, false);
@@ -41,7 +40,11 @@ impl WorkerCore {
                 // Not connected yet: a join that failed at DTLS (ICE got
                 // through, or there would be no DTLS to fail; its event may
                 // still wait in the queue).
-                if self.sessions.get(key).is_some_and(|s| s.join_step().is_some()) {
+                if self
+                    .sessions
+                    .get(key)
+                    .is_some_and(|s| s.join_step().is_some())
+                {
                     self.stats.join_dtls.inc();
                 }
                 self.close_session(key, CloseReason::DtlsFailed, true);

@@ -425,13 +425,20 @@ impl WorkerCore {
                 continue;
             };
             if sess.timed_out(now) {
-                match sess.join_step() {
+                let step = sess.join_step();
+                match step {
                     Some(JoinStep::Timeout) => self.stats.join_timeout.inc(),
                     Some(JoinStep::Ice) => self.stats.join_ice.inc(),
                     Some(JoinStep::Dtls) => self.stats.join_dtls.inc(),
                     None => {}
                 }
-                self.close_session(key, CloseReason::IceTimeout, true);
+                // ICE got through but DTLS never completed (a handshake the
+                // peer's certificate broke, say): say so, not "ice timeout".
+                let reason = match step {
+                    Some(JoinStep::Dtls) => CloseReason::DtlsFailed,
+                    _ => CloseReason::IceTimeout,
+                };
+                self.close_session(key, reason, true);
                 continue;
             }
             self.drain_session_with(now, key, true);
