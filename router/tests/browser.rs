@@ -401,8 +401,10 @@ fn browser_whip_publisher_is_played_with_whep() {
 /// certificate the handshake is refused (kaskade takes ECDSA client
 /// certificates only; docs/whip.md); with an ECDSA one, its H.264
 /// (openh264, as OBS sends) and Opus reach a Chromium WHEP page, which must
-/// decode 640x360 frames and receive audio; then the publisher's DELETE is
-/// answered 200.
+/// decode 640x360 frames and receive audio, and a GStreamer WHEP viewer
+/// (webrtcbin, decodebin), which must decode them too; the abandoned RSA
+/// session closes as `dtls failed`; the viewer's and the publisher's DELETEs
+/// are answered 200.
 #[test]
 fn gstreamer_whip_publisher_h264_is_played_in_chromium() {
     let ok = Command::new("/usr/bin/python3")

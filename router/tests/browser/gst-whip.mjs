@@ -8,7 +8,8 @@
 // ECDSA certificate, publishing the test pattern as H.264 (openh264,
 // constrained baseline, as OBS sends it) and a tone as Opus. A Chromium page
 // plays that through WHEP and must decode H.264 frames 640 px wide and
-// receive audio. The publisher then DELETEs its resource (200).
+// receive audio; so must a GStreamer WHEP viewer (webrtcbin, decodebin). The
+// viewer and the publisher then DELETE their resources (200).
 
 import { spawn } from 'node:child_process';
 import path from 'node:path';
@@ -125,6 +126,33 @@ export async function gstWhipScenario(ctx, h) {
   if (s.video.width !== 640) throw new Error(`decoded ${s.video.width}x${s.video.height}, not the publisher's 640x360`);
   log(`WHEP viewer decodes ${s.video.width}x${s.video.height}, ${s.video.framesDecoded} frames, ${s.audio.packets} audio packets`);
 
+  // 3. GStreamer as the WHEP viewer too (a recorder or compositor would be):
+  // webrtcbin's receive-only lines, decodebin, openh264dec and opusdec.
+  const view = startPublisher(`${base}/whep/${roomId}`, 'ecdsa', ['--play'], { log: verbose ? log : () => {}, pushTail, diag });
+  ctx.gstViewer = view.child;
+  const viewStart = Date.now();
+  let decoded = null;
+  for (;;) {
+    const last = [...view.lines].reverse().find((l) => /^decoded /.test(l));
+    const m = last && /^decoded (\d+) (\d+)x(\d+) (\d+)$/.exec(last);
+    if (m && Number(m[1]) > 30 && Number(m[4]) > 20) {
+      decoded = { frames: Number(m[1]), width: Number(m[2]), height: Number(m[3]), audio: Number(m[4]) };
+      break;
+    }
+    if (view.child.exitCode !== null) throw new Error(`the GStreamer viewer exited: ${view.lines.slice(-5).join(' | ')} ${view.stderr.join(' | ')}`);
+    if (Date.now() - viewStart > mediaTimeoutMs) {
+      throw new Error(`the GStreamer WHEP viewer did not decode within ${mediaTimeoutMs / 1000} s: ${view.lines.slice(-5).join(' | ')}`);
+    }
+    await sleep(250);
+  }
+  if (decoded.width !== 640) throw new Error(`the GStreamer viewer decoded ${decoded.width}x${decoded.height}, not 640x360`);
+  log(`GStreamer WHEP viewer decodes ${decoded.width}x${decoded.height}, ${decoded.frames} frames, ${decoded.audio} audio buffers`);
+  view.child.kill('SIGTERM');
+  await Promise.race([view.exited, sleep(10_000)]);
+  const viewDeleted = view.lines.find((l) => /^deleted /.test(l));
+  if (viewDeleted !== 'deleted 200') throw new Error(`the GStreamer viewer's DELETE: ${viewDeleted || 'none'}`);
+  ctx.gstViewer = null;
+
   // The publisher leaves: SIGTERM makes it DELETE its resource.
   pub.child.kill('SIGTERM');
   await Promise.race([pub.exited, sleep(10_000)]);
@@ -146,5 +174,5 @@ export async function gstWhipScenario(ctx, h) {
   const closedAs = ctx.daemon && diag.daemons.daemon.stderr.find((l) => /session closed by the media plane/.test(l));
   if (!closedAs || !/reason="dtls failed"/.test(closedAs)) throw new Error(`the RSA session's close: ${closedAs || 'not logged'}`);
   log(`the RSA session: ${closedAs.replace(/^.*session closed/, 'session closed')}, ${Math.round((Date.now() - rsaStart) / 1000)} s after its POST`);
-  return { mediaMs, width: s.video.width, height: s.video.height, frames: s.video.framesDecoded, audio: s.audio.packets };
+  return { mediaMs, width: s.video.width, height: s.video.height, frames: s.video.framesDecoded, audio: s.audio.packets, gstViewer: decoded };
 }

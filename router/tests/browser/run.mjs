@@ -1521,6 +1521,7 @@ async function cleanup(ctx) {
     async () => ctx.pageServer && ctx.pageServer.close(),
     async () => ctx.backend && ctx.backend.kill('SIGTERM'),
     async () => ctx.gst && ctx.gst.kill('SIGKILL'),
+    async () => ctx.gstViewer && ctx.gstViewer.kill('SIGKILL'),
     async () => rmSync(ctx.userDataDir, { recursive: true, force: true }),
     async () => ctx.certDir && rmSync(ctx.certDir, { recursive: true, force: true }),
   ];
@@ -1585,7 +1586,8 @@ async function main() {
       if (VERBOSE) printDaemonTails();
       console.log(`browser gst-whip: GStreamer webrtcbin with its RSA certificate refused at DTLS (the abandoned session closed ` +
         `as "dtls failed"); with an ECDSA one its H.264 + Opus decode in a WHEP page (${r.width}x${r.height}, ${r.frames} frames, ` +
-        `${r.audio} audio packets) ${r.mediaMs} ms after the WHEP POST; DELETE 200; total ${since()}s`);
+        `${r.audio} audio packets) ${r.mediaMs} ms after the WHEP POST, and in a GStreamer WHEP viewer (${r.gstViewer.width}x${r.gstViewer.height}, ` +
+        `${r.gstViewer.frames} frames); DELETE 200; total ${since()}s`);
     } else if (SCENARIO === 'demo-tls') {
       const r = await demoTlsScenario(ctx, {
         startDaemon, requireBin, launchBrowser, checkDaemon, log, sleep, diag, pushTail,

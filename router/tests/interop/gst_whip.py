@@ -2,9 +2,10 @@
 """A WHIP publisher on GStreamer's webrtcbin (libnice ICE, OpenSSL DTLS,
 libsrtp): the test pattern as H.264 (openh264, constrained baseline, as OBS
 sends) or VP8, and a sine tone as Opus, POSTed to a WHIP URL without trickle
-ICE (the offer waits for gathering, as RFC 9725 allows).
+ICE (the offer waits for gathering, as RFC 9725 allows). With --play, a WHEP
+viewer instead: receive-only lines, decodebin, "decoded" lines each second.
 
-    gst_whip.py URL [--codec h264|vp8] [--cert ecdsa|gstreamer] [--token T] [--seconds N]
+    gst_whip.py URL [--play] [--codec h264|vp8] [--cert ecdsa|gstreamer] [--token T] [--seconds N]
 
 GStreamer (1.22 at least) gives webrtcbin an RSA certificate, which kaskade's
 DTLS does not take (docs/whip.md): --cert ecdsa (the default) hands it an ECDSA
@@ -57,12 +58,72 @@ def ecdsa_pem():
             return c.read() + k.read()
 
 
+# What a viewer offers to receive: the codec of --codec, and Opus.
+RECV_CAPS = {
+    "h264": "application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000,"
+    "packetization-mode=(string)1,profile-level-id=(string)42e01f",
+    "vp8": "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000",
+}
+AUDIO_CAPS = "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000,encoding-params=(string)2"
+
+
+def viewer_pipeline(codec):
+    """A webrtcbin with receive-only video and audio lines; what arrives is
+    decoded (decodebin picks depayloader and decoder) into counting sinks.
+    Every second it prints "decoded VIDEO_FRAMES WIDTHxHEIGHT AUDIO_BUFFERS"."""
+    pipe = Gst.Pipeline.new("viewer")
+    w = Gst.ElementFactory.make("webrtcbin", "w")
+    w.set_property("bundle-policy", GstWebRTC.WebRTCBundlePolicy.MAX_BUNDLE)
+    pipe.add(w)
+    recv = GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY
+    w.emit("add-transceiver", recv, Gst.Caps.from_string(RECV_CAPS[codec]))
+    w.emit("add-transceiver", recv, Gst.Caps.from_string(AUDIO_CAPS))
+    seen = {"video": 0, "audio": 0, "size": "0x0"}
+
+    def on_decoded(_dec, pad):
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        kind = "video" if caps.to_string().startswith("video/") else "audio"
+        sink = Gst.ElementFactory.make("fakesink")
+        sink.set_property("signal-handoffs", True)
+        sink.set_property("sync", False)
+
+        def handoff(_s, _buf, spad):
+            seen[kind] += 1
+            if kind == "video":
+                st = spad.get_current_caps().get_structure(0)
+                seen["size"] = f"{st.get_int('width')[1]}x{st.get_int('height')[1]}"
+
+        sink.connect("handoff", handoff)
+        pipe.add(sink)
+        sink.sync_state_with_parent()
+        pad.link(sink.get_static_pad("sink"))
+
+    def on_pad(_w, pad):
+        if pad.get_direction() != Gst.PadDirection.SRC:
+            return
+        dec = Gst.ElementFactory.make("decodebin")
+        dec.connect("pad-added", on_decoded)
+        pipe.add(dec)
+        dec.sync_state_with_parent()
+        pad.link(dec.get_static_pad("sink"))
+
+    w.connect("pad-added", on_pad)
+
+    def report():
+        log(f"decoded {seen['video']} {seen['size']} {seen['audio']}")
+        return True
+
+    GLib.timeout_add_seconds(1, report)
+    return pipe, w
+
+
 def log(*args):
     print(*args, flush=True)
 
 
 NEEDED = ["webrtcbin", "nicesrc", "dtlssrtpenc", "srtpenc", "videotestsrc", "openh264enc",
-          "h264parse", "rtph264pay", "vp8enc", "rtpvp8pay", "audiotestsrc", "opusenc", "rtpopuspay"]
+          "h264parse", "rtph264pay", "vp8enc", "rtpvp8pay", "audiotestsrc", "opusenc", "rtpopuspay",
+          "decodebin", "rtph264depay", "openh264dec", "rtpvp8depay", "vp8dec", "rtpopusdepay", "opusdec"]
 
 
 def check():
@@ -88,6 +149,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=0)
     ap.add_argument("--cert", choices=["ecdsa", "gstreamer"], default="ecdsa",
                     help="DTLS certificate: a fresh ECDSA P-256 one (openssl), or GStreamer's own (RSA)")
+    ap.add_argument("--play", action="store_true",
+                    help="be a WHEP viewer instead: decode what URL (/whep/ROOM) sends, print \"decoded\" lines")
     ap.add_argument("--keep", action="store_true",
                     help="leave the resource when stopping (no DELETE): the router ends it itself")
     ap.add_argument("--local-ip", default="127.0.0.1",
@@ -95,19 +158,22 @@ def main():
     args = ap.parse_args()
 
     Gst.init(None)
-    pipe = Gst.parse_launch(
-        "webrtcbin name=w bundle-policy=max-bundle "
-        "videotestsrc is-live=true pattern=ball "
-        "! video/x-raw,width=640,height=360,framerate=30/1 ! videoconvert ! queue "
-        f"! {VIDEO[args.codec]} ! w. "
-        "audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample ! opusenc "
-        "! rtpopuspay pt=111 ! application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! w."
-    )
-    w = pipe.get_by_name("w")
-    # Publish only: both lines (video, audio) sendonly, as WHIP wants.
-    for i in range(2):
-        w.emit("get-transceiver", i).set_property(
-            "direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY)
+    if args.play:
+        pipe, w = viewer_pipeline(args.codec)
+    else:
+        pipe = Gst.parse_launch(
+            "webrtcbin name=w bundle-policy=max-bundle "
+            "videotestsrc is-live=true pattern=ball "
+            "! video/x-raw,width=640,height=360,framerate=30/1 ! videoconvert ! queue "
+            f"! {VIDEO[args.codec]} ! w. "
+            "audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample ! opusenc "
+            "! rtpopuspay pt=111 ! application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000 ! w."
+        )
+        w = pipe.get_by_name("w")
+        # Publish only: both lines (video, audio) sendonly, as WHIP wants.
+        for i in range(2):
+            w.emit("get-transceiver", i).set_property(
+                "direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY)
     fingerprint = None
     if args.cert == "ecdsa":
         pem = ecdsa_pem()
