@@ -11,6 +11,8 @@ pub(crate) mod checks;
 #[allow(dead_code)]
 pub(crate) mod daemon;
 #[allow(dead_code)]
+pub(crate) mod process;
+#[allow(dead_code)]
 pub(crate) mod proxy;
 #[allow(dead_code)]
 pub(crate) mod web;
