@@ -42,6 +42,7 @@ use std::path::Path;
 const TOOL_ENV: &[&str] = &[
     "KASKADE_BENCH_",
     "KASKADE_BUILD_",
+    "KASKADE_E2E_",
     "KASKADE_LOADTEST_",
     "KASKADE_TEST_",
     "KASKADE_BIN",

@@ -138,6 +138,7 @@ fn unknown_kaskade_variables_are_refused_with_a_suggestion() {
         "KASKADE_MEDIA_WORKERS",
         "KASKADE_BENCH_RUNS",
         "KASKADE_CHROMIUM",
+        "KASKADE_E2E_VERBOSE",
         "HOME",
     ])
     .unwrap();

@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SCRIPT = path.join(HERE, '..', 'interop', 'gst_whip.py');
-const PYTHON = process.env.KASKADE_GST_PYTHON || '/usr/bin/python3';
+const PYTHON = process.env.KASKADE_TEST_GST_PYTHON || '/usr/bin/python3';
 
 // Starts the GStreamer publisher; its lines go to `lines` and the log.
 function startPublisher(url, cert, extra, { log, pushTail, diag }) {

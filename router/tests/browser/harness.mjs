@@ -24,7 +24,7 @@ export const SCENARIO = (() => {
   const eq = process.argv.find((a) => a.startsWith('--scenario='));
   return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
 })();
-export const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip', 'gst-whip', 'tcp'];
+export const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip', 'gst-whip', 'firefox-whip', 'tcp'];
 export const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 export const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 export const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
@@ -191,13 +191,15 @@ export function rpc(client, service, method, request, { quiet = false, timeoutMs
 }
 
 // ---------------------------------------------------------------- daemon
-// `label` names the daemon in the diagnostics; `extraArgs` follow the common ones.
-export function startDaemon(bin, { label = 'daemon', extraArgs = [] } = {}) {
+// `label` names the daemon in the diagnostics; `extraArgs` follow the common ones;
+// `mediaBind` is the media sockets' address (loopback unless a scenario runs in a
+// namespace of its own, where a browser may not gather loopback candidates).
+export function startDaemon(bin, { label = 'daemon', extraArgs = [], mediaBind = '127.0.0.1' } = {}) {
   const args = [
     'serve',
     '--control-listen', '127.0.0.1:0',
     '--metrics-listen', '127.0.0.1:0',
-    '--media-bind', '127.0.0.1',
+    '--media-bind', mediaBind,
     '--media-port-start', '0',
     '--workers', '2',
     '--http-listen', '127.0.0.1:0',

@@ -85,6 +85,7 @@ import { demoScenario } from './demo.mjs';
 import { exampleScenario } from './example.mjs';
 import { whipScenario } from './whip.mjs';
 import { gstWhipScenario } from './gst-whip.mjs';
+import { closeFirefox, firefoxWhipScenario } from './firefox-whip.mjs';
 import { demoTlsScenario } from './demo-tls.mjs';
 
 // ---------------------------------------------------------------- main
@@ -101,6 +102,7 @@ async function cleanup(ctx) {
     async () => ctx.backend && ctx.backend.kill('SIGTERM'),
     async () => ctx.gst && ctx.gst.kill('SIGKILL'),
     async () => ctx.gstViewer && ctx.gstViewer.kill('SIGKILL'),
+    async () => closeFirefox(ctx),
     async () => rmSync(ctx.userDataDir, { recursive: true, force: true }),
     async () => ctx.certDir && rmSync(ctx.certDir, { recursive: true, force: true }),
   ];
@@ -157,6 +159,11 @@ async function main() {
       if (VERBOSE) printDaemonTails();
       console.log(`browser whip: a WHEP page decodes a WHIP page's simulcast camera (${r.width}x${r.height}, ${r.frames} frames; ` +
         `layer=low ${r.lowWidth}x${r.lowHeight}) ${r.mediaMs} ms after its POST; PATCH 204, DELETE 200/404; total ${since()}s`);
+    } else if (SCENARIO === 'firefox-whip') {
+      const r = await firefoxWhipScenario(ctx);
+      if (VERBOSE) printDaemonTails();
+      console.log(`browser firefox-whip: a Firefox WHEP page decodes a Firefox WHIP page's simulcast camera (${r.width}x${r.height}, ` +
+        `${r.frames} frames; layer=low ${r.lowWidth}x${r.lowHeight}) ${r.mediaMs} ms after its POST; DELETE 200/404; total ${since()}s`);
     } else if (SCENARIO === 'gst-whip') {
       const r = await gstWhipScenario(ctx, {
         startDaemon, requireBin, startPageServer, launchBrowser, checkDaemon, log, sleep, diag, pushTail,
