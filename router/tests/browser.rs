@@ -424,6 +424,22 @@ fn browser_whip_publisher_is_played_with_whep() {
 /// saying why, where no namespace can be made (it needs root).
 #[test]
 fn firefox_whip_publisher_with_simulcast_is_played_with_whep() {
+    run_firefox_scenario("firefox-whip");
+}
+
+/// The basic scenario with Firefox pages (tests/browser/firefox.mjs): a
+/// Firefox page publishes its fake camera and microphone with kaskade.js
+/// through the gRPC signalling, a second one subscribes (data channel, then
+/// the router's offer) and must decode video, receive audio and open its
+/// data channel. In the same namespace as the WHIP test above.
+#[test]
+fn firefox_pages_publish_and_subscribe_with_kaskade_js() {
+    run_firefox_scenario("firefox");
+}
+
+/// Runs a Firefox scenario in [`VETH_NAMESPACE`], or skips it, saying why,
+/// where no namespace can be made (it needs root).
+fn run_firefox_scenario(scenario: &str) {
     let firefox = Path::new("/usr/bin/firefox-esr");
     assert!(
         firefox.exists(),
@@ -434,15 +450,15 @@ fn firefox_whip_publisher_with_simulcast_is_played_with_whep() {
         Ok(w) => w,
         Err(why) => {
             eprintln!(
-                "SKIPPED firefox_whip_publisher_with_simulcast_is_played_with_whep: no network \
-                 namespace here ({why}); run it as root with unshare and ip"
+                "SKIPPED the Firefox scenario {scenario}: no network namespace here ({why}); \
+                 run it as root with unshare and ip"
             );
             return;
         }
     };
     run_scenario_full(
         &wrapper,
-        &["--scenario", "firefox-whip"],
+        &["--scenario", scenario],
         &[("KASKADE_TEST_MEDIA_IP", VETH_IP)],
     );
 }

@@ -28,14 +28,15 @@ const FIREFOX_PREFS = {
   'media.peerconnection.ice.obfuscate_host_addresses': false,
 };
 
-export async function firefoxWhipScenario(ctx) {
-  const mediaIp = process.env.KASKADE_TEST_MEDIA_IP;
-  if (!mediaIp) throw new Error('KASKADE_TEST_MEDIA_IP is not set (browser.rs sets it with the namespace it makes)');
-  ctx.daemon = startDaemon(requireBin(), { mediaBind: mediaIp });
-  ctx.daemons = [ctx.daemon];
-  const ready = await ctx.daemon.ready;
-  const pageSrv = await startPageServer();
-  ctx.pageServer = pageSrv.server;
+// The address the media sockets bind to: the namespace's veth address.
+export function mediaIp() {
+  const ip = process.env.KASKADE_TEST_MEDIA_IP;
+  if (!ip) throw new Error('KASKADE_TEST_MEDIA_IP is not set (browser.rs sets it with the namespace it makes)');
+  return ip;
+}
+
+// Starts Firefox (closed by closeFirefox); returns the Puppeteer browser.
+export async function launchFirefox(ctx) {
   ctx.firefoxProfile = mkdtempSync(path.join(os.tmpdir(), 'kaskade-e2e-firefox-'));
   log(`launching ${FIREFOX}`);
   const browser = await puppeteer.launch({
@@ -48,6 +49,22 @@ export async function firefoxWhipScenario(ctx) {
   });
   ctx.firefox = browser;
   log(`Firefox ${await browser.version()}`);
+  return browser;
+}
+
+// Firefox as the browser context room.mjs expects (newPage, pages, close).
+export async function firefoxContext(ctx) {
+  const browser = await launchFirefox(ctx);
+  return { newPage: () => browser.newPage(), pages: () => [], close: () => browser.close() };
+}
+
+export async function firefoxWhipScenario(ctx) {
+  ctx.daemon = startDaemon(requireBin(), { mediaBind: mediaIp() });
+  ctx.daemons = [ctx.daemon];
+  const ready = await ctx.daemon.ready;
+  const pageSrv = await startPageServer();
+  ctx.pageServer = pageSrv.server;
+  const browser = await launchFirefox(ctx);
   const open = async (role) => {
     diag.consoles[role] = diag.consoles[role] || [];
     const page = await browser.newPage();

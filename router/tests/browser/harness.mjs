@@ -24,7 +24,7 @@ export const SCENARIO = (() => {
   const eq = process.argv.find((a) => a.startsWith('--scenario='));
   return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
 })();
-export const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip', 'gst-whip', 'firefox-whip', 'tcp'];
+export const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip', 'gst-whip', 'firefox', 'firefox-whip', 'tcp'];
 export const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 export const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 export const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);
@@ -355,7 +355,12 @@ export async function openPage(context, role, url, existing) {
   page.on('pageerror', (e) => pushTail(diag.consoles[role], `[${since()}s] pageerror: ${e.message}`, 500));
   page.on('crash', () => pushTail(diag.consoles[role], `[${since()}s] PAGE CRASHED`, 500));
   await page.goto(url, { waitUntil: 'load', timeout: 15_000 });
-  await page.waitForFunction(() => !!window.kaskade, null, { timeout: 10_000 });
+  // Polled with evaluate: the same on Playwright's and Puppeteer's pages.
+  const end = Date.now() + 10_000;
+  while (!(await page.evaluate(() => !!window.kaskade))) {
+    if (Date.now() > end) throw new Error(`${role}: window.kaskade did not appear within 10 s`);
+    await sleep(100);
+  }
   return page;
 }
 

@@ -24,14 +24,16 @@ export function progressLine(p, s) {
 }
 
 // Starts the daemon, the browser with both pages and the room.
-// `daemonArgs` follow the daemon's common arguments.
-export async function startRoom(ctx, { daemonArgs = [] } = {}) {
+// `daemonArgs` follow the daemon's common arguments; `launch(ctx)` starts
+// another browser than Chromium (a context with newPage(), pages(), close());
+// `mediaBind` is the media sockets' address.
+export async function startRoom(ctx, { daemonArgs = [], launch = null, mediaBind = '127.0.0.1' } = {}) {
   const bin = process.env.KASKADE_BIN;
   if (!bin) throw new Error('KASKADE_BIN is not set (path to the kaskade binary)');
   if (!existsSync(bin)) throw new Error(`KASKADE_BIN=${bin} does not exist (build it with cargo build -p kaskade-router)`);
   const { v1 } = loadApi();
 
-  ctx.daemon = startDaemon(bin, { extraArgs: daemonArgs });
+  ctx.daemon = startDaemon(bin, { extraArgs: daemonArgs, mediaBind });
   ctx.daemons = [ctx.daemon];
   const ready = await ctx.daemon.ready;
   ctx.ready = ready;
@@ -45,7 +47,7 @@ export async function startRoom(ctx, { daemonArgs = [] } = {}) {
   // Start the browser while nothing else is needed from it.
   const pageSrv = await startPageServer();
   ctx.pageServer = pageSrv.server;
-  ctx.context = await launchBrowser(ctx.userDataDir);
+  ctx.context = launch ? await launch(ctx) : await launchBrowser(ctx.userDataDir);
   const pub = await openPage(ctx.context, 'pub', pageSrv.url, ctx.context.pages()[0]);
   const sub = await openPage(ctx.context, 'sub', pageSrv.url);
   ctx.pages = { pub, sub };

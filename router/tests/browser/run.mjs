@@ -86,6 +86,7 @@ import { exampleScenario } from './example.mjs';
 import { whipScenario } from './whip.mjs';
 import { gstWhipScenario } from './gst-whip.mjs';
 import { closeFirefox, firefoxWhipScenario } from './firefox-whip.mjs';
+import { firefoxScenario } from './firefox.mjs';
 import { demoTlsScenario } from './demo-tls.mjs';
 
 // ---------------------------------------------------------------- main
@@ -159,6 +160,11 @@ async function main() {
       if (VERBOSE) printDaemonTails();
       console.log(`browser whip: a WHEP page decodes a WHIP page's simulcast camera (${r.width}x${r.height}, ${r.frames} frames; ` +
         `layer=low ${r.lowWidth}x${r.lowHeight}) ${r.mediaMs} ms after its POST; PATCH 204, DELETE 200/404; total ${since()}s`);
+    } else if (SCENARIO === 'firefox') {
+      const r = await firefoxScenario(ctx);
+      if (VERBOSE) printDaemonTails();
+      console.log(`browser firefox: framesDecoded=${r.frames} audioPackets=${r.audio} in ${since()}s (media flowing after ${r.mediaSecs}s); ` +
+        `codecs ${r.videoCodec}, ${r.audioCodec}; SRTP ${r.srtpCipher} over DTLS ${r.dtlsCipher}`);
     } else if (SCENARIO === 'firefox-whip') {
       const r = await firefoxWhipScenario(ctx);
       if (VERBOSE) printDaemonTails();
