@@ -437,6 +437,14 @@ fn firefox_pages_publish_and_subscribe_with_kaskade_js() {
     run_firefox_scenario("firefox");
 }
 
+/// A mixed room (tests/browser/firefox.mjs, `firefox-chromium`): Firefox
+/// publishes three simulcast layers and its microphone with kaskade.js, a
+/// Chromium page decodes them; Chromium publishes, a Firefox page decodes.
+#[test]
+fn firefox_and_chromium_pages_receive_each_other() {
+    run_firefox_scenario("firefox-chromium");
+}
+
 /// Runs a Firefox scenario in [`VETH_NAMESPACE`], or skips it, saying why,
 /// where no namespace can be made (it needs root).
 fn run_firefox_scenario(scenario: &str) {

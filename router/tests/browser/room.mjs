@@ -47,6 +47,7 @@ export async function startRoom(ctx, { daemonArgs = [], launch = null, mediaBind
   // Start the browser while nothing else is needed from it.
   const pageSrv = await startPageServer();
   ctx.pageServer = pageSrv.server;
+  ctx.pageServerUrl = pageSrv.url;
   ctx.context = launch ? await launch(ctx) : await launchBrowser(ctx.userDataDir);
   const pub = await openPage(ctx.context, 'pub', pageSrv.url, ctx.context.pages()[0]);
   const sub = await openPage(ctx.context, 'sub', pageSrv.url);
@@ -60,13 +61,13 @@ export async function startRoom(ctx, { daemonArgs = [], launch = null, mediaBind
 // Page A publishes: camera and microphone, or (simulcast) the camera alone
 // as three layers. Returns the session, the tracks the router saw and what
 // the page captured.
-export async function startPublisher(ctx, { pub, call }, { simulcast = false, audio = false, e2eeKey = null } = {}) {
+export async function startPublisher(ctx, { pub, call }, { simulcast = false, audio = false, e2eeKey = null, participant = 'pub' } = {}) {
   const pubOffer = await pub.evaluate((opts) => window.kaskade.publish(opts), { simulcast, audio, e2eeKey });
   log(`publisher captured: ${pubOffer.tracks.map((t) => `${t.kind} "${t.label}"${t.width ? ` ${t.width}x${t.height}@${t.frameRate}` : ''}`).join(', ')}`);
   if (simulcast) log(`publisher encodings: ${JSON.stringify(pubOffer.encodings)}`);
   describeOffer('publisher offer', pubOffer.sdp, { all: false });
   const pubSession = await call('SessionService', 'CreateSession', {
-    room_id: ROOM_ID, participant_id: 'pub', sdp_offer: pubOffer.sdp, metadata: '',
+    room_id: ROOM_ID, participant_id: participant, sdp_offer: pubOffer.sdp, metadata: '',
   });
   describeOffer('router answer to publisher', pubSession.sdp_answer);
   await pub.evaluate((sdp) => window.kaskade.acceptAnswer(sdp), pubSession.sdp_answer);

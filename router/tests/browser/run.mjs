@@ -86,7 +86,7 @@ import { exampleScenario } from './example.mjs';
 import { whipScenario } from './whip.mjs';
 import { gstWhipScenario } from './gst-whip.mjs';
 import { closeFirefox, firefoxWhipScenario } from './firefox-whip.mjs';
-import { firefoxScenario } from './firefox.mjs';
+import { firefoxChromiumScenario, firefoxScenario } from './firefox.mjs';
 import { demoTlsScenario } from './demo-tls.mjs';
 
 // ---------------------------------------------------------------- main
@@ -104,6 +104,7 @@ async function cleanup(ctx) {
     async () => ctx.gst && ctx.gst.kill('SIGKILL'),
     async () => ctx.gstViewer && ctx.gstViewer.kill('SIGKILL'),
     async () => closeFirefox(ctx),
+    async () => ctx.chromium && (await Promise.race([ctx.chromium.close(), sleep(10_000)])),
     async () => rmSync(ctx.userDataDir, { recursive: true, force: true }),
     async () => ctx.certDir && rmSync(ctx.certDir, { recursive: true, force: true }),
   ];
@@ -165,6 +166,11 @@ async function main() {
       if (VERBOSE) printDaemonTails();
       console.log(`browser firefox: framesDecoded=${r.frames} audioPackets=${r.audio} in ${since()}s (media flowing after ${r.mediaSecs}s); ` +
         `codecs ${r.videoCodec}, ${r.audioCodec}; SRTP ${r.srtpCipher} over DTLS ${r.dtlsCipher}`);
+    } else if (SCENARIO === 'firefox-chromium') {
+      const { toChromium: c, toFirefox: f } = await firefoxChromiumScenario(ctx);
+      if (VERBOSE) printDaemonTails();
+      console.log(`browser firefox-chromium: Firefox's simulcast camera decoded in Chromium (${c.frames} frames, ${c.videoCodec}, ` +
+        `${c.audio} audio packets), Chromium's in Firefox (${f.frames} frames, ${f.videoCodec}, ${f.audio} audio packets); total ${since()}s`);
     } else if (SCENARIO === 'firefox-whip') {
       const r = await firefoxWhipScenario(ctx);
       if (VERBOSE) printDaemonTails();
