@@ -180,6 +180,18 @@ const VETH_NAMESPACE: &str = "ip link set lo up \
     && ip route add default via 10.99.0.2 dev kv0 || exit 1; \
     exec \"$@\"";
 
+/// [`VETH_NAMESPACE`] with every UDP packet dropped (as [`NO_UDP_NAMESPACE`]).
+const VETH_NO_UDP_NAMESPACE: &str = "ip link set lo up \
+    && ip link add kv0 type veth peer name kv1 \
+    && ip addr add 10.99.0.1/24 dev kv0 && ip link set kv0 up && ip link set kv1 up \
+    && ip route add default via 10.99.0.2 dev kv0 || exit 1; \
+    nft 'add table inet kaskade_e2e; \
+         add chain inet kaskade_e2e out { type filter hook output priority 0; policy accept; }; \
+         add rule inet kaskade_e2e out meta l4proto udp drop' \
+    || { iptables -w -A OUTPUT -p udp -j DROP && ip6tables -w -A OUTPUT -p udp -j DROP; } \
+    || exit 1; \
+    exec \"$@\"";
+
 /// The command prefix that runs a program in a fresh network namespace set
 /// up by the shell script `setup`, or why there can be none here.
 fn namespace(setup: &'static str, what: &str) -> Result<Vec<&'static str>, String> {
@@ -445,16 +457,31 @@ fn firefox_and_chromium_pages_receive_each_other() {
     run_firefox_scenario("firefox-chromium");
 }
 
+/// The ICE-TCP scenario with Firefox pages (tests/browser/tcp.mjs,
+/// `firefox-tcp`): UDP is dropped in the namespace, both Firefox pages must
+/// select a TCP pair to the router's passive candidate, and the subscriber
+/// decode the video, receive the audio and open its data channel.
+#[test]
+fn firefox_connects_over_ice_tcp_when_udp_is_dropped() {
+    run_firefox_scenario_in("firefox-tcp", VETH_NO_UDP_NAMESPACE);
+}
+
 /// Runs a Firefox scenario in [`VETH_NAMESPACE`], or skips it, saying why,
 /// where no namespace can be made (it needs root).
 fn run_firefox_scenario(scenario: &str) {
+    run_firefox_scenario_in(scenario, VETH_NAMESPACE);
+}
+
+/// Runs a Firefox scenario in the namespace `setup` makes (with a veth at
+/// [`VETH_IP`]), or skips it, saying why, where none can be made.
+fn run_firefox_scenario_in(scenario: &str, setup: &'static str) {
     let firefox = Path::new("/usr/bin/firefox-esr");
     assert!(
         firefox.exists(),
         "Firefox not found at {}: `bash .ci/run` installs it (apt-get install firefox-esr)",
         firefox.display()
     );
-    let wrapper = match namespace(VETH_NAMESPACE, "with a veth address") {
+    let wrapper = match namespace(setup, "with a veth address") {
         Ok(w) => w,
         Err(why) => {
             eprintln!(

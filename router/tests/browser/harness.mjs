@@ -24,7 +24,7 @@ export const SCENARIO = (() => {
   const eq = process.argv.find((a) => a.startsWith('--scenario='));
   return eq ? eq.slice('--scenario='.length) : i >= 0 ? process.argv[i + 1] : 'basic';
 })();
-export const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip', 'gst-whip', 'firefox', 'firefox-chromium', 'firefox-whip', 'tcp'];
+export const SCENARIOS = ['basic', 'simulcast', 'cascade', 'demo', 'demo-tls', 'example', 'e2ee', 'whip', 'gst-whip', 'firefox', 'firefox-chromium', 'firefox-whip', 'tcp', 'firefox-tcp'];
 export const VERBOSE = process.env.KASKADE_E2E_VERBOSE === '1';
 export const TOTAL_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_TIMEOUT_S || 120);
 export const MEDIA_TIMEOUT_MS = 1000 * Number(process.env.KASKADE_E2E_MEDIA_S || 45);

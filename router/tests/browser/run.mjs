@@ -85,7 +85,7 @@ import { demoScenario } from './demo.mjs';
 import { exampleScenario } from './example.mjs';
 import { whipScenario } from './whip.mjs';
 import { gstWhipScenario } from './gst-whip.mjs';
-import { closeFirefox, firefoxWhipScenario } from './firefox-whip.mjs';
+import { closeFirefox, firefoxContext, firefoxWhipScenario, mediaIp } from './firefox-whip.mjs';
 import { firefoxChromiumScenario, firefoxScenario } from './firefox.mjs';
 import { demoTlsScenario } from './demo-tls.mjs';
 
@@ -194,15 +194,16 @@ async function main() {
       if (VERBOSE) printDaemonTails();
       console.log(`browser demo-tls: two https demo pages with a room token decode each other (${r.width}x${r.height}) ` +
         `${r.mediaMs} ms after opening; another room's token refused ("${r.refused}"); total ${since()}s`);
-    } else if (SCENARIO === 'tcp') {
-      const r = await tcpScenario(ctx);
+    } else if (SCENARIO === 'tcp' || SCENARIO === 'firefox-tcp') {
+      const firefox = SCENARIO === 'firefox-tcp';
+      const r = await tcpScenario(ctx, firefox ? { launch: firefoxContext, ip: mediaIp() } : {});
       try {
         await rpc(ctx.rooms, 'RoomService', 'DeleteRoom', { room_id: ROOM_ID });
       } catch (e) {
         log(`note: ${e.message}`);
       }
       if (VERBOSE) printDaemonTails();
-      console.log(`browser tcp: UDP dropped, both pages connected over ICE-TCP (publisher ${r.pubPair}, ` +
+      console.log(`browser ${SCENARIO}: UDP dropped, both ${firefox ? 'Firefox ' : ''}pages connected over ICE-TCP (publisher ${r.pubPair}, ` +
         `subscriber ${r.subPair}; router: ${r.active} active TCP connections); framesDecoded=${r.media.frames} ` +
         `audioPackets=${r.media.audio} (media flowing after ${r.media.mediaSecs}s); total ${since()}s`);
     } else if (SCENARIO === 'example') {

@@ -12,18 +12,18 @@ import { startRoom, startPublisher, startSubscriber, waitForMedia } from './room
 // beside its UDP one, and the subscriber decode the video, receive the audio
 // and open its data channel over it.
 
-// Sends a datagram to a socket of our own on 127.0.0.1: if it arrives, UDP
+// Sends a datagram to a socket of our own on `ip`: if it arrives, UDP
 // is not blocked and this scenario would test nothing.
-async function udpReachesLoopback() {
+async function udpReaches(ip) {
   const sock = dgram.createSocket('udp4');
   try {
     await new Promise((resolve, reject) => {
       sock.once('error', reject);
-      sock.bind(0, '127.0.0.1', resolve);
+      sock.bind(0, ip, resolve);
     });
     const got = new Promise((resolve) => sock.once('message', () => resolve(true)));
     const { port } = sock.address();
-    for (let i = 0; i < 3; i += 1) sock.send('kaskade-e2e-udp-probe', port, '127.0.0.1');
+    for (let i = 0; i < 3; i += 1) sock.send('kaskade-e2e-udp-probe', port, ip);
     return await Promise.race([got, sleep(500).then(() => false)]);
   } finally {
     sock.close();
@@ -45,13 +45,15 @@ function metricValue(text, series) {
   return line ? Number(line.slice(series.length + 1)) : null;
 }
 
-export async function tcpScenario(ctx) {
-  if (await udpReachesLoopback()) {
-    throw new Error('UDP on 127.0.0.1 is not blocked: the tcp scenario must run in a network namespace ' +
+// `launch` and `ip`: another browser than Chromium (room.mjs) and the address
+// the media sockets and the TCP listener bind to (Firefox: a veth address).
+export async function tcpScenario(ctx, { launch = null, ip = '127.0.0.1' } = {}) {
+  if (await udpReaches(ip)) {
+    throw new Error(`UDP on ${ip} is not blocked: the tcp scenario must run in a network namespace ` +
       'that drops UDP (cargo test -p kaskade-router --test browser sets one up)');
   }
-  log('UDP on 127.0.0.1 is dropped, as it should be');
-  const room = await startRoom(ctx, { daemonArgs: ['--media-tcp-listen', '127.0.0.1:0'] });
+  log(`UDP on ${ip} is dropped, as it should be`);
+  const room = await startRoom(ctx, { daemonArgs: ['--media-tcp-listen', `${ip}:0`], launch, mediaBind: ip });
   if (!ctx.ready.tcp) throw new Error(`the ready line names no TCP listener: ${JSON.stringify(ctx.ready)}`);
   log(`router ICE-TCP listener ${ctx.ready.tcp}`);
   const { session, tracks } = await startPublisher(ctx, room);
