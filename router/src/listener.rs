@@ -101,11 +101,10 @@ impl Conn {
             if self.idle.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let due = self.active + self.idle_timeout;
-            if due <= Instant::now() {
-                return true;
+            match recheck_at(self.active, self.idle_timeout, Instant::now()) {
+                None => return true,
+                Some(due) => self.idle.as_mut().reset(due),
             }
-            self.idle.as_mut().reset(due);
         }
     }
 
@@ -183,6 +182,14 @@ impl AsyncWrite for Conn {
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
+}
+
+/// For a connection whose last byte moved at `active`: `None` when it is
+/// idle at `now`, else the moment to look again (sans-IO: the caller brings
+/// the clock).
+fn recheck_at(active: Instant, timeout: Duration, now: Instant) -> Option<Instant> {
+    let due = active + timeout;
+    (due > now).then_some(due)
 }
 
 /// Whether an accept error means "out of file descriptors".
@@ -374,31 +381,35 @@ mod tests {
         assert_eq!(m.errors.with_label_values(&["idle"]).get(), 1);
     }
 
+    #[test]
+    fn activity_moves_the_idle_moment_and_only_silence_reaches_it() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_millis(300);
+        // A byte every 100 ms: each look finds the deadline moved on.
+        for i in 1..=10u32 {
+            let active = t0 + Duration::from_millis(100) * i;
+            let look = active + Duration::from_millis(299);
+            assert_eq!(recheck_at(active, timeout, look), Some(active + timeout));
+        }
+        // Then silence: idle exactly at the timeout, not before.
+        let last = t0 + Duration::from_millis(1000);
+        assert!(recheck_at(last, timeout, last + timeout).is_none());
+        assert!(recheck_at(last, timeout, last + timeout - Duration::from_millis(1)).is_some());
+    }
+
     #[tokio::test]
-    async fn a_peer_that_keeps_sending_is_not_cut_and_slots_are_returned() {
+    async fn a_closed_connection_returns_its_slot() {
         let m = metrics();
         let (mut inc, addr) = listen(300, &m).await;
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let (mut conn, _) = axum::serve::Listener::accept(&mut inc).await;
         assert_eq!(m.connections.get(), 1);
-        let reader = tokio::spawn(async move {
-            let mut buf = [0u8; 16];
-            let mut n = 0;
-            while let Ok(k) = conn.read(&mut buf).await {
-                if k == 0 {
-                    break;
-                }
-                n += k;
-            }
-            n
-        });
-        // Ten bytes over a second: three idle timeouts, never idle.
-        for _ in 0..10 {
-            client.write_all(b"x").await.expect("write");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        client.write_all(b"0123456789").await.expect("write");
         drop(client);
-        assert_eq!(reader.await.expect("reader"), 10);
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got.len(), 10);
+        drop(conn);
         assert_eq!(m.errors.with_label_values(&["idle"]).get(), 0);
         assert_eq!(m.connections.get(), 0, "the slot is returned on close");
     }
