@@ -148,17 +148,41 @@ fn run_scenario_with(args: &[&str], env: &[(&str, &str)]) {
     run_scenario_full(&[], args, env);
 }
 
+/// Shell steps that drop every UDP packet leaving the namespace (nft, or
+/// iptables if nft is missing).
+macro_rules! drop_udp {
+    () => {
+        "nft 'add table inet kaskade_e2e; \
+             add chain inet kaskade_e2e out { type filter hook output priority 0; policy accept; }; \
+             add rule inet kaskade_e2e out meta l4proto udp drop' \
+        || { iptables -w -A OUTPUT -p udp -j DROP && ip6tables -w -A OUTPUT -p udp -j DROP; } \
+        || exit 1; "
+    };
+}
+
+/// Shell steps that bring up `lo` and a veth pair, one end at [`VETH_IP`] and
+/// a default route through it.
+macro_rules! veth_up {
+    () => {
+        "ip link set lo up \
+        && ip link add kv0 type veth peer name kv1 \
+        && ip addr add 10.99.0.1/24 dev kv0 && ip link set kv0 up && ip link set kv1 up \
+        && ip route add default via 10.99.0.2 dev kv0 || exit 1; "
+    };
+}
+
+/// Runs the rest of the namespace script's arguments.
+macro_rules! exec_args {
+    () => {
+        "exec \"$@\""
+    };
+}
+
 /// Sets up a network namespace in which only `lo` is up and every UDP
 /// packet is dropped (nft, or iptables if nft is missing), then runs the
 /// rest of its arguments there: `sh -c NO_UDP_NAMESPACE sh COMMAND ARGS...`
 /// inside `unshare --net`.
-const NO_UDP_NAMESPACE: &str = "ip link set lo up || exit 1; \
-    nft 'add table inet kaskade_e2e; \
-         add chain inet kaskade_e2e out { type filter hook output priority 0; policy accept; }; \
-         add rule inet kaskade_e2e out meta l4proto udp drop' \
-    || { iptables -w -A OUTPUT -p udp -j DROP && ip6tables -w -A OUTPUT -p udp -j DROP; } \
-    || exit 1; \
-    exec \"$@\"";
+const NO_UDP_NAMESPACE: &str = concat!("ip link set lo up || exit 1; ", drop_udp!(), exec_args!());
 
 /// The command prefix that runs a program in a fresh network namespace
 /// without UDP, or why there can be none here (not root, no `unshare`,
@@ -174,23 +198,10 @@ const VETH_IP: &str = "10.99.0.1";
 /// [`VETH_IP`] and a default route through it (Firefox gathers no loopback
 /// candidates, and none at all without a default route; nothing leaves the
 /// namespace), then runs the rest of its arguments there.
-const VETH_NAMESPACE: &str = "ip link set lo up \
-    && ip link add kv0 type veth peer name kv1 \
-    && ip addr add 10.99.0.1/24 dev kv0 && ip link set kv0 up && ip link set kv1 up \
-    && ip route add default via 10.99.0.2 dev kv0 || exit 1; \
-    exec \"$@\"";
+const VETH_NAMESPACE: &str = concat!(veth_up!(), exec_args!());
 
 /// [`VETH_NAMESPACE`] with every UDP packet dropped (as [`NO_UDP_NAMESPACE`]).
-const VETH_NO_UDP_NAMESPACE: &str = "ip link set lo up \
-    && ip link add kv0 type veth peer name kv1 \
-    && ip addr add 10.99.0.1/24 dev kv0 && ip link set kv0 up && ip link set kv1 up \
-    && ip route add default via 10.99.0.2 dev kv0 || exit 1; \
-    nft 'add table inet kaskade_e2e; \
-         add chain inet kaskade_e2e out { type filter hook output priority 0; policy accept; }; \
-         add rule inet kaskade_e2e out meta l4proto udp drop' \
-    || { iptables -w -A OUTPUT -p udp -j DROP && ip6tables -w -A OUTPUT -p udp -j DROP; } \
-    || exit 1; \
-    exec \"$@\"";
+const VETH_NO_UDP_NAMESPACE: &str = concat!(veth_up!(), drop_udp!(), exec_args!());
 
 /// The command prefix that runs a program in a fresh network namespace set
 /// up by the shell script `setup`, or why there can be none here.

@@ -175,7 +175,7 @@ async function main() {
       const r = await firefoxWhipScenario(ctx);
       if (VERBOSE) printDaemonTails();
       console.log(`browser firefox-whip: a Firefox WHEP page decodes a Firefox WHIP page's simulcast camera (${r.width}x${r.height}, ` +
-        `${r.frames} frames; layer=low ${r.lowWidth}x${r.lowHeight}) ${r.mediaMs} ms after its POST; DELETE 200/404; total ${since()}s`);
+        `${r.frames} frames; layer=low ${r.lowWidth}x${r.lowHeight}) ${r.mediaMs} ms after its POST; PATCH 204, DELETE 200/404; total ${since()}s`);
     } else if (SCENARIO === 'gst-whip') {
       const r = await gstWhipScenario(ctx, {
         startDaemon, requireBin, startPageServer, launchBrowser, checkDaemon, log, sleep, diag, pushTail,

@@ -1,7 +1,8 @@
 // run.mjs --scenario whip: a page publishes its fake camera (three simulcast
 // layers) and microphone with plain-fetch WHIP, another plays it with WHEP
 // and must decode frames, a third plays it capped at the lowest layer
-// (?layer=low) and must decode that layer's width; the pages come from another origin than the
+// (?layer=low) and must decode that layer's width (the browser: Chromium, or
+// whatever h.launchBrowser starts); the pages come from another origin than the
 // router's HTTP listener (CORS). Then a trickle ICE PATCH (204) and DELETE
 // twice (200, 404) from each page. No gRPC: the router runs in dev mode
 // (no API keys), where WHIP creates the room.
@@ -26,7 +27,12 @@ export async function whipScenario(ctx, h) {
     });
     page.on('pageerror', (e) => pushTail(diag.consoles[role], `pageerror: ${e.message}`, 500));
     await page.goto(`${pageSrv.url}whip.html`, { waitUntil: 'load', timeout: 15_000 });
-    await page.waitForFunction(() => !!window.whip, null, { timeout: 10_000 });
+    // Polled with evaluate: the same on Playwright's and Puppeteer's pages.
+    const end = Date.now() + 10_000;
+    while (!(await page.evaluate(() => !!window.whip))) {
+      if (Date.now() > end) throw new Error(`${role}: window.whip did not appear within 10 s`);
+      await sleep(100);
+    }
     return page;
   };
   const pub = await open('pub', ctx.context.pages()[0]);

@@ -34,21 +34,32 @@ def log(*args):
     print(*args, flush=True)
 
 
-class Pattern(MediaStreamTrack):
+class Paced(MediaStreamTrack):
+    """A source that yields its n-th frame n periods after it started."""
+
+    def __init__(self, period):
+        super().__init__()
+        self.n = 0
+        self.period = period
+        self.start = time.monotonic()
+
+    async def tick(self):
+        self.n += 1
+        wait = self.start + self.n * self.period - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+class Pattern(Paced):
     """640x480 frames at 30 fps whose brightness moves, so every frame differs."""
 
     kind = "video"
 
     def __init__(self):
-        super().__init__()
-        self.n = 0
-        self.start = time.monotonic()
+        super().__init__(1 / 30)
 
     async def recv(self):
-        self.n += 1
-        wait = self.start + self.n / 30 - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self.tick()
         frame = VideoFrame(width=640, height=480, format="yuv420p")
         level = 16 + (self.n * 4) % 200
         frame.planes[0].update(bytes([level]) * frame.planes[0].buffer_size)
@@ -57,21 +68,16 @@ class Pattern(MediaStreamTrack):
         return frame
 
 
-class Tone(MediaStreamTrack):
+class Tone(Paced):
     """A 440 Hz tone, 20 ms frames of 48 kHz mono s16."""
 
     kind = "audio"
 
     def __init__(self):
-        super().__init__()
-        self.n = 0
-        self.start = time.monotonic()
+        super().__init__(0.02)
 
     async def recv(self):
-        self.n += 1
-        wait = self.start + self.n * 0.02 - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self.tick()
         samples = 960
         t0 = (self.n - 1) * samples
         pcm = bytearray()
