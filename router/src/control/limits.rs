@@ -97,6 +97,9 @@ pub enum Limit {
     FieldSize,
     /// Every media worker is overloaded (placement).
     Overloaded,
+    /// More simulcast layers in one section than
+    /// [`crate::media::layer::MAX_LAYERS`].
+    SimulcastLayers,
 }
 
 impl Limit {
@@ -114,11 +117,12 @@ impl Limit {
             Limit::Watchers => "watchers",
             Limit::FieldSize => "field_size",
             Limit::Overloaded => "overloaded",
+            Limit::SimulcastLayers => "simulcast_layers",
         }
     }
 
     /// Every limit, for pre-registering the metric's series.
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 12] = [
         Limit::Rooms,
         Limit::RoomSessions,
         Limit::Sessions,
@@ -130,6 +134,7 @@ impl Limit {
         Limit::Watchers,
         Limit::FieldSize,
         Limit::Overloaded,
+        Limit::SimulcastLayers,
     ];
 }
 
@@ -142,43 +147,63 @@ pub fn refuse(metrics: &Metrics, limit: Limit, e: ApiError) -> ApiError {
     e
 }
 
-/// The part of an offer the limits look at: its media sections, and how
-/// many of them may send media to the router (each becomes a track).
+/// The part of an offer the limits and the WHIP/WHEP endpoints look at:
+/// its media sections, and how many of them may send media to the router
+/// (each becomes a track) or receive media from it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SdpShape {
     /// `m=` lines of any kind.
     pub media_lines: usize,
-    /// Audio or video sections whose direction lets the offerer send
-    /// (`sendrecv`, `sendonly`, or no direction attribute, which means
-    /// `sendrecv`), with a non-zero port.
+    /// Audio or video sections with a non-zero port whose direction lets
+    /// the offerer send (`sendrecv`, `sendonly`, or no direction attribute,
+    /// which means `sendrecv`).
     pub sending: usize,
+    /// The same for receiving (`sendrecv`, `recvonly`, or none).
+    pub receiving: usize,
+    /// The most simulcast layers (`a=rid:… send` lines) of one section.
+    pub layers: usize,
 }
 
 /// Scans an SDP for its [`SdpShape`]: one pass over the lines, no
 /// allocation. Meant for untrusted input of at most [`MAX_SDP_BYTES`].
+/// Only an `m=` line's port field says whether the section is rejected
+/// (`0`); payload type 0 (PCMU) in its format list does not.
 pub fn sdp_shape(sdp: &str) -> SdpShape {
-    fn close(section: Option<(bool, bool)>, shape: &mut SdpShape) {
-        if let Some((true, true)) = section {
-            shape.sending += 1;
+    /// An audio or video section with a port: (sends, receives).
+    type Section = Option<(bool, bool)>;
+    fn close(section: Section, shape: &mut SdpShape) {
+        if let Some((sends, receives)) = section {
+            shape.sending += usize::from(sends);
+            shape.receiving += usize::from(receives);
         }
     }
     let mut shape = SdpShape::default();
-    // The section being read: (audio or video with a port, sends).
-    let mut section: Option<(bool, bool)> = None;
+    let mut section: Section = None;
+    let mut rids = 0;
     for line in sdp.lines() {
         let line = line.trim_end();
+        if line
+            .strip_prefix("a=rid:")
+            .is_some_and(|r| r.split(' ').nth(1) == Some("send"))
+        {
+            rids += 1;
+            shape.layers = shape.layers.max(rids);
+        }
         if let Some(m) = line.strip_prefix("m=") {
             close(section, &mut shape);
+            rids = 0;
             shape.media_lines += 1;
             let mut fields = m.split(' ');
             let kind = fields.next().unwrap_or("");
             let port = fields.next().unwrap_or("0");
             let av = kind == "audio" || kind == "video";
-            section = Some((av && port != "0", true));
-        } else if let Some((_, sends)) = section.as_mut() {
+            section = (av && port != "0").then_some((true, true));
+        } else if let Some(dir) = section.as_mut() {
             match line {
-                "a=recvonly" | "a=inactive" => *sends = false,
-                "a=sendrecv" | "a=sendonly" => *sends = true,
+                "a=sendrecv" => *dir = (true, true),
+                "a=sendonly" => *dir = (true, false),
+                "a=recvonly" => *dir = (false, true),
+                "a=inactive" => *dir = (false, false),
                 _ => {}
             }
         }
@@ -223,10 +248,33 @@ mod tests {
                 media_lines: 6,
                 // sendrecv, sendonly, and the one without a direction.
                 sending: 3,
+                // sendrecv, recvonly, and the one without a direction.
+                receiving: 3,
+                layers: 0,
             }
         );
         assert_eq!(sdp_shape(""), SdpShape::default());
         assert_eq!(sdp_shape("m=").media_lines, 1);
+    }
+
+    #[test]
+    fn sdp_shape_counts_the_simulcast_layers_of_the_largest_section() {
+        let sdp = "v=0\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n\
+            a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n\
+            a=rid:a send\r\na=rid:b send\r\na=rid:c recv\r\n";
+        assert_eq!(sdp_shape(sdp).layers, 3);
+    }
+
+    #[test]
+    fn payload_type_zero_does_not_reject_a_section() {
+        // Chromium's and Firefox's audio lines list PCMU (payload type 0).
+        let sdp = "v=0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\na=sendonly\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 109 9 0 8 101\r\na=recvonly\r\n";
+        let shape = sdp_shape(sdp);
+        assert_eq!((shape.sending, shape.receiving), (1, 1));
     }
 
     #[test]

@@ -14,6 +14,10 @@
 use std::fmt;
 use std::ops::{BitAnd, BitOr, BitOrAssign};
 
+/// Most simulcast layers a track may have: what an offer may list (more
+/// is refused) and what a cascade link accepts from a peer.
+pub const MAX_LAYERS: usize = 8;
+
 /// One simulcast layer of a published track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Layer(u8);

@@ -513,56 +513,9 @@ pub fn created(
     resp
 }
 
-/// Audio and video sections of an SDP: (sending, receiving) counts, as
-/// the offerer says.
-pub fn directions(sdp: &str) -> (usize, usize) {
-    let (mut send, mut recv) = (0, 0);
-    let mut section: Option<&str> = None;
-    let mut close = |d: Option<&str>| match d {
-        Some("sendrecv") => {
-            send += 1;
-            recv += 1;
-        }
-        Some("sendonly") => send += 1,
-        Some("recvonly") => recv += 1,
-        _ => {}
-    };
-    let mut av = false;
-    for line in sdp.lines().map(str::trim_end) {
-        if let Some(m) = line.strip_prefix("m=") {
-            if av {
-                close(section.or(Some("sendrecv")));
-            }
-            av = (m.starts_with("audio ") || m.starts_with("video ")) && !m.contains(" 0 ");
-            section = None;
-        } else if av {
-            if let Some(d) = ["sendrecv", "sendonly", "recvonly", "inactive"]
-                .into_iter()
-                .find(|d| line.strip_prefix("a=") == Some(*d))
-            {
-                section = Some(d);
-            }
-        }
-    }
-    if av {
-        close(section.or(Some("sendrecv")));
-    }
-    (send, recv)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn directions_count_audio_and_video_sections() {
-        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n\
-                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n\
-                   m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
-                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
-        assert_eq!(directions(sdp), (2, 2));
-        assert_eq!(directions("v=0\r\n"), (0, 0));
-    }
 
     #[test]
     fn the_table_prunes_ended_sessions_as_it_grows() {

@@ -21,6 +21,7 @@
 use super::resource::{self, Endpoint, Refusal};
 use super::whip::{admit, participant_of, register};
 use super::Web;
+use crate::control::limits::sdp_shape;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -66,7 +67,7 @@ async fn play(
 ) -> Result<Response, Refusal> {
     let (claims, offer) = admit(web, headers, room, EP, body).await?;
     let layer = parse_layer(query(uri, "layer"))?;
-    let (_, receiving) = resource::directions(&offer);
+    let receiving = sdp_shape(&offer).receiving;
     if receiving == 0 {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,

@@ -12,6 +12,7 @@
 
 use super::resource::{self, Endpoint, Refusal, Resource};
 use super::Web;
+use crate::control::limits::sdp_shape;
 use crate::control::ApiError;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -92,7 +93,7 @@ async fn publish(
     body: Body,
 ) -> Result<Response, Refusal> {
     let (claims, offer) = admit(web, headers, room, EP, body).await?;
-    let (sending, _) = resource::directions(&offer);
+    let sending = sdp_shape(&offer).sending;
     if sending == 0 {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,

@@ -100,7 +100,7 @@ pub const MAX_HOSTED_ROOMS: usize = 65_536;
 /// Longest path (routers a track crossed) accepted.
 pub const MAX_PATH: usize = 16;
 /// Most simulcast layers a relayed track may have.
-pub const MAX_RIDS: usize = 8;
+pub const MAX_RIDS: usize = crate::media::layer::MAX_LAYERS;
 
 /// The link-control machine of one router. See the [module docs](self).
 #[derive(Debug)]

@@ -6,6 +6,7 @@ use super::Control;
 use crate::control::error::{parse_id, ApiError};
 use crate::control::limits::{refuse, sdp_shape, Limit, MAX_SDP_BYTES, MAX_TRACKS_PER_CALL};
 use crate::control::registry::Registry;
+use crate::media::layer::MAX_LAYERS;
 use crate::metrics::Metrics;
 use kaskade_protocol::TrackId;
 
@@ -68,6 +69,16 @@ impl Control {
                 ApiError::ResourceExhausted(format!(
                     "the offer sends {} audio/video tracks; at most {max} per session (limits.max_tracks_per_session)",
                     shape.sending
+                )),
+            ));
+        }
+        if shape.layers > MAX_LAYERS {
+            return Err(refuse(
+                &self.metrics,
+                Limit::SimulcastLayers,
+                ApiError::InvalidArgument(format!(
+                    "a media section of the offer has {} simulcast layers; at most {MAX_LAYERS}",
+                    shape.layers
                 )),
             ));
         }

@@ -3,6 +3,7 @@
 
 use super::Session;
 use crate::media::command::MediaError;
+use crate::media::layer::MAX_LAYERS;
 use crate::media::outstream::OutStream;
 use crate::media::types::TrackInfo;
 use kaskade_protocol::TrackId;
@@ -131,8 +132,10 @@ impl Session {
                 continue;
             };
             if m.direction().is_receiving() && !m.disabled() && !self.published.contains_key(mid) {
+                // The control plane refuses offers with more layers; an
+                // answer is cut to the same bound.
                 let rids = match m.rids_rx() {
-                    Rids::Specific(r) => r.clone(),
+                    Rids::Specific(r) => r.iter().take(MAX_LAYERS).copied().collect(),
                     _ => Vec::new(),
                 };
                 added.push((*mid, m.kind(), rids));
