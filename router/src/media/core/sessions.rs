@@ -4,7 +4,7 @@
 //! each in a [`TimerQueue`]: a loop iteration touches only the sessions
 //! whose deadline has come.
 
-use crate::media::session::Session;
+use crate::media::session::{Learned, Session};
 use crate::media::timers::TimerQueue;
 use kaskade_protocol::SessionId;
 use std::collections::HashMap;
@@ -146,7 +146,15 @@ impl SessionTable {
 
     /// Routes later datagrams from `src` to `key`'s session.
     pub(super) fn learn_addr(&mut self, key: SessionKey, src: SocketAddr) {
-        if self.get_mut(key).is_some_and(|s| s.learn_addr(src)) {
+        let Some(learned) = self.get_mut(key).map(|s| s.learn_addr(src)) else {
+            return;
+        };
+        if let Learned::Replaced(old) = learned {
+            if self.by_addr.get(&old) == Some(&key) {
+                self.by_addr.remove(&old);
+            }
+        }
+        if learned != Learned::Known {
             self.by_addr.insert(src, key);
         }
     }

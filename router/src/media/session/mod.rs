@@ -32,6 +32,21 @@ pub const DISCONNECT_GRACE: Duration = Duration::from_secs(10);
 const MAX_TIMEOUT_ROUNDS: usize = 8;
 /// ICE-TCP connections (remote addresses) one session may use at once.
 pub const MAX_TCP_PEERS: usize = 4;
+/// UDP remote addresses one session keeps. A new one beyond these
+/// replaces the oldest: a roaming peer keeps working, and a peer that
+/// sends valid binding requests from many ports cannot grow the tables.
+pub const MAX_UDP_PEERS: usize = 8;
+
+/// What [`Session::learn_addr`] did with an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// It was known already.
+    Known,
+    /// It was added.
+    New,
+    /// It was added in place of this, the oldest of [`MAX_UDP_PEERS`].
+    Replaced(SocketAddr),
+}
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,13 +205,19 @@ impl Session {
         &self.addrs
     }
 
-    /// Remembers a remote address; false if it was known.
-    pub fn learn_addr(&mut self, a: SocketAddr) -> bool {
+    /// Remembers a remote address, forgetting the oldest beyond
+    /// [`MAX_UDP_PEERS`].
+    pub fn learn_addr(&mut self, a: SocketAddr) -> Learned {
         if self.addrs.contains(&a) {
-            return false;
+            return Learned::Known;
         }
+        let learned = if self.addrs.len() >= MAX_UDP_PEERS {
+            Learned::Replaced(self.addrs.remove(0))
+        } else {
+            Learned::New
+        };
         self.addrs.push(a);
-        true
+        learned
     }
 
     /// The remote addresses of its ICE-TCP connections.
@@ -489,4 +510,34 @@ fn audio_pts(rtc: &Rtc) -> Vec<u8> {
         .flat_map(|p| std::iter::once(p.pt()).chain(p.resend()))
         .map(|pt| *pt)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_keeps_a_bounded_set_of_udp_addresses() {
+        let now = Instant::now();
+        let mut s = Session::new(
+            SessionId(1),
+            RoomId::parse("r").expect("a valid room id"),
+            ParticipantId::parse("p").expect("a valid participant id"),
+            Rtc::new(now),
+            "k".into(),
+            now,
+        );
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(s.learn_addr(addr(1)), Learned::New);
+        assert_eq!(s.learn_addr(addr(1)), Learned::Known);
+        for port in 2..=MAX_UDP_PEERS as u16 {
+            assert_eq!(s.learn_addr(addr(port)), Learned::New);
+        }
+        // One more replaces the oldest, and so on: the set never grows.
+        for port in 1000..1100 {
+            assert!(matches!(s.learn_addr(addr(port)), Learned::Replaced(_)));
+            assert_eq!(s.addrs().len(), MAX_UDP_PEERS);
+        }
+        assert_eq!(s.addrs().last(), Some(&addr(1099)));
+    }
 }
