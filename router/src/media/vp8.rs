@@ -72,6 +72,18 @@ pub fn parse(payload: &[u8]) -> Option<Vp8Info> {
 }
 
 const PID_MOD: u32 = 1 << 15;
+/// Picture ids of a source that sends 7-bit ones wrap here.
+const PID_MOD_7: u32 = 1 << 7;
+
+/// The modulus of the source's picture ids: 2^15, or 2^7 for 7-bit ids.
+/// Offsets are kept mod 2^15, which 2^7 divides, so they hold for both.
+fn pid_mod(info: &Vp8Info) -> u32 {
+    if info.picture_id_15 {
+        PID_MOD
+    } else {
+        PID_MOD_7
+    }
+}
 
 /// Keeps picture ids and TL0PICIDX of one outgoing stream continuous.
 #[derive(Debug, Clone, Default)]
@@ -86,19 +98,21 @@ pub struct Vp8Rewriter {
     started: bool,
 }
 
-fn pid_after(a: u16, b: u16) -> bool {
-    // b is after a in 15-bit serial arithmetic.
-    let d = (u32::from(b) + PID_MOD - u32::from(a)) % PID_MOD;
-    d != 0 && d < PID_MOD / 2
+/// Whether `b` is after `a` in serial arithmetic mod `m` (`a` may have
+/// come from a source with a larger modulus: it is reduced first).
+fn pid_after(a: u16, b: u16, m: u32) -> bool {
+    let d = (u32::from(b) % m + m - u32::from(a) % m) % m;
+    d != 0 && d < m / 2
 }
 
 impl Vp8Rewriter {
     /// Makes a new source (a keyframe of another layer) continue the ids.
     pub fn switch_to(&mut self, first: &Vp8Info) {
         if let Some(pid) = first.picture_id {
+            let m = pid_mod(first);
             let next = self
                 .last_pid
-                .map_or(u32::from(pid), |(out, _)| (u32::from(out) + 1) % PID_MOD);
+                .map_or(u32::from(pid), |(out, _)| (u32::from(out) + 1) % m);
             self.pid_offset = (next + PID_MOD - u32::from(pid)) % PID_MOD;
             self.last_pid = None;
         }
@@ -115,7 +129,7 @@ impl Vp8Rewriter {
         let (Some(pid), Some((_, last_src))) = (info.picture_id, self.last_pid) else {
             return;
         };
-        if info.frame_start && pid_after(last_src, pid) {
+        if info.frame_start && pid_after(last_src, pid, pid_mod(info)) {
             self.pid_offset = (self.pid_offset + PID_MOD - 1) % PID_MOD;
             // The dropped picture's id is now taken by the next one.
             self.last_pid = self.last_pid.map(|(out, _)| (out, pid));
@@ -124,17 +138,17 @@ impl Vp8Rewriter {
 
     /// The rewritten (picture id, TL0PICIDX) of a forwarded packet.
     pub fn rewrite(&mut self, info: &Vp8Info) -> (Option<u16>, Option<u8>) {
+        let m = pid_mod(info);
         let pid = info.picture_id.map(|p| {
-            let out = ((u32::from(p) + self.pid_offset) % PID_MOD) as u16;
-            let newer = self.last_pid.is_none_or(|(last, _)| pid_after(last, out));
+            // `m` divides 2^15: the result is below `m`, so below 2^15.
+            let out = ((u32::from(p) + self.pid_offset) % m) as u16;
+            let newer = self
+                .last_pid
+                .is_none_or(|(last, _)| pid_after(last, out, m));
             if newer {
                 self.last_pid = Some((out, p));
             }
-            if info.picture_id_15 {
-                out
-            } else {
-                out & 0x7f
-            }
+            out
         });
         let tl0 = info.tl0.map(|t| {
             let out = t.wrapping_add(self.tl0_offset);
@@ -220,6 +234,37 @@ mod tests {
             let (p1, t1) = (w[1].0.unwrap(), w[1].1.unwrap());
             assert_eq!((u32::from(p0) + 1) % PID_MOD, u32::from(p1));
             assert_eq!(t0.wrapping_add(1), t1);
+        }
+    }
+
+    /// As [`info`], from a source that sends 7-bit picture ids.
+    fn info7(pid: u16, tid: u8, start: bool) -> Vp8Info {
+        Vp8Info {
+            picture_id_15: false,
+            ..info(pid, 0, tid, start)
+        }
+    }
+
+    #[test]
+    fn seven_bit_ids_stay_continuous_after_they_wrap() {
+        let mut r = Vp8Rewriter::default();
+        r.switch_to(&info7(120, 0, true));
+        let mut outs = Vec::new();
+        // 120..127, then 0..20 after the wrap; picture 5 (tid 2) is dropped.
+        for k in 0..28u16 {
+            let pid = (120 + k) % 128;
+            if pid == 5 {
+                r.drop_picture(&info7(pid, 2, true));
+                continue;
+            }
+            outs.push(r.rewrite(&info7(pid, 0, true)).0.unwrap());
+        }
+        // A switch to another layer continues from the last id written.
+        r.switch_to(&info7(60, 0, true));
+        outs.push(r.rewrite(&info7(60, 0, true)).0.unwrap());
+        for w in outs.windows(2) {
+            assert!(w[1] < 128, "7-bit ids stay 7-bit: {w:?}");
+            assert_eq!((w[0] + 1) % 128, w[1], "no gap: {outs:?}");
         }
     }
 
