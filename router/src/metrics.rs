@@ -299,6 +299,9 @@ pub struct WorkerMetrics {
     pub bus_drop_other: IntCounter,
     /// Handed-over datagrams dropped on the bus (single-port mode).
     pub bus_drop_datagram: IntCounter,
+    /// Packets for a cascade link dropped because its relay queue was full
+    /// or closed (`kind="link"`, as the control plane's link drops).
+    pub bus_drop_link: IntCounter,
     /// See [`Metrics::session_failures`].
     pub session_failures: IntCounter,
     /// Keyframe asked for a new subscriber.
@@ -362,6 +365,7 @@ impl WorkerMetrics {
             bus_drop_video: m.bus_dropped.with_label_values(&["video"]),
             bus_drop_other: m.bus_dropped.with_label_values(&["other"]),
             bus_drop_datagram: m.bus_dropped.with_label_values(&["datagram"]),
+            bus_drop_link: m.bus_dropped.with_label_values(&["link"]),
             session_failures: m.session_failures.clone(),
             kf_join: m.keyframe_requests.with_label_values(&["join"]),
             kf_subscriber: m.keyframe_requests.with_label_values(&["subscriber"]),

@@ -117,6 +117,7 @@ pub struct Drive {
     bus_drop_video: LocalIntCounter,
     bus_drop_other: LocalIntCounter,
     bus_drop_datagram: LocalIntCounter,
+    bus_drop_link: LocalIntCounter,
     next_fold: Option<Instant>,
 }
 
@@ -138,6 +139,7 @@ impl Drive {
             bus_drop_video: metrics.bus_drop_video.local(),
             bus_drop_other: metrics.bus_drop_other.local(),
             bus_drop_datagram: metrics.bus_drop_datagram.local(),
+            bus_drop_link: metrics.bus_drop_link.local(),
             next_fold: None,
         }
     }
@@ -240,6 +242,7 @@ impl Drive {
             &self.bus_drop_video,
             &self.bus_drop_other,
             &self.bus_drop_datagram,
+            &self.bus_drop_link,
         ] {
             c.flush();
         }
@@ -290,7 +293,7 @@ impl Drive {
         }
         for (link, pkt) in out.links.drain(..) {
             if !port.relay(link, pkt) {
-                self.bus_drop_video.inc();
+                self.bus_drop_link.inc();
             }
         }
         for peer in out.tcp_closed.drain(..) {
