@@ -85,7 +85,7 @@ fn a_remote_keyframe_request_follows_a_demand_for_its_layer() {
 /// track's id is a hash of its origin; no worker can be read from it.)
 #[test]
 fn keyframe_retries_for_a_remote_track_reach_its_origin_from_any_worker() {
-    use kaskade_router::media::{BusMsg, MediaPacket};
+    use kaskade_router::media::{BusMsg, MediaPacket, Outbox};
     use std::sync::Arc;
     use str0m::format::{Codec, CodecSpec, FormatParams, PayloadParams};
     use str0m::media::Frequency;
@@ -117,6 +117,7 @@ fn keyframe_retries_for_a_remote_track_reach_its_origin_from_any_worker() {
     connect_and_subscribe(&mut sim, sub, &info);
 
     // Delta frames only (the origin never answers), 30 a second, for 2 s.
+    let mut outbox = Outbox::new(sim.control.worker_count());
     let params = PayloadParams::new(
         96.into(),
         None,
@@ -144,8 +145,9 @@ fn keyframe_retries_for_a_remote_track_reach_its_origin_from_any_worker() {
             vp8: None,
             payload: Arc::from(vec![0x90u8, 0x80, 0x00, 0x01, 0x01, 0x02, 0x03]),
         };
+        let mut batch = vec![BusMsg::Ingest(Arc::new(pkt))];
         sim.control
-            .ingest(info.worker, vec![BusMsg::Ingest(Arc::new(pkt))]);
+            .ingest_batch(&mut outbox, info.worker, &mut batch);
         sim.run_for(Duration::from_millis(33));
     }
     let requests = sim

@@ -27,11 +27,14 @@ pub enum CloseCode {
     Protocol = 5,
     /// 6: the dialling router did not open its control stream in time.
     NoControlStream = 6,
+    /// 7: the peer stopped reading its control stream: more frames waited for it than a
+    /// working link ever queues. The link is dialled again and resynchronised.
+    Stalled = 7,
 }
 
 impl CloseCode {
     /// Every code, in numeric order.
-    pub const ALL: [CloseCode; 7] = [
+    pub const ALL: [CloseCode; 8] = [
         CloseCode::Done,
         CloseCode::Identity,
         CloseCode::SelfLink,
@@ -39,6 +42,7 @@ impl CloseCode {
         CloseCode::Hello,
         CloseCode::Protocol,
         CloseCode::NoControlStream,
+        CloseCode::Stalled,
     ];
 
     /// The numeric code sent in the QUIC `CONNECTION_CLOSE` frame.
@@ -61,6 +65,7 @@ impl CloseCode {
             CloseCode::Hello => "hello",
             CloseCode::Protocol => "protocol",
             CloseCode::NoControlStream => "no control stream",
+            CloseCode::Stalled => "stalled",
         }
     }
 }
@@ -79,12 +84,12 @@ mod tests {
     fn codes_are_stable_and_round_trip() {
         // The numbers are part of the wire protocol: changing one breaks mixed clusters.
         let numbers: Vec<u32> = CloseCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(numbers, vec![0, 1, 2, 3, 4, 5, 6, 7]);
         for c in CloseCode::ALL {
             assert_eq!(CloseCode::from_code(u64::from(c.code())), Some(c));
             assert!(c.reason().is_ascii() && !c.reason().is_empty());
         }
-        assert_eq!(CloseCode::from_code(7), None);
+        assert_eq!(CloseCode::from_code(8), None);
         assert_eq!(CloseCode::Duplicate.to_string(), "3 (duplicate)");
     }
 }

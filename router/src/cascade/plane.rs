@@ -7,17 +7,20 @@
 use crate::cascade::link::{LinkControl, Output};
 use crate::cascade::relay::RxRoute;
 use crate::control::Control;
-use crate::media::bus::BusMsg;
+use crate::media::bus::{BusMsg, Outbox};
 use crate::media::WorkerId;
 use kaskade_protocol::TrackId;
 use std::collections::HashMap;
 use str0m::media::MediaKind;
 
 /// The control-plane side of a link machine: the home worker of every
-/// remote track the control plane took.
+/// remote track the control plane took, and the layer reports a full
+/// worker inbox refused (offered again first, under the bus's overload
+/// policy: control messages are kept, not dropped).
 #[derive(Debug, Default)]
 pub struct PlaneSide {
     homes: HashMap<TrackId, WorkerId>,
+    outbox: Option<Outbox>,
 }
 
 impl PlaneSide {
@@ -41,9 +44,24 @@ impl PlaneSide {
         }
     }
 
+    /// Offers again what a full inbox refused before.
+    fn offer_again(&mut self, c: &Control) {
+        let Some(outbox) = self.outbox.as_mut() else {
+            return;
+        };
+        for i in 0..c.worker_count() {
+            if outbox.waiting(i) > 0 {
+                // Worker indexes fit a u16: there are at most as many as cores.
+                let w = WorkerId(u16::try_from(i).unwrap_or(u16::MAX));
+                c.ingest_batch(outbox, w, &mut Vec::new());
+            }
+        }
+    }
+
     /// Carries out `out` if it is for the control plane; gives it back
     /// otherwise (transport, relay and replies are the driver's).
     pub fn apply(&mut self, c: &Control, machine: &mut LinkControl, out: Output) -> Option<Output> {
+        self.offer_again(c);
         match out {
             Output::EnsureRoom { peer, room, policy } => {
                 let r = c
@@ -64,8 +82,12 @@ impl PlaneSide {
             Output::SetLinkDemand { track, link, mask } => c.set_link_demand(track, link, mask),
             Output::RequestKeyframe { track, layer } => c.request_keyframe(track, layer),
             Output::RemoteLayers { track, layers } => {
-                if let Some(w) = self.homes.get(&track) {
-                    c.ingest(*w, vec![BusMsg::RemoteLayers { track, layers }]);
+                if let Some(w) = self.homes.get(&track).copied() {
+                    let outbox = self
+                        .outbox
+                        .get_or_insert_with(|| Outbox::new(c.worker_count()));
+                    let mut batch = vec![BusMsg::RemoteLayers { track, layers }];
+                    c.ingest_batch(outbox, w, &mut batch);
                 }
             }
             Output::LinkChanged {

@@ -19,6 +19,11 @@ use tokio::sync::broadcast;
 /// the number of watched rooms.
 pub const ROOM_EVENT_BUFFER: usize = 256;
 
+/// Routers one room records as reached ([`RoomState::reached`]): far more
+/// than a cluster has, few enough that peers' announcements cannot grow a
+/// room without bound.
+pub const MAX_REACHED: usize = 256;
+
 /// One room.
 #[derive(Debug)]
 pub struct RoomState {

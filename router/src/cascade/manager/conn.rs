@@ -9,8 +9,80 @@ use kaskade_protocol::cascade as cpb;
 use kaskade_protocol::cascade::close::CloseCode;
 use kaskade_protocol::cascade::framing::{write_frame, FrameReader};
 use prost::Message as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Most control frames one connection may have waiting for its stream. A
+/// working link queues a handful (the writer keeps up; NACKs and demand are
+/// small); a peer that stops reading stalls the writer, and past this the
+/// connection is closed ([`CloseCode::Stalled`]) instead of the queue
+/// growing. The link is dialled again and resynchronised.
+pub(super) const MAX_QUEUED_FRAMES: usize = 4096;
+
+/// The frames waiting for one connection's writer: a count shared by the
+/// senders and the writer task, bounded by [`MAX_QUEUED_FRAMES`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct FrameQueue(Arc<AtomicUsize>);
+
+impl FrameQueue {
+    /// Takes a place for one more frame; false when the queue is full.
+    fn take(&self) -> bool {
+        if self.0.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED_FRAMES {
+            self.give();
+            return false;
+        }
+        true
+    }
+
+    /// Gives a place back: the frame was written, or not queued after all.
+    fn give(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where one connection's control frames go: a queue to its writer task
+/// ([`write_frames`]), bounded by [`MAX_QUEUED_FRAMES`].
+#[derive(Debug, Clone)]
+pub struct FrameTx {
+    tx: mpsc::UnboundedSender<cpb::Frame>,
+    queued: FrameQueue,
+    conn: quinn::Connection,
+}
+
+impl FrameTx {
+    /// A queue for `conn`'s control stream, and the writer's end of it.
+    pub(super) fn new(
+        conn: quinn::Connection,
+    ) -> (Self, mpsc::UnboundedReceiver<cpb::Frame>, FrameQueue) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = FrameQueue::default();
+        let me = Self {
+            tx,
+            queued: queued.clone(),
+            conn,
+        };
+        (me, rx, queued)
+    }
+
+    /// Queues a frame; false if it was not (the writer is gone, or the
+    /// queue was full and the connection is now closed).
+    pub fn send(&self, msg: cpb::frame::Msg) -> bool {
+        if !self.queued.take() {
+            if self.conn.close_reason().is_none() {
+                tracing::warn!("a cascade peer stopped reading its control stream; link closed");
+                close(&self.conn, CloseCode::Stalled);
+            }
+            return false;
+        }
+        if self.tx.send(cpb::Frame { msg: Some(msg) }).is_err() {
+            self.queued.give();
+            return false;
+        }
+        true
+    }
+}
 
 /// How long an accepted connection may take to open its control stream.
 const CONTROL_STREAM_WAIT: Duration = Duration::from_secs(5);
@@ -161,11 +233,20 @@ pub(super) async fn dial(
 pub(super) async fn write_frames(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<cpb::Frame>,
+    queued: FrameQueue,
 ) {
     let mut buf = Vec::new();
     while let Some(f) = rx.recv().await {
+        queued.give();
         buf.clear();
-        if write_frame(&mut buf, &f.encode_to_vec()).is_err() {
+        let body = f.encode_to_vec();
+        if write_frame(&mut buf, &body).is_err() {
+            // Frames are ours and bounded by the link machine; one over the
+            // limit is a bug, not the peer's doing: say so, keep the link.
+            tracing::warn!(
+                bytes = body.len(),
+                "a control frame over the size limit was not sent"
+            );
             continue;
         }
         if send.write_all(&buf).await.is_err() {
@@ -235,4 +316,22 @@ pub(super) async fn read_frames(
         conn: id,
         refused,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_queue_holds_at_most_its_bound_and_frees_what_is_written() {
+        let q = FrameQueue::default();
+        for _ in 0..MAX_QUEUED_FRAMES {
+            assert!(q.take());
+        }
+        assert!(!q.take(), "full: the sender closes the connection");
+        assert!(!q.take(), "and stays full while the writer is stalled");
+        q.give();
+        assert!(q.take(), "a written frame frees its place");
+        assert!(!q.take());
+    }
 }

@@ -1,6 +1,6 @@
 //! The manager task: feeds the link-control machine and carries out what it asks.
 
-use super::conn::{self, close};
+use super::conn::{self, close, FrameTx};
 use super::metrics::{CascadeMetrics, LogThrottle, Refusal};
 use super::relay::{self, LinkCounters, RxTask, RxUpdate, TxUpdate};
 use super::Cmd;
@@ -40,7 +40,7 @@ pub(super) struct Setup<'a> {
 struct Live {
     peer: NodeId,
     conn: quinn::Connection,
-    frames: mpsc::UnboundedSender<cpb::Frame>,
+    frames: FrameTx,
     rx: mpsc::UnboundedSender<RxUpdate>,
     /// UDP bytes already counted in the metrics (sent, received).
     counted: (u64, u64),
@@ -58,7 +58,7 @@ pub(super) struct Manager {
     refusals: LogThrottle,
     live: HashMap<ConnId, Live>,
     /// Connections accepted by the machine, not yet announced by its `LinkUp`.
-    opening: HashMap<ConnId, (quinn::Connection, mpsc::UnboundedSender<cpb::Frame>)>,
+    opening: HashMap<ConnId, (quinn::Connection, FrameTx)>,
     counters: HashMap<LinkId, Arc<LinkCounters>>,
     /// Home workers of remote tracks.
     plane: PlaneSide,
@@ -231,8 +231,8 @@ impl Manager {
             }
             Admission::Accept(id) => {
                 let peer = NodeId::new(identity.node_id.clone());
-                let (ftx, frx) = mpsc::unbounded_channel();
-                tokio::spawn(conn::write_frames(send, frx));
+                let (ftx, frx, queued) = FrameTx::new(conn.clone());
+                tokio::spawn(conn::write_frames(send, frx, queued));
                 tokio::spawn(conn::read_frames(
                     recv,
                     conn.clone(),
@@ -277,7 +277,7 @@ impl Manager {
                     .map(|l| &l.frames)
                     .or_else(|| self.opening.get(&conn).map(|o| &o.1));
                 if let Some(f) = frames {
-                    let _ = f.send(cpb::Frame { msg: Some(msg) });
+                    f.send(msg);
                 }
             }
             Output::Close { conn, code, .. } => {

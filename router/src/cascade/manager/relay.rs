@@ -2,6 +2,7 @@
 //! QUIC datagrams), and one task per connection that runs its [`RelayRx`] (QUIC datagrams →
 //! batches for the home workers). They only move bytes and timers; the machines decide.
 
+use super::conn::FrameTx;
 use crate::cascade::relay::{
     Budget, LinkRate, RelayRx, RelayTx, RxRoute, RxStats, TxOutput, TxStats,
 };
@@ -59,7 +60,7 @@ pub enum TxUpdate {
         /// Its connection.
         conn: Option<quinn::Connection>,
         /// Where control frames go.
-        frames: Option<mpsc::UnboundedSender<cpb::Frame>>,
+        frames: Option<FrameTx>,
         /// Its counters.
         counters: Arc<LinkCounters>,
         /// `kaskade_cascade_link_budget_dropped_total{peer}` of its peer.
@@ -91,7 +92,7 @@ struct TxLink {
     tx: RelayTx,
     budget: Budget,
     conn: Option<quinn::Connection>,
-    frames: Option<mpsc::UnboundedSender<cpb::Frame>>,
+    frames: Option<FrameTx>,
     counters: Arc<LinkCounters>,
     budget_dropped: Option<IntCounter>,
     seen: TxStats,
@@ -137,7 +138,7 @@ impl TxLink {
                 }
                 TxOutput::Frame(msg) => {
                     if let Some(f) = &self.frames {
-                        let _ = f.send(cpb::Frame { msg: Some(msg) });
+                        f.send(msg);
                     }
                 }
             }
@@ -221,7 +222,7 @@ pub struct RxTask {
     /// The control plane (ingest into home workers).
     pub control: Arc<Control>,
     /// The control stream (NACKs).
-    pub frames: mpsc::UnboundedSender<cpb::Frame>,
+    pub frames: FrameTx,
     /// Route and codec updates from the manager.
     pub updates: mpsc::UnboundedReceiver<RxUpdate>,
     /// The link's counters.
@@ -306,9 +307,7 @@ pub async fn run_rx(t: RxTask) {
             }
         }
         while let Some(n) = rx.poll_nack() {
-            let _ = frames.send(cpb::Frame {
-                msg: Some(cpb::frame::Msg::Nack(n)),
-            });
+            frames.send(cpb::frame::Msg::Nack(n));
         }
         let s = rx.stats();
         add(&counters.datagrams_received, s.datagrams - seen.datagrams);

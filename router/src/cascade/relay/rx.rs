@@ -319,6 +319,12 @@ impl RelayRx {
             self.stats.malformed += 1;
             return;
         };
+        if usize::from(dg.header.layer) >= crate::media::layer::MAX_LAYERS {
+            // No announced track has such a layer (announcements are
+            // checked): refusing it here keeps per-layer state bounded.
+            self.stats.malformed += 1;
+            return;
+        }
         let Some(dg) = self.reassembler.push(now, dg) else {
             return;
         };

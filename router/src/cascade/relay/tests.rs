@@ -409,3 +409,35 @@ fn a_keyframe_overtaken_at_the_start_goes_on_first_packet_first() {
     );
     assert_eq!(rx.stats().nacked, 0);
 }
+
+#[test]
+fn one_nack_queues_at_most_a_cache_of_repairs() {
+    let mut tx = RelayTx::new();
+    tx.map(TRACK, Some(NUM));
+    let (_, dgs) = send(&mut tx, 1..=4, 100, 1200);
+    assert_eq!(dgs.len(), 4);
+    // A peer asks for the same packet far more often than the cache holds packets.
+    tx.handle_nack(NUM, 0, &vec![2; 10 * tx::CACHE_PACKETS]);
+    let (_, repairs) = drain(&mut tx);
+    assert_eq!(repairs.len(), tx::CACHE_PACKETS);
+    assert_eq!(tx.stats().not_cached, 9 * tx::CACHE_PACKETS as u64);
+}
+
+#[test]
+fn a_packet_of_a_layer_no_track_can_have_is_refused() {
+    let t0 = Instant::now();
+    let mut tx = RelayTx::new();
+    tx.map(TRACK, Some(NUM));
+    let layer = crate::media::layer::MAX_LAYERS as u8;
+    tx.handle_packet(
+        &packet(t0, TRACK, MediaKind::Video, layer, 1, 100),
+        Some(1200),
+    );
+    let (codec, dgs) = drain(&mut tx);
+    let mut rx = receiver(&codec[0]);
+    for d in dgs {
+        rx.handle_datagram(t0, d);
+    }
+    assert_eq!(delivered(&mut rx), Vec::<u64>::new());
+    assert_eq!(rx.stats().malformed, 1);
+}

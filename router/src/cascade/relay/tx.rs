@@ -196,7 +196,11 @@ impl RelayTx {
             self.stats.not_cached += seqs.len() as u64;
             return;
         };
-        for seq in seqs {
+        // A NACK asks for at most what the cache can hold: a peer cannot
+        // queue more repairs with one message than there are packets.
+        let (asked, beyond) = seqs.split_at(seqs.len().min(CACHE_PACKETS));
+        self.stats.not_cached += beyond.len() as u64;
+        for seq in asked {
             match cache.get(*seq) {
                 Some(datagrams) => {
                     for d in datagrams {

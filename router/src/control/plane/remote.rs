@@ -4,8 +4,8 @@
 
 use super::Control;
 use crate::control::error::ApiError;
-use crate::control::registry::{region_allowed, Registry};
-use crate::media::bus::{BusBatch, BusMsg, Outbox};
+use crate::control::registry::{region_allowed, Registry, MAX_REACHED};
+use crate::media::bus::{BusBatch, Outbox};
 use crate::media::types::LinkId;
 use crate::media::{Command, TrackInfo, WorkerId};
 use kaskade_protocol::v1 as pb;
@@ -119,7 +119,8 @@ impl Control {
             return Some(existing.clone());
         }
         let participant = ParticipantId::parse(&t.participant)
-            .unwrap_or_else(|_| ParticipantId::parse("remote").unwrap_or_else(|_| unreachable!()));
+            .or_else(|_| ParticipantId::parse("remote"))
+            .expect("\"remote\" is a valid participant id");
         // Tracks of one remote participant share a stream id (lip sync).
         let session = SessionId(stable_u64(&[&origin, participant.as_str()]));
         let worker = reg.pick_worker();
@@ -178,25 +179,6 @@ impl Control {
             return;
         };
         self.send(worker, Command::RequestKeyframe { track, layer });
-    }
-
-    /// Hands relayed media (and layer reports) to a remote track's home
-    /// worker. Never blocks: when its inbox is full, the batch is dropped
-    /// and counted.
-    pub fn ingest(&self, worker: WorkerId, batch: Vec<BusMsg>) -> bool {
-        let Some(h) = self.workers.get(worker.index()) else {
-            return false;
-        };
-        match h.bus.try_send(batch) {
-            Ok(()) => {
-                let _ = h.waker.wake();
-                true
-            }
-            Err(_) => {
-                self.metrics.bus_dropped.with_label_values(&["link"]).inc();
-                false
-            }
-        }
     }
 
     /// The number of media workers (per-worker tables of the cascade's tasks).
@@ -259,9 +241,14 @@ impl Control {
     }
 
     /// Records that the room's media reached routers beyond a link (chains).
+    /// A node known already keeps its region (a direct peer's is known; a
+    /// path names none), and a room records at most [`MAX_REACHED`] nodes
+    /// whatever peers announce.
     pub fn reached(&self, room: &RoomId, node: &str, region: &str) {
         if let Some(r) = self.reg().rooms.get_mut(room) {
-            r.reached.insert(node.to_string(), region.to_string());
+            if !r.reached.contains_key(node) && r.reached.len() < MAX_REACHED {
+                r.reached.insert(node.to_string(), region.to_string());
+            }
         }
     }
 
