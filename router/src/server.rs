@@ -186,26 +186,31 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     };
     let factory = RtcFactory::new()
         .map_err(|e| StartError::Crypto(e.to_string()))?
-        .with_rtx_cache(cfg.rtx_cache);
+        .with_rtx_cache(cfg.config.media.rtx_cache);
 
     // Media workers: bind every socket first, then start the threads with
     // the complete list of peers. In single-port mode every worker binds the
     // first one's address.
     let mut prepared: Vec<PreparedWorker> = Vec::with_capacity(cfg.workers);
     for i in 0..cfg.workers {
-        let port = match (cfg.single_port, prepared.first()) {
+        let port = match (cfg.config.media.single_port, prepared.first()) {
             (true, Some(first)) => first.handle().bound.port(),
             (true, None) | (false, _) if cfg.media_port_start == 0 => 0,
             (true, None) => cfg.media_port_start,
             (false, _) => cfg.media_port_start + i as u16,
         };
         let addr = SocketAddr::new(cfg.media_bind, port);
-        let w = PreparedWorker::new(WorkerId(i as u16), addr, cfg.single_port, cfg.bus_queue)
-            .map_err(|source| StartError::Bind {
-                what: "media",
-                addr,
-                source,
-            })?;
+        let w = PreparedWorker::new(
+            WorkerId(i as u16),
+            addr,
+            cfg.config.media.single_port,
+            cfg.config.media.bus_queue,
+        )
+        .map_err(|source| StartError::Bind {
+            what: "media",
+            addr,
+            source,
+        })?;
         prepared.push(w);
     }
     let tcp_listener =
@@ -306,7 +311,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         if let Some(addr) = tcp_candidate {
             core = core.with_tcp(addr);
         }
-        if cfg.single_port {
+        if cfg.config.media.single_port {
             core = core.with_single_port(cfg.workers);
         }
         let t = w
@@ -328,8 +333,8 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
         metrics.clone(),
         Limits::from(&cfg.config.limits),
         Identity {
-            node_id: cfg.node_id.clone(),
-            region: cfg.region.clone(),
+            node_id: cfg.config.node.id.clone(),
+            region: cfg.config.node.region.clone(),
         },
     ));
     plane.set_placement(cfg.placement);
@@ -520,14 +525,14 @@ pub fn preflight(cfg: &Resolved) -> Result<ListenerTls, String> {
         );
         let id = crate::cascade::cert::identity_of_pem(&cert)
             .map_err(|e| format!("cascade.cert {}: {e}", c.cert.display()))?;
-        if id.node_id != cfg.node_id || id.region != cfg.region {
+        if id.node_id != cfg.config.node.id || id.region != cfg.config.node.region {
             return Err(format!(
                 "cascade.cert {} is for node {:?} in region {:?}, but node.id/node.region are {:?}/{:?}",
                 c.cert.display(),
                 id.node_id,
                 id.region,
-                cfg.node_id,
-                cfg.region
+                cfg.config.node.id,
+                cfg.config.node.region
             ));
         }
         crate::cascade::tls::endpoint_configs(&ca, &cert, &key, c.link_rate).map_err(|e| {

@@ -43,6 +43,7 @@ const TOOL_ENV: &[&str] = &[
     "KASKADE_BENCH_",
     "KASKADE_BUILD_",
     "KASKADE_E2E_",
+    "KASKADE_FUZZ_",
     "KASKADE_LOADTEST_",
     "KASKADE_TEST_",
     "KASKADE_BIN",

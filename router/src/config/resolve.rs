@@ -22,28 +22,12 @@ pub struct Resolved {
     pub workers: usize,
     /// IP advertised in ICE candidates.
     pub advertise: IpAddr,
-    /// Bus inbox capacity, in batches.
-    pub bus_queue: usize,
-    /// RTX cache per outgoing video stream, in packets.
-    pub rtx_cache: usize,
     /// Minimum time between two keyframe requests to one publisher layer.
     pub keyframe_interval: Duration,
     /// The ICE-TCP listener's address, if ICE-TCP is on.
     pub tcp_listen: Option<SocketAddr>,
-    /// Every worker on one UDP port.
-    pub single_port: bool,
-    /// Room limit.
-    pub max_rooms: usize,
-    /// Sessions per room limit.
-    pub max_sessions_per_room: usize,
     /// Tracing filter.
     pub log_level: String,
-    /// Whether logs may carry IP addresses.
-    pub log_ips: bool,
-    /// This router's node id.
-    pub node_id: String,
-    /// This router's region (empty: none).
-    pub region: String,
     /// Cascade settings, if cascading is enabled.
     pub cascade: Option<CascadeResolved>,
     /// How sessions are placed on workers.
@@ -170,17 +154,9 @@ impl Config {
             media_port_start: self.media.port_start,
             workers,
             advertise,
-            bus_queue: self.media.bus_queue,
-            rtx_cache: self.media.rtx_cache,
             keyframe_interval: Duration::from_millis(self.media.keyframe_interval_ms),
             tcp_listen,
-            single_port: self.media.single_port,
-            max_rooms: self.limits.max_rooms,
-            max_sessions_per_room: self.limits.max_sessions_per_room as usize,
             log_level: self.log.level.clone(),
-            log_ips: self.log.ips,
-            node_id: self.node.id.clone(),
-            region: self.node.region.clone(),
             cascade,
             placement: match self.media.room_share {
                 0 => crate::media::placement::Policy::LeastLoaded,

@@ -25,7 +25,7 @@ fn defaults_resolve() {
     assert_eq!(r.workers, 4);
     assert_eq!(r.media_port_start, 40000);
     assert_eq!(r.advertise, r.media_bind);
-    assert!(!r.log_ips);
+    assert!(!r.config.log.ips);
     assert_eq!(r.config, Config::default());
 }
 
@@ -174,7 +174,7 @@ fn node_and_cascade_keys_are_checked() {
     )
     .unwrap();
     let r = c.validate(1).unwrap();
-    assert_eq!(r.region, "eu-de-fra");
+    assert_eq!(r.config.node.region, "eu-de-fra");
     assert_eq!(r.cascade.unwrap().peers[0].node_id, "ams-1");
     c.cascade.peers = vec!["nope".into()];
     assert!(refuses(&c, "cascade.peers"));
