@@ -409,3 +409,110 @@ async fn demo_signalling_and_whip_over_https_need_a_room_token() {
     r.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn token_for(room: &str, sub: Option<&str>, ttl_secs: u64) -> String {
+    let mut c = Claims::new(room, SystemTime::now(), Duration::from_secs(ttl_secs));
+    c.publish = true;
+    c.subscribe = true;
+    c.sub = sub.map(String::from);
+    format!("Bearer {}", mint(KEY, SECRET.as_bytes(), &c))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_token_acts_only_on_its_own_participants_sessions() {
+    let dir = std::env::temp_dir().join(format!("kaskade-owner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key, ca) = write_pki(&dir, "http");
+    let mut cfg = Resolved::ephemeral(1);
+    cfg.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.config.http.tls_cert = cert.display().to_string();
+    cfg.config.http.tls_key = key.display().to_string();
+    cfg.api_keys = KeySet::build(&[], Some(&format!("{KEY}:{SECRET}"))).unwrap();
+    let m = Metrics::new();
+    let r = server::start(&cfg, m.clone()).await.unwrap();
+    let c = https_client(&ca);
+    let (alice, mallory) = (
+        token_for("standup", Some("alice"), 60),
+        token_for("standup", Some("mallory"), 60),
+    );
+
+    // The demo: mallory's token may not touch alice's session.
+    let json = ("content-type", "application/json");
+    let create = format!(
+        r#"{{"roomId":"standup","sdpOffer":{}}}"#,
+        serde_json::to_string(&offer()).unwrap()
+    );
+    let h = [json, ("authorization", alice.as_str())];
+    let a = send(&c, &r, Method::POST, "/demo/api/CreateSession", &h, &create)
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    let sid = v["sessionId"].as_str().unwrap().to_string();
+    let close = format!(r#"{{"sessionId":"{sid}"}}"#);
+    let renegotiate = format!(
+        r#"{{"sessionId":"{sid}","sdpOffer":{}}}"#,
+        serde_json::to_string(&offer()).unwrap()
+    );
+    let h = [json, ("authorization", mallory.as_str())];
+    for (method, body) in [("CloseSession", &close), ("Renegotiate", &renegotiate)] {
+        let path = format!("/demo/api/{method}");
+        let a = send(&c, &r, Method::POST, &path, &h, body).await.unwrap();
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{method}: {}", a.body);
+    }
+    assert_eq!(refusals(&m, "demo", "wrong_participant"), 2);
+    assert!(r.plane.get_session(&sid).is_ok(), "alice's session lives");
+    let h = [json, ("authorization", alice.as_str())];
+    let a = send(&c, &r, Method::POST, "/demo/api/CloseSession", &h, &close)
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+
+    // WHIP: a resource is its participant's, or its token's when that names
+    // no participant.
+    let sdp = ("content-type", "application/sdp");
+    let frag = ("content-type", "application/trickle-ice-sdpfrag");
+    let body = offer();
+    let (anon, other_anon) = (
+        token_for("standup", None, 60),
+        token_for("standup", None, 61),
+    );
+    for (owner, intruders) in [
+        (&alice, vec![&mallory, &anon]),
+        (&anon, vec![&other_anon, &mallory]),
+    ] {
+        let h = [sdp, ("authorization", owner.as_str())];
+        let a = send(&c, &r, Method::POST, "/whip/standup", &h, &body)
+            .await
+            .unwrap();
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let location = a.headers["location"].to_str().unwrap().to_string();
+        for intruder in intruders {
+            let h = [("authorization", intruder.as_str())];
+            let a = send(&c, &r, Method::DELETE, &location, &h, "")
+                .await
+                .unwrap();
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+            let h = [frag, ("authorization", intruder.as_str())];
+            let a = send(
+                &c,
+                &r,
+                Method::PATCH,
+                &location,
+                &h,
+                "a=end-of-candidates\r\n",
+            )
+            .await
+            .unwrap();
+            assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.body);
+        }
+        let h = [("authorization", owner.as_str())];
+        let a = send(&c, &r, Method::DELETE, &location, &h, "")
+            .await
+            .unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+    assert_eq!(refusals(&m, "whip", "not_owner"), 8);
+    r.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

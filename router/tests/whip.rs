@@ -71,6 +71,16 @@ fn whip_publishes_and_whep_plays_with_room_tokens() {
         &trickle,
     );
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
+    // A list of tags matches when one does; the scheme's case does not matter.
+    let list = format!("\"other\", {etag}");
+    let shouted = auth.replacen("Bearer", "BEARER", 1);
+    let a = r.send(
+        Method::PATCH,
+        &location,
+        &[frag_ct, ("authorization", &shouted), ("if-match", &list)],
+        &trickle,
+    );
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
     let a = r.send(
         Method::PATCH,
         &location,
@@ -344,5 +354,51 @@ fn bad_whip_and_whep_requests_get_a_precise_status() {
     );
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.body);
     assert_eq!(r.refusals("whip", "draining"), "1");
+    r.rt.block_on(r.running.shutdown());
+}
+
+#[test]
+fn a_browsers_audio_only_offer_is_taken_and_one_without_a_common_codec_is_refused() {
+    let r = start(true);
+    r.running.plane.create_room("live", 0, &[]).unwrap();
+    let auth = bearer(&token("live", true, false, Duration::from_secs(3600)));
+    let t0 = Instant::now();
+    let mut publ = client(4, t0);
+    publ.client.add_audio();
+    let offer = publ.client.create_offer().unwrap();
+    assert!(
+        offer.contains("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"),
+        "{offer}"
+    );
+
+    // As Chromium and Firefox list it: PCMU (payload type 0) among the formats.
+    let browser = offer.replace(
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111 9 0 8\r\n",
+    );
+    let a = r.send(
+        Method::POST,
+        "/whip/live",
+        &[SDP, ("authorization", &auth)],
+        &browser,
+    );
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let location = a.header("location").to_string();
+    let a = r.send(Method::DELETE, &location, &[("authorization", &auth)], "");
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+
+    // Speex only: nothing the router takes. Refused, and no session is left.
+    let speex = offer.replace("opus/48000/2", "speex/16000");
+    let a = r.send(
+        Method::POST,
+        "/whip/live",
+        &[SDP, ("authorization", &auth)],
+        &speex,
+    );
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(a.body.contains("codec"), "{}", a.body);
+    assert_eq!(r.refusals("whip", "bad_sdp"), "1");
+    let room = r.running.plane.get_room("live").unwrap();
+    assert!(room.sessions.is_empty(), "{room:?}");
     r.rt.block_on(r.running.shutdown());
 }

@@ -16,7 +16,7 @@
 
 use super::json::{self, Participants};
 use super::resource::{self, Refusal};
-use super::{error, Web};
+use super::{error, query, Web};
 use crate::auth::token::{self, Claims, Grant, TokenError};
 use crate::control::events::{watch_stream, EventFilter};
 use crate::control::ApiError;
@@ -129,17 +129,58 @@ fn refuse(web: &Web, r: &Refusal) -> Response {
     resp
 }
 
-/// The room a call acts on: its `roomId`, or its session's room (none for
-/// an unknown session, which no token then matches).
-fn room_of(web: &Web, method: &str, r: &Req) -> String {
+/// What a call acts on: its `roomId`, or its session's room and
+/// participant.
+enum Target {
+    /// A room (`CreateSession`, `GetRoom`).
+    Room(String),
+    /// A live session: its room and its participant.
+    Session(String, String),
+    /// A session id that names no live session.
+    Unknown,
+}
+
+fn target(web: &Web, method: &str, r: &Req) -> Target {
     match method {
-        "CreateSession" | "GetRoom" => r.room_id.clone(),
-        _ => web
-            .plane
-            .get_session(&r.session_id)
-            .map(|s| s.room_id)
-            .unwrap_or_default(),
+        "CreateSession" | "GetRoom" => Target::Room(r.room_id.clone()),
+        _ => match web.plane.get_session(&r.session_id) {
+            Ok(s) => Target::Session(
+                s.room_id,
+                s.session.map(|i| i.participant_id).unwrap_or_default(),
+            ),
+            Err(_) => Target::Unknown,
+        },
     }
+}
+
+/// Checks that the caller may act on `target`: a token for its room and,
+/// for a session, one naming its participant when the token names one
+/// (a token without `sub` acts for the whole room). Returns the claims.
+fn authorize_target(
+    web: &Web,
+    headers: &HeaderMap,
+    target: &Target,
+) -> Result<Option<Claims>, Refusal> {
+    let (room, participant) = match target {
+        Target::Room(room) => (room.as_str(), None),
+        Target::Session(room, p) => (room.as_str(), Some(p)),
+        // Nothing to act on: the call says so (with API keys the caller
+        // showed a token before its body was read; session ids are not
+        // guessable).
+        Target::Unknown => return Ok(None),
+    };
+    let claims = authorize(web, headers, room)?;
+    let sub = claims.as_ref().and_then(|c| c.sub.as_ref());
+    if let (Some(sub), Some(p)) = (sub, participant) {
+        if sub != p {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "wrong_participant",
+                "the token is for another participant of the room",
+            ));
+        }
+    }
+    Ok(claims)
 }
 
 /// The room exists afterwards (created with the router's defaults).
@@ -236,8 +277,9 @@ async fn call(web: &Web, method: &str, r: Req) -> Result<Value, ApiError> {
         "GetRoom" => json!({ "room": json::room(&p.get_room(&r.room_id)?) }),
         other => {
             return Err(ApiError::NotFound(format!(
-                "no demo method {other:?}: CreateSession, Renegotiate, Subscribe, Unsubscribe, \
-                 SetAnswer, UpdateSubscription, CloseSession, GetRoom"
+                "no demo method {}: CreateSession, Renegotiate, Subscribe, Unsubscribe, \
+                 SetAnswer, UpdateSubscription, CloseSession, GetRoom",
+                crate::control::limits::echo(other)
             )))
         }
     })
@@ -263,7 +305,8 @@ pub async fn api(
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !json_body {
         return web.done(
             ROUTE,
@@ -291,7 +334,7 @@ pub async fn api(
             )
         }
     };
-    let claims = match authorize(&web, &headers, &room_of(&web, &method, &req)) {
+    let claims = match authorize_target(&web, &headers, &target(&web, &method, &req)) {
         Ok(c) => c,
         Err(r) => return web.done(ROUTE, refuse(&web, &r)),
     };
@@ -309,16 +352,6 @@ pub async fn api(
     web.done(ROUTE, resp)
 }
 
-/// The value of `name` in a query string (ids need no decoding: the API's
-/// id characters are all URL-safe).
-fn query<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
-    uri.query()?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 /// `GET /demo/events?room=NAME[&kinds=a,b]`: the room's events as
 /// server-sent events, `data:` one JSON event each (the room is created
 /// when needed, so a page can watch before it joins).
@@ -327,13 +360,13 @@ pub async fn events(State(web): State<Arc<Web>>, uri: Uri, headers: HeaderMap) -
     if let Err(r) = web.check_origin(&headers) {
         return web.done(ROUTE, r.into_response());
     }
-    let room = query(&uri, "room").unwrap_or("");
+    let room = query(&uri, "room").unwrap_or_default();
+    let room = room.as_ref();
     if let Err(r) = authorize(&web, &headers, room) {
         return web.done(ROUTE, refuse(&web, &r));
     }
-    let kinds: Vec<&str> = query(&uri, "kinds")
-        .map(|k| k.split(',').filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
+    let kinds = query(&uri, "kinds").unwrap_or_default();
+    let kinds: Vec<&str> = kinds.split(',').filter(|s| !s.is_empty()).collect();
     let Ok(permit) = web.streams.clone().try_acquire_owned() else {
         return web.done(
             ROUTE,

@@ -17,6 +17,7 @@
 
 pub mod demo;
 pub mod json;
+pub mod owner;
 pub mod resource;
 pub mod whep;
 pub mod whip;
@@ -31,6 +32,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, options, post};
 use axum::Router;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -89,6 +91,24 @@ pub(crate) fn error(status: StatusCode, reason: &str) -> Response {
         format!("{reason}\n"),
     )
         .into_response()
+}
+
+/// The value of `name` in a URI's query string, percent-decoded (what
+/// `encodeURIComponent` and `URLSearchParams` make of `team:alpha`); a
+/// value that does not decode to UTF-8 is given as it came, for the id
+/// check to refuse.
+pub(crate) fn query<'a>(uri: &'a Uri, name: &str) -> Option<Cow<'a, str>> {
+    let raw = uri
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)?;
+    Some(
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .unwrap_or(Cow::Borrowed(raw)),
+    )
 }
 
 /// Whether `Host` names this machine's loopback: `localhost`, `127.x.x.x`
@@ -308,6 +328,21 @@ fn log_urls(a: std::net::SocketAddr, keys: bool, https: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let uri: Uri = "/demo/events?room=team%3Aalpha&kinds=a,b&x=%FF"
+            .parse()
+            .expect("a valid URI");
+        assert_eq!(query(&uri, "room").as_deref(), Some("team:alpha"));
+        assert_eq!(query(&uri, "kinds").as_deref(), Some("a,b"));
+        assert_eq!(
+            query(&uri, "x").as_deref(),
+            Some("%FF"),
+            "not UTF-8: as it came"
+        );
+        assert_eq!(query(&uri, "none"), None);
+    }
 
     #[test]
     fn event_streams_keep_alive_within_a_third_of_the_idle_timeout() {

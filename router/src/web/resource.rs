@@ -11,6 +11,7 @@
 //! the path's room with the endpoint's grant, and CORS is granted to any
 //! origin (the token is no ambient credential a page could borrow).
 
+use super::owner::Owner;
 use super::{error, loopback_host, Web};
 use crate::auth::token::{self, Claims, Grant, TokenError};
 use crate::control::ApiError;
@@ -177,13 +178,12 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, Refusal> {
             "Authorization: Bearer <room token> is required",
         ));
     };
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
     auth.to_str()
         .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, tok)| tok.trim())
         .ok_or_else(|| {
             Refusal::new(
                 StatusCode::UNAUTHORIZED,
@@ -300,6 +300,8 @@ pub struct Resource {
     /// The client's ICE ufrag, from its offer (another one in a PATCH is
     /// an ICE restart).
     pub ufrag: Option<String>,
+    /// Who may `PATCH` and `DELETE` it.
+    pub owner: Owner,
 }
 
 /// The live resources: one per session WHIP or WHEP created. Entries of
@@ -388,8 +390,9 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Response {
     let r = async {
-        authorize(&web, &headers, &room, ep)?;
-        let (sid, _) = lookup(&web, ep, &room, &id)?;
+        let claims = authorize(&web, &headers, &room, ep)?;
+        let (sid, res) = lookup(&web, ep, &room, &id)?;
+        res.owner.check(claims.as_ref(), &headers)?;
         web.resources.remove(sid);
         match web.plane.close_session(&sid.to_string()).await {
             Ok(()) => Ok(()),
@@ -426,8 +429,9 @@ pub async fn patch(
     body: Body,
 ) -> Response {
     let r = async {
-        authorize(&web, &headers, &room, ep)?;
+        let claims = authorize(&web, &headers, &room, ep)?;
         let (sid, res) = lookup(&web, ep, &room, &id)?;
+        res.owner.check(claims.as_ref(), &headers)?;
         if web.plane.get_session(&sid.to_string()).is_err() {
             web.resources.remove(sid);
             return Err(Refusal::new(
@@ -446,9 +450,16 @@ pub async fn patch(
                 "ICE restarts are not supported: DELETE the resource and POST a new offer",
             )
         };
+        // A list (`"a", "b"`) matches when one of its tags does.
+        let tags = || {
+            if_match
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+        };
         match if_match.map(str::trim) {
             Some("*") => return Err(restart()),
-            Some(tag) if tag != res.etag => {
+            Some(_) if !tags().any(|t| t == res.etag) => {
                 return Err(Refusal::new(
                     StatusCode::PRECONDITION_FAILED,
                     "precondition",
@@ -525,6 +536,7 @@ mod tests {
             endpoint: Endpoint::Whip,
             etag: format!("{i}"),
             ufrag: None,
+            owner: Owner::Anyone,
         };
         for i in 0..1000u64 {
             // Only the last 10 sessions are alive.

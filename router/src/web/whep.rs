@@ -19,8 +19,8 @@
 //! publisher adds later are not sent to it (WHEP has no renegotiation).
 
 use super::resource::{self, Endpoint, Refusal};
-use super::whip::{admit, participant_of, register};
-use super::Web;
+use super::whip::{admit, no_codec, participant_of, register};
+use super::{query, Web};
 use crate::control::limits::sdp_shape;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -32,16 +32,6 @@ use std::sync::Arc;
 
 const EP: Endpoint = Endpoint::Whep;
 const ROUTE: &str = "/whep";
-
-/// The value of `name` in a query string (ids need no decoding: the API's
-/// id characters are all URL-safe).
-fn query<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
-    uri.query()?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
 
 /// `layer=`: the highest spatial layer, `None` for auto.
 fn parse_layer(v: Option<&str>) -> Result<Option<u32>, Refusal> {
@@ -66,7 +56,7 @@ async fn play(
     body: Body,
 ) -> Result<Response, Refusal> {
     let (claims, offer) = admit(web, headers, room, EP, body).await?;
-    let layer = parse_layer(query(uri, "layer"))?;
+    let layer = parse_layer(query(uri, "layer").as_deref())?;
     let receiving = sdp_shape(&offer).receiving;
     if receiving == 0 {
         return Err(Refusal::new(
@@ -79,7 +69,7 @@ async fn play(
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", format!("room {e}")))?;
     let chosen = web
         .plane
-        .viewer_tracks(room, query(uri, "publisher"))
+        .viewer_tracks(room, query(uri, "publisher").as_deref())
         .map_err(|e| Refusal::api(&e))?;
     let (resp, subs) = web
         .plane
@@ -94,6 +84,9 @@ async fn play(
         )
         .await
         .map_err(|e| Refusal::api(&e))?;
+    if sdp_shape(&resp.sdp_answer).sending == 0 {
+        return Err(no_codec(web, &resp.session_id).await);
+    }
     if let Some(max) = layer {
         for s in &subs {
             // Audio has no layers: its update is refused, harmlessly.
@@ -118,6 +111,7 @@ async fn play(
     Ok(register(
         web,
         headers,
+        claims.as_ref(),
         EP,
         &room_id,
         sid,

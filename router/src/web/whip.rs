@@ -10,6 +10,7 @@
 //! (the backend creates it); in dev mode it is created when needed, like
 //! the demo's.
 
+use super::owner::Owner;
 use super::resource::{self, Endpoint, Refusal, Resource};
 use super::Web;
 use crate::control::limits::sdp_shape;
@@ -62,9 +63,11 @@ pub(crate) async fn admit(
 }
 
 /// Records the new resource (pruning ended ones) and builds the `201`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn register(
     web: &Web,
     headers: &HeaderMap,
+    claims: Option<&crate::auth::token::Claims>,
     ep: Endpoint,
     room: &RoomId,
     sid: SessionId,
@@ -80,10 +83,23 @@ pub(crate) fn register(
             endpoint: ep,
             etag: etag.clone(),
             ufrag: resource::ice_ufrag(offer),
+            owner: Owner::of(claims, headers),
         },
         |s| plane.get_session(&s.to_string()).is_ok(),
     );
     resource::created(web, headers, ep, room.as_str(), sid, &etag, answer)
+}
+
+/// Ends a session whose offer had no codec in common with the router (every
+/// media line rejected) and says so: it would hold a pending slot for
+/// nothing until its join timeout.
+pub(crate) async fn no_codec(web: &Web, session_id: &str) -> Refusal {
+    let _ = web.plane.close_session(session_id).await;
+    Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "bad_sdp",
+        "no audio or video line of the offer has a codec this router takes (Opus, VP8, H.264)",
+    )
 }
 
 async fn publish(
@@ -120,6 +136,9 @@ async fn publish(
         })
         .await
         .map_err(|e| Refusal::api(&e))?;
+    if resp.tracks.is_empty() {
+        return Err(no_codec(web, &resp.session_id).await);
+    }
     let sid = SessionId::parse(&resp.session_id).map_err(|_| {
         Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -130,6 +149,7 @@ async fn publish(
     Ok(register(
         web,
         headers,
+        claims.as_ref(),
         EP,
         &room_id,
         sid,
