@@ -193,6 +193,24 @@ fn token(t: &TokenArgs) -> ExitCode {
         eprintln!("kaskade token: grant something: --publish and/or --subscribe");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // A token the router would refuse on every request is an error now,
+    // not a surprise later.
+    if let Err(e) = kaskade_protocol::RoomId::parse(&t.room) {
+        eprintln!("kaskade token: --room: room_id {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Some(Err(e)) = t
+        .participant
+        .as_deref()
+        .map(kaskade_protocol::ParticipantId::parse)
+    {
+        eprintln!("kaskade token: --participant: participant_id {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if t.ttl.is_zero() {
+        eprintln!("kaskade token: --ttl must be more than 0s");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let claims = token::Claims {
         publish: t.publish,
         subscribe: t.subscribe,

@@ -6,6 +6,7 @@ mod common;
 use common::Sim;
 use kaskade_protocol::v1 as pb;
 use kaskade_router::control::ApiError;
+use std::future::Future as _;
 use tonic::Code;
 
 fn code<T: std::fmt::Debug>(r: Result<T, ApiError>) -> (Code, String) {
@@ -226,6 +227,40 @@ fn delete_room_closes_its_sessions() {
     assert_eq!(code(sim.control.get_room("r")).0, Code::NotFound);
     let sid = sim.clients[a].session.clone().unwrap();
     assert_eq!(code(sim.control.get_session(&sid)).0, Code::NotFound);
+}
+
+#[test]
+fn a_session_cannot_join_a_room_being_deleted() {
+    let mut sim = Sim::new(1, 6);
+    sim.create_room("r");
+    let a = sim.add_client(|c| c);
+    sim.clients[a].client.add_audio();
+    sim.join("r", a, "a");
+    let control = sim.control.clone();
+    // DeleteRoom starts closing alice's session and waits for the worker.
+    let mut delete = Box::pin(control.delete_room("r"));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(delete.as_mut().poll(&mut cx).is_pending());
+    // Meanwhile bob's CreateSession is refused: joining would outlive the room.
+    let b = sim.add_client(|c| c);
+    sim.clients[b].client.add_audio();
+    let offer = sim.clients[b].client.create_offer().unwrap();
+    let joined = sim.api(control.create_session(pb::CreateSessionRequest {
+        room_id: "r".into(),
+        participant_id: "b".into(),
+        sdp_offer: offer,
+        metadata: String::new(),
+    }));
+    let (c, msg) = code(joined);
+    assert_eq!(c, Code::NotFound, "{msg}");
+    assert!(msg.contains("being deleted"), "{msg}");
+    sim.api(delete).unwrap();
+    assert_eq!(
+        sim.metric("kaskade_sessions"),
+        0.0,
+        "no session outlives its room"
+    );
+    assert_eq!(code(sim.control.get_room("r")).0, Code::NotFound);
 }
 
 /// An SDP error says where the SDP went wrong and nothing more: str0m's

@@ -179,6 +179,26 @@ fn token_command_mints_a_token_the_library_verifies() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
+    // Tokens every request would refuse are not minted.
+    for (bad, says) in [
+        (&["--room", "bad room"][..], "--room"),
+        (
+            &["--room", "r", "--participant", "bad id"][..],
+            "--participant",
+        ),
+        (&["--room", "r", "--ttl", "0s"][..], "--ttl"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kaskade"))
+            .args(["token", "--key", "backend", "--publish"])
+            .args(bad)
+            .env("KASKADE_API_KEYS", &keys)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
+        assert!(out.stdout.is_empty(), "{bad:?}");
+    }
 }
 
 /// SIGHUP reloads the cascade's certificates too: a certificate of another

@@ -41,6 +41,8 @@ pub struct RoomState {
     pub participants: BTreeMap<ParticipantId, SessionId>,
     /// The room's event stream, while someone watches it.
     pub events: Option<broadcast::Sender<pb::Event>>,
+    /// `DeleteRoom` is closing its sessions: no new session may join.
+    pub deleting: bool,
 }
 
 /// A subscription of a session to a track.
@@ -123,6 +125,7 @@ impl Registry {
             remote_tracks: Vec::new(),
             participants: BTreeMap::new(),
             events: None,
+            deleting: false,
         }
     }
 

@@ -148,11 +148,16 @@ impl Control {
     pub async fn delete_room(&self, room_id: &str) -> Result<(), ApiError> {
         let room = parse_id("room_id", room_id, RoomId::parse)?;
         let sessions: Vec<SessionId> = {
-            let reg = self.reg();
+            let mut reg = self.reg();
             let r = reg
                 .rooms
-                .get(&room)
+                .get_mut(&room)
+                .filter(|r| !r.deleting)
                 .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?;
+            // From here no session joins (CreateSession checks under the same
+            // lock), so these are all the sessions to close: one that joined
+            // while they close would outlive its room.
+            r.deleting = true;
             r.participants.values().copied().collect()
         };
         for sid in sessions {

@@ -49,6 +49,9 @@ impl Control {
                 .rooms
                 .get(&room)
                 .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?;
+            if r.deleting {
+                return Err(ApiError::NotFound(format!("room {room} is being deleted")));
+            }
             if r.participants.contains_key(&participant) {
                 return Err(ApiError::AlreadyExists(format!(
                     "participant {participant} already has a session in room {room}"
