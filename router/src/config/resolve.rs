@@ -26,7 +26,8 @@ pub struct Resolved {
     pub keyframe_interval: Duration,
     /// The ICE-TCP listener's address, if ICE-TCP is on.
     pub tcp_listen: Option<SocketAddr>,
-    /// Tracing filter.
+    /// Tracing filter: `log.level`, with str0m quiet below errors unless it
+    /// names str0m ([`log_filter`]).
     pub log_level: String,
     /// Cascade settings, if cascading is enabled.
     pub cascade: Option<CascadeResolved>,
@@ -40,6 +41,21 @@ pub struct Resolved {
     pub api_keys: crate::auth::KeySet,
     /// Every key as validated: read keys without a field above here.
     pub config: Config,
+}
+
+/// The tracing filter of `log.level`. str0m warns about what peers send
+/// (an SDP it cannot parse, with fragments of it; a missing attribute),
+/// once per request and unthrottled: at the default level that would put
+/// callers' SDP in the logs and let them flood the logs. So str0m logs
+/// errors only, unless the filter names str0m itself (`str0m=warn`).
+pub(crate) fn log_filter(level: &str) -> String {
+    if level.contains("str0m") {
+        level.to_string()
+    } else if level.trim().is_empty() {
+        "str0m=error".to_string()
+    } else {
+        format!("{level},str0m=error")
+    }
 }
 
 /// A peer router from `cascade.peers`.
@@ -156,7 +172,7 @@ impl Config {
             advertise,
             keyframe_interval: Duration::from_millis(self.media.keyframe_interval_ms),
             tcp_listen,
-            log_level: self.log.level.clone(),
+            log_level: log_filter(&self.log.level),
             cascade,
             placement: match self.media.room_share {
                 0 => crate::media::placement::Policy::LeastLoaded,

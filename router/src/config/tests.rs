@@ -52,6 +52,22 @@ fn rust_log_sets_the_level_unless_kaskade_log_level_or_the_flag_does() {
 }
 
 #[test]
+fn str0m_logs_errors_only_unless_the_filter_names_it() {
+    use crate::config::resolve::log_filter;
+    assert_eq!(log_filter("info"), "info,str0m=error");
+    assert_eq!(
+        log_filter("debug,kaskade=trace"),
+        "debug,kaskade=trace,str0m=error"
+    );
+    assert_eq!(log_filter("info,str0m=debug"), "info,str0m=debug");
+    assert_eq!(log_filter(""), "str0m=error");
+    assert_eq!(
+        Config::default().validate(1).unwrap().log_level,
+        "info,str0m=error"
+    );
+}
+
+#[test]
 fn unknown_key_is_named() {
     let err = Config::from_toml("[media]\nworkerz = 3\n").unwrap_err();
     assert!(err.contains("workerz"), "{err}");

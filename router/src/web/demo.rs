@@ -308,30 +308,30 @@ pub async fn api(
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !json_body {
-        return web.done(
-            ROUTE,
-            error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "the body must be application/json",
-            ),
+        let r = Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type",
+            "the body must be application/json",
         );
+        return web.done(ROUTE, refuse(&web, &r));
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return web.done(
-            ROUTE,
-            error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the body is larger than {MAX_BODY} bytes"),
-            ),
+        let r = Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {MAX_BODY} bytes"),
         );
+        return web.done(ROUTE, refuse(&web, &r));
     };
     let mut req: Req = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            return web.done(
-                ROUTE,
-                error(StatusCode::BAD_REQUEST, &format!("invalid JSON: {e}")),
-            )
+            let r = Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invalid JSON: {e}"),
+            );
+            return web.done(ROUTE, refuse(&web, &r));
         }
     };
     let claims = match authorize_target(&web, &headers, &target(&web, &method, &req)) {
