@@ -60,16 +60,12 @@ pub fn routes(metrics: Metrics, lifecycle: Arc<Lifecycle>) -> Router {
         })
 }
 
-/// Serves `routes` on the listener's connections until `stop` resolves.
+/// Serves `routes` on the listener's connections until `stop` resolves
+/// (with a deadline for each request head: [`crate::listener::serve_http`]).
 pub async fn serve(
     listener: Incoming,
     routes: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    if let Err(e) = axum::serve(listener, routes)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "metrics listener failed");
-    }
+    crate::listener::serve_http("metrics", listener, routes, stop).await;
 }

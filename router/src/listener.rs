@@ -4,7 +4,9 @@
 //! when the process runs out of file descriptors (issue 15, defect 3: the
 //! control API used to busy-loop there). A client that opens connections and
 //! leaves them silent holds at most `max_connections` descriptors of one
-//! listener, each for at most the idle timeout.
+//! listener, each for at most the idle timeout; one that trickles a request
+//! head in holds them no longer on the HTTP and metrics listeners, served
+//! with a deadline for each head (`serve`).
 
 use crate::control_tls::TlsState;
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
@@ -20,6 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+mod serve;
+pub use serve::serve_http;
+
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// First and longest pause after an accept failed for want of descriptors.
@@ -32,11 +37,15 @@ pub struct ListenerLimits {
     /// they arrive.
     pub max_connections: usize,
     /// A connection that moves no byte either way for this long is closed.
+    /// On the HTTP and metrics listeners it is also the head deadline: a
+    /// request head must be complete this long after the server starts
+    /// waiting for it ([`serve_http`]).
     pub idle_timeout: Duration,
 }
 
 /// What one listener reports: its open connections, and the connections it
-/// refused or cut by reason (`fd_limit`, `limit`, `tls`, `idle`, `other`).
+/// refused or cut by reason (`fd_limit`, `limit`, `tls`, `idle`, `other`;
+/// `slow` for the listeners served by [`serve_http`]).
 #[derive(Clone)]
 pub struct ListenerMetrics {
     /// Open connections.
@@ -88,8 +97,7 @@ impl Conn {
         }
     }
 
-    /// The peer's address (not logged; axum gets it as the connection's
-    /// address).
+    /// The peer's address (not logged).
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
@@ -223,38 +231,34 @@ impl Counters {
 }
 
 /// The connections a listener accepted, TLS done: a stream for tonic
-/// ([`Incoming::into_stream`]) or an [`axum::serve::Listener`]. The accept
-/// loop stops when this is dropped.
+/// ([`Incoming::into_stream`]), or for HTTP/1.1 with a head deadline
+/// ([`serve_http`]). The accept loop stops when this is dropped.
 pub struct Incoming {
     local: SocketAddr,
     rx: mpsc::UnboundedReceiver<Conn>,
+    /// Longest a request head may take to arrive ([`serve_http`]): the
+    /// idle timeout. A connection waiting for a head with no byte arriving
+    /// is cut as idle first (its idle moment is never later), so this only
+    /// ends one whose head trickles in, and the kept-alive wait between
+    /// requests stays what it was (scrapers that come back within the idle
+    /// timeout keep their connection).
+    head_timeout: Duration,
+    /// The listener's counters by reason; [`serve_http`] adds `slow` (a
+    /// request head missed `head_timeout`), which the control API never
+    /// counts.
+    errors: IntCounterVec,
 }
 
 impl Incoming {
+    /// The listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
     /// The connections as a stream, as tonic's `serve_with_incoming` takes them.
     pub fn into_stream(self) -> impl tokio_stream::Stream<Item = io::Result<Conn>> {
         use tokio_stream::StreamExt;
         tokio_stream::wrappers::UnboundedReceiverStream::new(self.rx).map(Ok)
-    }
-}
-
-impl axum::serve::Listener for Incoming {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => {
-                let peer = c.peer;
-                (c, peer)
-            }
-            // The accept loop ended: it only does when this is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 
@@ -270,7 +274,12 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let counters = Counters::new(metrics);
     tokio::spawn(accept_loop(name, listener, limits, tls, counters, tx));
-    Ok(Incoming { local, rx })
+    Ok(Incoming {
+        local,
+        rx,
+        head_timeout: limits.idle_timeout,
+        errors: metrics.errors.clone(),
+    })
 }
 
 async fn accept_loop(
@@ -366,7 +375,7 @@ mod tests {
         let m = metrics();
         let (mut inc, addr) = listen(300, &m).await;
         let _client = TcpStream::connect(addr).await.expect("connect");
-        let (mut conn, _) = axum::serve::Listener::accept(&mut inc).await;
+        let mut conn = inc.rx.recv().await.expect("a connection");
         let chunk = vec![0u8; 64 * 1024];
         let err = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
@@ -402,7 +411,7 @@ mod tests {
         let m = metrics();
         let (mut inc, addr) = listen(300, &m).await;
         let mut client = TcpStream::connect(addr).await.expect("connect");
-        let (mut conn, _) = axum::serve::Listener::accept(&mut inc).await;
+        let mut conn = inc.rx.recv().await.expect("a connection");
         assert_eq!(m.connections.get(), 1);
         client.write_all(b"0123456789").await.expect("write");
         drop(client);

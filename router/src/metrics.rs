@@ -163,7 +163,7 @@ impl Metrics {
         let whip_refusals = counter_vec(
             &registry,
             "kaskade_whip_refusals_total",
-            "WHIP, WHEP and demo signalling requests refused, by endpoint (whip, whep, demo) and reason (no_token, bad_token, expired, wrong_room, not_granted, host, content_type, too_large, bad_sdp, bad_request, not_found, conflict, draining, limit, unavailable, ice_restart, precondition, forbidden, not_owner, wrong_participant, internal).",
+            "WHIP, WHEP and demo signalling requests refused, by endpoint (whip, whep, demo) and reason (no_token, bad_token, expired, wrong_room, not_granted, host, content_type, too_large, timeout, bad_sdp, bad_request, not_found, conflict, draining, limit, unavailable, ice_restart, precondition, forbidden, not_owner, wrong_participant, internal).",
             &["endpoint", "reason"],
         );
         let webhook_deliveries = counter_vec(

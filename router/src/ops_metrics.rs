@@ -125,7 +125,7 @@ impl OpsMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "kaskade_http_accept_errors_total",
-                        "HTTP listener connections not accepted or cut: fd_limit (out of file descriptors), limit (http.max_connections), tls (handshake failed or timed out), idle (http.idle_timeout), other.",
+                        "HTTP listener connections not accepted or cut: fd_limit (out of file descriptors), limit (http.max_connections), tls (handshake failed or timed out), idle (http.idle_timeout), slow (a request head not complete within http.idle_timeout), other.",
                     ),
                     &["reason"],
                 )
@@ -141,7 +141,7 @@ impl OpsMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "kaskade_metrics_accept_errors_total",
-                        "Metrics listener connections not accepted or cut: fd_limit (out of file descriptors), limit (metrics.max_connections), idle (metrics.idle_timeout), other.",
+                        "Metrics listener connections not accepted or cut: fd_limit (out of file descriptors), limit (metrics.max_connections), idle (metrics.idle_timeout), slow (a request head not complete within metrics.idle_timeout), other.",
                     ),
                     &["reason"],
                 )

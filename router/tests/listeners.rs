@@ -188,3 +188,137 @@ fn metrics_listener_limits_connections_and_cuts_silent_ones() {
         1.0,
     );
 }
+
+/// Sends `s` one byte of `drip` every 200 ms (a pace no idle timeout
+/// catches) until the server closes it or `within` passes; whether it did.
+fn dripped_until_closed(s: &mut TcpStream, drip: &[u8], within: Duration) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let end = Instant::now() + within;
+    let (mut buf, mut seen) = ([0u8; 1024], String::new());
+    for b in drip.iter().cycle() {
+        if Instant::now() > end {
+            return false;
+        }
+        if s.write_all(&[*b]).is_err() {
+            return true;
+        }
+        match s.read(&mut buf) {
+            // An answer (a 408 for a body) is fine; then it must close.
+            Ok(n) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Ok(_) => return true,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    unreachable!("the drip cycles forever")
+}
+
+/// Reads one response with a `content-length` body from a kept-alive `s`.
+fn read_response(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .expect("content-length");
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = s.read(&mut buf).expect("response");
+        assert!(n > 0, "closed mid-response: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_request_head_must_arrive_within_the_head_deadline_on_both_listeners() {
+    let rt = rt();
+    let args: Vec<String> = ["--http-idle-timeout", "2s", "--metrics-idle-timeout", "2s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let d = Daemon::start(&rt, &args);
+    let http = d.http.expect("HTTP listener on");
+    // Half a request head, then a byte every 200 ms, far faster than the
+    // 2 s idle timeout: only a deadline for the whole head ends it (2 s).
+    let drip = b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for (addr, listener) in [(http, "http"), (d.metrics, "metrics")] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n").unwrap();
+        assert!(
+            dripped_until_closed(&mut s, drip, Duration::from_secs(20)),
+            "a {listener} connection dripping its request head stayed open"
+        );
+        wait_metric(
+            d.metrics,
+            &format!("kaskade_{listener}_accept_errors_total{{reason=\"slow\"}}"),
+            1.0,
+        );
+    }
+    // A normal client is served, and may reuse its connection within the
+    // deadline.
+    let mut s = TcpStream::connect(d.metrics).unwrap();
+    for _ in 0..3 {
+        write!(s, "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").unwrap();
+        let r = read_response(&mut s);
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let page = get(http, "/kaskade.js").unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+}
+
+#[test]
+fn a_whip_body_must_arrive_within_the_body_deadline() {
+    let rt = rt();
+    let args: Vec<String> = ["--http-idle-timeout", "2s"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let d = Daemon::start(&rt, &args);
+    let http = d.http.expect("HTTP listener on");
+    let mut s = TcpStream::connect(http).unwrap();
+    write!(
+        s,
+        "POST /whip/slow-body HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+         content-type: application/sdp\r\ncontent-length: 4000\r\n\r\nv=0\r\n"
+    )
+    .unwrap();
+    // A body byte every 200 ms: the connection is never idle.
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    let (mut seen, mut buf) = (String::new(), [0u8; 1024]);
+    while Instant::now() < end && !seen.contains("\r\n\r\n") {
+        if s.write_all(b"a").is_err() {
+            break;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        seen.starts_with("HTTP/1.1 408"),
+        "a dripped WHIP body was not refused with 408 in 20 s: {seen:?}"
+    );
+    assert!(closed_by_server(&mut s, Duration::from_secs(10)));
+    wait_metric(
+        d.metrics,
+        "kaskade_whip_refusals_total{endpoint=\"whip\",reason=\"timeout\"}",
+        1.0,
+    );
+    let page = get(http, "/kaskade.js").unwrap();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+}

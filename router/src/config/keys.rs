@@ -77,7 +77,9 @@ config_keys! {
             env "KASKADE_METRICS_MAX_CONNECTIONS", flag "metrics-max-connections", value "N",
             rule Rule::Range(1, 1_000_000);
         /// A metrics connection that moves no byte either way for this long is closed
-        /// (longer than the scrape interval keeps a scraper's connection).
+        /// (longer than the scrape interval keeps a scraper's connection), and so is
+        /// one whose request head is not complete this long after it opened or after
+        /// its previous answer.
         idle_timeout: Span = Span::secs(120),
             env "KASKADE_METRICS_IDLE_TIMEOUT", flag "metrics-idle-timeout", value "DURATION",
             rule Rule::Between(Duration::from_secs(1), Duration::from_secs(24 * 3600));
@@ -199,7 +201,9 @@ config_keys! {
             rule Rule::Range(1, 1_000_000);
         /// An HTTP connection that moves no byte either way for this long is closed (an
         /// event stream stays: it sends a keep-alive comment every third of this, at
-        /// most every 15 s).
+        /// most every 15 s), and so is one whose request head is not complete this long
+        /// after it opened or after its previous answer; a request body must arrive
+        /// within it too (at most 30 s; else 408).
         idle_timeout: Span = Span::secs(60),
             env "KASKADE_HTTP_IDLE_TIMEOUT", flag "http-idle-timeout", value "DURATION",
             rule Rule::Between(Duration::from_secs(1), Duration::from_secs(24 * 3600));

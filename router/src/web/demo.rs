@@ -315,13 +315,9 @@ pub async fn api(
         );
         return web.done(ROUTE, refuse(&web, &r));
     }
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
-        let r = Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the body is larger than {MAX_BODY} bytes"),
-        );
-        return web.done(ROUTE, refuse(&web, &r));
+    let bytes = match resource::read_bytes(body, MAX_BODY, web.body_deadline).await {
+        Ok(b) => b,
+        Err(r) => return web.done(ROUTE, refuse(&web, &r)),
     };
     let mut req: Req = match serde_json::from_slice(&bytes) {
         Ok(r) => r,

@@ -51,6 +51,20 @@ pub const MAX_EVENT_STREAMS: usize = 256;
 /// Longest pause between two keep-alive comments of an event stream.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// Longest a request body may take to arrive, at most: the largest body
+/// read (a demo call with an SDP offer, under 300 kB) needs under 3 s at
+/// 1 Mbit/s, less than any link that sends video.
+const MAX_BODY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long the handlers wait for a request body (demo calls, WHIP and
+/// WHEP offers, trickle ICE) before refusing it (408, `reason="timeout"`):
+/// `http.idle_timeout`, at most 30 s. The body's bytes move the connection's
+/// idle moment on, so without this a body trickled in held its connection
+/// and its handler for ever.
+pub fn body_deadline(idle_timeout: Duration) -> Duration {
+    idle_timeout.min(MAX_BODY_DEADLINE)
+}
+
 /// The keep-alive interval of event streams: a third of the listener's idle
 /// timeout (so an open stream is never cut as idle), at most 15 s.
 pub fn sse_keep_alive(idle_timeout: Duration) -> Duration {
@@ -69,6 +83,8 @@ pub struct Web {
     resources: resource::Resources,
     /// Keep-alive interval of event streams ([`sse_keep_alive`]).
     keep_alive: Duration,
+    /// Longest a request body may take to arrive ([`body_deadline`]).
+    body_deadline: Duration,
 }
 
 impl Web {
@@ -222,12 +238,14 @@ async fn not_found(State(web): State<Arc<Web>>) -> Response {
 }
 
 /// The routes, over one control plane; `keys` verify room tokens; event
-/// streams send a keep-alive every `keep_alive`.
+/// streams send a keep-alive every `keep_alive`; bodies must arrive within
+/// `body_deadline`.
 pub fn router(
     plane: Arc<Control>,
     metrics: Metrics,
     keys: Arc<KeySet>,
     keep_alive: Duration,
+    body_deadline: Duration,
 ) -> Router {
     let web = Arc::new(Web {
         plane,
@@ -236,6 +254,7 @@ pub fn router(
         keys,
         resources: resource::Resources::default(),
         keep_alive,
+        body_deadline,
     });
     let mut r = Router::new();
     for (path, _, _) in ASSETS {
@@ -261,7 +280,8 @@ pub fn router(
         .with_state(web)
 }
 
-/// Serves the HTTP listener's connections until `stop` turns true;
+/// Serves the HTTP listener's connections until `stop` turns true, each
+/// request head within `idle_timeout` ([`crate::listener::serve_http`]);
 /// `idle_timeout` is `http.idle_timeout`, `https` whether they are TLS.
 pub async fn serve(
     listener: Incoming,
@@ -272,9 +292,7 @@ pub async fn serve(
     https: bool,
     mut stop: watch::Receiver<bool>,
 ) {
-    if let Ok(a) = axum::serve::Listener::local_addr(&listener) {
-        log_urls(a, !keys.is_empty(), https);
-    }
+    log_urls(listener.local_addr(), !keys.is_empty(), https);
     if !keys.is_empty() && !keys.can_verify_tokens() {
         tracing::warn!(
             "no API key has its secret here ({}; api.keys holds digests only): every room \
@@ -282,16 +300,17 @@ pub async fn serve(
             crate::auth::API_KEYS_ENV
         );
     }
-    let app = router(plane, metrics, keys, sse_keep_alive(idle_timeout));
+    let app = router(
+        plane,
+        metrics,
+        keys,
+        sse_keep_alive(idle_timeout),
+        body_deadline(idle_timeout),
+    );
     let shutdown = async move {
         let _ = stop.wait_for(|v| *v).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "HTTP listener failed");
-    }
+    crate::listener::serve_http("http", listener, app, shutdown).await;
 }
 
 /// The scheme and address of the listener's URLs (`https://127.0.0.1:8443`).

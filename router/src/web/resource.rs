@@ -15,14 +15,14 @@ use super::owner::Owner;
 use super::{error, loopback_host, Web};
 use crate::auth::token::{self, Claims, Grant, TokenError};
 use crate::control::ApiError;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use kaskade_protocol::{RoomId, SessionId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Largest SDP body (an offer at the API's limit).
 pub const MAX_SDP_BODY: usize = crate::control::limits::MAX_SDP_BYTES;
@@ -106,15 +106,28 @@ impl Refusal {
     }
 }
 
-/// The body of a request, refused past `max` bytes or when not UTF-8.
-pub async fn read_body(body: Body, max: usize) -> Result<String, Refusal> {
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
-        Refusal::new(
+/// The body of a request, refused past `max` bytes or when it has not
+/// arrived within `deadline` ([`super::body_deadline`]).
+pub async fn read_bytes(body: Body, max: usize, deadline: Duration) -> Result<Bytes, Refusal> {
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("the body is larger than {max} bytes"),
-        )
-    })?;
+        )),
+        Err(_) => Err(Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the body did not arrive within {deadline:?}"),
+        )),
+    }
+}
+
+/// The body of a request, refused past `max` bytes, after `deadline`, or
+/// when not UTF-8.
+pub async fn read_body(body: Body, max: usize, deadline: Duration) -> Result<String, Refusal> {
+    let bytes = read_bytes(body, max, deadline).await?;
     String::from_utf8(bytes.to_vec())
         .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "bad_sdp", "the body is not UTF-8"))
 }
@@ -441,7 +454,7 @@ pub async fn patch(
             ));
         }
         check_content_type(&headers, SDPFRAG)?;
-        let frag = read_body(body, MAX_PATCH_BODY).await?;
+        let frag = read_body(body, MAX_PATCH_BODY, web.body_deadline).await?;
         let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
         let restart = || {
             Refusal::new(

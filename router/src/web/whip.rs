@@ -44,7 +44,7 @@ pub(crate) async fn admit(
 ) -> Result<(Option<crate::auth::token::Claims>, String), Refusal> {
     let claims = resource::authorize(web, headers, room, ep)?;
     resource::check_content_type(headers, resource::SDP)?;
-    let offer = resource::read_body(body, resource::MAX_SDP_BODY).await?;
+    let offer = resource::read_body(body, resource::MAX_SDP_BODY, web.body_deadline).await?;
     if !offer.starts_with("v=0") {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
