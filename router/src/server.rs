@@ -4,6 +4,7 @@
 
 use crate::auth::grpc::AuthLayer;
 use crate::config::Resolved;
+use crate::control::grpc_errors::ErrorCountLayer;
 use crate::control::{Api, Control, Identity, Limits};
 use crate::control_tls::TlsFiles;
 use crate::control_tls::TlsState;
@@ -358,7 +359,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     };
     let cascade_addr = cascade.as_ref().map(|h| h.local_addr);
     let cascade_handle = cascade.clone();
-    let cascade_api = crate::cascade::api::CascadeApi::new(cascade, metrics.clone());
+    let cascade_api = crate::cascade::api::CascadeApi::new(cascade);
 
     let api = Api::new(plane.clone());
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -450,6 +451,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
     })?
     .into_stream();
     let auth = AuthLayer::new(Arc::new(cfg.api_keys.clone()), &metrics);
+    let errors = ErrorCountLayer::new(metrics.api_errors.clone());
     let (keepalive, streams) = (c.keepalive_interval.0, c.max_concurrent_streams);
     let mut stop = stop_rx;
     let grpc = tokio::spawn(async move {
@@ -458,6 +460,7 @@ pub async fn start(cfg: &Resolved, metrics: Metrics) -> Result<Running, StartErr
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(Some(streams))
             .layer(auth)
+            .layer(errors)
             .add_service(health_svc)
             .add_service(reflection)
             .add_service(RoomServiceServer::new(api.clone()))

@@ -86,6 +86,27 @@ fn api_keys_gate_every_service_but_health() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         create_room(ch.clone(), "a", Some(SECRET)).await.unwrap();
+        // A handler's error is counted.
+        let e = create_room(ch.clone(), "a", Some(SECRET))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+        // A message the server cannot decode is refused before any handler
+        // runs, and counted too. (`BEARER`: the scheme's case does not matter.)
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct NotARoomRequest {
+            #[prost(uint64, tag = "1")]
+            room_id: u64,
+        }
+        let mut g = tonic::client::Grpc::new(ch.clone());
+        g.ready().await.unwrap();
+        let mut req = tonic::Request::new(NotARoomRequest { room_id: 7 });
+        req.metadata_mut()
+            .insert("authorization", format!("BEARER {SECRET}").parse().unwrap());
+        let path = http::uri::PathAndQuery::from_static("/kaskade.v1.RoomService/CreateRoom");
+        let codec = tonic_prost::ProstCodec::<NotARoomRequest, pb::CreateRoomResponse>::default();
+        let e = g.unary(req, path, codec).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal, "{e}");
         assert!(health(ch).await.is_ok(), "health needs no key");
     });
     let text = scrape(r.metrics);
@@ -98,6 +119,13 @@ fn api_keys_gate_every_service_but_health() {
         metric(&text, "kaskade_auth_refusals_total{reason=\"unknown\"}"),
         1.0
     );
+    for (series, n) in [
+        ("{code=\"AlreadyExists\",method=\"CreateRoom\"}", 1.0),
+        ("{code=\"Internal\",method=\"CreateRoom\"}", 1.0),
+    ] {
+        let series = format!("kaskade_api_errors_total{series}");
+        assert_eq!(metric(&text, &series), n, "{series}: {text}");
+    }
     assert!(text.contains("kaskade_build_info{"), "{text}");
     assert!(text.contains("process_resident_memory_bytes"));
 }

@@ -319,6 +319,19 @@ fn a_whip_body_must_arrive_within_the_body_deadline() {
         "kaskade_whip_refusals_total{endpoint=\"whip\",reason=\"timeout\"}",
         1.0,
     );
+    // A Content-Length over the limit is refused before any body is sent.
+    let mut s = TcpStream::connect(http).unwrap();
+    write!(
+        s,
+        "POST /whip/huge HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+         content-type: application/sdp\r\ncontent-length: 100000000\r\n\r\n"
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head:?}");
     let page = get(http, "/kaskade.js").unwrap();
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
 }

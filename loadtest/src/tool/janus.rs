@@ -15,7 +15,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -235,10 +234,10 @@ impl Drop for JanusProcess {
     }
 }
 
-static TRANSACTION: AtomicU64 = AtomicU64::new(1);
-
+/// A new Janus transaction id: random, so no counter is shared between
+/// sessions (Janus matches answers to requests within one session).
 fn transaction() -> String {
-    format!("lt{}", TRANSACTION.fetch_add(1, Ordering::Relaxed))
+    format!("lt{:016x}", rand::random::<u64>())
 }
 
 /// One Janus session with one VideoRoom handle, and its queued events.

@@ -58,10 +58,12 @@ impl AuthLayer {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
             return Err(&self.refusals.missing);
         };
-        let secret = value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
+        let v = value.as_bytes();
+        let secret = v
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+            .and_then(|_| v.get(7..))
             .ok_or(&self.refusals.malformed)?;
         self.keys
             .authenticate(secret)

@@ -3,7 +3,6 @@
 use super::manager::CascadeHandle;
 use crate::control::error::parse_id;
 use crate::control::ApiError;
-use crate::metrics::Metrics;
 use kaskade_protocol::v1 as pb;
 use kaskade_protocol::RoomId;
 use pb::cascade_service_server::CascadeService;
@@ -14,13 +13,12 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone)]
 pub struct CascadeApi {
     handle: Option<CascadeHandle>,
-    metrics: Metrics,
 }
 
 impl CascadeApi {
     /// The API over a running cascade, if any.
-    pub fn new(handle: Option<CascadeHandle>, metrics: Metrics) -> Self {
-        Self { handle, metrics }
+    pub fn new(handle: Option<CascadeHandle>) -> Self {
+        Self { handle }
     }
 
     fn handle(&self) -> Result<&CascadeHandle, ApiError> {
@@ -31,15 +29,10 @@ impl CascadeApi {
         })
     }
 
-    fn done<T>(&self, method: &str, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
-        r.map(Response::new).map_err(|e| {
-            let code = format!("{:?}", e.code());
-            self.metrics
-                .api_errors
-                .with_label_values(&[method, code.as_str()])
-                .inc();
-            e.into()
-        })
+    /// The gRPC answer of a call (errors are counted by
+    /// [`crate::control::grpc_errors::ErrorCountLayer`]).
+    fn done<T>(&self, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+        r.map(Response::new).map_err(Status::from)
     }
 }
 
@@ -67,7 +60,7 @@ impl CascadeService for CascadeApi {
             Ok(pb::LinkRoomResponse { peer: Some(peer) })
         }
         .await;
-        self.done("LinkRoom", res)
+        self.done(res)
     }
 
     async fn unlink_room(
@@ -82,7 +75,7 @@ impl CascadeService for CascadeApi {
             Ok(pb::UnlinkRoomResponse {})
         }
         .await;
-        self.done("UnlinkRoom", res)
+        self.done(res)
     }
 
     async fn list_links(
@@ -95,6 +88,6 @@ impl CascadeService for CascadeApi {
             })
         }
         .await;
-        self.done("ListLinks", res)
+        self.done(res)
     }
 }

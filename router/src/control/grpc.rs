@@ -23,20 +23,10 @@ impl Api {
         Self { control }
     }
 
-    fn done<T>(&self, method: &str, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
-        match r {
-            Ok(v) => Ok(Response::new(v)),
-            Err(e) => {
-                let code = format!("{:?}", e.code());
-                self.control
-                    .metrics()
-                    .api_errors
-                    .with_label_values(&[method, code.as_str()])
-                    .inc();
-                tracing::debug!(method, code = %code, "api error");
-                Err(e.into())
-            }
-        }
+    /// The gRPC answer of a call (errors are counted by
+    /// [`super::grpc_errors::ErrorCountLayer`]).
+    fn done<T>(&self, r: Result<T, ApiError>) -> Result<Response<T>, Status> {
+        r.map(Response::new).map_err(Status::from)
     }
 }
 
@@ -51,7 +41,7 @@ impl RoomService for Api {
             .control
             .create_room(&r.room_id, r.max_sessions, &r.allowed_regions)
             .map(|room| pb::CreateRoomResponse { room: Some(room) });
-        self.done("CreateRoom", res)
+        self.done(res)
     }
 
     async fn get_room(
@@ -62,7 +52,7 @@ impl RoomService for Api {
             .control
             .get_room(&req.into_inner().room_id)
             .map(|room| pb::GetRoomResponse { room: Some(room) });
-        self.done("GetRoom", res)
+        self.done(res)
     }
 
     async fn list_rooms(
@@ -71,7 +61,7 @@ impl RoomService for Api {
     ) -> Result<Response<pb::ListRoomsResponse>, Status> {
         let r = req.into_inner();
         let res = self.control.list_rooms(r.page_size, &r.page_token);
-        self.done("ListRooms", res)
+        self.done(res)
     }
 
     async fn delete_room(
@@ -83,7 +73,7 @@ impl RoomService for Api {
             .delete_room(&req.into_inner().room_id)
             .await
             .map(|()| pb::DeleteRoomResponse {});
-        self.done("DeleteRoom", res)
+        self.done(res)
     }
 }
 
@@ -96,7 +86,7 @@ impl SessionService for Api {
         req: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
         let res = self.control.create_session(req.into_inner()).await;
-        self.done("CreateSession", res)
+        self.done(res)
     }
 
     async fn renegotiate(
@@ -104,7 +94,7 @@ impl SessionService for Api {
         req: Request<pb::RenegotiateRequest>,
     ) -> Result<Response<pb::RenegotiateResponse>, Status> {
         let res = self.control.renegotiate(req.into_inner()).await;
-        self.done("Renegotiate", res)
+        self.done(res)
     }
 
     async fn subscribe(
@@ -112,7 +102,7 @@ impl SessionService for Api {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<pb::SubscribeResponse>, Status> {
         let res = self.control.subscribe(req.into_inner()).await;
-        self.done("Subscribe", res)
+        self.done(res)
     }
 
     async fn unsubscribe(
@@ -120,7 +110,7 @@ impl SessionService for Api {
         req: Request<pb::UnsubscribeRequest>,
     ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
         let res = self.control.unsubscribe(req.into_inner()).await;
-        self.done("Unsubscribe", res)
+        self.done(res)
     }
 
     async fn set_answer(
@@ -132,7 +122,7 @@ impl SessionService for Api {
             .set_answer(req.into_inner())
             .await
             .map(|()| pb::SetAnswerResponse {});
-        self.done("SetAnswer", res)
+        self.done(res)
     }
 
     async fn close_session(
@@ -144,7 +134,7 @@ impl SessionService for Api {
             .close_session(&req.into_inner().session_id)
             .await
             .map(|()| pb::CloseSessionResponse {});
-        self.done("CloseSession", res)
+        self.done(res)
     }
 
     async fn get_session(
@@ -152,7 +142,7 @@ impl SessionService for Api {
         req: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let res = self.control.get_session(&req.into_inner().session_id);
-        self.done("GetSession", res)
+        self.done(res)
     }
 
     async fn update_subscription(
@@ -160,7 +150,7 @@ impl SessionService for Api {
         req: Request<pb::UpdateSubscriptionRequest>,
     ) -> Result<Response<pb::UpdateSubscriptionResponse>, Status> {
         let res = self.control.update_subscription(req.into_inner()).await;
-        self.done("UpdateSubscription", res)
+        self.done(res)
     }
 
     type WatchEventsStream = EventStream;
@@ -174,7 +164,7 @@ impl SessionService for Api {
             EventFilter::parse(&req.kinds).and_then(|f| Ok((f, self.control.watch(&req.room_id)?)));
         let (filter, watch) = match watch {
             Ok(v) => v,
-            Err(e) => return self.done("WatchEvents", Err(e)),
+            Err(e) => return self.done(Err(e)),
         };
         // A watcher that falls more than the buffer behind misses events
         // (told by an events_dropped marker; it can resync with GetRoom); it

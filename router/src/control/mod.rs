@@ -4,6 +4,7 @@
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod grpc_errors;
 pub mod hooks;
 pub mod limits;
 pub mod plane;
