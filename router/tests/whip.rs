@@ -318,6 +318,13 @@ fn bad_whip_and_whep_requests_get_a_precise_status() {
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
     let a = r.send(Method::POST, "/whep/live/SE0000000000000001", &[SDP], "v=0");
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    // axum answers these itself: counted as route "other".
+    let counted = r
+        .metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with("kaskade_http_requests_total{code=\"405\",route=\"other\"} 2"));
+    assert!(counted, "{}", r.metrics.render());
     // A resource that never was.
     let a = r.send(
         Method::DELETE,

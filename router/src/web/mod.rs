@@ -89,12 +89,13 @@ pub struct Web {
 
 impl Web {
     /// Counts a request by route and status and passes the response on.
-    fn done(&self, route: &'static str, resp: Response) -> Response {
+    fn done(&self, route: &'static str, mut resp: Response) -> Response {
         let code = resp.status().as_u16().to_string();
         self.metrics
             .http_requests
             .with_label_values(&[route, code.as_str()])
             .inc();
+        resp.extensions_mut().insert(Counted);
         resp
     }
 }
@@ -277,7 +278,30 @@ pub fn router(
                 .delete(whep::delete),
         )
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            web.clone(),
+            count_the_rest,
+        ))
         .with_state(web)
+}
+
+/// Marks a response [`Web::done`] counted.
+#[derive(Debug, Clone, Copy)]
+struct Counted;
+
+/// Counts, as route `other`, the responses no handler counted: those axum
+/// answers itself (a method a route does not take, 405; a path parameter
+/// that is not UTF-8, 400).
+async fn count_the_rest(
+    State(web): State<Arc<Web>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    if resp.extensions().get::<Counted>().is_some() {
+        return resp;
+    }
+    web.done("other", resp)
 }
 
 /// Serves the HTTP listener's connections until `stop` turns true, each
