@@ -150,6 +150,28 @@ fn offers_with_too_many_media_lines_or_tracks_are_refused_before_the_worker() {
 }
 
 #[test]
+fn an_offer_with_more_simulcast_layers_than_a_track_may_have_is_refused() {
+    let mut sim = sim_with(Limits::default());
+    sim.create_room("r");
+    let c = sim.add_client(|c| c);
+    sim.clients[c].client.add_video(&["l", "m", "h"]);
+    let three = sim.clients[c].client.create_offer().unwrap();
+    assert_eq!(three.matches(" send\r\n").count(), 3, "{three}");
+    // Six more rids on the same line: 9, one more than a track may have.
+    let extra: String = (0..6).map(|i| format!("a=rid:x{i} send\r\n")).collect();
+    let nine = three.replacen("a=rid:l send\r\n", &format!("a=rid:l send\r\n{extra}"), 1);
+    let e = create(&mut sim, "r", "p", nine).expect_err("refused");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(
+        e.to_string().contains("9 simulcast layers; at most 8"),
+        "{e}"
+    );
+    assert_eq!(refusals(&sim, "simulcast_layers"), 1.0);
+    assert_eq!(sim.workers[0].core.session_count(), 0);
+    create(&mut sim, "r", "p", three).unwrap();
+}
+
+#[test]
 fn subscriptions_per_session_are_bounded() {
     let mut sim = sim_with(Limits {
         max_subscriptions_per_session: 1,
