@@ -27,7 +27,7 @@ pub struct Resolved {
     /// The ICE-TCP listener's address, if ICE-TCP is on.
     pub tcp_listen: Option<SocketAddr>,
     /// Tracing filter: `log.level`, with str0m quiet below errors unless it
-    /// names str0m ([`log_filter`]).
+    /// names str0m (`log_filter`).
     pub log_level: String,
     /// Cascade settings, if cascading is enabled.
     pub cascade: Option<CascadeResolved>,
