@@ -213,6 +213,12 @@ fn event_streams_are_bounded_and_their_slots_freed() {
     drop(a);
     sim.control.watch("r").expect("a slot was freed");
     assert_eq!(refusals(&sim, "watchers"), 1.0);
+    // The demo's streams (room-token holders) take none of these slots.
+    let demo: Vec<_> = (0..5)
+        .map(|_| sim.control.watch_demo("r").unwrap())
+        .collect();
+    assert_eq!(demo.len(), 5);
+    assert_eq!(refusals(&sim, "watchers"), 1.0);
 }
 
 #[test]

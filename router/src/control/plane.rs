@@ -46,6 +46,10 @@ pub struct Control {
     identity: Identity,
     cascade: OnceLock<Arc<dyn CascadeHooks>>,
     watchers: Watchers,
+    /// The demo's event streams: apart from `WatchEvents` (bounded by the
+    /// HTTP listener's own stream limit), so that holders of room tokens
+    /// cannot use up the slots the backend's watchers need.
+    demo_watchers: Watchers,
     /// Set once the router drains: no new rooms or sessions (see `drain.rs`).
     draining: std::sync::atomic::AtomicBool,
 }
@@ -72,6 +76,7 @@ impl Control {
             identity,
             cascade: OnceLock::new(),
             watchers: Watchers::default(),
+            demo_watchers: Watchers::default(),
             draining: Default::default(),
         }
     }

@@ -380,7 +380,7 @@ pub async fn events(State(web): State<Arc<Web>>, uri: Uri, headers: HeaderMap) -
             return Err(ApiError::InvalidArgument("room is required".into()));
         }
         ensure_room(&web, room)?;
-        Ok((f, web.plane.watch(room)?))
+        Ok((f, web.plane.watch_demo(room)?))
     });
     let (filter, rx) = match rx {
         Ok(v) => v,

@@ -7,7 +7,7 @@ use crate::control::limits::{
     echo, refuse, Limit, DEFAULT_PAGE_SIZE, MAX_ALLOWED_REGIONS, MAX_PAGE_BYTES, MAX_PAGE_SIZE,
 };
 use crate::control::registry::{region_allowed, Registry};
-use crate::control::watch::Watch;
+use crate::control::watch::{Watch, WatchSlot};
 use kaskade_protocol::v1 as pb;
 use kaskade_protocol::{RoomId, SessionId};
 
@@ -183,11 +183,7 @@ impl Control {
     /// `room_id`) of every room's, holding one of `limits.max_watchers`
     /// slots while it lives.
     pub fn watch(&self, room_id: &str) -> Result<Watch, ApiError> {
-        let room = if room_id.is_empty() {
-            None
-        } else {
-            Some(parse_id("room_id", room_id, RoomId::parse)?)
-        };
+        let room = watched_room(room_id)?;
         let slot = self
             .watchers
             .enter(self.limits.max_watchers)
@@ -201,6 +197,22 @@ impl Control {
                     )),
                 )
             })?;
+        self.watch_with(room, slot)
+    }
+
+    /// The demo's event stream of a room: as [`Control::watch`], but on a
+    /// slot apart from `limits.max_watchers` (the HTTP listener bounds its
+    /// streams itself), so the demo cannot crowd out the backend's watchers.
+    pub fn watch_demo(&self, room_id: &str) -> Result<Watch, ApiError> {
+        let room = watched_room(room_id)?;
+        let slot = self
+            .demo_watchers
+            .enter(usize::MAX)
+            .ok_or_else(|| ApiError::ResourceExhausted("too many demo event streams".into()))?;
+        self.watch_with(room, slot)
+    }
+
+    fn watch_with(&self, room: Option<RoomId>, slot: WatchSlot) -> Result<Watch, ApiError> {
         let events = match room {
             None => self.reg().router_events.subscribe(),
             Some(room) => self
@@ -209,5 +221,14 @@ impl Control {
                 .ok_or_else(|| ApiError::NotFound(format!("room {room} not found")))?,
         };
         Ok(Watch { events, slot })
+    }
+}
+
+/// The room a watch names: `None` (every room) for an empty id.
+fn watched_room(room_id: &str) -> Result<Option<RoomId>, ApiError> {
+    if room_id.is_empty() {
+        Ok(None)
+    } else {
+        parse_id("room_id", room_id, RoomId::parse).map(Some)
     }
 }
