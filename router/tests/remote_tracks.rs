@@ -253,3 +253,21 @@ fn relayed_media_into_a_full_inbox_sheds_video_and_keeps_audio() {
     assert_eq!(dropped(&sim), 2, "no audio lost");
     sim.pump();
 }
+
+#[test]
+fn a_room_records_a_bounded_set_of_reached_routers_and_keeps_known_regions() {
+    let mut sim = Sim::new(1, 5);
+    sim.create_room("r");
+    let room = kaskade_protocol::RoomId::parse("r").unwrap();
+    sim.control.link_changed(&room, "ams", "eu-nl-ams", true);
+    // A path names routers without their regions: ams keeps its own.
+    sim.control.reached(&room, "ams", "");
+    // A peer that announces ever new names cannot grow the room without bound.
+    for i in 0..1000 {
+        sim.control.reached(&room, &format!("n{i}"), "");
+    }
+    let reached = sim.control.get_room("r").unwrap().reached;
+    assert!(reached.len() <= 256, "{}", reached.len());
+    let ams = reached.iter().find(|r| r.node_id == "ams").expect("ams");
+    assert_eq!(ams.region, "eu-nl-ams");
+}
