@@ -13,6 +13,7 @@ pub mod listener;
 pub mod media;
 pub mod metrics;
 pub mod ops_metrics;
+pub mod panics;
 pub mod server;
 #[cfg(feature = "testkit")]
 pub mod testkit;

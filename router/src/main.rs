@@ -207,8 +207,9 @@ fn token(t: &TokenArgs) -> ExitCode {
         eprintln!("kaskade token: --participant: participant_id {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if t.ttl.is_zero() {
-        eprintln!("kaskade token: --ttl must be more than 0s");
+    // Expiry has whole seconds: a shorter ttl would expire as it is made.
+    if t.ttl < std::time::Duration::from_secs(1) {
+        eprintln!("kaskade token: --ttl must be at least 1s");
         return ExitCode::from(EXIT_CONFIG);
     }
     let claims = token::Claims {
@@ -271,6 +272,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     tracing::debug!(filter = %cfg.log_level, "log filter");
+    kaskade_router::panics::install();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("kaskade-control")

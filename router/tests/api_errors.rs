@@ -263,6 +263,55 @@ fn a_session_cannot_join_a_room_being_deleted() {
     assert_eq!(code(sim.control.get_room("r")).0, Code::NotFound);
 }
 
+#[test]
+fn a_payload_type_its_media_line_does_not_list_is_refused_not_a_panic() {
+    let mut sim = Sim::new(1, 8);
+    sim.create_room("r");
+    let p = sim.add_client(|c| c);
+    sim.clients[p].client.add_audio();
+    sim.clients[p].client.add_video(&[]);
+    sim.join("r", p, "pub");
+    let v = sim.add_client(|c| c);
+    sim.clients[v]
+        .client
+        .add_receiver(str0m::media::MediaKind::Audio);
+    sim.clients[v]
+        .client
+        .add_receiver(str0m::media::MediaKind::Video);
+    let offer = sim.clients[v].client.create_offer().unwrap();
+    assert!(offer.contains("a=rtpmap:111 opus/48000/2\r\n"), "{offer}");
+    let vp8 = offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" VP8/90000"))
+        .expect("the offer has VP8")
+        .to_string();
+    // VP8 on payload type 96 in the video line (as Chromium offers it), and
+    // 96 mapped to H.264 in the audio line, which does not list it: str0m
+    // 0.25 panics on it ("Pt locked multiple times: 96").
+    let offer = offer
+        .replace(&format!(":{vp8} "), ":96 ")
+        .replace(&format!("apt={vp8}"), "apt=96")
+        .replace(&format!("SAVPF {vp8} "), "SAVPF 96 ");
+    assert!(offer.contains("a=rtpmap:96 VP8/90000"), "{offer}");
+    let vp8 = "96";
+    let bad = offer.replacen(
+        "a=rtpmap:111 opus/48000/2\r\n",
+        &format!("a=rtpmap:{vp8} H264/90000\r\na=rtpmap:111 opus/48000/2\r\n"),
+        1,
+    );
+    let control = sim.control.clone();
+    let r = sim.api(control.create_session(pb::CreateSessionRequest {
+        room_id: "r".into(),
+        participant_id: "v".into(),
+        sdp_offer: bad,
+        metadata: String::new(),
+    }));
+    let (c, msg) = code(r);
+    assert_eq!(c, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains(&format!("payload type {vp8}")), "{msg}");
+    assert_eq!(sim.metric("kaskade_session_failures_total"), 0.0);
+}
+
 /// An SDP error says where the SDP went wrong and nothing more: str0m's
 /// parser positions are heap addresses (`PointerOffset(0x7f…)`), which
 /// would reveal the daemon's memory layout.

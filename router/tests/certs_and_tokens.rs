@@ -187,6 +187,7 @@ fn token_command_mints_a_token_the_library_verifies() {
             "--participant",
         ),
         (&["--room", "r", "--ttl", "0s"][..], "--ttl"),
+        (&["--room", "r", "--ttl", "500ms"][..], "--ttl"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_kaskade"))
             .args(["token", "--key", "backend", "--publish"])

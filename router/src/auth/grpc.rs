@@ -64,6 +64,7 @@ impl AuthLayer {
             .get(..7)
             .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
             .and_then(|_| v.get(7..))
+            .map(<[u8]>::trim_ascii)
             .ok_or(&self.refusals.malformed)?;
         self.keys
             .authenticate(secret)

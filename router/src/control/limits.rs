@@ -160,7 +160,8 @@ pub struct SdpShape {
     pub sending: usize,
     /// The same for receiving (`sendrecv`, `recvonly`, or none).
     pub receiving: usize,
-    /// The most simulcast layers (`a=rid:… send` lines) of one section.
+    /// The most simulcast layers (`a=rid:` lines, of either direction) of
+    /// one section.
     pub layers: usize,
 }
 
@@ -182,10 +183,8 @@ pub fn sdp_shape(sdp: &str) -> SdpShape {
     let mut rids = 0;
     for line in sdp.lines() {
         let line = line.trim_end();
-        if line
-            .strip_prefix("a=rid:")
-            .is_some_and(|r| r.split(' ').nth(1) == Some("send"))
-        {
+        // Every rid counts, whatever its direction: str0m keeps them all.
+        if line.starts_with("a=rid:") {
             rids += 1;
             shape.layers = shape.layers.max(rids);
         }
@@ -263,8 +262,8 @@ mod tests {
             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n\
             a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n\
             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\n\
-            a=rid:a send\r\na=rid:b send\r\na=rid:c recv\r\n";
-        assert_eq!(sdp_shape(sdp).layers, 3);
+            a=rid:a send\r\na=rid:b send\r\na=rid:c recv\r\na=rid:d recv\r\n";
+        assert_eq!(sdp_shape(sdp).layers, 4, "recv rids count too");
     }
 
     #[test]

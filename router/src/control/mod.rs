@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod limits;
 pub mod plane;
 pub mod registry;
+pub mod sdp_pt;
 pub mod speakers;
 pub mod watch;
 

@@ -21,6 +21,12 @@ pub(super) fn check_sdp(m: &Metrics, field: &str, sdp: &str) -> Result<(), ApiEr
             ApiError::InvalidArgument(format!("{field} is larger than {MAX_SDP_BYTES} bytes")),
         ));
     }
+    if let Some(pt) = crate::control::sdp_pt::payload_type_conflict(sdp) {
+        return Err(ApiError::InvalidArgument(format!(
+            "{field}: an a=rtpmap for payload type {pt} that its m= line does not list, \
+             or that another a=rtpmap maps to another codec"
+        )));
+    }
     Ok(())
 }
 
