@@ -352,7 +352,8 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn metrics() -> ListenerMetrics {
+    /// Metrics of a listener under test (also `serve`'s tests).
+    pub(super) fn metrics() -> ListenerMetrics {
         ListenerMetrics {
             connections: IntGauge::new("c", "c").expect("valid name"),
             errors: IntCounterVec::new(prometheus::Opts::new("e", "e"), &["reason"])

@@ -271,16 +271,23 @@ fn offer() -> String {
     c.create_offer().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_signalling_and_whip_over_https_need_a_room_token() {
-    let dir = std::env::temp_dir().join(format!("kaskade-pubhttp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key, ca) = write_pki(&dir, "http");
+/// An embedded router's config with HTTPS on loopback (certificate files
+/// in `dir`) and API key `KEY`: (config, cert path, key path, CA PEM).
+fn https_with_keys(dir: &Path) -> (Resolved, PathBuf, PathBuf, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key, ca) = write_pki(dir, "http");
     let mut cfg = Resolved::ephemeral(1);
     cfg.http_listen = Some("127.0.0.1:0".parse().unwrap());
     cfg.config.http.tls_cert = cert.display().to_string();
     cfg.config.http.tls_key = key.display().to_string();
     cfg.api_keys = KeySet::build(&[], Some(&format!("{KEY}:{SECRET}"))).unwrap();
+    (cfg, cert, key, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_signalling_and_whip_over_https_need_a_room_token() {
+    let dir = std::env::temp_dir().join(format!("kaskade-pubhttp-{}", std::process::id()));
+    let (cfg, cert, key, ca) = https_with_keys(&dir);
     let m = Metrics::new();
     let r = server::start(&cfg, m.clone()).await.unwrap();
     let addr = r.http.unwrap();
@@ -421,13 +428,7 @@ fn token_for(room: &str, sub: Option<&str>, ttl_secs: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_token_acts_only_on_its_own_participants_sessions() {
     let dir = std::env::temp_dir().join(format!("kaskade-owner-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key, ca) = write_pki(&dir, "http");
-    let mut cfg = Resolved::ephemeral(1);
-    cfg.http_listen = Some("127.0.0.1:0".parse().unwrap());
-    cfg.config.http.tls_cert = cert.display().to_string();
-    cfg.config.http.tls_key = key.display().to_string();
-    cfg.api_keys = KeySet::build(&[], Some(&format!("{KEY}:{SECRET}"))).unwrap();
+    let (cfg, _, _, ca) = https_with_keys(&dir);
     let m = Metrics::new();
     let r = server::start(&cfg, m.clone()).await.unwrap();
     let c = https_client(&ca);
